@@ -1,0 +1,130 @@
+"""Shared benchmark plumbing: medians of repeated runs, peak extra memory, CSV records, a printed table.
+
+Every benchmark appends rows to ``benchmarks/results/<name>.csv`` with the device, torch version and git sha, so
+results from different machines and commits accumulate side by side.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, *, device="cpu", warmup: int = 3, reps: int = 20, min_time: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in seconds over ``reps`` runs (at least ``min_time`` seconds in total)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    start = time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - start) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_bytes(fn, *, device="cpu") -> int:
+    """Peak memory above the level before ``fn()`` ran.
+
+    CUDA: the caching allocator's peak. CPU: the process's resident-set high-water mark, reset through
+    /proc/self/clear_refs just before the call (Linux), minus the resident set at that moment.
+    """
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _rss_kib("VmRSS")
+    fn()
+    return max(0, _rss_kib("VmHWM") - base) * 1024
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def git_sha() -> str:
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def append_rows(name: str, rows: list[dict], *, device="cpu") -> str:
+    """Append ``rows`` to benchmarks/results/<name>.csv (header written once; columns = union, in order)."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.csv")
+    meta = {"timestamp": _dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(device),
+            "torch": torch.__version__, "git_sha": git_sha()}
+    rows = [{**meta, **r} for r in rows]
+    fields = list(meta)
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    existing = None
+    if os.path.exists(path):
+        with open(path) as f:
+            existing = next(csv.reader(f), None)
+    if existing and existing != fields:
+        fields = existing + [k for k in fields if k not in existing]
+        with open(path) as f:
+            old = list(csv.DictReader(f))
+        rows = old + rows
+        mode = "w"
+    else:
+        mode = "a" if existing else "w"
+    tmp = path + ".tmp"
+    if mode == "w":
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)  # atomic
+    else:
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writerows(rows)
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))

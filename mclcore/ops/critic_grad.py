@@ -1,0 +1,1 @@
+"""critic_grad op (placeholder being written now)."""

@@ -1,0 +1,1 @@
+"""infonce op (placeholder being written now)."""
