@@ -32,4 +32,20 @@ TORCH_LIBRARY(mclcore, m) {
       "-> (Tensor, Tensor[], Tensor[])");
 
   // mech_derivs: see csrc/mech_derivs/ (schemas added below by that op).
+  // Mechanism derivatives V(z,u) of an MLP generator by per-sample Taylor-mode propagation (DESIGN 2.3).
+  // z: (B, dz). weights[l]: (h_l, h_{l-1}) as nn.Linear, h_{-1} = dz; biases[l]: (h_l,). The generator is
+  //   y = z * film_scale + film_shift          (film_scale, film_shift: optional (B, dz); FiLM conditioning on u)
+  //   a_0 = W_0 y + b_0 + in_bias              (in_bias: optional (B, h_0), e.g. W_u u when u is concatenated to z)
+  //   a_l = W_l s_{l-1}(a_{l-1}) + b_l,  x = a_{L-1}, or s_{L-1}(a_{L-1}) when activations has L entries.
+  // activations[l]: tanh | sigmoid | softplus | gelu | silu | smooth_leaky | relu | leaky_relu | identity, with
+  // act_params[l] the softplus beta or the (smooth) leaky slope (ignored by the others). dx = h_{L-1} >= dz.
+  // Returns (V: (B, 2 dz), L: (B,)), contiguous, in z's dtype: L = 1/2 logdet(J^T J) with J = dx/dz (dx x dz),
+  // V = (dL/dz_1..dL/dz_dz, d2L/dz_1^2..d2L/dz_dz^2). float32 inputs propagate in float32; the dz x dz algebra
+  // always runs in float64. A numerically rank-deficient J (relative Cholesky pivot of J^T J < 1e-13, about
+  // cond(J) > 3e6) gives V = NaN, L = -inf. relu / leaky_relu / identity generators are piecewise linear, so
+  // V = 0 almost everywhere (the Python wrapper reports it).
+  // NOT differentiable: no gradient flows through V or L; autograd raises if one is requested.
+  m.def(
+      "mech_derivs(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? in_bias, Tensor? film_scale, "
+      "Tensor? film_shift, str[] activations, float[] act_params) -> (Tensor, Tensor)");
 }

@@ -33,3 +33,22 @@ def positive_float(v, name: str) -> float:
     if not math.isfinite(f) or f <= 0:
         raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
     return f
+
+
+def all_finite(*named):
+    """Raise like ``finite`` for the first ``(tensor, name)`` pair holding NaN or inf; one host sync when all are.
+
+    ``torch.isfinite(x).all()`` runs several elementwise kernels (112 us for a 256 x 128 float32 tensor on the
+    2-core dev box, a third of the InfoNCE op's whole forward); a sum takes ~7 us and is finite only if every
+    element is.
+    A non-finite sum (a NaN/inf, or finite values whose sum overflows) falls back to the exact check per tensor.
+    """
+    total = None
+    for x, _ in named:
+        x = x.detach()  # no autograd node for a check
+        s = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
+        total = s if total is None else total + s.to(total.dtype)
+    if total is not None and math.isfinite(float(total)):
+        return
+    for x, name in named:
+        finite(x, name)

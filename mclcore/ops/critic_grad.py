@@ -1,1 +1,92 @@
-"""critic_grad op (placeholder being written now)."""
+"""``torch.ops.mclcore.critic_grad``: batched input gradient of a scalar MLP critic (DESIGN §2.2).
+
+The mechanism gradient of the paper, ``g_i = grad_z c(G(z_i, u_i), z_i, u_i)`` (Algorithm 1), needs the critic's
+input gradient ``grad_v c`` at ``v = [z, x, u]`` and, for training, its exact derivative w.r.t. the critic's weights
+and its input: a second-order computation. This op returns ``grad_v c`` in closed form and registers a backward
+(``critic_grad_backward``) that uses ``s''`` so that training through it matches autograd with
+``create_graph=True`` to rounding error, without building an autograd graph of the critic.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from mclcore.ops import _checks
+
+ACTIVATIONS = ("gelu", "relu", "silu", "tanh", "softplus")
+
+
+@torch.library.register_fake("mclcore::critic_grad")
+def _critic_grad_fake(v, weights, biases, activation):
+    return v.new_empty(v.shape)
+
+
+@torch.library.register_fake("mclcore::critic_grad_backward")
+def _critic_grad_backward_fake(grad_out, v, weights, biases, activation):
+    return v.new_empty(v.shape), [w.new_empty(w.shape) for w in weights], [b.new_empty(b.shape) for b in biases]
+
+
+def _setup_context(ctx, inputs, output):
+    v, weights, biases, activation = inputs
+    ctx.save_for_backward(v, *weights, *biases)
+    ctx.n_layers = len(weights)
+    ctx.activation = activation
+
+
+def _backward(ctx, grad):
+    saved = ctx.saved_tensors
+    n = ctx.n_layers
+    v, weights, biases = saved[0], list(saved[1 : 1 + n]), list(saved[1 + n :])
+    gv, gw, gb = torch.ops.mclcore.critic_grad_backward(grad, v, weights, biases, ctx.activation)
+    return gv, list(gw), list(gb), None
+
+
+torch.library.register_autograd("mclcore::critic_grad", _backward, setup_context=_setup_context)
+
+
+def critic_grad(
+    v: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor],
+    activation: str = "gelu",
+) -> torch.Tensor:
+    """Input gradient of the scalar MLP critic ``c(v) = w_L . s(... s(W_1 v + b_1) ...) + b_L``.
+
+    Args:
+        v: (B, dv) critic inputs, e.g. ``[z, x_hat, u]`` flattened and concatenated.
+        weights: per layer (out_l, in_l) as in ``nn.Linear``; the last is (1, h).
+        biases: per layer (out_l,).
+        activation: one of ``gelu`` (the paper's default, exact erf form), ``relu``, ``silu``, ``tanh``,
+            ``softplus`` (beta 1, threshold 20 as ``nn.Softplus``).
+
+    Returns:
+        (B, dv) ``grad_v c``; differentiable w.r.t. ``v``, ``weights`` and ``biases`` (exact second order).
+        float16/bfloat16 inputs are computed in float32 and the result is returned in float32.
+    """
+    _checks.tensor(v, "v", ndim=2)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    weights, biases = list(weights), list(biases)
+    if len(weights) < 2:
+        raise ValueError(f"weights: expected at least 2 layers (one hidden layer and the output), got {len(weights)}")
+    if len(biases) != len(weights):
+        raise ValueError(f"biases: expected {len(weights)} tensors (one per layer), got {len(biases)}")
+    dim = v.shape[1]
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        _checks.tensor(w, f"weights[{i}]", ndim=2)
+        _checks.tensor(b, f"biases[{i}]", ndim=1)
+        if w.shape[1] != dim:
+            raise ValueError(f"weights[{i}]: expected {dim} input features, got shape {tuple(w.shape)}")
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"biases[{i}]: expected shape ({w.shape[0]},), got {tuple(b.shape)}")
+        dim = w.shape[0]
+    if dim != 1:
+        raise ValueError(f"weights[-1]: the critic must output one scalar per sample, got {dim} outputs")
+    dtype = torch.promote_types(v.dtype, weights[0].dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32  # reduced precision is upcast: s'' of GELU loses all digits in bf16
+    v = v.to(dtype)
+    weights = [w.to(dtype) for w in weights]
+    biases = [b.to(dtype) for b in biases]
+    return torch.ops.mclcore.critic_grad(v, weights, biases, activation)

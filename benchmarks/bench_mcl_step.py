@@ -1,0 +1,94 @@
+"""Full MCL training step: mclcore (native critic_grad + infonce ops) vs pure autograd (python/mcl.py).
+
+Host: the paper's synthetic setting. Generator G([z, u]) a 3-layer leaky-ReLU MLP dz+du -> 64 -> 64 -> dx,
+critic [z, x, u] -> 256 -> 256 -> 1 (GELU), heads into 128 dims. One step = forward and backward to every
+parameter (generator, critic, heads), create_graph=True. Both paths use the same modules and inputs; the
+gradients are compared in the same run.
+
+    python benchmarks/bench_mcl_step.py            # B=256, dz=10, dx=64, du=16
+    python benchmarks/bench_mcl_step.py --quick
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import mclcore  # noqa: E402
+from benchmarks.common import append_rows, median_time, peak_extra_bytes, print_table  # noqa: E402
+from python import mcl as ref  # noqa: E402
+
+
+class Generator(nn.Module):
+    def __init__(self, dz, du, dx, width=64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dz + du, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
+                                 nn.LeakyReLU(0.2), nn.Linear(width, dx))
+
+    def forward(self, z, u):  # (B, dz), (B, du) -> (B, dx)
+        return self.net(torch.cat([z, u], 1))
+
+
+def build(B, dz, dx, du, device, dtype, seed=0):
+    torch.manual_seed(seed)
+    G = Generator(dz, du, dx).to(device, dtype)
+    mcl = mclcore.MCL(dz, dx, du).to(device, dtype)
+    z = torch.randn(B, dz, device=device, dtype=dtype)
+    u = torch.randn(8, du, device=device, dtype=dtype)[torch.randint(0, 8, (B,))]
+    params = list(G.parameters()) + list(mcl.parameters())
+    return G, mcl, z, u, params
+
+
+def step_op(G, mcl, z, u, params):
+    loss = mclcore.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, tau=mcl.tau, clip=mcl.clip,
+                            validate=False)
+    return torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+
+
+def step_ref(G, mcl, z, u, params):
+    loss = ref.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, tau=mcl.tau, clip=mcl.clip)
+    return torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, nargs="+", default=[256])
+    ap.add_argument("--dz", type=int, default=10)
+    ap.add_argument("--dx", type=int, default=64)
+    ap.add_argument("--du", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="tiny run for a smoke check (no CSV row)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batch, args.reps = [32], 3
+    rows = []
+    for B in args.batch:
+        G, mcl, z, u, params = build(B, args.dz, args.dx, args.du, args.device, torch.float32)
+        ga, gb = step_op(G, mcl, z, u, params), step_ref(G, mcl, z, u, params)
+        max_rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(ga, gb))
+        t_op = median_time(lambda: step_op(G, mcl, z, u, params), device=args.device, reps=args.reps)
+        t_ref = median_time(lambda: step_ref(G, mcl, z, u, params), device=args.device, reps=args.reps)
+        m_op = peak_extra_bytes(lambda: step_op(G, mcl, z, u, params), device=args.device)
+        m_ref = peak_extra_bytes(lambda: step_ref(G, mcl, z, u, params), device=args.device)
+        # float64 agreement of every parameter gradient (the tests demand 1e-10)
+        G64, mcl64, z64, u64, p64 = build(B, args.dz, args.dx, args.du, args.device, torch.float64)
+        err64 = max((a - b).abs().max().item() for a, b in zip(step_op(G64, mcl64, z64, u64, p64),
+                                                               step_ref(G64, mcl64, z64, u64, p64)))
+        rows.append(dict(case="mcl_step", B=B, dz=args.dz, dx=args.dx, du=args.du, dtype="float32",
+                         op_ms=t_op * 1e3, ref_ms=t_ref * 1e3, speedup=t_ref / t_op,
+                         op_peak_mib=m_op / 2**20, ref_peak_mib=m_ref / 2**20,
+                         max_rel_grad_diff_f32=max_rel, max_abs_grad_diff_f64=err64))
+    print_table(rows, ["B", "op_ms", "ref_ms", "speedup", "op_peak_mib", "ref_peak_mib", "max_rel_grad_diff_f32",
+                       "max_abs_grad_diff_f64"])
+    if not args.quick:
+        print("appended to", append_rows("mcl_step", rows, device=args.device))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from mclcore.cli import main
+
+sys.exit(main())

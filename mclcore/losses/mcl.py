@@ -1,0 +1,330 @@
+"""The MCL loss: InfoNCE between the projected mechanism gradient and the projected condition.
+
+Paper, Algorithm 1 / Eq. (18)::
+
+    g_i = grad_{z_i} c(G(z_i, u_i), z_i, u_i)                 # mechanism gradient, (B, dz)
+    q_i = Pi_g(g_i) / |Pi_g(g_i)|,  k_j = Pi_u(u_j) / |Pi_u(u_j)|
+    L   = -1/B sum_i log softmax_j(q_i . k_j / tau)[i]
+
+Two paths compute ``g``:
+
+* the MLP critic (:class:`MLPCritic`, the paper's default ``[z, x, u] -> 256 -> 256 -> 1`` with GELU) goes through
+  the native op ``critic_grad``: ``g = grad_z c + J_G^T grad_x c``, the second term a vector-Jacobian product
+  through the user's generator;
+* any other critic (the image critic of Algorithm 2, or a user callable ``(x_hat, z, u) -> (B,)``) goes through
+  plain autograd, exactly as Algorithm 1.
+
+Both then use the native ``infonce`` op (tiled, O(B d) memory).
+
+Where the paper disagrees with itself we pick a default and expose the other choice:
+
+* ``tau``: 0.1 (Appendix D.4 and Algorithms 1-2); section 5 says 0.07 (SimCLR's value).
+* ``create_graph``: True (Algorithm 1: the MCL gradient reaches the generator and the critic). Algorithm 2 defaults
+  to False, and section 5 says the critic gradient is "detached on the InfoNCE path"; with False, ``g`` is a
+  constant and MCL trains only the projection heads.
+* ``clip``: per-sample L2 norm of ``g`` clipped at 10 (section 5; Algorithms 1-2 have no clip). ``None`` disables.
+* positives: the diagonal (Eq. 18). With a small alphabet many rows share ``u`` (|U| = 8, B = 256: ~32 rows each),
+  which puts a floor of about log 32 under the loss and pushes identical keys apart; ``multi_positive=True`` counts
+  every row with the same condition as a positive (groups from equal rows of the key input, or given explicitly).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mclcore.ops import _checks
+from mclcore.ops.critic_grad import ACTIVATIONS, critic_grad
+from mclcore.ops.infonce import infonce
+
+_ACT_MODULES = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+
+
+class MLPProj(nn.Module):
+    """Projection head of Algorithm 2: [LayerNorm] -> Linear -> ReLU -> Linear into ``out_dim`` (128) dims.
+
+    The L2 normalisation onto the unit sphere happens inside the InfoNCE op.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 128, layernorm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = [nn.LayerNorm(in_dim)] if layernorm else []
+        layers += [nn.Linear(in_dim, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, in_dim) -> (B, out_dim)
+        return self.net(x)
+
+
+class MLPCritic(nn.Module):
+    """Scalar MLP mechanism critic ``c([z, x, u])``: ``in_dim -> hidden... -> 1`` (paper: 256, 256, GELU).
+
+    ``forward(x_hat, z, u)`` returns the (B,) scores with plain autograd; ``input_grad(v)`` returns ``grad_v c`` via
+    the native ``critic_grad`` op, which :func:`mcl_loss` uses.
+    """
+
+    def __init__(self, in_dim: int, hidden: Sequence[int] = (256, 256), activation: str = "gelu"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        if len(hidden) < 1:
+            raise ValueError("hidden: expected at least one hidden layer width")
+        dims = [int(in_dim), *map(int, hidden), 1]
+        self.in_dim = int(in_dim)
+        self.activation = activation
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = _ACT_MODULES[activation]()
+
+    @staticmethod
+    def join(x_hat: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """v = [z, x, u], each flattened per sample: (B, dz + dx + du)."""
+        return torch.cat([z.flatten(1), x_hat.flatten(1), u.flatten(1)], dim=1)
+
+    def score(self, v: torch.Tensor) -> torch.Tensor:  # (B, dv) -> (B,)
+        h = v
+        for layer in self.layers[:-1]:
+            h = self.act(layer(h))
+        return self.layers[-1](h).squeeze(1)
+
+    def forward(self, x_hat: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self.score(self.join(x_hat, z, u))
+
+    def input_grad(self, v: torch.Tensor) -> torch.Tensor:  # (B, dv) -> (B, dv)
+        if v.shape[1] != self.in_dim:
+            raise ValueError(f"critic: expected [z, x, u] with {self.in_dim} features per sample, got {v.shape[1]}")
+        return critic_grad(v, [l.weight for l in self.layers], [l.bias for l in self.layers], self.activation)
+
+
+class ImageCritic(nn.Module):
+    """The default image mechanism critic of Algorithm 2 (``MechanismCritic``), scores ``(x_hat, z, u) -> (B,)``.
+
+    x_hat: (B, 3, H, W) images; z: (B, *z_shape); u: (B, u_dim). Two stride-2 convolutions and a global pool give a
+    128-d image feature, padded or cut to ``hidden`` and added to linear embeddings of z and u. (In-place ReLUs of the
+    paper's listing are plain ReLUs here: the loss differentiates through them twice.)
+    """
+
+    def __init__(self, z_shape: Sequence[int] = (3, 16, 16), u_dim: int = 20, hidden: int = 256, in_channels: int = 3):
+        super().__init__()
+        self.img = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.z_fc = nn.Linear(math.prod(z_shape), hidden)
+        self.u_fc = nn.Linear(u_dim, hidden)
+        self.out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x_hat: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        img_feat = self.img(x_hat).flatten(1)
+        z_feat = self.z_fc(z.flatten(1))
+        u_feat = self.u_fc(u.flatten(1))
+        if img_feat.size(1) < z_feat.size(1):
+            img_feat = F.pad(img_feat, (0, z_feat.size(1) - img_feat.size(1)))
+        else:
+            img_feat = img_feat[:, : z_feat.size(1)]
+        return self.out(z_feat + u_feat + img_feat).squeeze(1)
+
+
+def _validate(z, u, u_key, tau, groups):
+    _checks.tensor(z, "z", min_ndim=2)
+    batch = z.shape[0]
+    if batch < 2:
+        raise ValueError(f"z: InfoNCE needs a batch of at least 2 samples, got batch size {batch}")
+    _checks.tensor(u, "u", min_ndim=1, floating=False)
+    if u.shape[0] != batch:
+        raise ValueError(f"u: expected batch size {batch} (as z), got shape {tuple(u.shape)}")
+    if u_key is not None:
+        _checks.tensor(u_key, "u_key", min_ndim=1, floating=False)
+        if u_key.shape[0] != batch:
+            raise ValueError(f"u_key: expected batch size {batch} (as z), got shape {tuple(u_key.shape)}")
+    _checks.positive_float(tau, "tau")
+    _checks.finite(z, "z")
+    if u.is_floating_point():
+        _checks.finite(u, "u")
+    if groups is not None:
+        if not isinstance(groups, torch.Tensor) or groups.is_floating_point() or groups.shape != (batch,):
+            got = tuple(groups.shape) if isinstance(groups, torch.Tensor) else type(groups).__name__
+            raise ValueError(f"groups: expected an integer tensor of shape ({batch},), got {got}")
+
+
+def mechanism_gradient(
+    decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, critic: Callable, *, create_graph: bool = True,
+    validate: bool = True,
+) -> torch.Tensor:
+    """``g = grad_z c(G(z, u), z, u)`` flattened to (B, prod(z.shape[1:])).
+
+    Uses the native ``critic_grad`` op for an :class:`MLPCritic`, plain autograd otherwise. With
+    ``validate``, a generator whose output does not depend on ``z`` raises (its mechanism gradient would be the
+    critic's direct z-term only, or identically zero, and MCL could not shape the generator).
+    """
+    zg = z if z.requires_grad else z.detach().requires_grad_(True)
+    x_hat = decoder_G(zg, u)
+    if not isinstance(x_hat, torch.Tensor) or x_hat.shape[:1] != z.shape[:1]:
+        got = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+        raise ValueError(f"decoder_G: expected a tensor with batch size {z.shape[0]}, got {got}")
+    not_on_z = ValueError(
+        "decoder_G: the generator output does not depend on z (its mechanism gradient is identically zero); "
+        "MCL needs x_hat = G(z, u) to be differentiable in z")
+    if not x_hat.requires_grad:
+        raise not_on_z
+    if isinstance(critic, MLPCritic):
+        dz, dx = zg[0].numel(), x_hat[0].numel()
+        v = MLPCritic.join(x_hat, zg, u).to(critic.layers[0].weight.dtype)
+        gv = critic.input_grad(v)  # (B, dz + dx + du)
+        gz, gx = gv[:, :dz], gv[:, dz : dz + dx]
+        (jtg,) = torch.autograd.grad(x_hat, zg, grad_outputs=gx.reshape(x_hat.shape).to(x_hat.dtype),
+                                     create_graph=create_graph, allow_unused=True)
+        if jtg is None or (validate and not bool(jtg.any())):
+            raise not_on_z
+        g = gz.to(jtg.dtype) + jtg.flatten(1)
+    else:
+        s = critic(x_hat, zg, u)
+        if not isinstance(s, torch.Tensor) or s.shape != (z.shape[0],):
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"critic: expected one score per sample, shape ({z.shape[0]},), got {got}")
+        if validate:
+            probe = torch.autograd.grad(x_hat, zg, grad_outputs=torch.ones_like(x_hat), retain_graph=True,
+                                        allow_unused=True)[0]
+            if probe is None or not bool(probe.any()):
+                raise not_on_z
+        (g,) = torch.autograd.grad(s.sum(), zg, create_graph=create_graph, allow_unused=True)
+        if g is None:
+            raise not_on_z
+        g = g.flatten(1)
+    return g if create_graph else g.detach()
+
+
+def clip_rows(g: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """Scale each row of ``g`` to L2 norm at most ``max_norm`` (differentiable); ``None`` or 0 disables."""
+    if not max_norm:
+        return g
+    norm = g.norm(dim=1, keepdim=True)
+    return g * (max_norm / norm.clamp_min(max_norm))
+
+
+def condition_groups(u_key: torch.Tensor) -> torch.Tensor:
+    """(B,) int64 ids, equal for rows of ``u_key`` that are exactly equal (multi-positive InfoNCE)."""
+    return torch.unique(u_key.flatten(1), dim=0, return_inverse=True)[1]
+
+
+def mcl_loss(
+    decoder_G: Callable,
+    z: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    critic: Callable,
+    Pi_g: Callable,
+    Pi_u: Callable,
+    tau: float = 0.1,
+    create_graph: bool = True,
+    clip: float | None = 10.0,
+    u_key: torch.Tensor | None = None,
+    multi_positive: bool = False,
+    groups: torch.Tensor | None = None,
+    eps: float = 1e-12,
+    validate: bool = True,
+) -> torch.Tensor:
+    """MCL loss of Algorithm 1 (paper Eq. 18). Scalar.
+
+    Args:
+        decoder_G: generator ``(z, u) -> x_hat``; z and x_hat of any shape ``(B, ...)`` (flattened inside).
+        z: (B, ...) latents; gradients flow back into z if it requires grad (e.g. an encoder's sample).
+        u: (B, ...) condition fed to the generator and the critic.
+        critic: an :class:`MLPCritic` (native op path), or any ``(x_hat, z, u) -> (B,)`` callable (autograd path).
+        Pi_g: head on the mechanism gradient, (B, dz) -> (B, d). Pi_u: head on the key, (B, du_key) -> (B, d).
+        tau: InfoNCE temperature (default 0.1, App. D/E; section 5 says 0.07).
+        create_graph: train through the mechanism gradient (Algorithm 1, default) or treat it as a constant
+            (Algorithm 2's default, section 5's "detached").
+        clip: per-sample L2 norm clip of the mechanism gradient (section 5: 10); None disables.
+        u_key: the contrastive key input for ``Pi_u`` (Algorithm 2's ``u_key``); defaults to ``u``.
+        multi_positive: every row whose key input equals row i's is a positive of i (groups from equal rows).
+        groups: explicit (B,) integer condition ids for the multi-positive mode (implies it).
+        eps: floor of the norms in the L2 normalisation.
+        validate: check that x_hat depends on z (one extra reduction, plus one vector-Jacobian product on the
+            autograd critic path).
+
+    Under autocast the heads and the InfoNCE run in float32 (at least).
+    """
+    u_key = u if u_key is None else u_key
+    _validate(z, u, u_key, tau, groups)
+    g = mechanism_gradient(decoder_G, z, u, critic, create_graph=create_graph, validate=validate)  # (B, dz)
+    g = clip_rows(g, clip)
+    if groups is None and multi_positive:
+        groups = condition_groups(u_key)
+    key = u_key.flatten(1)
+    with torch.autocast(device_type=g.device.type, enabled=False):
+        q = Pi_g(g.to(torch.promote_types(g.dtype, torch.float32)))             # (B, d)
+        k = Pi_u(key.to(torch.promote_types(key.dtype, torch.float32)))         # (B, d)
+        return infonce(q, k, tau, groups=groups, eps=eps)
+
+
+class MCL(nn.Module):
+    """MCL as a drop-in regulariser: the critic, both projection heads and the loss options in one module.
+
+    Example::
+
+        mcl = MCL(z_dim=10, x_dim=64, u_dim=16)
+        loss = recon + lam * mcl(decoder, z, u)      # decoder: (z, u) -> x_hat
+
+    Args:
+        z_dim, x_dim: per-sample sizes (ints) or shapes (tuples) of z and x_hat.
+        u_dim: per-sample size of the condition fed to the generator and critic.
+        u_key_dim: size of the key input of ``Pi_u`` when it differs from u (Algorithm 2); default ``u_dim``.
+        critic: ``"mlp"`` (paper default, native op), ``"image"`` (Algorithm 2's convolutional critic; x_hat must be
+            (B, 3, H, W)), or any module ``(x_hat, z, u) -> (B,)``.
+        critic_hidden, activation: widths and activation of the MLP critic (paper: (256, 256), GELU).
+        proj_dim: projection dimension (paper: 128). proj_layernorm: LayerNorm first in each head (Algorithm 2).
+        tau, create_graph, clip, multi_positive, eps: see :func:`mcl_loss`.
+    """
+
+    def __init__(
+        self,
+        z_dim: int | Sequence[int],
+        x_dim: int | Sequence[int],
+        u_dim: int,
+        *,
+        u_key_dim: int | None = None,
+        critic: str | nn.Module = "mlp",
+        critic_hidden: Sequence[int] = (256, 256),
+        activation: str = "gelu",
+        proj_dim: int = 128,
+        proj_layernorm: bool = False,
+        tau: float = 0.1,
+        create_graph: bool = True,
+        clip: float | None = 10.0,
+        multi_positive: bool = False,
+        eps: float = 1e-12,
+    ):
+        super().__init__()
+        z_shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)
+        x_shape = (x_dim,) if isinstance(x_dim, int) else tuple(x_dim)
+        dz, dx = math.prod(z_shape), math.prod(x_shape)
+        if critic == "mlp":
+            critic = MLPCritic(dz + dx + u_dim, critic_hidden, activation)
+        elif critic == "image":
+            critic = ImageCritic(z_shape, u_dim, hidden=critic_hidden[0])
+        elif not callable(critic):
+            raise ValueError(f"critic: expected 'mlp', 'image' or a module (x_hat, z, u) -> (B,), got {critic!r}")
+        self.critic = critic
+        self.Pi_g = MLPProj(dz, proj_dim, proj_layernorm)
+        self.Pi_u = MLPProj(u_key_dim or u_dim, proj_dim, proj_layernorm)
+        self.tau = _checks.positive_float(tau, "tau")
+        self.create_graph, self.clip, self.multi_positive, self.eps = create_graph, clip, multi_positive, eps
+        self._validated = False
+
+    def forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
+                groups: torch.Tensor | None = None) -> torch.Tensor:
+        # The generator check costs a reduction (and a VJP on the autograd path): do it on the first call only.
+        loss = mcl_loss(decoder_G, z, u, critic=self.critic, Pi_g=self.Pi_g, Pi_u=self.Pi_u, tau=self.tau,
+                        create_graph=self.create_graph, clip=self.clip, u_key=u_key,
+                        multi_positive=self.multi_positive, groups=groups, eps=self.eps,
+                        validate=not self._validated)
+        self._validated = True
+        return loss
+
+    def extra_repr(self) -> str:
+        return (f"tau={self.tau}, create_graph={self.create_graph}, clip={self.clip}, "
+                f"multi_positive={self.multi_positive}")

@@ -1,0 +1,169 @@
+"""mcl_loss / MCL against the pure-autograd Algorithm 1 (python/mcl.py)."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+import mclcore
+from mclcore.losses.mcl import ImageCritic, MLPCritic, MLPProj, condition_groups
+from python import mcl as ref
+
+F64 = torch.float64
+
+
+class Gen(nn.Module):
+    """Smooth MLP generator (z, u) -> x with z of any shape and x reshaped to x_shape."""
+
+    def __init__(self, z_shape, du, x_shape, width=24, act=nn.Tanh):
+        super().__init__()
+        self.x_shape = x_shape
+        self.net = nn.Sequential(nn.Linear(math.prod(z_shape) + du, width), act(), nn.Linear(width, width), act(),
+                                 nn.Linear(width, math.prod(x_shape)))
+
+    def forward(self, z, u):
+        return self.net(torch.cat([z.flatten(1), u], 1)).view(-1, *self.x_shape)
+
+
+def setup(B=9, z_shape=(5,), du=4, x_shape=(12,), n_u=3, seed=0, critic="mlp", dtype=F64, **mcl_kw):
+    torch.manual_seed(seed)
+    G = Gen(z_shape, du, x_shape)
+    mcl = mclcore.MCL(z_shape, x_shape, du, critic=critic, critic_hidden=(32, 32), proj_dim=16, **mcl_kw)
+    G, mcl = G.to(dtype), mcl.to(dtype)
+    z = torch.randn(B, *z_shape, dtype=dtype)
+    u = torch.randn(n_u, du, dtype=dtype)[torch.arange(B) % n_u]
+    return G, mcl, z, u
+
+
+def params(G, mcl):
+    return [*G.parameters(), *mcl.parameters()]
+
+
+def grads(loss, ps):
+    return torch.autograd.grad(loss, ps, allow_unused=True, materialize_grads=True)
+
+
+def compare(G, mcl, z, u, tol=1e-10, **kw):
+    loss = mcl(G, z, u, **{k: v for k, v in kw.items() if k in ("u_key", "groups")})
+    ref_kw = dict(tau=mcl.tau, clip=mcl.clip, create_graph=mcl.create_graph, **kw)
+    if mcl.multi_positive and kw.get("groups") is None:
+        ref_kw["groups"] = condition_groups(kw.get("u_key", u))
+    expected = ref.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, **ref_kw)
+    assert abs(loss.item() - expected.item()) <= tol * max(1.0, abs(expected.item()))
+    ps = params(G, mcl)
+    for name_p, a, b in zip([n for n, _ in [*G.named_parameters(), *mcl.named_parameters()]], grads(loss, ps),
+                            grads(expected, ps)):
+        assert (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item()), name_p
+    return loss
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "tanh", "softplus", "relu"])
+def test_mlp_critic_matches_algorithm1_float64(activation):
+    G, mcl, z, u = setup(activation=activation)
+    compare(G, mcl, z, u)
+
+
+def test_gradients_reach_every_parameter_and_the_encoder():
+    G, mcl, _, u = setup()
+    enc = nn.Linear(3, 5).double()
+    z = enc(torch.randn(9, 3, dtype=F64))  # z produced by an "encoder": MCL must train it too
+    loss = mcl(G, z, u)
+    gs = grads(loss, [*params(G, mcl), *enc.parameters()])
+    names = [n for n, _ in G.named_parameters()] + [n for n, _ in mcl.named_parameters()] + ["enc.w", "enc.b"]
+    for n, g in zip(names, gs):
+        if n.endswith("critic.layers.2.bias"):
+            assert g.abs().max() == 0  # the critic's output bias never enters a gradient
+        else:
+            assert g.abs().max() > 0, n
+
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_clip_and_separate_key_and_groups(clip):
+    G, mcl, z, u = setup(clip=clip)
+    u_key = torch.randn(9, 7, dtype=F64)
+    mcl.Pi_u = MLPProj(7, 16).double()
+    compare(G, mcl, z, u, u_key=u_key)
+    compare(G, mcl, z, u, u_key=u_key, groups=torch.arange(9) % 3)
+
+
+def test_multi_positive_from_equal_rows():
+    G, mcl, z, u = setup(multi_positive=True)
+    compare(G, mcl, z, u)
+    # with 3 distinct conditions in 9 rows, groups derive from equal rows of u
+    assert condition_groups(u).unique().numel() == 3
+
+
+def test_any_latent_and_image_shape_with_image_critic():
+    G, mcl, z, u = setup(B=4, z_shape=(2, 3, 3), x_shape=(3, 8, 8), critic="image")
+    assert isinstance(mcl.critic, ImageCritic)
+    compare(G, mcl, z, u)
+
+
+def test_user_callable_critic():
+    lin = nn.Linear(5 + 12 + 4, 1).double()
+    G, mcl, z, u = setup(critic=lambda x, z, u: torch.tanh(lin(torch.cat([z, x, u], 1))).squeeze(1) ** 2)
+    compare(G, mcl, z, u)
+
+
+def test_create_graph_false_trains_only_heads():
+    G, mcl, z, u = setup(create_graph=False)
+    loss = mcl(G, z, u)
+    gs = grads(loss, params(G, mcl))
+    n_gen = len(list(G.parameters()))
+    n_critic = len(list(mcl.critic.parameters()))
+    assert all(g.abs().max() == 0 for g in gs[: n_gen + n_critic])
+    assert all(g.abs().max() > 0 for g in gs[n_gen + n_critic:] if g.dim() == 2)
+    compare(G, mcl, z, u)
+
+
+def test_float32_close_to_float64():
+    G, mcl, z, u = setup()
+    l64 = mcl(G, z, u).item()
+    G32, mcl32 = G.float(), mcl.float()
+    l32 = mcl32(G32, z.float(), u.float())
+    assert l32.dtype == torch.float32 and abs(l32.item() - l64) < 1e-4
+
+
+def test_autocast_loss_is_float32():
+    G, mcl, z, u = setup(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mcl(G, z, u)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+
+
+@given(seed=st.integers(0, 1000), B=st.integers(2, 12))
+def test_properties_nonnegative_and_batch_permutation_invariant(seed, B):
+    G, mcl, z, u = setup(B=B, seed=seed)
+    loss = mcl(G, z, u)
+    assert loss.item() >= -1e-12
+    perm = torch.randperm(B, generator=torch.Generator().manual_seed(seed))
+    assert abs(mcl(G, z[perm], u[perm]).item() - loss.item()) < 1e-10
+
+
+def test_bad_inputs_raise_clear_errors():
+    G, mcl, z, u = setup()
+    with pytest.raises(ValueError, match="z: expected at least 2 dimensions"):
+        mcl(G, torch.randn(5, dtype=F64), u[:5])
+    with pytest.raises(ValueError, match="batch of at least 2"):
+        mcl(G, z[:1], u[:1])
+    with pytest.raises(ValueError, match="u: expected batch size 9"):
+        mcl(G, z, u[:4])
+    with pytest.raises(ValueError, match="tau"):
+        mclcore.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, tau=0.0)
+    with pytest.raises(ValueError, match="tau"):
+        mclcore.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, tau=float("nan"))
+    with pytest.raises(ValueError, match="z: contains NaN"):
+        mcl(G, z.masked_fill(torch.eye(9, 5, dtype=torch.bool), float("nan")), u)
+    with pytest.raises(ValueError, match="groups: expected an integer tensor of shape"):
+        mcl(G, z, u, groups=torch.arange(4))
+    with pytest.raises(ValueError, match="does not depend on z"):
+        mclcore.MCL(5, 12, 4).double()(lambda z, u: G(torch.zeros_like(z), u), z, u)
+    with pytest.raises(ValueError, match="does not depend on z"):
+        mclcore.MCL(5, 12, 4).double()(lambda z, u: 0 * G(z, u), z, u)
+    with pytest.raises(ValueError, match="critic: expected one score per sample"):
+        mclcore.mcl_loss(G, z, u, critic=lambda x, z, u: x, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u)
+    with pytest.raises(ValueError, match="critic: expected 'mlp'"):
+        mclcore.MCL(5, 12, 4, critic="conv")

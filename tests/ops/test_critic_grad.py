@@ -1,0 +1,114 @@
+"""critic_grad op vs the pure-autograd reference (python/critic_grad.py)."""
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mclcore.ops.critic_grad import ACTIVATIONS, critic_grad
+from python.critic_grad import critic_grad as ref_critic_grad
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+def make(B, dv, hidden, dtype=torch.float64, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    dims = [dv, *hidden, 1]
+    ws = [(torch.randn(o, i, generator=gen, dtype=torch.float64) * scale / i**0.5).to(dtype).requires_grad_()
+          for i, o in zip(dims[:-1], dims[1:])]
+    bs = [(torch.randn(o, generator=gen, dtype=torch.float64) * 0.1).to(dtype).requires_grad_() for o in dims[1:]]
+    v = torch.randn(B, dv, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    return v, ws, bs
+
+
+def all_grads(out, upstream, inputs):
+    return torch.autograd.grad((out * upstream).sum(), inputs, allow_unused=True, materialize_grads=True)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("B,dv,hidden", [(2, 1, (5,)), (3, 127, (8, 6)), (257, 9, (16, 16)), (4, 3, (7, 5, 4))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matches_reference_forward_and_second_order(activation, B, dv, hidden, dtype):
+    v, ws, bs = make(B, dv, hidden, dtype)
+    out = critic_grad(v, ws, bs, activation)
+    ref = ref_critic_grad(v, ws, bs, activation)
+    assert out.shape == (B, dv) and out.dtype == dtype
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    upstream = torch.randn(B, dv, dtype=dtype)
+    for a, b in zip(all_grads(out, upstream, [v, *ws, *bs]), all_grads(ref, upstream, [v, *ws, *bs])):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_non_contiguous_inputs():
+    v, ws, bs = make(12, 6, (10, 8))
+    v_nc = torch.randn(6, 12, dtype=torch.float64).t().requires_grad_()  # (12, 6), stride (1, 12)
+    ws_nc = [torch.randn(w.shape[1], w.shape[0], dtype=torch.float64).t() for w in ws]
+    assert not v_nc.is_contiguous() and not ws_nc[0].is_contiguous()
+    torch.testing.assert_close(critic_grad(v_nc, ws_nc, bs), ref_critic_grad(v_nc, ws_nc, bs), **TOL[torch.float64])
+
+
+def test_half_inputs_are_upcast():
+    v, ws, bs = make(8, 5, (6,), torch.float32)
+    out = critic_grad(v.half(), ws, bs)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref_critic_grad(v.half().float(), ws, bs), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_opcheck(activation):
+    v, ws, bs = make(5, 4, (6, 3))
+    g = torch.randn(5, 4, dtype=torch.float64)
+    wd, bd = [w.detach() for w in ws], [b.detach() for b in bs]
+    torch.library.opcheck(torch.ops.mclcore.critic_grad.default, (v, ws, bs, activation))
+    torch.library.opcheck(torch.ops.mclcore.critic_grad_backward.default, (g, v.detach(), wd, bd, activation))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "tanh", "softplus", "silu"])
+def test_gradcheck_float64(activation):
+    v, ws, bs = make(3, 4, (5, 3), scale=0.8)
+    n = len(ws)
+
+    def fn(v, *params):
+        return critic_grad(v, params[:n], params[n:], activation)
+
+    assert torch.autograd.gradcheck(fn, (v, *ws, *bs))
+
+
+def test_torch_compile_fullgraph():
+    v, ws, bs = make(6, 5, (8, 8))
+
+    def loss(v, ws, bs):
+        return (critic_grad(v, ws, bs, "gelu") ** 2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    a = torch.autograd.grad(loss(v, ws, bs), [v, *ws])
+    b = torch.autograd.grad(compiled(v, ws, bs), [v, *ws])
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+@given(B=st.integers(2, 40), dv=st.integers(1, 20), h=st.integers(1, 24), act=st.sampled_from(ACTIVATIONS),
+       alpha=st.floats(0.1, 10.0), seed=st.integers(0, 2**16))
+def test_property_matches_reference_and_is_linear_in_output_weight(B, dv, h, act, alpha, seed):
+    v, ws, bs = make(B, dv, (h,), seed=seed)
+    out = critic_grad(v, ws, bs, act)
+    torch.testing.assert_close(out, ref_critic_grad(v, ws, bs, act), **TOL[torch.float64])
+    # grad_v c is linear in the output layer's weight and independent of its bias
+    ws2 = ws[:-1] + [ws[-1] * alpha]
+    bs2 = bs[:-1] + [bs[-1] + 3.0]
+    torch.testing.assert_close(critic_grad(v, ws2, bs2, act), alpha * out, rtol=1e-9, atol=1e-12)
+
+
+def test_bad_inputs():
+    v, ws, bs = make(4, 3, (5,))
+    with pytest.raises(ValueError, match="activation"):
+        critic_grad(v, ws, bs, "elu")
+    with pytest.raises(ValueError, match=r"weights\[0\]"):
+        critic_grad(torch.randn(4, 7, dtype=torch.float64), ws, bs)
+    with pytest.raises(ValueError, match="biases"):
+        critic_grad(v, ws, bs[:1])
+    with pytest.raises(ValueError, match=r"weights\[-1\]"):
+        critic_grad(v, [ws[0], torch.randn(2, 5, dtype=torch.float64)], [bs[0], torch.zeros(2, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="v: expected a 2-D"):
+        critic_grad(v[0], ws, bs)
+    with pytest.raises(TypeError, match="v: expected a floating-point"):
+        critic_grad(torch.ones(4, 3, dtype=torch.int64), ws, bs)
