@@ -7,7 +7,8 @@ from mclcore import _ext
 
 _ext.load()
 
-from mclcore.ops import infonce as _infonce_mod  # noqa: E402,F401
-from mclcore.ops import critic_grad as _critic_grad_mod  # noqa: E402,F401
+from mclcore.ops.infonce import infonce  # noqa: E402
+from mclcore.ops.critic_grad import critic_grad  # noqa: E402
+from mclcore.ops.mech_derivs import mech_derivs  # noqa: E402
 
-__all__ = ["infonce", "critic_grad"]
+__all__ = ["infonce", "critic_grad", "mech_derivs"]

@@ -1,0 +1,795 @@
+// CPU kernels of mclcore::infonce and mclcore::infonce_backward (schemas in csrc/registration.cpp; DESIGN 2.1,
+// the paper's Eq. 18 / Algorithm 1 with the normalisation folded in).
+//
+//   q_i = p_i / max(|p_i|, eps),  k^_j = k_j / max(|k_j|, eps),  S_ij = q_i . k^_j / tau
+//   loss = mean_i( lse_all_i - lse_pos_i ),  lse_all_i = logsumexp_j S_ij,
+//   lse_pos_i = S_ii (groups undefined) or logsumexp_{j : groups[j] == groups[i]} S_ij (multi-positive mode).
+//
+// Tiled like flash attention: a row block of R rows meets the keys one column tile of C columns at a time
+// (S_tile = at::mm of the normalised tiles), so neither pass ever holds more than an R x C piece of S.
+// Forward keeps per-row running (max, sum) -- an online log-sum-exp -- and returns only lse_all/lse_pos (O(B)).
+// The backward recomputes each tile from those row statistics:
+//   dS_ij = g/B (exp(S_ij - lse_all_i) - [j in P(i)] exp(S_ij - lse_pos_i)),
+//   dq_I += dS_IJ k^_J / tau,   dk^_J += dS_IJ^T q_I / tau,
+// then goes back through the normalisation: dp_i = (dq_i - q_i (q_i . dq_i)) / |p_i| if |p_i| > eps, else dq_i/eps.
+//
+// Why an online maximum rather than the fixed shift 1/tau that |S_ij| <= 1/tau allows: with the fixed shift every
+// exp argument lies in [-2/tau, 0], and a row whose entries all sit near -1/tau has a sum that underflows float32
+// (exp(-87.3) is its smallest normal) once tau < 2/87.3 = 0.023 -- temperatures of 0.01-0.02 are used in practice.
+// The online maximum costs one vectorised max pass over the tile and one exp per row and tile: max + exp + sum
+// together take ~0.7 ns per entry here, against ~3 ns for the entry's share of one matrix product at d = 128
+// (256 flops at ~85 GFLOP/s), so any tau > 0 works at no measurable cost.
+//
+// Parallel over row blocks. dk gathers contributions from every row block, so each worker accumulates into its own
+// (B, d) buffer when (workers - 1) B d values fit a budget (32 MiB by default; MCLCORE_INFONCE_PARTIAL_BYTES
+// overrides it, 0 forces the other path), else a second pass over column blocks recomputes S^T tile by tile
+// (one extra matrix product per tile, no extra memory): memory stays O(B d + tile) whatever the thread count.
+//
+// dtypes: float32 and float64 computed natively; float16 / bfloat16 inputs are normalised into float32 and
+// everything runs in float32 ("compute dtype" below): loss, lse_all and lse_pos come back in the compute dtype,
+// dp and dk in the dtype of p and k.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+// Elementwise work (exp, max, sums over tile rows, row norms) is written with GCC/Clang vector extensions, so it
+// vectorises whatever the build flags: the build targets baseline x86-64 and plain loops over exp did not
+// vectorise at all (3.7 ns per entry measured). On x86-64 the float32 kernels exist twice, 8 lanes compiled for
+// AVX2+FMA and 4 lanes for the baseline, and the first call picks one from the CPU's features. Measured on the
+// 2-core AMD EPYC dev box: max + exp + sum over a tile row ~0.7 ns per entry with AVX2. float64 (the accuracy
+// path: tests, gradcheck) uses plain loops and libm's exp.
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define MCL_X86_DISPATCH 1
+#else
+#define MCL_X86_DISPATCH 0
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define MCL_VEC 1
+#define MCL_INLINE inline __attribute__((always_inline))
+#else
+#define MCL_VEC 0
+#define MCL_INLINE inline
+#endif
+
+namespace {
+
+using at::Tensor;
+
+// Tile geometry. R <= 128 rows per block and C = 256 columns per tile: an R x C float tile is 128 KiB and the key
+// tile (C x d, d = 128) another 128 KiB, which stay in the 512 KiB per-core L2 of the dev box. Measured there
+// (one core, d = 128): at::mm / addmm_ on 128 x 256 tiles run at 79-86 GFLOP/s, within 5% of one 256 x 256
+// product; 64 x 256 at 75-83, 128 x 512 at 71-77 (the tile leaves L2).
+constexpr int64_t kMaxRowBlock = 128;
+constexpr int64_t kMinRowBlock = 16;
+constexpr int64_t kColTile = 256;
+constexpr int64_t kDefaultPartialBudget = int64_t(32) << 20;
+
+template <typename T>
+constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+
+// ------------------------------------------------------------------------------------------------------------
+// Elementwise pieces, scalar versions (float64, tails of float32 rows, compilers without vector extensions).
+
+// exp for float32 (Cephes' expf: range reduction by ln 2, degree-6 polynomial), written out so that the vector
+// version below is the same arithmetic lane by lane. Max relative error 8e-8 measured over [-87, 10]; returns 0
+// below -87.3 (where expf underflows anyway) and for -inf, which the masked positive sums rely on.
+constexpr float kExpLo = -87.3365447505531f, kExpHi = 88.3762626647949f;
+MCL_INLINE float exp_t(float x) {
+  float xc = x < kExpLo ? kExpLo : (x > kExpHi ? kExpHi : x);
+  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest via 1.5 * 2^23
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < kExpLo ? 0.0f : poly * scale;
+}
+MCL_INLINE double exp_t(double x) { return std::exp(x); }
+
+template <typename T>
+MCL_INLINE T row_max_scalar(const T* x, int64_t n, T m) {
+  for (int64_t j = 0; j < n; ++j) m = m > x[j] ? m : x[j];
+  return m;
+}
+
+// x_j <- exp(x_j - shift); returns their sum.
+template <typename T>
+MCL_INLINE T exp_shift_sum_scalar(T* x, int64_t n, T shift) {
+  T s = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    x[j] = exp_t(x[j] - shift);
+    s += x[j];
+  }
+  return s;
+}
+
+// out_j <- x_j where ids_j == g, else -inf.
+template <typename T>
+MCL_INLINE void mask_row_scalar(const T* x, const int32_t* ids, int32_t g, T* out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = ids[j] == g ? x[j] : kNegInf<T>;
+}
+
+// x_j <- coef * (exp(x_j - a) - [ids_j == g] exp(x_j - b)); ids null: without the second term.
+template <typename T>
+MCL_INLINE void ds_row_scalar(T* x, const int32_t* ids, int32_t g, int64_t n, T a, T b, T coef) {
+  if (ids == nullptr) {
+    for (int64_t j = 0; j < n; ++j) x[j] = coef * exp_t(x[j] - a);
+  } else {
+    for (int64_t j = 0; j < n; ++j) x[j] = coef * (exp_t(x[j] - a) - (ids[j] == g ? exp_t(x[j] - b) : T(0)));
+  }
+}
+
+template <typename In>
+MCL_INLINE double sum_squares_scalar(const In* x, int64_t n, double s) {
+  for (int64_t j = 0; j < n; ++j) {
+    const double v = static_cast<double>(x[j]);
+    s += v * v;
+  }
+  return s;
+}
+
+// Row-wise operations on a tile, for one "vector type" V: float32 / float64 scalars (Scalar<T>) or float32 SIMD
+// vectors (Simd<V> below). All are always-inlined into the per-ISA entry points further down.
+template <typename T>
+struct Scalar {
+  using value = T;
+  static MCL_INLINE T row_max(const T* x, int64_t n) { return row_max_scalar(x, n, kNegInf<T>); }
+  static MCL_INLINE T exp_shift_sum(T* x, int64_t n, T shift) { return exp_shift_sum_scalar(x, n, shift); }
+  static MCL_INLINE void mask_row(const T* x, const int32_t* ids, int32_t g, T* out, int64_t n) {
+    mask_row_scalar(x, ids, g, out, n);
+  }
+  static MCL_INLINE void ds_row(T* x, const int32_t* ids, int32_t g, int64_t n, T a, T b, T coef) {
+    ds_row_scalar(x, ids, g, n, a, b, coef);
+  }
+  template <typename In>
+  static MCL_INLINE double sum_squares(const In* x, int64_t n) { return sum_squares_scalar(x, n, 0.0); }
+  static MCL_INLINE T dot(const T* a, const T* b, int64_t n) {
+    T s = 0;
+    for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+    return s;
+  }
+};
+
+#if MCL_VEC
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+template <typename V>
+struct Simd {
+  using value = float;
+  using I = decltype(V{} < V{});  // lane masks / int32 lanes of the same width
+  static constexpr int L = sizeof(V) / sizeof(float);
+
+  static MCL_INLINE V splat(float v) { return V{} + v; }
+  static MCL_INLINE V load(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static MCL_INLINE I loadi(const int32_t* p) {
+    I v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static MCL_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
+  static MCL_INLINE V exp(V x) {  // exp_t, lane by lane
+    V xc = x < kExpLo ? splat(kExpLo) : x;
+    xc = xc > kExpHi ? splat(kExpHi) : xc;
+    V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    V r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    V poly = splat(1.9875691500e-4f);
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    poly = poly * r * r + r + 1.0f;
+    I bits = (__builtin_convertvector(n, I) + 127) << 23;
+    return x < kExpLo ? splat(0.0f) : poly * (V)bits;
+  }
+  static MCL_INLINE float hmax(V v) {
+    float m = v[0];
+    for (int l = 1; l < L; ++l) m = m > v[l] ? m : v[l];
+    return m;
+  }
+  static MCL_INLINE float hsum(V v) {
+    float s = 0;
+    for (int l = 0; l < L; ++l) s += v[l];
+    return s;
+  }
+
+  static MCL_INLINE float row_max(const float* x, int64_t n) {
+    V acc = splat(kNegInf<float>);
+    int64_t j = 0;
+    for (; j + L <= n; j += L) {
+      const V v = load(x + j);
+      acc = v > acc ? v : acc;
+    }
+    return row_max_scalar(x + j, n - j, hmax(acc));
+  }
+  static MCL_INLINE float exp_shift_sum(float* x, int64_t n, float shift) {
+    V acc = splat(0.0f);
+    int64_t j = 0;
+    for (; j + L <= n; j += L) {
+      const V e = exp(load(x + j) - shift);
+      store(x + j, e);
+      acc += e;
+    }
+    return hsum(acc) + exp_shift_sum_scalar(x + j, n - j, shift);
+  }
+  static MCL_INLINE void mask_row(const float* x, const int32_t* ids, int32_t g, float* out, int64_t n) {
+    int64_t j = 0;
+    for (; j + L <= n; j += L) store(out + j, loadi(ids + j) == g ? load(x + j) : splat(kNegInf<float>));
+    mask_row_scalar(x + j, ids + j, g, out + j, n - j);
+  }
+  static MCL_INLINE void ds_row(float* x, const int32_t* ids, int32_t g, int64_t n, float a, float b, float coef) {
+    int64_t j = 0;
+    if (ids == nullptr) {
+      for (; j + L <= n; j += L) store(x + j, coef * exp(load(x + j) - a));
+    } else {
+      for (; j + L <= n; j += L) {
+        const V v = load(x + j);
+        const V pos = exp(loadi(ids + j) == g ? v - b : splat(kNegInf<float>));
+        store(x + j, coef * (exp(v - a) - pos));
+      }
+    }
+    ds_row_scalar(x + j, ids ? ids + j : nullptr, g, n - j, a, b, coef);
+  }
+  // In float32 (inf when a finite row's squares overflow; the caller then rescales in float64).
+  static MCL_INLINE double sum_squares(const float* x, int64_t n) {
+    V acc = splat(0.0f);
+    int64_t j = 0;
+    for (; j + L <= n; j += L) {
+      const V v = load(x + j);
+      acc += v * v;
+    }
+    return sum_squares_scalar(x + j, n - j, static_cast<double>(hsum(acc)));
+  }
+  template <typename In>  // float16 / bfloat16 inputs
+  static MCL_INLINE double sum_squares(const In* x, int64_t n) { return sum_squares_scalar(x, n, 0.0); }
+  static MCL_INLINE float dot(const float* a, const float* b, int64_t n) {
+    V acc = splat(0.0f);
+    int64_t j = 0;
+    for (; j + L <= n; j += L) acc += load(a + j) * load(b + j);
+    float s = hsum(acc);
+    for (; j < n; ++j) s += a[j] * b[j];
+    return s;
+  }
+};
+#endif  // MCL_VEC
+
+// Online log-sum-exp update of one row with n new values (overwritten): (m, s) stands for m + log(s).
+template <typename K, typename T>
+MCL_INLINE void lse_update(T* x, int64_t n, T& m, T& s) {
+  const T mt = K::row_max(x, n);
+  if (mt == kNegInf<T>) return;  // a masked row piece without positives
+  const T mn = m > mt ? m : mt;
+  s = s * exp_t(m - mn) + K::exp_shift_sum(x, n, mn);  // exp(-inf) = 0 on the first tile
+  m = mn;
+}
+
+// Forward: fold one r x c tile of S (row stride c; overwritten) into the running statistics of its rows.
+// gi/gj: dense group ids of the tile's rows/columns, or null in diagonal mode. scratch: c values.
+template <typename K, typename T>
+MCL_INLINE void fwd_tile_body(T* S, int64_t r, int64_t c, T* m, T* s, const int32_t* gi, const int32_t* gj, T* mp,
+                              T* sp, T* scratch) {
+  for (int64_t ii = 0; ii < r; ++ii) {
+    T* x = S + ii * c;
+    if (gi != nullptr) {
+      K::mask_row(x, gj, gi[ii], scratch, c);
+      lse_update<K>(scratch, c, mp[ii], sp[ii]);
+    }
+    lse_update<K>(x, c, m[ii], s[ii]);
+  }
+}
+
+// Backward: overwrite an r x c tile of S with coef * (exp(S_ij - la_i) - [g_j == g_i] exp(S_ij - lp_i)); in
+// diagonal mode (gi null) without the positive term, which the caller subtracts on the diagonal.
+template <typename K, typename T>
+MCL_INLINE void bwd_tile_body(T* S, int64_t r, int64_t c, const T* la, const T* lp, const int32_t* gi,
+                              const int32_t* gj, T coef) {
+  for (int64_t ii = 0; ii < r; ++ii)
+    K::ds_row(S + ii * c, gi ? gj : nullptr, gi ? gi[ii] : 0, c, la[ii], gi ? lp[ii] : T(0), coef);
+}
+
+// out_i = x_i * scale / max(|x_i|, eps) for rows [b0, b1) of a (., d) matrix; norms_i = |x_i| in float64 (a finite
+// float32 row's norm may exceed FLT_MAX). Rows whose sum of squares overflows are rescaled by their largest
+// magnitude; a row holding NaN/inf gets norm NaN and is left for the caller to report.
+template <typename K, typename In, typename T>
+MCL_INLINE void normalise_rows_body(const In* x, T* out, double* norms, int64_t b0, int64_t b1, int64_t d,
+                                    double scale, double eps) {
+  for (int64_t i = b0; i < b1; ++i) {
+    const In* xi = x + i * d;
+    const double ss = K::sum_squares(xi, d);
+    double nr;
+    if (std::isfinite(ss)) {
+      nr = std::sqrt(ss);
+    } else {  // a NaN or an infinity in the row, or a finite row whose squares overflow: find out which
+      double amax = 0;
+      bool finite = true;
+      for (int64_t j = 0; j < d; ++j) {
+        const double v = static_cast<double>(xi[j]);
+        finite = finite && std::isfinite(v);
+        amax = std::max(amax, std::abs(v));
+      }
+      if (!finite) {
+        norms[i] = std::numeric_limits<double>::quiet_NaN();
+        continue;
+      }
+      double s = 0;
+      for (int64_t j = 0; j < d; ++j) {
+        const double v = static_cast<double>(xi[j]) / amax;
+        s += v * v;
+      }
+      nr = amax * std::sqrt(s);
+    }
+    norms[i] = nr;
+    const double f = scale / std::max(nr, eps);
+    T* oi = out + i * d;
+    if (f <= static_cast<double>(std::numeric_limits<T>::max())) {
+      const T ft = static_cast<T>(f);
+      for (int64_t j = 0; j < d; ++j) oi[j] = static_cast<T>(xi[j]) * ft;
+    } else {  // a tiny row with a large 1 / (eps tau): scale in float64 so the factor cannot overflow
+      for (int64_t j = 0; j < d; ++j) oi[j] = static_cast<T>(static_cast<double>(xi[j]) * f);
+    }
+  }
+}
+
+// In place for rows [b0, b1): the gradient w.r.t. the raw row x_i of u_i = x_i / max(|x_i|, eps) given the
+// gradient G_i w.r.t. u_i: (G_i - u_i (u_i . G_i)) / |x_i| when |x_i| > eps, else G_i / eps. G_i = gscale * g_i and
+// u_i = uscale * (stored row), which folds in the 1/tau factors.
+template <typename K, typename T>
+MCL_INLINE void normalise_backward_body(T* g, const T* u, const double* norms, int64_t b0, int64_t b1, int64_t d,
+                                        T uscale, T gscale, double eps) {
+  for (int64_t i = b0; i < b1; ++i) {
+    T* gi = g + i * d;
+    const T* ui = u + i * d;
+    if (norms[i] > eps) {
+      const T dot = K::dot(ui, gi, d) * uscale * gscale;
+      const T inv = static_cast<T>(1.0 / norms[i]);
+      const T a = gscale * inv, b = uscale * dot * inv;
+      for (int64_t j = 0; j < d; ++j) gi[j] = a * gi[j] - b * ui[j];
+    } else {
+      const T f = static_cast<T>(static_cast<double>(gscale) / eps);
+      for (int64_t j = 0; j < d; ++j) gi[j] *= f;
+    }
+  }
+}
+
+// Per-ISA entry points. float64 and the non-vector fallback use Scalar<T>.
+#define MCL_KERNEL_ENTRIES(SUFFIX, ATTR, K)                                                                       \
+  ATTR void fwd_tile_##SUFFIX(float* S, int64_t r, int64_t c, float* m, float* s, const int32_t* gi,              \
+                              const int32_t* gj, float* mp, float* sp, float* scratch) {                         \
+    fwd_tile_body<K>(S, r, c, m, s, gi, gj, mp, sp, scratch);                                                     \
+  }                                                                                                               \
+  ATTR void bwd_tile_##SUFFIX(float* S, int64_t r, int64_t c, const float* la, const float* lp,                   \
+                              const int32_t* gi, const int32_t* gj, float coef) {                                \
+    bwd_tile_body<K>(S, r, c, la, lp, gi, gj, coef);                                                              \
+  }                                                                                                               \
+  template <typename In>                                                                                          \
+  ATTR void normalise_rows_##SUFFIX(const In* x, float* out, double* norms, int64_t b0, int64_t b1, int64_t d,     \
+                                    double scale, double eps) {                                                  \
+    normalise_rows_body<K>(x, out, norms, b0, b1, d, scale, eps);                                                 \
+  }                                                                                                               \
+  ATTR void normalise_backward_##SUFFIX(float* g, const float* u, const double* norms, int64_t b0, int64_t b1,    \
+                                        int64_t d, float uscale, float gscale, double eps) {                     \
+    normalise_backward_body<K>(g, u, norms, b0, b1, d, uscale, gscale, eps);                                      \
+  }
+
+#if MCL_VEC
+#if MCL_X86_DISPATCH
+MCL_KERNEL_ENTRIES(avx2, __attribute__((target("avx2,fma"), noinline)), Simd<v8f>)
+bool use_avx2() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+}
+#else
+bool use_avx2() { return false; }
+#endif
+MCL_KERNEL_ENTRIES(base, __attribute__((noinline)), Simd<v4f>)
+#else
+bool use_avx2() { return false; }
+MCL_KERNEL_ENTRIES(base, , Scalar<float>)
+#endif
+
+#if MCL_VEC && MCL_X86_DISPATCH
+#define MCL_DISPATCH(NAME, ...) (use_avx2() ? NAME##_avx2(__VA_ARGS__) : NAME##_base(__VA_ARGS__))
+#else
+#define MCL_DISPATCH(NAME, ...) NAME##_base(__VA_ARGS__)
+#endif
+
+void fwd_tile(float* S, int64_t r, int64_t c, float* m, float* s, const int32_t* gi, const int32_t* gj, float* mp,
+              float* sp, float* scratch) {
+  MCL_DISPATCH(fwd_tile, S, r, c, m, s, gi, gj, mp, sp, scratch);
+}
+void fwd_tile(double* S, int64_t r, int64_t c, double* m, double* s, const int32_t* gi, const int32_t* gj,
+              double* mp, double* sp, double* scratch) {
+  fwd_tile_body<Scalar<double>>(S, r, c, m, s, gi, gj, mp, sp, scratch);
+}
+void bwd_tile(float* S, int64_t r, int64_t c, const float* la, const float* lp, const int32_t* gi, const int32_t* gj,
+              float coef) {
+  MCL_DISPATCH(bwd_tile, S, r, c, la, lp, gi, gj, coef);
+}
+void bwd_tile(double* S, int64_t r, int64_t c, const double* la, const double* lp, const int32_t* gi,
+              const int32_t* gj, double coef) {
+  bwd_tile_body<Scalar<double>>(S, r, c, la, lp, gi, gj, coef);
+}
+template <typename In>
+void normalise_rows(const In* x, float* out, double* norms, int64_t b0, int64_t b1, int64_t d, double scale,
+                    double eps) {
+  MCL_DISPATCH(normalise_rows, x, out, norms, b0, b1, d, scale, eps);
+}
+template <typename In>
+void normalise_rows(const In* x, double* out, double* norms, int64_t b0, int64_t b1, int64_t d, double scale,
+                    double eps) {
+  normalise_rows_body<Scalar<double>>(x, out, norms, b0, b1, d, scale, eps);
+}
+void normalise_backward_rows(float* g, const float* u, const double* norms, int64_t b0, int64_t b1, int64_t d,
+                             float uscale, float gscale, double eps) {
+  MCL_DISPATCH(normalise_backward, g, u, norms, b0, b1, d, uscale, gscale, eps);
+}
+void normalise_backward_rows(double* g, const double* u, const double* norms, int64_t b0, int64_t b1, int64_t d,
+                             double uscale, double gscale, double eps) {
+  normalise_backward_body<Scalar<double>>(g, u, norms, b0, b1, d, uscale, gscale, eps);
+}
+
+// Normalised inputs of both kernels.
+struct Inputs {
+  Tensor qs, kn;                  // (B, d) compute dtype, contiguous: q / tau and the unit keys k^
+  std::vector<double> pnorm, knorm;  // |p_i|, |k_i| in float64 (a finite float32 row's norm may exceed FLT_MAX)
+  std::vector<int32_t> ids;       // dense group ids (0..n_groups-1), empty in diagonal mode
+  const int32_t* groups = nullptr;
+  int64_t B = 0, d = 0;
+};
+
+// Group ids are compared for equality only; renumbering them densely as int32 (sort, O(B log B)) lets the tile
+// loops compare 8 ids per instruction next to 8 floats.
+void dense_ids(const Tensor& groups, Inputs& in) {
+  const Tensor g = groups.contiguous();
+  const int64_t* v = g.const_data_ptr<int64_t>();
+  const int64_t B = g.size(0);
+  std::vector<int64_t> order(B);
+  for (int64_t i = 0; i < B; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [v](int64_t a, int64_t b) { return v[a] < v[b]; });
+  in.ids.assign(B, 0);
+  int32_t next = 0;
+  for (int64_t t = 0; t < B; ++t) {
+    if (t > 0 && v[order[t]] != v[order[t - 1]]) ++next;
+    in.ids[order[t]] = next;
+  }
+  in.groups = in.ids.data();
+}
+
+// qs_i = p_i / (tau max(|p_i|, eps)) and kn_i = k_i / max(|k_i|, eps) in the compute dtype T, one parallel region
+// for both. Raises if a row is not finite, naming the argument and the row.
+template <typename T, typename In>
+Inputs prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps) {
+  Inputs in;
+  in.B = p.size(0);
+  in.d = p.size(1);
+  const int64_t B = in.B, d = in.d;
+  const Tensor pc = p.contiguous(), kc = k.contiguous();
+  const auto opts = pc.options().dtype(c10::CppTypeToScalarType<T>::value);
+  in.qs = at::empty({B, d}, opts);
+  in.kn = at::empty({B, d}, opts);
+  in.pnorm.resize(B);
+  in.knorm.resize(B);
+  const In* src[2] = {pc.const_data_ptr<In>(), kc.const_data_ptr<In>()};
+  T* dst[2] = {in.qs.mutable_data_ptr<T>(), in.kn.mutable_data_ptr<T>()};
+  double* nrm[2] = {in.pnorm.data(), in.knorm.data()};
+  const double scale[2] = {1.0 / tau, 1.0};
+  // Rows [0, B) are p's, [B, 2B) k's: one parallel region for both.
+  at::parallel_for(0, 2 * B, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
+    for (int which = 0; which < 2; ++which) {
+      const int64_t lo = std::max(b0, which * B) - which * B, hi = std::min(b1, (which + 1) * B) - which * B;
+      if (lo < hi) normalise_rows(src[which], dst[which], nrm[which], lo, hi, d, scale[which], eps);
+    }
+  });
+  int64_t bad[2] = {-1, -1};
+  for (int which = 0; which < 2; ++which)
+    for (int64_t i = 0; i < B && bad[which] < 0; ++i)
+      if (std::isnan(nrm[which][i])) bad[which] = i;
+  TORCH_CHECK(bad[0] < 0, "mclcore.infonce: p contains NaN or infinite values (row ", bad[0], ")");
+  TORCH_CHECK(bad[1] < 0, "mclcore.infonce: k contains NaN or infinite values (row ", bad[1], ")");
+  if (groups.has_value() && groups->defined()) dense_ids(*groups, in);
+  return in;
+}
+
+// In place, for dq (which = 0) and dk (which = 1) in one parallel region: back through the row normalisations.
+// dq was accumulated as dS k^ (gscale 1/tau still to apply) against qs = q / tau (uscale tau); dk = dS^T qs is
+// complete (gscale 1) against the unit keys (uscale 1).
+template <typename T>
+void normalise_backward(const Inputs& in, T* dq, T* dk, double tau, double eps) {
+  const int64_t B = in.B, d = in.d;
+  T* g[2] = {dq, dk};
+  const T* u[2] = {in.qs.const_data_ptr<T>(), in.kn.const_data_ptr<T>()};
+  const double* nrm[2] = {in.pnorm.data(), in.knorm.data()};
+  const T uscale[2] = {static_cast<T>(tau), T(1)};
+  const T gscale[2] = {static_cast<T>(1.0 / tau), T(1)};
+  at::parallel_for(0, 2 * B, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
+    for (int which = 0; which < 2; ++which) {
+      const int64_t lo = std::max(b0, which * B) - which * B, hi = std::min(b1, (which + 1) * B) - which * B;
+      if (lo < hi)
+        normalise_backward_rows(g[which], u[which], nrm[which], lo, hi, d, uscale[which], gscale[which], eps);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Tiling.
+
+struct Geometry {
+  int64_t R, nrb, C;  // rows per block, number of row blocks, columns per tile
+  int64_t nt;         // workers
+  int64_t grain;      // parallel_for grain over blocks: nrb (i.e. run inline) when not worth a parallel region
+};
+
+// Row blocks: at most kMaxRowBlock rows, at least one per thread while blocks keep >= kMinRowBlock rows, and a
+// count that is a multiple of the thread count so the static OpenMP schedule stays balanced (B = 257 on 2 threads:
+// 4 blocks of <= 65 rows rather than 128 + 128 + 1). Below B^2 d = 2^20 (~12 us of matrix products on one core,
+// B ~ 90 at d = 128) the kernel runs on the calling thread: waking a second thread costs as much as it saves, and
+// far more when the machine is shared and that thread is not scheduled.
+constexpr int64_t kMinParallelWork = int64_t(1) << 20;
+Geometry geometry(int64_t B, int64_t d) {
+  const bool parallel = B * B * d >= kMinParallelWork;
+  const int64_t nt = parallel ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+  int64_t nrb = (B + kMaxRowBlock - 1) / kMaxRowBlock;
+  if (nrb < nt) nrb = std::min(nt, std::max<int64_t>(1, B / kMinRowBlock));
+  if (nrb > nt) nrb = (nrb + nt - 1) / nt * nt;
+  const int64_t R = (B + nrb - 1) / nrb;
+  nrb = (B + R - 1) / R;
+  return {R, nrb, std::min(B, kColTile), nt, parallel ? 1 : nrb};
+}
+
+int64_t partial_budget() {
+  const char* v = std::getenv("MCLCORE_INFONCE_PARTIAL_BYTES");
+  if (v == nullptr || *v == '\0') return kDefaultPartialBudget;
+  return std::strtoll(v, nullptr, 10);
+}
+
+template <typename T>
+void forward_kernel(const Inputs& in, T* lse_all, T* lse_pos) {
+  const int64_t B = in.B;
+  const Geometry geo = geometry(B, in.d);
+  const int32_t* grp = in.groups;
+  at::parallel_for(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
+    // The tile products need no autograd bookkeeping (OpenMP workers do not inherit the caller's dispatch TLS).
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
+    std::vector<T> m(geo.R), s(geo.R), mp(geo.R), sp(geo.R), scratch(geo.C);
+    for (int64_t rb = b0; rb < b1; ++rb) {
+      const int64_t i0 = rb * geo.R, r = std::min(geo.R, B - i0);
+      std::fill(m.begin(), m.end(), kNegInf<T>);
+      std::fill(s.begin(), s.end(), T(0));
+      std::fill(mp.begin(), mp.end(), kNegInf<T>);
+      std::fill(sp.begin(), sp.end(), T(0));
+      const Tensor qI = in.qs.narrow(0, i0, r);
+      for (int64_t j0 = 0; j0 < B; j0 += geo.C) {
+        const int64_t c = std::min(geo.C, B - j0);
+        Tensor S = sbuf.narrow(0, 0, r * c).view({r, c});
+        at::mm_out(S, qI, in.kn.narrow(0, j0, c).t());
+        T* x = S.mutable_data_ptr<T>();
+        if (grp == nullptr) {  // diagonal mode: S_ii from the same product the log-sum-exp sees
+          for (int64_t ii = 0; ii < r; ++ii) {
+            const int64_t jj = i0 + ii - j0;
+            if (jj >= 0 && jj < c) lse_pos[i0 + ii] = x[ii * c + jj];
+          }
+        }
+        fwd_tile(x, r, c, m.data(), s.data(), grp ? grp + i0 : nullptr, grp ? grp + j0 : nullptr, mp.data(),
+                 sp.data(), scratch.data());
+      }
+      for (int64_t ii = 0; ii < r; ++ii) {
+        lse_all[i0 + ii] = m[ii] + std::log(s[ii]);
+        if (grp != nullptr) lse_pos[i0 + ii] = mp[ii] + std::log(sp[ii]);
+      }
+    }
+  });
+}
+
+// dS for rows [i0, i0 + r) x columns [j0, j0 + c), written into sbuf and returned as an (r, c) view.
+template <typename T>
+Tensor ds_tile(const Inputs& in, Tensor& sbuf, int64_t i0, int64_t r, int64_t j0, int64_t c, const T* la,
+               const T* lp, T coef) {
+  Tensor S = sbuf.narrow(0, 0, r * c).view({r, c});
+  at::mm_out(S, in.qs.narrow(0, i0, r), in.kn.narrow(0, j0, c).t());
+  T* x = S.mutable_data_ptr<T>();
+  const int32_t* grp = in.groups;
+  bwd_tile(x, r, c, la + i0, lp + i0, grp ? grp + i0 : nullptr, grp ? grp + j0 : nullptr, coef);
+  if (grp == nullptr) {  // the diagonal positive: exp(S_ii - lse_pos_i) = 1 exactly
+    for (int64_t ii = 0; ii < r; ++ii) {
+      const int64_t jj = i0 + ii - j0;
+      if (jj >= 0 && jj < c) x[ii * c + jj] -= coef;
+    }
+  }
+  return S;
+}
+
+// out = a b on the first contribution, out += a b afterwards (so the accumulators need no zero fill).
+void mm_acc(Tensor out, const Tensor& a, const Tensor& b, bool first) {
+  if (first) {
+    at::mm_out(out, a, b);
+  } else {
+    out.addmm_(a, b);
+  }
+}
+
+// Writes dS k^ into dq (its 1/tau comes later) and dS^T (q / tau) into dk, both (B, d), uninitialised on entry.
+template <typename T>
+void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor& dq, Tensor& dk) {
+  const int64_t B = in.B, d = in.d;
+  const Geometry geo = geometry(B, in.d);
+  const int64_t nchunks = std::min(geo.nt, geo.nrb);
+  if ((nchunks - 1) * B * d * static_cast<int64_t>(sizeof(T)) <= partial_budget()) {
+    // One pass; chunk 0 accumulates dk in place, the others into their own (B, d) buffers, summed at the end.
+    std::vector<Tensor> acc(nchunks);
+    acc[0] = dk;
+    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        if (ch > 0) acc[ch] = at::empty({B, d}, dk.options());  // first touched by the thread using it
+        Tensor& dkacc = acc[ch];
+        const int64_t rb_first = ch * geo.nrb / nchunks;
+        for (int64_t rb = rb_first; rb < (ch + 1) * geo.nrb / nchunks; ++rb) {
+          const int64_t i0 = rb * geo.R, r = std::min(geo.R, B - i0);
+          Tensor dqI = dq.narrow(0, i0, r);
+          const Tensor qI = in.qs.narrow(0, i0, r);
+          for (int64_t j0 = 0; j0 < B; j0 += geo.C) {
+            const int64_t c = std::min(geo.C, B - j0);
+            const Tensor E = ds_tile<T>(in, sbuf, i0, r, j0, c, la, lp, coef);
+            mm_acc(dqI, E, in.kn.narrow(0, j0, c), j0 == 0);
+            mm_acc(dkacc.narrow(0, j0, c), E.t(), qI, rb == rb_first);
+          }
+        }
+      }
+    });
+    for (int64_t ch = 1; ch < nchunks; ++ch) dk.add_(acc[ch]);
+    return;
+  }
+  // Pass 1: dq over row blocks. Pass 2: dk over column blocks (the same blocks), recomputing the tiles.
+  at::parallel_for(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
+    for (int64_t rb = b0; rb < b1; ++rb) {
+      const int64_t i0 = rb * geo.R, r = std::min(geo.R, B - i0);
+      Tensor dqI = dq.narrow(0, i0, r);
+      for (int64_t j0 = 0; j0 < B; j0 += geo.C) {
+        const int64_t c = std::min(geo.C, B - j0);
+        mm_acc(dqI, ds_tile<T>(in, sbuf, i0, r, j0, c, la, lp, coef), in.kn.narrow(0, j0, c), j0 == 0);
+      }
+    }
+  });
+  at::parallel_for(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
+    for (int64_t cb = b0; cb < b1; ++cb) {
+      const int64_t j0 = cb * geo.R, c = std::min(geo.R, B - j0);
+      Tensor dkJ = dk.narrow(0, j0, c);
+      for (int64_t i0 = 0; i0 < B; i0 += geo.C) {
+        const int64_t r = std::min(geo.C, B - i0);
+        mm_acc(dkJ, ds_tile<T>(in, sbuf, i0, r, j0, c, la, lp, coef).t(), in.qs.narrow(0, i0, r), i0 == 0);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Checks and entry points.
+
+at::ScalarType compute_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_inputs(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps) {
+  TORCH_CHECK(p.dim() == 2, "mclcore.infonce: p must be 2-D (B, d), got shape ", p.sizes());
+  TORCH_CHECK(k.dim() == 2, "mclcore.infonce: k must be 2-D (B, d), got shape ", k.sizes());
+  TORCH_CHECK(p.sizes() == k.sizes(), "mclcore.infonce: p and k must have the same shape, got ", p.sizes(), " and ",
+              k.sizes());
+  TORCH_CHECK(p.size(0) >= 2, "mclcore.infonce: needs a batch of at least 2 rows (B >= 2), got B = ", p.size(0));
+  TORCH_CHECK(p.size(1) >= 1, "mclcore.infonce: needs d >= 1 features, got d = ", p.size(1));
+  const auto t = p.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+              "mclcore.infonce: p must be float16, bfloat16, float32 or float64, got ", t);
+  TORCH_CHECK(k.scalar_type() == t, "mclcore.infonce: p and k must have the same dtype, got ", t, " and ",
+              k.scalar_type());
+  TORCH_CHECK(p.device() == k.device(), "mclcore.infonce: p and k must be on the same device, got ", p.device(),
+              " and ", k.device());
+  TORCH_CHECK(p.device().is_cpu(), "mclcore.infonce: CPU kernel called with tensors on ", p.device());
+  TORCH_CHECK(std::isfinite(tau) && tau > 0, "mclcore.infonce: tau must be a positive finite number, got ", tau);
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, "mclcore.infonce: eps must be a positive finite number, got ", eps);
+  if (groups.has_value() && groups->defined()) {
+    const Tensor& g = *groups;
+    TORCH_CHECK(g.dim() == 1 && g.size(0) == p.size(0), "mclcore.infonce: groups must have shape (B,) = (",
+                p.size(0), ",), got ", g.sizes());
+    TORCH_CHECK(g.scalar_type() == at::kLong, "mclcore.infonce: groups must be int64, got ", g.scalar_type());
+    TORCH_CHECK(g.device() == p.device(), "mclcore.infonce: groups must be on ", p.device(), ", got ", g.device());
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> infonce_cpu(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups,
+                                               double tau, double eps) {
+  check_inputs(p, k, groups, tau, eps);
+  const int64_t B = p.size(0);
+  const auto ct = compute_dtype(p.scalar_type());
+  Tensor loss = at::empty({}, p.options().dtype(ct));
+  Tensor lse_all = at::empty({B}, p.options().dtype(ct));
+  Tensor lse_pos = at::empty({B}, p.options().dtype(ct));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps);
+    T* la = lse_all.mutable_data_ptr<T>();
+    T* lp = lse_pos.mutable_data_ptr<T>();
+    forward_kernel<T>(in, la, lp);
+    // Per-row terms are >= 0 mathematically (P(i) is a subset of all j). In diagonal mode the rounded values keep
+    // that exactly (the running sum holds exp(0) = 1 for the row maximum, so lse_all >= max_j S_ij >= S_ii); two
+    // rounded log-sum-exps over nested sets can disagree in the last ulp, and the clamp keeps that from making
+    // the loss negative. Summed in float64: B terms of size ~log B.
+    double total = 0;
+    for (int64_t i = 0; i < B; ++i) total += std::max(0.0, static_cast<double>(la[i]) - static_cast<double>(lp[i]));
+    *loss.mutable_data_ptr<T>() = static_cast<T>(total / static_cast<double>(B));
+  });
+  return {loss, lse_all, lse_pos};
+}
+
+std::tuple<Tensor, Tensor> infonce_backward_cpu(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
+                                                const std::optional<Tensor>& groups, const Tensor& lse_all,
+                                                const Tensor& lse_pos, double tau, double eps) {
+  check_inputs(p, k, groups, tau, eps);
+  const int64_t B = p.size(0), d = p.size(1);
+  const auto ct = compute_dtype(p.scalar_type());
+  TORCH_CHECK(grad_loss.numel() == 1, "mclcore.infonce_backward: grad_loss must hold one value, got shape ",
+              grad_loss.sizes());
+  for (const Tensor* t : {&lse_all, &lse_pos}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == B, "mclcore.infonce_backward: lse_all/lse_pos must have shape (", B,
+                ",), got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == ct, "mclcore.infonce_backward: lse_all/lse_pos must be ", ct, ", got ",
+                t->scalar_type());
+    TORCH_CHECK(t->device() == p.device(), "mclcore.infonce_backward: lse_all/lse_pos must be on ", p.device());
+  }
+  const double g = grad_loss.item<double>();
+  Tensor dp, dk;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce_backward", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps);
+    const Tensor la = lse_all.contiguous(), lp = lse_pos.contiguous();
+    Tensor dq = at::empty({B, d}, in.qs.options());
+    Tensor dkh = at::empty({B, d}, in.qs.options());
+    backward_kernel<T>(in, la.const_data_ptr<T>(), lp.const_data_ptr<T>(), static_cast<T>(g / B), dq, dkh);
+    normalise_backward<T>(in, dq.mutable_data_ptr<T>(), dkh.mutable_data_ptr<T>(), tau, eps);
+    dp = p.scalar_type() == ct ? dq : dq.to(p.scalar_type());
+    dk = k.scalar_type() == ct ? dkh : dkh.to(k.scalar_type());
+  });
+  return {dp, dk};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mclcore, CPU, m) {
+  m.impl("infonce", &infonce_cpu);
+  m.impl("infonce_backward", &infonce_backward_cpu);
+}

@@ -1,0 +1,399 @@
+"""infonce op (csrc/infonce, mclcore/ops/infonce.py) vs the pure-autograd reference (python/infonce.py)."""
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mclcore.ops.infonce import infonce
+from python.infonce import infonce as ref_infonce
+
+# Tolerances against the float64 reference: float64 computes natively; float32 accumulates in float32 (exp by a
+# polynomial good to 1e-7 relative); half types are rounded once on input and computed in float32, so the comparison
+# is against the float64 reference on the same rounded inputs.
+TOL = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=1e-2, atol=1e-2),
+}
+# kColTile in csrc/infonce/infonce_cpu.cpp (rows come in blocks of <= 128): B = TILE + 1 = 257 ends on a one-column
+# tile, B = 600 spans three column tiles and several row blocks.
+TILE = 256
+
+
+def make(B, d, dtype=torch.float64, seed=0, n_groups=None):
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.randn(B, d, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    k = torch.randn(B, d, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    groups = None if n_groups is None else torch.randint(0, n_groups, (B,), generator=gen)
+    return p, k, groups
+
+
+def loss_and_grads(fn, p, k, **kw):
+    loss = fn(p, k, **kw)
+    dp, dk = torch.autograd.grad(loss, (p, k))
+    return loss, dp, dk
+
+
+def ref64(p, k, **kw):
+    """Reference loss and gradients in float64 on the same (possibly rounded) inputs."""
+    p64 = p.detach().double().requires_grad_()
+    k64 = k.detach().double().requires_grad_()
+    return loss_and_grads(ref_infonce, p64, k64, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n_groups", [None, 3])
+@pytest.mark.parametrize("d", [1, 127])
+@pytest.mark.parametrize("B", [2, 3, TILE + 1])
+def test_matches_reference(B, d, n_groups, dtype):
+    p, k, groups = make(B, d, dtype, seed=B + d, n_groups=n_groups)
+    loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.1, groups=groups)
+    rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
+    assert loss.shape == () and loss.dtype == dtype
+    assert dp.dtype == dtype and dk.dtype == dtype
+    torch.testing.assert_close(loss, rl.to(dtype), **TOL[dtype])
+    # Absolute tolerance on the scale of the gradient before the normalisation's projection, |dq_i| / |p_i| ~
+    # 1 / (B tau |p_i|): at d = 1 the true gradient is exactly 0 (q_i = +-1 cannot move) and what remains is the
+    # rounding of dq_i - q_i (q_i . dq_i).
+    min_norm = min(p.detach().double().norm(dim=1).min().item(), k.detach().double().norm(dim=1).min().item())
+    scale = max(rdp.abs().max().item(), rdk.abs().max().item(), 1.0 / (B * 0.1 * min_norm))
+    tol = dict(rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * scale)
+    torch.testing.assert_close(dp, rdp.to(dtype), **tol)
+    torch.testing.assert_close(dk, rdk.to(dtype), **tol)
+
+
+@pytest.mark.parametrize("tau", [0.01, 1.0, 5.0])
+@pytest.mark.parametrize("n_groups", [None, 4])
+def test_temperatures(tau, n_groups):
+    # tau = 0.01 puts exp arguments down to -200: a fixed shift of 1/tau would underflow float32 there.
+    p, k, groups = make(300, 16, torch.float32, seed=3, n_groups=n_groups)
+    loss, dp, dk = loss_and_grads(infonce, p, k, tau=tau, groups=groups)
+    rl, rdp, rdk = ref64(p, k, tau=tau, groups=groups)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), rl, rtol=1e-5, atol=1e-5)
+    scale = rdp.abs().max().item()
+    torch.testing.assert_close(dp.double(), rdp, rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(dk.double(), rdk, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("n_groups", [None, 2])
+def test_non_contiguous_inputs(n_groups):
+    gen = torch.Generator().manual_seed(1)
+    B, d = 37, 11
+    p = torch.randn(d, B, generator=gen, dtype=torch.float64).t().requires_grad_()       # stride (1, B)
+    k_base = torch.randn(B, 2 * d, generator=gen, dtype=torch.float64)
+    k = k_base[:, ::2].detach().requires_grad_()                                           # stride (2d, 2)
+    groups = None if n_groups is None else torch.randint(0, n_groups, (2 * B,), generator=gen)[::2]
+    assert not p.is_contiguous() and not k.is_contiguous()
+    loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.2, groups=groups)
+    rl, rdp, rdk = ref64(p, k, tau=0.2, groups=groups)
+    torch.testing.assert_close(loss, rl, **TOL[torch.float64])
+    torch.testing.assert_close(dp, rdp, **TOL[torch.float64])
+    torch.testing.assert_close(dk, rdk, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_groups", [None, 5])
+def test_half_precision_inputs_compute_in_float32(dtype, n_groups):
+    p, k, groups = make(70, 24, dtype, seed=5, n_groups=n_groups)
+    loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.1, groups=groups)
+    rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
+    assert loss.dtype == torch.float32 and dp.dtype == dtype and dk.dtype == dtype
+    torch.testing.assert_close(loss.double(), rl, rtol=1e-5, atol=1e-5)  # inputs are exact; compute is float32
+    scale = rdp.abs().max().item()
+    torch.testing.assert_close(dp.double(), rdp, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+    torch.testing.assert_close(dk.double(), rdk, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+
+
+def test_row_statistics():
+    p, k, groups = make(300, 9, seed=2, n_groups=7)
+    q = p.detach() / p.detach().norm(dim=1, keepdim=True)
+    kh = k.detach() / k.detach().norm(dim=1, keepdim=True)
+    S = q @ kh.t() / 0.3
+    loss, lse_all, lse_pos = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, 0.3, 1e-12)
+    torch.testing.assert_close(lse_all, torch.logsumexp(S, 1), **TOL[torch.float64])
+    same = groups[:, None] == groups[None, :]
+    torch.testing.assert_close(lse_pos, torch.logsumexp(S.masked_fill(~same, -math.inf), 1), **TOL[torch.float64])
+    _, _, diag = torch.ops.mclcore.infonce(p.detach(), k.detach(), None, 0.3, 1e-12)
+    torch.testing.assert_close(diag, S.diagonal(), **TOL[torch.float64])
+    for t in (loss, lse_all, lse_pos):
+        assert t.is_contiguous()
+
+
+def test_zero_rows_follow_the_eps_branch():
+    # q_i = p_i / eps for |p_i| <= eps: a zero row gives q_i = 0 and gradient dq_i / eps, like the reference.
+    p, k, _ = make(6, 4, seed=4)
+    with torch.no_grad():
+        p[2] = 0.0
+        k[4] = 1e-3
+    for eps in (1e-12, 1e-2):
+        loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.5, eps=eps)
+        rl, rdp, rdk = ref64(p, k, tau=0.5, eps=eps)
+        torch.testing.assert_close(loss, rl, **TOL[torch.float64])
+        torch.testing.assert_close(dp, rdp, rtol=1e-9, atol=1e-12 * rdp.abs().max().item())
+        torch.testing.assert_close(dk, rdk, rtol=1e-9, atol=1e-12 * rdk.abs().max().item())
+
+
+def test_large_finite_values_do_not_overflow_the_norm():
+    # Entries near FLT_MAX: the squares overflow float32 (the kernel falls back to a rescaled float64 norm) and so
+    # does the wrapper's one-sum finiteness test (it falls back to the exact check): still finite, still right.
+    p, k, _ = make(5, 3, torch.float32, seed=6)
+    with torch.no_grad():
+        big = p / p.abs().max() * 3e38
+    assert torch.isinf(big.sum() * 2) or torch.isinf((big * big).sum())
+    loss, dp, _ = loss_and_grads(infonce, big.requires_grad_(), k)
+    torch.testing.assert_close(loss, infonce(p, k), rtol=1e-6, atol=1e-6)
+    assert bool(torch.isfinite(dp).all())
+
+
+def test_inference_mode_and_direct_backward_call():
+    # The kernels' worker threads do not inherit the caller's inference-mode TLS: they must still write into the
+    # (inference) tensors allocated by the calling thread.
+    p, k, groups = (t.detach() if t is not None else None for t in make(300, 16, torch.float32, seed=7, n_groups=4))
+    expect = infonce(p, k, groups=groups)
+    _, la, lp = torch.ops.mclcore.infonce(p, k, groups, 0.1, 1e-12)
+    dp, dk = torch.ops.mclcore.infonce_backward(torch.tensor(2.0), p, k, groups, la, lp, 0.1, 1e-12)
+    with torch.inference_mode():
+        torch.testing.assert_close(infonce(p, k, groups=groups), expect)
+        _, la2, lp2 = torch.ops.mclcore.infonce(p, k, groups, 0.1, 1e-12)
+        dp2, dk2 = torch.ops.mclcore.infonce_backward(torch.tensor(2.0), p, k, groups, la2, lp2, 0.1, 1e-12)
+    torch.testing.assert_close(dp2, dp)
+    torch.testing.assert_close(dk2, dk)
+    _, rdp, rdk = ref64(p, k, groups=groups)
+    torch.testing.assert_close(dp.double(), 2 * rdp, rtol=1e-4, atol=1e-6 * rdp.abs().max().item())
+
+
+@pytest.mark.parametrize("n_groups", [None, 3])
+def test_dk_accumulation_paths_agree(monkeypatch, n_groups):
+    # Per-thread dk buffers (default) and the second pass over column blocks (budget 0) must give the same result.
+    p, k, groups = make(2 * TILE + 88, 20, torch.float64, seed=8, n_groups=n_groups)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the two-pass path only differs with more than one worker
+    try:
+        _, dp1, dk1 = loss_and_grads(infonce, p, k, groups=groups)
+        monkeypatch.setenv("MCLCORE_INFONCE_PARTIAL_BYTES", "0")
+        _, dp2, dk2 = loss_and_grads(infonce, p, k, groups=groups)
+        torch.set_num_threads(1)
+        _, dp3, dk3 = loss_and_grads(infonce, p, k, groups=groups)
+    finally:
+        torch.set_num_threads(threads)
+    _, rdp, rdk = ref64(p, k, groups=groups)
+    for dp, dk in ((dp1, dk1), (dp2, dk2), (dp3, dk3)):
+        torch.testing.assert_close(dp, rdp, **TOL[torch.float64])
+        torch.testing.assert_close(dk, rdk, **TOL[torch.float64])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration: opcheck, gradcheck, torch.compile.
+
+
+@pytest.mark.parametrize("n_groups", [None, 2])
+def test_opcheck(n_groups):
+    p, k, groups = make(9, 5, seed=9, n_groups=n_groups)
+    torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, groups, 0.1, 1e-12))
+    _, lse_all, lse_pos = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, 0.1, 1e-12)
+    g = torch.tensor(1.3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.mclcore.infonce_backward.default,
+                          (g, p.detach(), k.detach(), groups, lse_all, lse_pos, 0.1, 1e-12))
+
+
+def test_opcheck_non_contiguous_and_half():
+    p = torch.randn(6, 7, dtype=torch.float64).t().requires_grad_()
+    k = torch.randn(7, 12, dtype=torch.float64)[:, ::2].requires_grad_()
+    torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, None, 0.5, 1e-12))
+    ph = torch.randn(7, 6, dtype=torch.bfloat16)
+    kh = torch.randn(7, 6, dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.mclcore.infonce.default, (ph, kh, None, 0.5, 1e-12))
+
+
+@pytest.mark.parametrize("n_groups", [None, 2])
+def test_gradcheck_op_float64(n_groups):
+    p, k, groups = make(6, 4, seed=10, n_groups=n_groups)
+
+    def fn(p, k):
+        return torch.ops.mclcore.infonce(p, k, groups, 0.4, 1e-12)[0]
+
+    assert torch.autograd.gradcheck(fn, (p, k))
+
+
+def test_gradcheck_wrapper_float64():
+    p, k, groups = make(5, 3, seed=11, n_groups=2)
+    assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.3, groups=groups), (p, k))
+    assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.3), (p, k))
+
+
+@pytest.mark.parametrize("n_groups", [None, 3])
+def test_torch_compile_fullgraph(n_groups):
+    p, k, groups = make(40, 8, torch.float32, seed=12, n_groups=n_groups)
+
+    def fn(p, k, groups, tau):
+        # the op between other ops, so the fake kernel's shapes and dtypes feed the surrounding graph
+        return infonce(torch.tanh(p), k * 2.0, tau, groups=groups) * 3.0
+
+    # dynamic=True: symbolic B in the fake kernels and a symbolic tau through the wrapper's checks
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
+    for tau in (0.2, 0.5):
+        expect = loss_and_grads(lambda p, k: fn(p, k, groups, tau), p, k)
+        got = loss_and_grads(lambda p, k: compiled(p, k, groups, tau), p, k)
+        for a, b in zip(got, expect):
+            torch.testing.assert_close(a, b)
+    p2, k2, groups2 = make(23, 8, torch.float32, seed=14, n_groups=n_groups)
+    torch.testing.assert_close(compiled(p2, k2, groups2, 0.2), fn(p2, k2, groups2, 0.2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Properties.
+
+shapes = dict(B=st.integers(2, 40), d=st.integers(1, 16), seed=st.integers(0, 2**16))
+
+
+@given(**shapes, n_groups=st.sampled_from([None, 1, 2, 5]), log_sp=st.floats(-3, 3), log_sk=st.floats(-3, 3))
+def test_property_invariant_to_positive_row_scaling(B, d, seed, n_groups, log_sp, log_sk):
+    p, k, groups = make(B, d, seed=seed, n_groups=n_groups)
+    gen = torch.Generator().manual_seed(seed + 1)
+    sp = torch.exp(log_sp + torch.rand(B, 1, generator=gen, dtype=torch.float64))
+    sk = torch.exp(log_sk + torch.rand(B, 1, generator=gen, dtype=torch.float64))
+    base = infonce(p, k, 0.1, groups=groups)
+    torch.testing.assert_close(infonce(p * sp, k * sk, 0.1, groups=groups), base, rtol=1e-12, atol=1e-12)
+
+
+@given(**shapes, n_groups=st.sampled_from([None, 1, 3]), tau=st.floats(0.005, 10.0))
+def test_property_loss_is_nonnegative(B, d, seed, n_groups, tau):
+    p, k, groups = make(B, d, torch.float32, seed=seed, n_groups=n_groups)
+    with torch.no_grad():
+        k.copy_(p if seed % 2 else k)  # aligned pairs push the loss towards its floor of 0
+    loss, lse_all, lse_pos = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, tau, 1e-12)
+    assert loss.item() >= 0
+    # The row statistics themselves: a log-sum-exp over a subset never exceeds the one over all columns.
+    assert bool((lse_all >= lse_pos - 1e-6 * lse_all.abs().clamp_min(1)).all())
+
+
+@given(**shapes, n_groups=st.sampled_from([None, 2, 4]))
+def test_property_consistent_permutation_leaves_loss_unchanged(B, d, seed, n_groups):
+    p, k, groups = make(B, d, seed=seed, n_groups=n_groups)
+    perm = torch.randperm(B, generator=torch.Generator().manual_seed(seed))
+    g_perm = None if groups is None else groups[perm]
+    torch.testing.assert_close(infonce(p[perm], k[perm], 0.1, groups=g_perm), infonce(p, k, 0.1, groups=groups),
+                               rtol=1e-12, atol=1e-12)
+
+
+@given(**shapes)
+def test_property_distinct_groups_equal_diagonal_mode(B, d, seed):
+    p, k, _ = make(B, d, seed=seed)
+    ids = torch.randperm(B, generator=torch.Generator().manual_seed(seed)) * 7 - 3  # distinct, any integers
+    a = loss_and_grads(infonce, p, k, groups=ids)
+    b = loss_and_grads(infonce, p, k)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
+def test_multi_positive_removes_the_log_group_size_floor():
+    # 4 conditions x 8 rows, queries equal to their keys: diagonal mode is stuck at >= log 8, multi-positive is not.
+    keys = torch.eye(4, 16, dtype=torch.float64).repeat_interleave(8, 0)
+    groups = torch.arange(4).repeat_interleave(8)
+    diag = infonce(keys.clone(), keys, 0.05)
+    multi = infonce(keys.clone(), keys, 0.05, groups=groups)
+    assert diag.item() >= math.log(8)
+    assert multi.item() < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memory: structural check of the tiling (the benchmark measures time and memory properly).
+
+
+def _peak_extra_rss(fn):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark to the current resident set
+
+    def kib(field):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+    base = kib("VmRSS")
+    fn()
+    return (kib("VmHWM") - base) * 1024
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_forward_backward_never_hold_a_b_by_b_tensor():
+    B, d = 4096, 16
+    p, k, _ = make(B, d, torch.float32, seed=13)
+    logits_bytes = B * B * 4  # 64 MiB: one B x B float32 tensor
+
+    def op():
+        infonce(p, k).backward()
+
+    def ref():
+        ref_infonce(p, k).backward()
+
+    op()  # warm up threads and allocator pools
+    op_peak = _peak_extra_rss(op)
+    ref_peak = _peak_extra_rss(ref)
+    assert ref_peak > logits_bytes  # the measurement sees a B x B tensor when there is one
+    assert op_peak < logits_bytes / 8, f"op peak {op_peak / 2**20:.1f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad inputs.
+
+
+def test_bad_inputs_python_errors():
+    p, k, groups = make(4, 3, n_groups=2)
+    with pytest.raises(ValueError, match="p: expected a 2-D"):
+        infonce(p[0], k)
+    with pytest.raises(ValueError, match="k: expected a 2-D"):
+        infonce(p, k.reshape(-1))
+    with pytest.raises(ValueError, match=r"k: expected the shape of p \(4, 3\)"):
+        infonce(p, k[:, :2])
+    with pytest.raises(ValueError, match="p: expected a batch of at least 2 rows"):
+        infonce(p[:1], k[:1])
+    for tau in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tau: expected a positive finite number"):
+            infonce(p, k, tau)
+    with pytest.raises(TypeError, match="tau: expected a positive finite number"):
+        infonce(p, k, "warm")
+    with pytest.raises(ValueError, match="eps: expected a positive finite number"):
+        infonce(p, k, eps=0.0)
+    with pytest.raises(ValueError, match="p: contains NaN or infinite"):
+        infonce(p.detach().index_fill(0, torch.tensor([1]), float("nan")), k)
+    with pytest.raises(ValueError, match="k: contains NaN or infinite"):
+        infonce(p, k.detach().index_fill(0, torch.tensor([2]), float("inf")))
+    with pytest.raises(ValueError, match=r"groups: expected shape \(4,\)"):
+        infonce(p, k, groups=groups[:3])
+    with pytest.raises(TypeError, match="groups: expected an integer dtype"):
+        infonce(p, k, groups=groups.double())
+    with pytest.raises(TypeError, match="groups: expected a"):
+        infonce(p, k, groups=[0, 1, 0, 1])
+    with pytest.raises(TypeError, match=r"k: expected the dtype of p \(torch.float64\)"):
+        infonce(p, k.float())
+    with pytest.raises(TypeError, match="p: expected a floating-point"):
+        infonce(torch.ones(4, 3, dtype=torch.int64), k)
+    # int32 ids are accepted and mean the same as int64
+    torch.testing.assert_close(infonce(p, k, groups=groups.int()), infonce(p, k, groups=groups))
+
+
+def test_bad_inputs_kernel_errors():
+    # The C++ checks stand on their own for callers of torch.ops.mclcore.infonce.
+    p, k, groups = (t.detach() if t is not None else None for t in make(4, 3, n_groups=2))
+    op = torch.ops.mclcore.infonce
+    with pytest.raises(RuntimeError, match="p contains NaN or infinite values"):
+        op(p.index_fill(0, torch.tensor([3]), float("nan")), k, None, 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match="B >= 2"):
+        op(p[:1], k[:1], None, 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match="same shape"):
+        op(p, k[:3], None, 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        op(p, k.float(), None, 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match="groups must be int64"):
+        op(p, k, groups.int(), 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match=r"groups must have shape \(B,\)"):
+        op(p, k, groups[:2], 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match="tau must be a positive finite"):
+        op(p, k, None, 0.0, 1e-12)
+    _, la, lp = op(p, k, None, 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match="lse_all/lse_pos must be"):
+        torch.ops.mclcore.infonce_backward(torch.tensor(1.0), p, k, None, la.float(), lp, 0.1, 1e-12)
