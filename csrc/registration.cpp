@@ -20,16 +20,25 @@ TORCH_LIBRARY(mclcore, m) {
   m.def(
       "infonce_backward(Tensor grad_loss, Tensor p, Tensor k, Tensor? groups, Tensor lse_all, Tensor lse_pos, "
       "float tau, float eps) -> (Tensor, Tensor)");
+  // Training path: the loss and its gradients in one call, (loss, dp, dk) = (infonce's loss, d loss/dp, d loss/dk)
+  // for an upstream gradient of 1; dp, dk contiguous in the dtypes of p and k. Three matrix products where
+  // infonce + infonce_backward make four: each row block holds its rows of S over all B columns (an R x B panel,
+  // R shrinking with B so all panels stay within 8 MiB, MCLCORE_INFONCE_FUSED_BYTES), so the softmax is final
+  // before the gradient products. Past that budget (R < 32) it runs the recompute path; memory O(B d) either way.
+  m.def("infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> "
+        "(Tensor loss, Tensor dp, Tensor dk)");
 
   // Input gradient of a scalar MLP critic c(v) = w_L . s(... s(W_1 v + b_1) ...) + b_L (DESIGN 2.2).
   // v: (B, dv); weights[l]: (out_l, in_l) as nn.Linear, the last (1, h); biases[l]: (out_l,).
-  // activation: gelu | relu | silu | tanh | softplus. Returns grad_v c: (B, dv).
-  m.def("critic_grad(Tensor v, Tensor[] weights, Tensor[] biases, str activation) -> Tensor");
+  // activation: gelu | relu | silu | tanh | softplus. Returns (grad_v c: (B, dv), saved: 1-D workspace of
+  // 4 B sum(hidden widths) values holding s(a_l), s'(a_l), s''(a_l) and the gradient-chain rows, read by the
+  // backward so it recomputes nothing; not differentiable).
+  m.def("critic_grad(Tensor v, Tensor[] weights, Tensor[] biases, str activation) -> (Tensor, Tensor)");
   // Backward of critic_grad: given G = dL/d(grad_v c), returns dL/dv, dL/dW_l, dL/db_l. Exact (uses s''), so
   // training through the mechanism gradient equals autograd with create_graph=True.
   m.def(
-      "critic_grad_backward(Tensor grad_out, Tensor v, Tensor[] weights, Tensor[] biases, str activation) "
-      "-> (Tensor, Tensor[], Tensor[])");
+      "critic_grad_backward(Tensor grad_out, Tensor v, Tensor[] weights, Tensor[] biases, Tensor saved, "
+      "str activation) -> (Tensor, Tensor[], Tensor[])");
 
   // mech_derivs: see csrc/mech_derivs/ (schemas added below by that op).
   // Mechanism derivatives V(z,u) of an MLP generator by per-sample Taylor-mode propagation (DESIGN 2.3).

@@ -17,28 +17,33 @@ from mclcore.ops import _checks
 ACTIVATIONS = ("gelu", "relu", "silu", "tanh", "softplus")
 
 
+def _workspace_numel(v, weights):
+    return 4 * v.shape[0] * sum(w.shape[0] for w in weights[:-1])
+
+
 @torch.library.register_fake("mclcore::critic_grad")
 def _critic_grad_fake(v, weights, biases, activation):
-    return v.new_empty(v.shape)
+    return v.new_empty(v.shape), v.new_empty((_workspace_numel(v, weights),))
 
 
 @torch.library.register_fake("mclcore::critic_grad_backward")
-def _critic_grad_backward_fake(grad_out, v, weights, biases, activation):
+def _critic_grad_backward_fake(grad_out, v, weights, biases, saved, activation):
     return v.new_empty(v.shape), [w.new_empty(w.shape) for w in weights], [b.new_empty(b.shape) for b in biases]
 
 
 def _setup_context(ctx, inputs, output):
     v, weights, biases, activation = inputs
-    ctx.save_for_backward(v, *weights, *biases)
+    ctx.save_for_backward(v, output[1], *weights, *biases)
+    ctx.mark_non_differentiable(output[1])
     ctx.n_layers = len(weights)
     ctx.activation = activation
 
 
-def _backward(ctx, grad):
+def _backward(ctx, grad, _grad_saved):
     saved = ctx.saved_tensors
     n = ctx.n_layers
-    v, weights, biases = saved[0], list(saved[1 : 1 + n]), list(saved[1 + n :])
-    gv, gw, gb = torch.ops.mclcore.critic_grad_backward(grad, v, weights, biases, ctx.activation)
+    v, workspace, weights, biases = saved[0], saved[1], list(saved[2 : 2 + n]), list(saved[2 + n :])
+    gv, gw, gb = torch.ops.mclcore.critic_grad_backward(grad, v, weights, biases, workspace, ctx.activation)
     return gv, list(gw), list(gb), None
 
 
@@ -89,4 +94,4 @@ def critic_grad(
     v = v.to(dtype)
     weights = [w.to(dtype) for w in weights]
     biases = [b.to(dtype) for b in biases]
-    return torch.ops.mclcore.critic_grad(v, weights, biases, activation)
+    return torch.ops.mclcore.critic_grad(v, weights, biases, activation)[0]

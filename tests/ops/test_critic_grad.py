@@ -59,7 +59,8 @@ def test_opcheck(activation):
     g = torch.randn(5, 4, dtype=torch.float64)
     wd, bd = [w.detach() for w in ws], [b.detach() for b in bs]
     torch.library.opcheck(torch.ops.mclcore.critic_grad.default, (v, ws, bs, activation))
-    torch.library.opcheck(torch.ops.mclcore.critic_grad_backward.default, (g, v.detach(), wd, bd, activation))
+    _, saved = torch.ops.mclcore.critic_grad(v.detach(), wd, bd, activation)
+    torch.library.opcheck(torch.ops.mclcore.critic_grad_backward.default, (g, v.detach(), wd, bd, saved, activation))
 
 
 @pytest.mark.parametrize("activation", ["gelu", "tanh", "softplus", "silu"])
