@@ -1,0 +1,205 @@
+"""Shared plumbing for the disentanglement metrics: representation wrappers, code caching, input checks.
+
+A *representation* is any callable ``f(observations) -> codes`` with observations (N, 64, 64, 3) uint8 (what the
+datasets return; a representation that wants floats converts, see :func:`torch_representation`) and codes (N, K)
+array-like (numpy or torch). Metrics wrap it in :class:`EncodedDataset`, which checks every output (shape, NaN,
+inf) and, by default, computes each grid point's code once: the benchmark grids are finite (480,000 points for
+Shapes3D) while the FactorVAE protocol alone asks for 64 x 15,000 + 10,000 = 970,000 codes, about half of them
+repeats. Caching assumes the representation is deterministic (posterior means, eval mode); pass ``cache=False``
+to call it on every batch exactly as disentanglement_lib does.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from mclcore.data.base import GroundTruthDataset, as_generator, to_float_nchw
+
+__all__ = ["EncodedDataset", "as_encoded", "torch_representation", "check_codes", "check_factors",
+           "as_generator", "histogram_discretize"]
+
+
+def check_codes(codes, n: int | None = None, name: str = "codes") -> np.ndarray:
+    """``codes`` as a float64 (N, K) array; raise ValueError naming ``name`` for a wrong shape, NaN or inf."""
+    if hasattr(codes, "detach"):
+        codes = codes.detach().cpu().numpy()
+    a = np.asarray(codes)
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        hint = " (reshape 1-D codes to (N, 1))" if a.ndim == 1 else ""
+        raise ValueError(f"{name}: expected shape (N, K), got {a.shape}{hint}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} rows (one per observation), got {a.shape[0]}")
+    if a.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one code dimension, got shape {a.shape}")
+    a = a.astype(np.float64, copy=False)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        kind = "NaN" if np.isnan(a).any() else "inf"
+        raise ValueError(f"{name}: {kind} in {rows.size} of {a.shape[0]} rows (first: row {rows[0]}, "
+                         f"dims {np.flatnonzero(bad[rows[0]]).tolist()}); metrics need finite codes")
+    return a
+
+
+def check_not_constant(codes: np.ndarray, name: str = "codes") -> None:
+    """Raise when every code dimension is constant over the sample (a collapsed representation scores nothing)."""
+    if codes.shape[0] > 1 and np.all(np.ptp(codes, axis=0) == 0):
+        raise ValueError(f"{name}: all {codes.shape[1]} dimensions are constant over {codes.shape[0]} samples; "
+                         f"the representation carries no information about the factors")
+
+
+def check_factors(factors, n: int | None = None, name: str = "factors") -> np.ndarray:
+    """Integer class array (N, F); raise ValueError for other shapes, non-integers, negatives."""
+    a = np.asarray(factors)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected shape (N, F), got {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} rows to match the codes, got {a.shape[0]}")
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise ValueError(f"{name}: expected integer factor classes (discrete ground truth), got non-integers")
+    elif a.dtype.kind not in "iub":
+        raise ValueError(f"{name}: expected integers, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def histogram_discretize(codes: np.ndarray, num_bins: int = 20) -> np.ndarray:
+    """(N, K) -> (N, K) int bins 1..num_bins per column, equal-width over each column's range.
+
+    Same rule as disentanglement_lib: ``np.digitize(x, np.histogram(x, num_bins)[1][:-1])``; the maximum falls in
+    bin ``num_bins``. A constant column gets a single bin.
+    """
+    if num_bins < 2:
+        raise ValueError(f"num_bins: expected >= 2, got {num_bins}")
+    out = np.empty(codes.shape, dtype=np.int64)
+    for k in range(codes.shape[1]):
+        edges = np.histogram(codes[:, k], num_bins)[1]
+        out[:, k] = np.digitize(codes[:, k], edges[:-1])
+    return out
+
+
+class EncodedDataset:
+    """Codes of ``representation`` on the observations of ``dataset``, indexed like the dataset.
+
+    Args:
+        dataset: a :class:`~mclcore.data.base.GroundTruthDataset`.
+        representation: callable (N, 64, 64, 3) uint8 -> (N, K) codes.
+        batch_size: observations per representation call.
+        cache: remember each grid point's code (float64, len(dataset) x K; 77 MB for Shapes3D with K = 20).
+        progress: show a tqdm bar (stderr) while encoding.
+    """
+
+    def __init__(self, dataset: GroundTruthDataset, representation, *, batch_size: int = 256, cache: bool = True,
+                 progress: bool = False):
+        if not isinstance(dataset, GroundTruthDataset):
+            raise TypeError(f"dataset: expected a mclcore.data.GroundTruthDataset, got {type(dataset).__name__}")
+        if not callable(representation):
+            raise TypeError(f"representation: expected a callable observations -> codes, got "
+                            f"{type(representation).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.representation = representation
+        self.batch_size = int(batch_size)
+        self.cache = bool(cache)
+        self.progress = progress
+        self.num_codes: int | None = None
+        self._store: np.ndarray | None = None
+        self._have: np.ndarray | None = None
+        self.calls = 0           # representation calls so far
+        self.encoded = 0         # observations passed to the representation so far
+
+    def _encode(self, index: np.ndarray, desc: str) -> np.ndarray:
+        bar = None
+        if self.progress and index.size > self.batch_size:
+            from tqdm import tqdm
+
+            bar = tqdm(total=int(index.size), desc=desc, unit="img", file=sys.stderr, leave=False)
+        parts = []
+        for i in range(0, index.size, self.batch_size):
+            idx = index[i:i + self.batch_size]
+            out = check_codes(self.representation(self.dataset.observations_at(idx)), idx.size,
+                              name="representation output")
+            if self.num_codes is None:
+                self.num_codes = out.shape[1]
+            elif out.shape[1] != self.num_codes:
+                raise ValueError(f"representation output: {out.shape[1]} code dimensions, earlier batches had "
+                                 f"{self.num_codes}")
+            parts.append(out)
+            self.calls += 1
+            self.encoded += idx.size
+            if bar is not None:
+                bar.update(idx.size)
+        if bar is not None:
+            bar.close()
+        return np.concatenate(parts, axis=0)
+
+    def codes_at(self, index, desc: str = "encode") -> np.ndarray:
+        """(N,) grid indices -> (N, K) float64 codes."""
+        index = self.dataset._check_index(index)
+        if index.size == 0:
+            return np.zeros((0, self.num_codes or 0))
+        if not self.cache:
+            return self._encode(index, desc)
+        if self._have is None:
+            self._have = np.zeros(len(self.dataset), dtype=bool)
+        missing = np.unique(index[~self._have[index]])
+        if missing.size:
+            new = self._encode(missing, desc)
+            if self._store is None:
+                self._store = np.zeros((len(self.dataset), new.shape[1]), dtype=np.float64)
+            self._store[missing] = new
+            self._have[missing] = True
+        return self._store[index]
+
+    def codes(self, factors, desc: str = "encode") -> np.ndarray:
+        """(N, F) factor classes -> (N, K) codes."""
+        return self.codes_at(self.dataset.factors_to_index(factors), desc)
+
+    def sample(self, n: int, rng, desc: str = "encode") -> tuple[np.ndarray, np.ndarray]:
+        """``(codes (n, K), factors (n, F))`` for n grid points drawn uniformly with ``rng``."""
+        factors = self.dataset.sample_factors(n, rng)
+        return self.codes(factors, desc), factors
+
+
+def as_encoded(dataset, representation, *, batch_size: int = 256, cache: bool = True,
+               progress: bool = False) -> EncodedDataset:
+    """Reuse ``representation`` if it already is an :class:`EncodedDataset` of ``dataset``, else wrap it."""
+    if isinstance(representation, EncodedDataset):
+        if representation.dataset is not dataset:
+            raise ValueError("representation: this EncodedDataset was built for a different dataset")
+        return representation
+    return EncodedDataset(dataset, representation, batch_size=batch_size, cache=cache, progress=progress)
+
+
+def torch_representation(module, *, device="cpu", batch_size: int = 256, output_index: int = 0):
+    """Wrap an ``nn.Module`` mapping float (N, 3, 64, 64) images in [0, 1] to (N, K) codes as a representation.
+
+    The module is put in eval mode and run under ``torch.inference_mode`` in chunks of ``batch_size``. If it
+    returns a tuple or list (e.g. ``(mu, logvar)``), element ``output_index`` is used (the posterior mean by
+    convention). Returns a callable uint8 (N, 64, 64, 3) -> float64 numpy (N, K).
+    """
+    import torch
+
+    module.eval()
+    device = torch.device(device)
+
+    def represent(observations):
+        outs = []
+        for i in range(0, len(observations), batch_size):
+            x = to_float_nchw(observations[i:i + batch_size]).to(device)
+            with torch.inference_mode():
+                y = module(x)
+            if isinstance(y, (tuple, list)):
+                y = y[output_index]
+            if not torch.is_tensor(y):
+                raise TypeError(f"representation module returned {type(y).__name__}, expected a tensor (N, K)")
+            outs.append(y.detach().to("cpu", torch.float64).numpy())
+        return np.concatenate(outs, axis=0)
+
+    return represent
