@@ -1,0 +1,132 @@
+"""The synthetic GMD / LRD processes (mclcore.data.synthetic): shapes, seed control, where u acts."""
+import math
+
+import pytest
+import torch
+
+from mclcore.data.synthetic import derive_seed, make_dataset, make_gmd, make_lrd
+from mclcore.models.generators import SmoothLeakyReLU
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: on the shared 2-core CI box a 2-thread step took ~10x longer than a 1-thread one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def gmd():
+    return make_gmd(3, 4, n=20_000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def lrd():
+    return make_lrd(3, 4, n=20_000, seed=7)
+
+
+@pytest.mark.parametrize("process", ["gmd", "lrd"])
+def test_shapes_and_split(process):
+    d = make_dataset(process, 3, 5, n=500, seed=0)
+    assert d.z.shape == (500, 3) and d.u.shape == (500, 16) and d.x.shape == (500, 64)
+    assert d.x_clean.shape == d.x.shape and d.u_index.shape == (500,) and d.u_index.dtype == torch.int64
+    assert d.alphabet.shape == (5, 16) and int(d.u_index.min()) >= 0 and int(d.u_index.max()) < 5
+    assert torch.equal(d.u, d.alphabet[d.u_index])
+    assert d.n_train == 400                                   # the paper's 80/20 split
+    tr, te = d.split("train"), d.split("test")
+    assert tr["x"].shape == (400, 64) and te["z"].shape == (100, 3)
+    assert torch.equal(torch.cat([tr["x"], te["x"]]), d.x)
+    assert make_dataset(process, 20, 2, n=100, seed=0).x.shape == (100, 80)  # width max(64, 4 dz)
+
+
+@pytest.mark.parametrize("process", ["gmd", "lrd"])
+def test_seed_control(process):
+    a = make_dataset(process, 2, 3, n=300, seed=5)
+    b = make_dataset(process, 2, 3, n=300, seed=5)
+    c = make_dataset(process, 2, 3, n=300, seed=6)
+    for k in ("z", "u", "u_index", "x", "alphabet", "prior_mean", "prior_std"):
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    assert not torch.equal(a.x, c.x) and not torch.equal(a.alphabet, c.alphabet) and not torch.equal(a.z, c.z)
+    state = torch.get_rng_state()
+    make_dataset(process, 2, 3, n=50, seed=1)
+    assert torch.equal(state, torch.get_rng_state())           # the global RNG is never touched
+    assert derive_seed(5, 1) != derive_seed(5, 2) != derive_seed(6, 1)
+
+
+def test_noise_variance(gmd):
+    r = (gmd.x - gmd.x_clean).double()
+    assert abs(float(r.var()) - 0.01) < 0.0005                 # eps ~ N(0, 0.01 I): 1.28M draws
+    assert torch.allclose(gmd.x_clean, gmd.generator(gmd.z, gmd.u), atol=1e-5)
+
+
+def test_gmd_z_independent_of_u(gmd):
+    # z ~ N(0, I) whatever the condition: per-condition means within 5 standard errors of 0, variances near 1.
+    for n in range(4):
+        zn = gmd.z[gmd.u_index == n].double()
+        assert zn.shape[0] > 4000
+        se = 1 / math.sqrt(zn.shape[0])
+        assert zn.mean(0).abs().max() < 5 * se, n
+        assert (zn.var(0) - 1).abs().max() < 0.1, n
+
+
+def test_gmd_u_reshapes_the_generator(gmd):
+    # Same z under two conditions: different observations (u acts on the mechanism, not on p(z)).
+    z = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    x0 = gmd.generator(z, gmd.alphabet[0].expand(64, -1))
+    x1 = gmd.generator(z, gmd.alphabet[1].expand(64, -1))
+    assert (x0 - x1).abs().mean() > 0.05
+
+
+def test_lrd_prior_shifts_with_u(lrd):
+    assert (lrd.prior_std >= 0.5).all() and (lrd.prior_std <= 3.0).all()
+    assert (lrd.prior_mean.abs() <= 2.0).all()
+    for n in range(4):
+        zn = lrd.z[lrd.u_index == n].double()
+        se = lrd.prior_std[n].double() / math.sqrt(zn.shape[0])
+        assert ((zn.mean(0) - lrd.prior_mean[n]).abs() < 5 * se).all(), n
+        assert torch.allclose(zn.std(0), lrd.prior_std[n].double(), rtol=0.05), n
+    # The conditions really differ (p(z|u) shifts): spread of the per-condition means far above sampling error.
+    means = torch.stack([lrd.z[lrd.u_index == n].mean(0) for n in range(4)])
+    assert means.std(0).min() > 0.2
+
+
+def test_lrd_mixing_ignores_u(lrd):
+    z = lrd.z[:32]
+    x0 = lrd.generator(z, lrd.alphabet[0].expand(32, -1))
+    x1 = lrd.generator(z, lrd.alphabet[3].expand(32, -1))
+    assert torch.equal(x0, x1)
+    assert torch.allclose(lrd.x_clean[:32], x0, atol=1e-6)
+
+
+def test_log_prior_matches_normal(lrd):
+    z, u, idx = lrd.z[:50].double(), lrd.u[:50].double(), lrd.u_index[:50]
+    ref = torch.distributions.Normal(lrd.prior_mean[idx].double(), lrd.prior_std[idx].double()).log_prob(z).sum(1)
+    assert torch.allclose(lrd.log_prior(z, u), ref, atol=1e-9)
+
+
+def test_smooth_mixing_option():
+    d = make_gmd(2, 3, n=100, mixing="smooth_leaky", seed=0)
+    assert any(isinstance(m, SmoothLeakyReLU) for m in d.generator.h)
+    assert not any(isinstance(m, SmoothLeakyReLU) for m in make_gmd(2, 3, n=100, seed=0).generator.h)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(dz=0), "dz"), (dict(n_alphabet=0), "n_alphabet"), (dict(n=1), "n"), (dict(noise_var=-1.0), "noise_var"),
+    (dict(test_frac=1.0), "test_frac"), (dict(mixing="relu"), "mixing"), (dict(seed=-1), "seed"),
+])
+def test_bad_arguments_name_themselves(kwargs, name):
+    args = dict(dz=2, n_alphabet=3, n=100, seed=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        make_gmd(args.pop("dz"), args.pop("n_alphabet"), **args)
+
+
+def test_bad_process_and_lrd_bounds():
+    with pytest.raises(ValueError, match="process"):
+        make_dataset("ica", 2, 3, n=100)
+    with pytest.raises(ValueError, match="std_bounds"):
+        make_lrd(2, 3, n=100, std_bounds=(3.0, 0.5))
+    with pytest.raises(ValueError, match="mean_bound"):
+        make_lrd(2, 3, n=100, mean_bound=float("nan"))

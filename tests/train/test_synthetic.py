@@ -1,0 +1,246 @@
+"""The synthetic study's trainer and CLI (mclcore.train.synthetic, mclcore.train.synthetic_cli).
+
+Tiny configs throughout (n of a few hundred, dz = 2, 1-3 epochs, narrow networks): seconds on 2 cores.
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from mclcore.train import synthetic_cli as cli
+from mclcore.train.synthetic import MODELS, TrainConfig, load_checkpoint, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: on the shared 2-core CI box a 2-thread step took ~10x longer than a 1-thread one.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(dz=2, n_alphabet=3, n=400, epochs=2, batch_size=64, hidden=16, mcl_critic_hidden=16,
+                checkpoint_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _numbers(rows):
+    return [(r["seed"], r["lambda_mcl"], r["mcc"], r["mcc_spearman"], r["neg_elbo"], r["rec"], r["kl"],
+             r["mcl_loss"]) for r in rows]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_smoke_each_model(model):
+    rows = train(tiny(model=model), [0, 1])
+    assert len(rows) == 2
+    for r in rows:
+        assert r["model"] == model and r["split"] == "test" and r["steps"] == 2 * math.ceil(320 / 64)
+        assert 0.0 <= r["mcc"] <= 1.0 and 0.0 <= r["mcc_spearman"] <= 1.0
+        assert math.isfinite(r["neg_elbo"]) and math.isfinite(r["kl"])
+        assert (r["mcl_loss"] is not None and math.isfinite(r["mcl_loss"])) == (model == "mdvae_mcl")
+
+
+def test_determinism_same_seed_same_numbers():
+    cfg = tiny(model="mdvae_mcl", process="lrd")
+    a, b = train(cfg, [3, 4]), train(cfg, [3, 4])
+    assert _numbers(a) == _numbers(b)                       # bit-identical
+    c = train(cfg, [5, 6])
+    assert _numbers(c) != _numbers(a)
+
+
+@pytest.mark.parametrize("model", ["ivae", "mdvae_mcl"])
+def test_batched_seeds_equal_one_by_one(model):
+    # M members in one stack give the numbers of M separate runs: members share no randomness and no gradient.
+    cfg = tiny(model=model)
+    lambdas = [0.5, 0.05, 0.5] if model == "mdvae_mcl" else None
+    batched = train(cfg, [0, 1, 0], lambdas)
+    single = [train(cfg, [s], None if lambdas is None else [lam])[0]
+              for s, lam in zip([0, 1, 0], lambdas or [None] * 3)]
+    for rb, rs in zip(batched, single):
+        for k in ("mcc", "mcc_spearman", "neg_elbo", "rec", "kl"):
+            assert rb[k] == pytest.approx(rs[k], rel=1e-5, abs=1e-6), k
+        if model == "mdvae_mcl":
+            assert rb["mcl_loss"] == pytest.approx(rs["mcl_loss"], rel=1e-5, abs=1e-6)
+    if model == "mdvae_mcl":  # the per-member lambda acts: same seed, different lambda, different numbers
+        assert batched[0]["mcl_loss"] != batched[1]["mcl_loss"]
+
+
+def test_resume_inside_a_unit_gives_the_same_numbers(tmp_path):
+    cfg = tiny(model="mdvae_mcl", epochs=3)
+    ref = train(cfg, [0, 1])
+    ck = str(tmp_path / "unit.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(epoch, means):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, [0, 1], checkpoint=ck, on_epoch=kill_after_two)
+    saved = load_checkpoint(ck)
+    assert saved["epoch"] == 2 and not saved["done"] and saved["config"] == cfg.to_dict()
+    steps = []
+    resumed = train(cfg, [0, 1], checkpoint=ck, on_step=steps.append)
+    assert _numbers(resumed) == _numbers(ref)
+    assert steps[0] == 2 * math.ceil(320 / 64)                # progress resumes at epoch 2
+    assert load_checkpoint(ck)["done"]
+    with pytest.raises(ValueError, match="different run"):
+        train(dataclasses.replace(cfg, lr=1e-2), [0, 1], checkpoint=ck)
+
+
+def test_non_finite_loss_raises_naming_the_seed():
+    with pytest.raises(FloatingPointError, match=r"seed\(s\) \[0\]"):
+        train(tiny(model="ivae", lr=1e12, epochs=3, decoder_var=1e-6), [0])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model", "vae"), ("process", "ica"), ("dz", 0), ("lr", 0.0), ("epochs", 0), ("mixing", "tanh"),
+    ("eval_split", "val"), ("test_frac", 1.0), ("lambda_mcl", -1.0)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field if field != "eval_split" else "val_frac"):
+        train(tiny(**{field: value}), [0])
+
+
+def test_lambda_selection_rule():
+    rows = [{"lambda_mcl": lam, "mcc": m} for lam, m in
+            [(0.01, 0.5), (0.01, 0.7), (0.01, 0.6), (0.1, 0.65), (0.1, 0.62), (0.1, 0.4)]]
+    lam, med = cli._select_lambda(rows)
+    assert lam == 0.1 and med == {0.01: 0.6, 0.1: 0.62}
+    lam, _ = cli._select_lambda([{"lambda_mcl": 0.1, "mcc": 0.5}, {"lambda_mcl": 0.01, "mcc": 0.5}])
+    assert lam == 0.01                                       # ties: the smaller weight
+
+
+def _tiny_study(**kw) -> cli.StudyConfig:
+    base = dict(processes=("gmd",), dzs=(2,), alphabets=(3,), models=("betavae", "mdvae_mcl"), seeds=2,
+                lambda_grid=(0.01, 0.1), tune_seeds=1, tune_epochs=1, certify_latents=4, tensorboard=False,
+                train={"n": 400, "epochs": 2, "batch_size": 64, "hidden": 16, "mcl_critic_hidden": 16,
+                       "checkpoint_every": 1})
+    base.update(kw)
+    return cli.StudyConfig.from_dict(base)
+
+
+def _csv_without_timing(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.pop("unit_seconds")
+    return rows
+
+
+def test_study_resume_after_a_killed_unit_gives_the_same_csv(tmp_path):
+    study = _tiny_study(certify_latents=0)
+    full = tmp_path / "full"
+    paths = cli.run_study(study, str(full), progress=False)
+    for key in ("csv", "table", "violin", "tuning"):
+        assert os.path.getsize(paths[key]) > 0, key
+    table = open(paths["table"]).read()
+    assert "MD-VAE+MCL" in table and "λ_MCL selection" in table
+
+    part = tmp_path / "part"
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        raise Killed
+
+    with pytest.raises(Killed):
+        cli.run_study(study, str(part), progress=False, after_unit=kill)
+    done = sorted(os.listdir(part / "units"))
+    assert done == ["gmd-leaky_relu-dz2-U3-betavae.json"]
+    mtime = os.path.getmtime(part / "units" / done[0])
+    cli.run_study(study, str(part), progress=False)
+    assert os.path.getmtime(part / "units" / done[0]) == mtime   # the finished unit was not retrained
+    assert _csv_without_timing(part / "runs.csv") == _csv_without_timing(full / "runs.csv")
+    rows = _csv_without_timing(part / "runs.csv")
+    assert [r["model"] for r in rows] == ["betavae"] * 2 + ["mdvae_mcl"] * 2
+    tuned = json.load(open(part / "units" / "gmd-leaky_relu-dz2-U3-mdvae_mcl.json"))
+    assert tuned["selection"]["lambda"] in (0.01, 0.1)
+    assert {float(r["lambda_mcl"]) for r in rows if r["model"] == "mdvae_mcl"} == {tuned["selection"]["lambda"]}
+    ck = load_checkpoint(str(part / "checkpoints" / "gmd-leaky_relu-dz2-U3-mdvae_mcl.pt"))
+    assert ck["done"] and ck["config"]["model"] == "mdvae_mcl" and ck["config"]["epochs"] == 2
+    with pytest.raises(cli.OutDirMismatch, match="seeds"):
+        cli.run_study(_tiny_study(certify_latents=0, seeds=3), str(part), progress=False)
+
+
+def _parse(argv):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_cli_overrides_and_presets_match_the_experiment_configs(capsys):
+    study = cli.resolve(_parse(["--preset", "quick", "--dzs", "5", "10", "--epochs", "7", "--no-tensorboard",
+                                "--lambda-grid", "0.05"]))
+    assert study.dzs == (5, 10) and study.train["epochs"] == 7 and not study.tensorboard
+    assert study.lambda_grid == (0.05,) and study.train["n"] == cli.PRESETS["quick"]["train"]["n"]
+    for name in ("quick", "paper"):
+        with open(os.path.join(REPO, "experiments", "synthetic", "configs", f"{name}.json")) as f:
+            assert json.load(f) == cli.preset(name).to_dict(), name
+    assert cli.run(_parse(["--preset", "paper", "--dump-config"])) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == 30
+    assert cli.run(_parse(["--preset", "quick", "--mixing", "tanh", "--dump-config"])) == 2
+    assert "mixing" in capsys.readouterr().err
+    assert cli.run(_parse(["--models", "vae", "--dump-config"])) == 2
+    assert "models" in capsys.readouterr().err
+
+
+def test_cli_train_fields_mirror_the_dataclass():
+    fields = [(f.name, f.default) for f in dataclasses.fields(TrainConfig)]
+    assert fields == [(name, default) for name, _, default in cli._TRAIN_FIELDS]
+    for (name, ftype, default) in cli._TRAIN_FIELDS:
+        assert isinstance(default, ftype), name
+
+
+def test_every_experiment_config_is_valid():
+    folder = os.path.join(REPO, "experiments", "synthetic", "configs")
+    names = sorted(os.listdir(folder))
+    assert {"quick.json", "paper.json"} <= set(names)
+    for name in names:
+        with open(os.path.join(folder, name)) as f:
+            cli.StudyConfig.from_dict(json.load(f)).validate()
+
+
+def test_mcl_synthetic_command_end_to_end(tmp_path, capsys):
+    from mclcore.cli import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"dzs": [2], "alphabets": [3, 5], "models": ["mdvae"], "seeds": 2,
+                                  "certify_latents": 4, "tensorboard": True,
+                                  "train": {"n": 300, "epochs": 1, "batch_size": 64, "hidden": 16}}))
+    out = tmp_path / "out"
+    assert main(["synthetic", "--config", str(config), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "table.md") in printed and str(out / "violin.png") in printed
+    assert "| MD-VAE | **" in printed                    # the table, with our median, is printed
+    assert "| gmd-leaky_relu-dz2-U3 | 0% (median rank 0 of 4) | yes |" in printed  # |U| = 3 < 2dz + 1
+    assert "piecewise linear" in (out / "certificates.md").read_text()
+    assert "Table 5, MD-VAE" in printed and "| 2 | " in printed and os.path.getsize(out / "table5.png") > 0
+    assert os.listdir(out / "tensorboard" / "gmd-leaky_relu-dz2-U3-mdvae")
+    with open(out / "runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["n_alphabet"], r["seed"]) for r in rows] == [("3", "0"), ("3", "1"), ("5", "0"), ("5", "1")]
+    assert all(0 <= float(r["mcc"]) <= 1 for r in rows)
+
+
+def test_missing_native_op_on_the_device_is_a_clear_error(monkeypatch):
+    # e.g. a CUDA machine whose build has only the CPU kernels of critic_grad / infonce
+    real = torch._C._dispatch_has_kernel_for_dispatch_key
+    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
+                        lambda op, key: False if op == "mclcore::critic_grad" else real(op, key))
+    with pytest.raises(ValueError, match="critic_grad"):
+        train(tiny(model="mdvae_mcl"), [0])
+    assert train(tiny(model="mdvae"), [0])                   # models without MCL do not need the ops
