@@ -1,9 +1,16 @@
 """infonce op (tiled, csrc/infonce) vs the pure-autograd reference (python/infonce.py, full B x B logits).
 
-float32, d = 128, tau = 0.1: forward, backward and forward+backward medians at B = 256, 1024, 4096 in both modes
-(diagonal positives; multi-positive with 8 conditions), the better of two alternating rounds each; then the op
-alone at B = 16384 with its time and peak extra memory. The reference runs there too when the machine has the
-memory for its B x B tensors (about 5 GiB), else its row says skipped. Rows go to benchmarks/results/infonce.csv.
+float32, d = 128, tau = 0.1: medians at B = 256, 1024, 4096 in both modes (diagonal positives; multi-positive with
+8 conditions), the better of two alternating rounds each, for four phases, all through the public functions:
+
+    forward            under torch.no_grad (inference: the op's plain forward, mclcore::infonce)
+    forward(train)     p, k requiring grad, grad mode on, no backward: the reference builds its graph; the op runs
+                       mclcore::infonce_with_grad, which computes the gradients already
+    backward           torch.autograd.grad on a retained graph (the op only scales its saved gradients)
+    forward+backward   a training step, forward(train) then backward: the row the team target is about
+
+then the op alone at B = 16384 with its time and peak extra memory. The reference runs there too when the machine
+has the memory for its B x B tensors (about 5 GiB), else its row says skipped. Rows go to benchmarks/results/infonce.csv.
 
     python benchmarks/bench_infonce.py            # full run (a few minutes on 2 cores)
     python benchmarks/bench_infonce.py --quick    # smoke check: tiny sizes, few reps, nothing appended
@@ -63,11 +70,14 @@ def make(B, d, mode, seed=0):
 
 
 def phases(fn, p, k, groups):
-    """Callables timing forward (no graph), backward alone (on a retained graph) and forward+backward."""
+    """Callables timing the phases of the module docstring; p and k require grad (the path training hits)."""
 
     def fwd():
         with torch.no_grad():
             fn(p, k, TAU, groups=groups)
+
+    def fwd_train():
+        fn(p, k, TAU, groups=groups)
 
     graph = []  # built on the first backward call only (the reference's graph holds B x B tensors)
 
@@ -79,7 +89,7 @@ def phases(fn, p, k, groups):
     def full():
         torch.autograd.grad(fn(p, k, TAU, groups=groups), (p, k))
 
-    return {"forward": fwd, "backward": bwd, "forward+backward": full}
+    return {"forward": fwd, "forward(train)": fwd_train, "backward": bwd, "forward+backward": full}
 
 
 def row(B, d, mode, phase, t_op, t_ref, m_op=None, m_ref=None, reps=None, note=""):

@@ -21,10 +21,11 @@ TORCH_LIBRARY(mclcore, m) {
       "infonce_backward(Tensor grad_loss, Tensor p, Tensor k, Tensor? groups, Tensor lse_all, Tensor lse_pos, "
       "float tau, float eps) -> (Tensor, Tensor)");
   // Training path: the loss and its gradients in one call, (loss, dp, dk) = (infonce's loss, d loss/dp, d loss/dk)
-  // for an upstream gradient of 1; dp, dk contiguous in the dtypes of p and k. Three matrix products where
-  // infonce + infonce_backward make four: each row block holds its rows of S over all B columns (an R x B panel,
-  // R shrinking with B so all panels stay within 8 MiB, MCLCORE_INFONCE_FUSED_BYTES), so the softmax is final
-  // before the gradient products. Past that budget (R < 32) it runs the recompute path; memory O(B d) either way.
+  // for an upstream gradient of 1; loss as infonce's, dp and dk contiguous in the dtypes of p and k. Three B x B x d
+  // matrix products where infonce + infonce_backward make four: each row block holds its rows of S over all B
+  // columns (an R x B panel; all panels within max(8 MiB, B d values), MCLCORE_INFONCE_FUSED_BYTES overrides), so
+  // the row statistics are final before the gradient products. Past that budget (on 2 threads, B > 8192 at
+  // d = 128) it computes the same with the recompute path. Memory O(B d + 8 MiB), never a B x B tensor.
   m.def("infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> "
         "(Tensor loss, Tensor dp, Tensor dk)");
 

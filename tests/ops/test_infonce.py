@@ -1,4 +1,9 @@
-"""infonce op (csrc/infonce, mclcore/ops/infonce.py) vs the pure-autograd reference (python/infonce.py)."""
+"""infonce op (csrc/infonce, mclcore/ops/infonce.py) vs the pure-autograd reference (python/infonce.py).
+
+Two kernel paths: training (``mclcore::infonce_with_grad``: loss and gradients in one call, which the public
+function takes when a gradient is needed) and inference (``mclcore::infonce``, whose autograd formula calls
+``mclcore::infonce_backward``). Most numerical tests run both through ``PATHS``.
+"""
 import math
 import os
 
@@ -24,6 +29,20 @@ TOL = {
 TILE = 256
 
 
+def fused(p, k, tau=0.1, *, groups=None, eps=1e-12):
+    """The training op called directly (its autograd formula scales the gradients it computed with the loss)."""
+    return torch.ops.mclcore.infonce_with_grad.default(p, k, groups, tau, eps)[0]
+
+
+def plain(p, k, tau=0.1, *, groups=None, eps=1e-12):
+    """The inference op, differentiated through its registered backward (mclcore::infonce_backward)."""
+    return torch.ops.mclcore.infonce.default(p, k, groups, tau, eps)[0]
+
+
+# "public" with inputs requiring grad takes the fused op (test_public_function_picks_the_kernel checks that).
+PATHS = {"public": infonce, "fused": fused, "plain": plain}
+
+
 def make(B, d, dtype=torch.float64, seed=0, n_groups=None):
     gen = torch.Generator().manual_seed(seed)
     p = torch.randn(B, d, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
@@ -45,13 +64,14 @@ def ref64(p, k, **kw):
     return loss_and_grads(ref_infonce, p64, k64, **kw)
 
 
+@pytest.mark.parametrize("path", ["fused", "plain"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("n_groups", [None, 3])
 @pytest.mark.parametrize("d", [1, 127])
 @pytest.mark.parametrize("B", [2, 3, TILE + 1])
-def test_matches_reference(B, d, n_groups, dtype):
+def test_matches_reference(B, d, n_groups, dtype, path):
     p, k, groups = make(B, d, dtype, seed=B + d, n_groups=n_groups)
-    loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.1, groups=groups)
+    loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.1, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
     assert loss.shape == () and loss.dtype == dtype
     assert dp.dtype == dtype and dk.dtype == dtype
@@ -66,12 +86,14 @@ def test_matches_reference(B, d, n_groups, dtype):
     torch.testing.assert_close(dk, rdk.to(dtype), **tol)
 
 
+@pytest.mark.parametrize("path", ["public", "plain"])
 @pytest.mark.parametrize("tau", [0.01, 1.0, 5.0])
 @pytest.mark.parametrize("n_groups", [None, 4])
-def test_temperatures(tau, n_groups):
-    # tau = 0.01 puts exp arguments down to -200: a fixed shift of 1/tau would underflow float32 there.
+def test_temperatures(tau, n_groups, path):
+    # tau = 0.01 puts exp arguments down to -200: a fixed shift of 1/tau would underflow float32 there (the fused
+    # path uses the fixed shift only for tau >= 0.025, the row maximum below).
     p, k, groups = make(300, 16, torch.float32, seed=3, n_groups=n_groups)
-    loss, dp, dk = loss_and_grads(infonce, p, k, tau=tau, groups=groups)
+    loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=tau, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=tau, groups=groups)
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss.double(), rl, rtol=1e-5, atol=1e-5)
@@ -80,8 +102,9 @@ def test_temperatures(tau, n_groups):
     torch.testing.assert_close(dk.double(), rdk, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("path", ["public", "plain"])
 @pytest.mark.parametrize("n_groups", [None, 2])
-def test_non_contiguous_inputs(n_groups):
+def test_non_contiguous_inputs(n_groups, path):
     gen = torch.Generator().manual_seed(1)
     B, d = 37, 11
     p = torch.randn(d, B, generator=gen, dtype=torch.float64).t().requires_grad_()       # stride (1, B)
@@ -89,18 +112,19 @@ def test_non_contiguous_inputs(n_groups):
     k = k_base[:, ::2].detach().requires_grad_()                                           # stride (2d, 2)
     groups = None if n_groups is None else torch.randint(0, n_groups, (2 * B,), generator=gen)[::2]
     assert not p.is_contiguous() and not k.is_contiguous()
-    loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.2, groups=groups)
+    loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.2, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=0.2, groups=groups)
     torch.testing.assert_close(loss, rl, **TOL[torch.float64])
     torch.testing.assert_close(dp, rdp, **TOL[torch.float64])
     torch.testing.assert_close(dk, rdk, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("path", ["public", "plain"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n_groups", [None, 5])
-def test_half_precision_inputs_compute_in_float32(dtype, n_groups):
+def test_half_precision_inputs_compute_in_float32(dtype, n_groups, path):
     p, k, groups = make(70, 24, dtype, seed=5, n_groups=n_groups)
-    loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.1, groups=groups)
+    loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.1, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
     assert loss.dtype == torch.float32 and dp.dtype == dtype and dk.dtype == dtype
     torch.testing.assert_close(loss.double(), rl, rtol=1e-5, atol=1e-5)  # inputs are exact; compute is float32
@@ -124,14 +148,15 @@ def test_row_statistics():
         assert t.is_contiguous()
 
 
-def test_zero_rows_follow_the_eps_branch():
+@pytest.mark.parametrize("path", ["public", "plain"])
+def test_zero_rows_follow_the_eps_branch(path):
     # q_i = p_i / eps for |p_i| <= eps: a zero row gives q_i = 0 and gradient dq_i / eps, like the reference.
     p, k, _ = make(6, 4, seed=4)
     with torch.no_grad():
         p[2] = 0.0
         k[4] = 1e-3
     for eps in (1e-12, 1e-2):
-        loss, dp, dk = loss_and_grads(infonce, p, k, tau=0.5, eps=eps)
+        loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.5, eps=eps)
         rl, rdp, rdk = ref64(p, k, tau=0.5, eps=eps)
         torch.testing.assert_close(loss, rl, **TOL[torch.float64])
         torch.testing.assert_close(dp, rdp, rtol=1e-9, atol=1e-12 * rdp.abs().max().item())
@@ -187,6 +212,123 @@ def test_dk_accumulation_paths_agree(monkeypatch, n_groups):
         torch.testing.assert_close(dk, rdk, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_groups", [None, 3])
+def test_with_grad_returns_the_loss_and_its_gradients(dtype, n_groups):
+    # The raw outputs, no autograd: infonce's loss and d loss / dp, d loss / dk for an upstream gradient of 1.
+    p, k, groups = make(TILE + 1, 33, dtype, seed=15, n_groups=n_groups)
+    p, k = p.detach(), k.detach()
+    loss, dp, dk = torch.ops.mclcore.infonce_with_grad(p, k, groups, 0.1, 1e-12)
+    rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
+    ct = torch.float64 if dtype == torch.float64 else torch.float32
+    assert loss.shape == () and loss.dtype == ct
+    assert dp.dtype == dtype and dk.dtype == dtype and dp.is_contiguous() and dk.is_contiguous()
+    exact = dtype == torch.float64
+    torch.testing.assert_close(loss.double(), rl, rtol=1e-10 if exact else 1e-5, atol=1e-12 if exact else 1e-6)
+    torch.testing.assert_close(loss, torch.ops.mclcore.infonce(p, k, groups, 0.1, 1e-12)[0],
+                               rtol=1e-10 if exact else 1e-5, atol=1e-12 if exact else 1e-6)
+    scale = max(rdp.abs().max().item(), rdk.abs().max().item())
+    tol = dict(rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * scale)
+    torch.testing.assert_close(dp.double(), rdp, **tol)
+    torch.testing.assert_close(dk.double(), rdk, **tol)
+
+
+@pytest.mark.parametrize("path", ["public", "plain"])
+@pytest.mark.parametrize("dtype, tau", [(torch.float32, 0.01), (torch.float64, 0.002)])
+def test_multi_positive_with_positives_far_below_the_row_maximum(dtype, tau, path):
+    # Rows of group 0 meet their positives head-on at S ~ -1/tau and every negative at S ~ +1/tau, so
+    # lse_all - lse_pos ~ 2/tau: exp(S_ij - max_j S_ij) of those positives underflows (below -87 in float32, -708 in
+    # float64), and the fused kernel recomputes them with their own maximum. Small tau keeps it off the fixed shift.
+    B, d = 40, 3
+    gen = torch.Generator().manual_seed(16)
+    groups = torch.arange(B) % 4
+    axis = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    sign = torch.where(groups == 0, -1.0, 1.0).to(torch.float64)[:, None]
+    p = (torch.randn(B, d, generator=gen, dtype=torch.float64) * 0.05 + axis).to(dtype).requires_grad_()
+    k = (torch.randn(B, d, generator=gen, dtype=torch.float64) * 0.05 + sign * axis).to(dtype).requires_grad_()
+    _, la, lp = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, tau, 1e-12)
+    assert (la - lp).max().item() > 1.5 / tau
+    loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=tau, groups=groups)
+    rl, rdp, rdk = ref64(p, k, tau=tau, groups=groups)
+    scale = max(rdp.abs().max().item(), rdk.abs().max().item())
+    if dtype == torch.float64:
+        loss_tol, grad_tol = dict(rtol=1e-10, atol=1e-10), dict(rtol=1e-8, atol=1e-11 * scale)
+    else:
+        loss_tol, grad_tol = dict(rtol=1e-5, atol=1e-5), dict(rtol=1e-4, atol=3e-5 * scale)
+    torch.testing.assert_close(loss.double(), rl, **loss_tol)
+    torch.testing.assert_close(dp.double(), rdp, **grad_tol)
+    torch.testing.assert_close(dk.double(), rdk, **grad_tol)
+
+
+@pytest.mark.parametrize("n_groups", [None, 3])
+def test_fused_budget_paths_agree(monkeypatch, n_groups):
+    # infonce_with_grad with its default panels (one row block per worker here), with the panel budget cut to 128
+    # rows per worker (several blocks per worker: dk and dp accumulate block by block) and with no budget (the
+    # large-B fallback: forward_kernel + backward_kernel), on 2 threads and on 1.
+    B = 2 * TILE + 88
+    p, k, groups = make(B, 20, torch.float64, seed=17, n_groups=n_groups)
+    rl, rdp, rdk = ref64(p, k, groups=groups)
+    threads = torch.get_num_threads()
+    try:
+        for nt in (2, 1):
+            torch.set_num_threads(nt)
+            for budget in (None, str(nt * B * 8 * 128), "0"):
+                if budget is None:
+                    monkeypatch.delenv("MCLCORE_INFONCE_FUSED_BYTES", raising=False)
+                else:
+                    monkeypatch.setenv("MCLCORE_INFONCE_FUSED_BYTES", budget)
+                loss, dp, dk = loss_and_grads(infonce, p, k, groups=groups)
+                torch.testing.assert_close(loss, rl, **TOL[torch.float64])
+                torch.testing.assert_close(dp, rdp, **TOL[torch.float64])
+                torch.testing.assert_close(dk, rdk, **TOL[torch.float64])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_public_function_picks_the_kernel():
+    # Gradients needed (grad mode on and p or k requiring grad): the fused training op; otherwise the plain one.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func).startswith("mclcore."):
+                self.seen.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def kernels(fn):
+        with Ops() as mode:
+            fn()
+        return mode.seen
+
+    p, k, _ = make(8, 3, torch.float32, seed=18)
+    fused_op, plain_op = {"mclcore.infonce_with_grad.default"}, {"mclcore.infonce.default"}
+    assert kernels(lambda: infonce(p, k)) == fused_op
+    assert kernels(lambda: infonce(p.detach(), k)) == fused_op
+    assert kernels(lambda: infonce(p.detach(), k.detach())) == plain_op
+    with torch.no_grad():
+        assert kernels(lambda: infonce(p, k)) == plain_op
+    with torch.inference_mode():
+        assert kernels(lambda: infonce(p, k)) == plain_op
+
+
+def test_fused_backward_scales_by_the_upstream_gradient():
+    # Saved gradients times grad_loss, also when only one input requires grad, and twice on a retained graph.
+    p, k, groups = make(50, 6, seed=19, n_groups=4)
+    loss = infonce(p, k, groups=groups)
+    g = torch.tensor(-2.5, dtype=torch.float64)
+    dp, dk = torch.autograd.grad(loss, (p, k), g, retain_graph=True)
+    dp2, dk2 = torch.autograd.grad(loss, (p, k), g)
+    _, rdp, rdk = ref64(p, k, groups=groups)
+    for a, b in ((dp, g * rdp), (dk, g * rdk), (dp2, dp), (dk2, dk)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    (dk_only,) = torch.autograd.grad(infonce(p.detach(), k, groups=groups), (k,))
+    torch.testing.assert_close(dk_only, rdk, **TOL[torch.float64])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Registration: opcheck, gradcheck, torch.compile.
 
@@ -195,6 +337,7 @@ def test_dk_accumulation_paths_agree(monkeypatch, n_groups):
 def test_opcheck(n_groups):
     p, k, groups = make(9, 5, seed=9, n_groups=n_groups)
     torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, groups, 0.1, 1e-12))
+    torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (p, k, groups, 0.1, 1e-12))
     _, lse_all, lse_pos = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, 0.1, 1e-12)
     g = torch.tensor(1.3, dtype=torch.float64)
     torch.library.opcheck(torch.ops.mclcore.infonce_backward.default,
@@ -205,9 +348,11 @@ def test_opcheck_non_contiguous_and_half():
     p = torch.randn(6, 7, dtype=torch.float64).t().requires_grad_()
     k = torch.randn(7, 12, dtype=torch.float64)[:, ::2].requires_grad_()
     torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, None, 0.5, 1e-12))
+    torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (p, k, None, 0.5, 1e-12))
     ph = torch.randn(7, 6, dtype=torch.bfloat16)
     kh = torch.randn(7, 6, dtype=torch.bfloat16)
     torch.library.opcheck(torch.ops.mclcore.infonce.default, (ph, kh, None, 0.5, 1e-12))
+    torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (ph.requires_grad_(), kh, None, 0.5, 1e-12))
 
 
 @pytest.mark.parametrize("n_groups", [None, 2])
@@ -220,7 +365,11 @@ def test_gradcheck_op_float64(n_groups):
     assert torch.autograd.gradcheck(fn, (p, k))
 
 
-def test_gradcheck_wrapper_float64():
+@pytest.mark.parametrize("budget", [None, "0"])
+def test_gradcheck_wrapper_float64(monkeypatch, budget):
+    # The public function with inputs requiring grad: the fused op, with its panels and with the recompute fallback.
+    if budget is not None:
+        monkeypatch.setenv("MCLCORE_INFONCE_FUSED_BYTES", budget)
     p, k, groups = make(5, 3, seed=11, n_groups=2)
     assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.3, groups=groups), (p, k))
     assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.3), (p, k))
@@ -243,6 +392,8 @@ def test_torch_compile_fullgraph(n_groups):
             torch.testing.assert_close(a, b)
     p2, k2, groups2 = make(23, 8, torch.float32, seed=14, n_groups=n_groups)
     torch.testing.assert_close(compiled(p2, k2, groups2, 0.2), fn(p2, k2, groups2, 0.2))
+    with torch.no_grad():  # the inference kernel, mclcore::infonce, in a graph of its own
+        torch.testing.assert_close(compiled(p2, k2, groups2, 0.2), fn(p2, k2, groups2, 0.2))
 
 
 # ---------------------------------------------------------------------------------------------------------------
