@@ -71,6 +71,13 @@ def make_activation(name: str, param: float | None = None) -> nn.Module:
     raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {name!r}")
 
 
+def _linear(*args, **kwargs) -> nn.Linear:
+    # nn.Linear's default init draws from the global RNG; its weights are overwritten from our own generator anyway,
+    # so build it with the global RNG state saved and restored: constructing a generator never touches it.
+    with torch.random.fork_rng(devices=[]):
+        return nn.Linear(*args, **kwargs)
+
+
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
@@ -115,7 +122,7 @@ class MLPGenerator(nn.Module):
         sizes = [dz + du, *[int(w) for w in widths], dx]
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
-            layers.append(_init_linear(nn.Linear(sizes[i], sizes[i + 1]), gen))
+            layers.append(_init_linear(_linear(sizes[i], sizes[i + 1]), gen))
             if i < len(sizes) - 2:
                 layers.append(make_activation(activation, act_param))
         self.net = nn.Sequential(*layers)
@@ -205,9 +212,9 @@ def _film_mlp(du: int, width: int, dz: int, slope: float, gen: torch.Generator) 
     # "meaningfully across n" (App. D.3): measured std of log m_i(u) over 32 conditions ~0.53 at dz = 10 (seed 0).
     gain = (2.0 / (1.0 + slope**2)) ** 0.5
     return nn.Sequential(
-        _init_linear(nn.Linear(du, width), gen, std_gain=1.0),
+        _init_linear(_linear(du, width), gen, std_gain=1.0),
         nn.LeakyReLU(slope),
-        _init_linear(nn.Linear(width, dz), gen, std_gain=gain),
+        _init_linear(_linear(width, dz), gen, std_gain=gain),
     )
 
 
@@ -242,7 +249,7 @@ class GMDGenerator(FiLMGenerator):
             raise ValueError(f"width: expected >= dz = {dz} (h must be injective), got {w}")
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate([(dz, w), (w, w), (w, w)]):
-            lin = nn.Linear(fan_in, fan_out, bias=False)
+            lin = _linear(fan_in, fan_out, bias=False)
             with torch.no_grad():
                 lin.weight.copy_(well_conditioned_matrix(fan_out, fan_in, gen, cond_draws))
             layers.append(lin)

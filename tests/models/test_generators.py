@@ -110,3 +110,12 @@ def test_film_generator_protocol_and_errors():
         GMDGenerator(3, activation="tanh")
     with pytest.raises(ValueError, match="width: expected >= dz"):
         GMDGenerator(8, width=4)
+
+
+def test_building_generators_leaves_the_global_rng_alone():
+    from mclcore.models.generators import GMDGenerator, MLPGenerator
+
+    state = torch.random.get_rng_state()
+    GMDGenerator(dz=3, n_alphabet=4, seed=1)
+    MLPGenerator(dz=3, dx=5, du=2, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
