@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mclcore.metrics.utils import as_encoded, as_generator, check_codes, check_factors, check_not_constant
+from mclcore.metrics.utils import as_generator, check_codes, check_factors, check_not_constant, train_test_codes
 
 __all__ = ["dci", "dci_from_codes", "importance_matrix", "disentanglement", "completeness", "DCI_MODELS"]
 
@@ -171,14 +171,9 @@ def dci(dataset, representation, rng=0, *, num_train: int = 10000, num_test: int
     """
     if model not in DCI_MODELS:
         raise ValueError(f"model: expected one of {DCI_MODELS}, got {model!r}")
-    for name, v in (("num_train", num_train), ("num_test", num_test)):
-        if not isinstance(v, (int, np.integer)) or v < 2:
-            raise ValueError(f"{name}: expected an int >= 2, got {v!r}")
     g = as_generator(rng)
-    enc = as_encoded(dataset, representation, batch_size=encode_batch_size, cache=cache, progress=progress)
-    varying = list(dataset.varying_factors)
-    ctr, ftr = enc.sample(num_train, g, desc="dci train")
-    cte, fte = enc.sample(num_test, g, desc="dci test")
+    ctr, ftr, cte, fte = train_test_codes(dataset, representation, g, num_train, num_test, name="dci",
+                                          encode_batch_size=encode_batch_size, cache=cache, progress=progress)
     seed = int(g.integers(2**31 - 1))
-    return dci_from_codes(ctr, ftr[:, varying], cte, fte[:, varying], model=model, seed=seed,
+    return dci_from_codes(ctr, ftr, cte, fte, model=model, seed=seed,
                           lasso_alpha=lasso_alpha, threads=threads, return_importance=return_importance)

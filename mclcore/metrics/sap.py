@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from mclcore.metrics.utils import as_encoded, as_generator, check_codes, check_factors, check_not_constant
+from mclcore.metrics.utils import as_generator, check_codes, check_factors, check_not_constant, train_test_codes
 
 __all__ = ["sap", "sap_from_codes", "sap_score_matrix"]
 
@@ -75,12 +75,7 @@ def sap(dataset, representation, rng=0, *, num_train: int = 10000, num_test: int
         continuous_factors: bool = False, encode_batch_size: int = 256, cache: bool = True,
         progress: bool = False) -> dict:
     """SAP of ``representation`` on ``dataset`` (see the module doc). Returns {"sap.score"}."""
-    for name, v in (("num_train", num_train), ("num_test", num_test)):
-        if not isinstance(v, (int, np.integer)) or v < 2:
-            raise ValueError(f"{name}: expected an int >= 2, got {v!r}")
-    g = as_generator(rng)
-    enc = as_encoded(dataset, representation, batch_size=encode_batch_size, cache=cache, progress=progress)
-    varying = list(dataset.varying_factors)
-    ctr, ftr = enc.sample(num_train, g, desc="sap train")
-    cte, fte = enc.sample(num_test, g, desc="sap test")
-    return sap_from_codes(ctr, ftr[:, varying], cte, fte[:, varying], continuous_factors=continuous_factors)
+    ctr, ftr, cte, fte = train_test_codes(dataset, representation, as_generator(rng), num_train, num_test,
+                                          name="sap", encode_batch_size=encode_batch_size, cache=cache,
+                                          progress=progress)
+    return sap_from_codes(ctr, ftr, cte, fte, continuous_factors=continuous_factors)

@@ -16,7 +16,7 @@ import numpy as np
 
 from mclcore.data.base import GroundTruthDataset, as_generator, to_float_nchw
 
-__all__ = ["EncodedDataset", "as_encoded", "torch_representation", "check_codes", "check_factors",
+__all__ = ["EncodedDataset", "as_encoded", "train_test_codes", "torch_representation", "check_codes", "check_factors",
            "as_generator", "histogram_discretize"]
 
 
@@ -175,6 +175,20 @@ def as_encoded(dataset, representation, *, batch_size: int = 256, cache: bool = 
             raise ValueError("representation: this EncodedDataset was built for a different dataset")
         return representation
     return EncodedDataset(dataset, representation, batch_size=batch_size, cache=cache, progress=progress)
+
+
+def train_test_codes(dataset, representation, g, num_train: int, num_test: int, *, name: str,
+                     encode_batch_size: int = 256, cache: bool = True, progress: bool = False):
+    """Codes and varying factors of ``num_train`` then ``num_test`` samples drawn from ``g`` (the protocol of DCI and
+    SAP): returns (codes_train, factors_train, codes_test, factors_test), factors restricted to the varying ones."""
+    for arg, v in (("num_train", num_train), ("num_test", num_test)):
+        if not isinstance(v, (int, np.integer)) or v < 2:
+            raise ValueError(f"{arg}: expected an int >= 2, got {v!r}")
+    enc = as_encoded(dataset, representation, batch_size=encode_batch_size, cache=cache, progress=progress)
+    varying = list(dataset.varying_factors)
+    ctr, ftr = enc.sample(num_train, g, desc=f"{name} train")
+    cte, fte = enc.sample(num_test, g, desc=f"{name} test")
+    return ctr, ftr[:, varying], cte, fte[:, varying]
 
 
 def torch_representation(module, *, device="cpu", batch_size: int = 256, output_index: int = 0):

@@ -28,12 +28,16 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _check_fake_inputs(p, k, op: str) -> None:
+    torch._check(p.dim() == 2 and k.dim() == 2, lambda: f"mclcore.{op}: p and k must be 2-D")
+    torch._check(p.shape[0] == k.shape[0] and p.shape[1] == k.shape[1],
+                 lambda: f"mclcore.{op}: p and k must have the same shape")
+    torch._check(k.dtype == p.dtype, lambda: f"mclcore.{op}: p and k must have the same dtype")
+
+
 @torch.library.register_fake("mclcore::infonce")
 def _infonce_fake(p, k, groups, tau, eps):
-    torch._check(p.dim() == 2 and k.dim() == 2, lambda: "mclcore.infonce: p and k must be 2-D")
-    torch._check(p.shape[0] == k.shape[0] and p.shape[1] == k.shape[1],
-                 lambda: "mclcore.infonce: p and k must have the same shape")
-    torch._check(k.dtype == p.dtype, lambda: "mclcore.infonce: p and k must have the same dtype")
+    _check_fake_inputs(p, k, "infonce")
     ct = _compute_dtype(p.dtype)
     B = p.shape[0]
     # The C++ kernel returns fresh contiguous tensors: a 0-dim loss and two (B,) row statistics.
@@ -73,10 +77,7 @@ torch.library.register_autograd("mclcore::infonce", _backward, setup_context=_se
 
 @torch.library.register_fake("mclcore::infonce_with_grad")
 def _infonce_with_grad_fake(p, k, groups, tau, eps):
-    torch._check(p.dim() == 2 and k.dim() == 2, lambda: "mclcore.infonce_with_grad: p and k must be 2-D")
-    torch._check(p.shape[0] == k.shape[0] and p.shape[1] == k.shape[1],
-                 lambda: "mclcore.infonce_with_grad: p and k must have the same shape")
-    torch._check(k.dtype == p.dtype, lambda: "mclcore.infonce_with_grad: p and k must have the same dtype")
+    _check_fake_inputs(p, k, "infonce_with_grad")
     # A 0-dim loss in the compute dtype; dp, dk contiguous in the input dtype (new_empty, as the kernel returns).
     return p.new_empty((), dtype=_compute_dtype(p.dtype)), p.new_empty(p.shape), k.new_empty(k.shape)
 
