@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (add_device_args, append_rows, median_time, peak_extra_bytes, print_table,  # noqa: E402
+from benchmarks.common import (add_device_args, append_rows, paired_times, peak_extra_bytes, print_table,  # noqa: E402
                                setup_device)
 from mclcore.ops.critic_grad import critic_grad  # noqa: E402
 from python.critic_grad import critic_grad as ref_critic_grad  # noqa: E402
@@ -25,14 +25,15 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[256, 4096])
     ap.add_argument("--dv", type=int, default=10 + 64 + 16)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=30, help="timed runs per round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating op / reference rounds (best median kept)")
     ap.add_argument("--quick", action="store_true")
     add_device_args(ap)
     args = ap.parse_args(argv)
     backend = setup_device(args)
     dev = args.device
     if args.quick:
-        args.batch, args.reps = [32], 3
+        args.batch, args.reps, args.rounds = [32], 3, 1
     rows = []
     for B in args.batch:
         torch.manual_seed(0)
@@ -53,13 +54,13 @@ def main(argv=None):
 
         for phase, run in (("forward", fwd), ("forward+backward", full)):
             if phase == "forward":
-                t_op = median_time(lambda: fwd(critic_grad), reps=args.reps, device=dev)
                 # autograd needs grad mode for the input gradient even when nothing is trained
-                t_ref = median_time(lambda: ref_critic_grad(v, ws, bs, create_graph=False), reps=args.reps,
-                                    device=dev)
+                t_op, t_ref = paired_times([lambda: fwd(critic_grad),
+                                            lambda: ref_critic_grad(v, ws, bs, create_graph=False)],
+                                           rounds=args.rounds, reps=args.reps, device=dev)
             else:
-                t_op = median_time(lambda: full(critic_grad), reps=args.reps, device=dev)
-                t_ref = median_time(lambda: full(ref_critic_grad), reps=args.reps, device=dev)
+                t_op, t_ref = paired_times([lambda: full(critic_grad), lambda: full(ref_critic_grad)],
+                                           rounds=args.rounds, reps=args.reps, device=dev)
             m_op = peak_extra_bytes(lambda: full(critic_grad), device=dev)
             m_ref = peak_extra_bytes(lambda: full(ref_critic_grad), device=dev)
             r = dict(op="critic_grad", phase=phase, B=B, dv=args.dv, hidden=args.hidden, dtype="float32",

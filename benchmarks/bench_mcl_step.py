@@ -21,7 +21,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mclcore  # noqa: E402
-from benchmarks.common import (add_device_args, append_rows, median_time, peak_extra_bytes, print_table,  # noqa: E402
+from benchmarks.common import (add_device_args, append_rows, paired_times, peak_extra_bytes, print_table,  # noqa: E402
                                setup_device)
 from python import mcl as ref  # noqa: E402
 
@@ -63,20 +63,21 @@ def main(argv=None):
     ap.add_argument("--dz", type=int, default=10)
     ap.add_argument("--dx", type=int, default=64)
     ap.add_argument("--du", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=30, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating op / reference rounds (best median kept)")
     ap.add_argument("--quick", action="store_true", help="tiny run for a smoke check (no CSV row)")
     add_device_args(ap)
     args = ap.parse_args(argv)
     backend = setup_device(args)
     if args.quick:
-        args.batch, args.reps = [32], 3
+        args.batch, args.reps, args.rounds = [32], 3, 1
     rows = []
     for B in args.batch:
         G, mcl, z, u, params = build(B, args.dz, args.dx, args.du, args.device, torch.float32)
         ga, gb = step_op(G, mcl, z, u, params), step_ref(G, mcl, z, u, params)
         max_rel = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(ga, gb))
-        t_op = median_time(lambda: step_op(G, mcl, z, u, params), device=args.device, reps=args.reps)
-        t_ref = median_time(lambda: step_ref(G, mcl, z, u, params), device=args.device, reps=args.reps)
+        t_op, t_ref = paired_times([lambda: step_op(G, mcl, z, u, params), lambda: step_ref(G, mcl, z, u, params)],
+                                   device=args.device, rounds=args.rounds, reps=args.reps)
         m_op = peak_extra_bytes(lambda: step_op(G, mcl, z, u, params), device=args.device)
         m_ref = peak_extra_bytes(lambda: step_ref(G, mcl, z, u, params), device=args.device)
         # float64 agreement of every parameter gradient (the tests demand 1e-10)

@@ -40,6 +40,24 @@ def median_time(fn, *, device="cpu", warmup: int = 3, reps: int = 20, min_time: 
     return statistics.median(times)
 
 
+def paired_times(fns, *, device="cpu", rounds: int = 5, reps: int = 30, warmup: int = 3) -> list[float]:
+    """Best-of-``rounds`` medians of several callables, timed in alternating rounds (A, B, A, B, ...).
+
+    On a shared machine (the 2-core dev VM showed +-20% swings within a minute) a burst of outside load lands on
+    whichever side runs at that moment; alternating short rounds exposes both sides to the same conditions, and
+    the minimum over rounds of each side's median drops the rounds a burst hit. Ratios of the returned times are
+    the ones benchmarks report.
+    """
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], median_time(fn, device=device, warmup=0, reps=reps))
+    return best
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:

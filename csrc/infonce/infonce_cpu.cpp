@@ -41,6 +41,7 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include "../simd.h"
 #include "infonce_checks.h"
 
 #include <algorithm>
@@ -53,26 +54,13 @@
 #include <tuple>
 #include <vector>
 
-// Elementwise work (exp, max, sums over tile rows, row norms) is written with GCC/Clang vector extensions, so it
-// vectorises whatever the build flags: the build targets baseline x86-64 and plain loops over exp did not
-// vectorise at all (3.7 ns per entry measured). On x86-64 the float32 kernels exist twice, 8 lanes compiled for
-// AVX2+FMA and 4 lanes for the baseline, and the first call picks one from the CPU's features. Measured on the
-// 2-core AMD EPYC dev box: max + exp + sum over a tile row ~0.7 ns per entry with AVX2. float64 (the accuracy
-// path: tests, gradcheck) uses plain loops and libm's exp.
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define MCL_X86_DISPATCH 1
-#else
-#define MCL_X86_DISPATCH 0
-#endif
-#if defined(__GNUC__) || defined(__clang__)
-#define MCL_VEC 1
-#define MCL_INLINE inline __attribute__((always_inline))
-#else
-#define MCL_VEC 0
-#define MCL_INLINE inline
-#endif
-
+// Elementwise work (exp, max, sums over tile rows, row norms) is written with the vector extensions of
+// csrc/simd.h (AVX2+FMA and baseline builds of each float32 kernel, picked at run time). Measured on the 2-core AMD
+// EPYC dev box: max + exp + sum over a tile row ~0.7 ns per entry with AVX2 (plain loops over exp did not vectorise
+// at all: 3.7 ns). float64 (the accuracy path: tests, gradcheck) uses plain loops and libm's exp.
 namespace {
+
+using namespace mclcore::simd;  // NOLINT: exp_t, Vec, v8f / v4f, use_avx2 (csrc/simd.h)
 
 using at::Tensor;
 
@@ -98,28 +86,6 @@ constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 // ------------------------------------------------------------------------------------------------------------
 // Elementwise pieces, scalar versions (float64, tails of float32 rows, compilers without vector extensions).
 
-// exp for float32 (Cephes' expf: range reduction by ln 2, degree-6 polynomial), written out so that the vector
-// version below is the same arithmetic lane by lane. Max relative error 8e-8 measured over [-87, 10]; returns 0
-// below -87.3 (where expf underflows anyway) and for -inf, which the masked positive sums rely on.
-constexpr float kExpLo = -87.3365447505531f, kExpHi = 88.3762626647949f;
-MCL_INLINE float exp_t(float x) {
-  float xc = x < kExpLo ? kExpLo : (x > kExpHi ? kExpHi : x);
-  float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest via 1.5 * 2^23
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * r * r + r + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < kExpLo ? 0.0f : poly * scale;
-}
-MCL_INLINE double exp_t(double x) { return std::exp(x); }
 
 template <typename T>
 MCL_INLINE T row_max_scalar(const T* x, int64_t n, T m) {
@@ -210,68 +176,20 @@ struct Scalar {
 };
 
 #if MCL_VEC
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-
 template <typename V>
-struct Simd {
+struct Simd : mclcore::simd::Vec<V> {
+  using Base = mclcore::simd::Vec<V>;
+  using typename Base::I;
+  using Base::L;
+  using Base::splat;
+  using Base::load;
+  using Base::loadi;
+  using Base::store;
+  using Base::exp;
+  using Base::exp_nc;
+  using Base::hmax;
+  using Base::hsum;
   using value = float;
-  using I = decltype(V{} < V{});  // lane masks / int32 lanes of the same width
-  static constexpr int L = sizeof(V) / sizeof(float);
-
-  static MCL_INLINE V splat(float v) { return V{} + v; }
-  static MCL_INLINE V load(const float* p) {
-    V v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static MCL_INLINE I loadi(const int32_t* p) {
-    I v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static MCL_INLINE void store(float* p, V v) { std::memcpy(p, &v, sizeof(v)); }
-  static MCL_INLINE V exp(V x) {  // exp_t, lane by lane
-    V xc = x < kExpLo ? splat(kExpLo) : x;
-    xc = xc > kExpHi ? splat(kExpHi) : xc;
-    V n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    V r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    V poly = splat(1.9875691500e-4f);
-    poly = poly * r + 1.3981999507e-3f;
-    poly = poly * r + 8.3334519073e-3f;
-    poly = poly * r + 4.1665795894e-2f;
-    poly = poly * r + 1.6666665459e-1f;
-    poly = poly * r + 5.0000001201e-1f;
-    poly = poly * r * r + r + 1.0f;
-    I bits = (__builtin_convertvector(n, I) + 127) << 23;
-    return x < kExpLo ? splat(0.0f) : poly * (V)bits;
-  }
-  // exp_t without the range clamps, for arguments known to lie in [-87.3, 88.3] (the fixed-shift fused path).
-  static MCL_INLINE V exp_nc(V x) {
-    V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    V r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    V poly = splat(1.9875691500e-4f);
-    poly = poly * r + 1.3981999507e-3f;
-    poly = poly * r + 8.3334519073e-3f;
-    poly = poly * r + 4.1665795894e-2f;
-    poly = poly * r + 1.6666665459e-1f;
-    poly = poly * r + 5.0000001201e-1f;
-    poly = poly * r * r + r + 1.0f;
-    I bits = (__builtin_convertvector(n, I) + 127) << 23;
-    return poly * (V)bits;
-  }
-  static MCL_INLINE float hmax(V v) {
-    float m = v[0];
-    for (int l = 1; l < L; ++l) m = m > v[l] ? m : v[l];
-    return m;
-  }
-  static MCL_INLINE float hsum(V v) {
-    float s = 0;
-    for (int l = 0; l < L; ++l) s += v[l];
-    return s;
-  }
 
   static MCL_INLINE float row_max(const float* x, int64_t n) {
     V acc = splat(kNegInf<float>);
@@ -549,27 +467,11 @@ MCL_INLINE void normalise_backward_body(const T* g, const T* u, T* out, const do
 
 #if MCL_VEC
 #if MCL_X86_DISPATCH
-MCL_KERNEL_ENTRIES(avx2, __attribute__((target("avx2,fma"), noinline)), Simd<v8f>)
-bool use_avx2() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-}
-#else
-bool use_avx2() { return false; }
+MCL_KERNEL_ENTRIES(avx2, MCL_ATTR_AVX2, Simd<v8f>)
 #endif
-MCL_KERNEL_ENTRIES(base, __attribute__((noinline)), Simd<v4f>)
+MCL_KERNEL_ENTRIES(base, MCL_ATTR_BASE, Simd<v4f>)
 #else
-bool use_avx2() { return false; }
 MCL_KERNEL_ENTRIES(base, , Scalar<float>)
-#endif
-
-#if MCL_VEC && MCL_X86_DISPATCH
-#define MCL_DISPATCH(NAME, ...) (use_avx2() ? NAME##_avx2(__VA_ARGS__) : NAME##_base(__VA_ARGS__))
-#else
-#define MCL_DISPATCH(NAME, ...) NAME##_base(__VA_ARGS__)
 #endif
 
 void fwd_tile(float* S, int64_t r, int64_t c, float* m, float* s, const int32_t* gi, const int32_t* gj, float* mp,

@@ -38,6 +38,33 @@ def test_matches_reference_forward_and_second_order(activation, B, dv, hidden, d
         torch.testing.assert_close(a, b, **TOL[dtype])
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_float32_activations_over_a_wide_range(activation):
+    # float32 GELU / ReLU / SiLU run a fused vector pass with their own exp and erf (csrc/critic_grad), the others
+    # ATen's kernels. An identity first layer makes the pre-activations the inputs themselves: [-12, 12] and exact
+    # zeros, 130 x 257 = 33410 entries (more than one 16384-entry chunk, and a tail that is not a multiple of 8).
+    # Second layer and output random; compared with the float64 reference on the same float32-rounded inputs.
+    B, n = 130, 257
+    gen = torch.Generator().manual_seed(0)
+    v = torch.linspace(-12, 12, B * n, dtype=torch.float64)[torch.randperm(B * n, generator=gen)].view(B, n)
+    v[::7, ::5] = 0.0
+    ws = [torch.eye(n, dtype=torch.float64), torch.randn(n, n, generator=gen, dtype=torch.float64) / n**0.5,
+          torch.randn(1, n, generator=gen, dtype=torch.float64) / n**0.5]
+    bs = [torch.zeros(n, dtype=torch.float64), torch.randn(n, generator=gen, dtype=torch.float64) * 0.1,
+          torch.zeros(1, dtype=torch.float64)]
+    upstream = torch.randn(B, n, generator=gen, dtype=torch.float64)
+    args32 = [t.float().requires_grad_() for t in (v, *ws, *bs)]
+    args64 = [t.detach().double().requires_grad_() for t in args32]
+    out32 = critic_grad(args32[0], args32[1:4], args32[4:], activation)
+    out64 = ref_critic_grad(args64[0], args64[1:4], args64[4:], activation)
+    assert torch.isfinite(out32).all()
+    # Measured: errors within 1.1x of torch's own float32 autograd on the same inputs (7e-8 on grad_v c, <= 8e-6
+    # on weight gradients of size ~20); the tolerances leave ~10x room and still catch any wrong s, s' or s''.
+    torch.testing.assert_close(out32.double(), out64, rtol=1e-5, atol=1e-6)
+    for a, b in zip(all_grads(out32, upstream.float(), args32), all_grads(out64, upstream, args64)):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=5e-6 * max(1.0, b.abs().max().item()))
+
+
 def test_non_contiguous_inputs():
     v, ws, bs = make(12, 6, (10, 8))
     v_nc = torch.randn(6, 12, dtype=torch.float64).t().requires_grad_()  # (12, 6), stride (1, 12)
