@@ -1,7 +1,8 @@
 """infonce op (tiled, csrc/infonce) vs the pure-autograd reference (python/infonce.py, full B x B logits).
 
 float32, d = 128, tau = 0.1: medians at B = 256, 1024, 4096 in both modes (diagonal positives; multi-positive with
-8 conditions), the better of two alternating rounds each, for four phases, all through the public functions:
+8 conditions), the best of five alternating rounds each (--rounds), for four phases, all through the public
+functions:
 
     forward            under torch.no_grad (inference: the op's plain forward, mclcore::infonce)
     forward(train)     p, k requiring grad, grad mode on, no backward: the reference builds its graph; the op runs
@@ -156,7 +157,8 @@ def main(argv=None):
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="input dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    ap.add_argument("--reps", type=int, default=30, help="repetitions at B = 256 (fewer for larger B)")
+    ap.add_argument("--reps", type=int, default=30, help="repetitions per round at B = 256 (fewer for larger B)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating op / reference rounds (best median kept)")
     ap.add_argument("--no-large-ref", action="store_true", help="never run the reference at the large size")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, few reps, no CSV")
@@ -176,7 +178,7 @@ def main(argv=None):
     dtype_name = args.dtype or ("bfloat16" if on_gpu else "float32")
     dtype = getattr(torch, dtype_name)
     if args.quick:
-        args.batch, args.large, args.reps = [64, 300], 0 if on_gpu else 1024, 3
+        args.batch, args.large, args.reps, args.rounds = [64, 300], 0 if on_gpu else 1024, 3, 1
     peer = inf_cl_peer() if on_gpu else None
     d = args.d
     rows = []
@@ -189,10 +191,11 @@ def main(argv=None):
             # The reference's B x B tensors (logits, softmax, their gradients: ~5 of them) may not fit the GPU.
             ref_fits = not on_gpu or gpu_free_bytes() > 6 * B * B * p.element_size()
             for phase in op_ph:
-                # Two alternating rounds, best median of each: a burst of load from other processes on a shared
-                # machine then hits both sides alike or neither.
+                # Alternating rounds, best median of each (as benchmarks.common.paired_times; the reference may
+                # run out of GPU memory here): a burst of load from other processes on a shared machine then hits
+                # both sides alike or neither.
                 t_op, t_ref, t_peer = float("inf"), float("inf"), float("inf")
-                for _ in range(2):
+                for _ in range(args.rounds):
                     t_op = min(t_op, median_time(op_ph[phase], reps=reps, warmup=2, device=device))
                     t = _timed(ref_ph[phase], reps, device) if ref_fits else None
                     t_ref = None if t is None or t_ref is None else min(t_ref, t)
