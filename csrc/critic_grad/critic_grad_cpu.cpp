@@ -8,7 +8,9 @@
 // d h_{l-1}). It does the same GEMMs as autograd with create_graph=True (8.1 units of B*h*h at the paper's sizes;
 // a forward-mode-tangent formulation we tried first needed 10.5 and was slower), but no graph, no recomputation:
 // the forward stores h_l, s'(a_l), s''(a_l) and m_l in one workspace (4 B sum(h_l) values, 2 MiB at B = 256 with
-// two 256-wide layers) that the backward reads.
+// two 256-wide layers) that the backward reads. From 32 MiB on (B >= 4096 with those layers) glibc serves such a
+// block with fresh pages from the kernel on every call (its mmap threshold stops adapting at 32 MiB), and faulting
+// them in doubled the forward's time at B = 4096 (29.8 vs 14.9 ms with MALLOC_MMAP_THRESHOLD_=1e9 set).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
