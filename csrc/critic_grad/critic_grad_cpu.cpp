@@ -179,6 +179,7 @@ void eval_act_aten(Act act, const at::Tensor& a, at::Tensor& h, at::Tensor& s1, 
 // Fused float32 pass, split over threads in chunks of >= 16k elements (~10 us of work each with AVX2).
 bool eval_act_fused(Act act, const at::Tensor& a, at::Tensor& h, at::Tensor& s1, at::Tensor& s2) {
   if (a.scalar_type() != at::kFloat || (act != Act::GELU && act != Act::RELU && act != Act::SILU)) return false;
+  TORCH_INTERNAL_ASSERT(a.is_contiguous() && h.is_contiguous() && s1.is_contiguous() && s2.is_contiguous());
   const float* ap = a.const_data_ptr<float>();
   float* hp = h.mutable_data_ptr<float>();
   float* p1 = s1.mutable_data_ptr<float>();
