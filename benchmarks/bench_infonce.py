@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (add_device_args, append_rows, median_time, peak_extra_bytes, print_table,  # noqa: E402
-                               setup_device)
+from benchmarks.common import (add_device_args, append_rows, median_time, paired_times, peak_extra_bytes,  # noqa: E402
+                               print_table, setup_device)
 from mclcore.ops.infonce import infonce  # noqa: E402
 from python.infonce import infonce as ref_infonce  # noqa: E402
 
@@ -138,16 +138,6 @@ def row(B, d, mode, phase, t_op, t_ref, m_op=None, m_ref=None, reps=None, note="
     return r
 
 
-def _timed(fn, reps, device):
-    """median_time, or None when the GPU runs out of memory (a reference's B x B tensors)."""
-    try:
-        return median_time(fn, reps=reps, warmup=2, device=device)
-    except torch.cuda.OutOfMemoryError:
-        gc.collect()
-        torch.cuda.empty_cache()
-        return None
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, nargs="+", default=None,
@@ -191,17 +181,10 @@ def main(argv=None):
             # The reference's B x B tensors (logits, softmax, their gradients: ~5 of them) may not fit the GPU.
             ref_fits = not on_gpu or gpu_free_bytes() > 6 * B * B * p.element_size()
             for phase in op_ph:
-                # Alternating rounds, best median of each (as benchmarks.common.paired_times; the reference may
-                # run out of GPU memory here): a burst of load from other processes on a shared machine then hits
-                # both sides alike or neither.
-                t_op, t_ref, t_peer = float("inf"), float("inf"), float("inf")
-                for _ in range(args.rounds):
-                    t_op = min(t_op, median_time(op_ph[phase], reps=reps, warmup=2, device=device))
-                    t = _timed(ref_ph[phase], reps, device) if ref_fits else None
-                    t_ref = None if t is None or t_ref is None else min(t_ref, t)
-                    if peer_ph is not None:
-                        t = _timed(peer_ph[phase], reps, device)
-                        t_peer = None if t is None or t_peer is None else min(t_peer, t)
+                # Alternating rounds, best median of each side (None: not run, or out of GPU memory).
+                t_op, t_ref, t_peer = paired_times(
+                    [op_ph[phase], ref_ph[phase] if ref_fits else None, peer_ph[phase] if peer_ph else None],
+                    device=device, rounds=args.rounds, reps=reps, warmup=2)
                 mem = {}
                 if phase == "forward+backward":
                     mem = dict(m_op=fresh_peak_bytes(op_ph[phase], device),

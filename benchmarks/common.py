@@ -40,21 +40,35 @@ def median_time(fn, *, device="cpu", warmup: int = 3, reps: int = 20, min_time: 
     return statistics.median(times)
 
 
-def paired_times(fns, *, device="cpu", rounds: int = 5, reps: int = 30, warmup: int = 3) -> list[float]:
+def paired_times(fns, *, device="cpu", rounds: int = 5, reps: int = 30, warmup: int = 3) -> list[float | None]:
     """Best-of-``rounds`` medians of several callables, timed in alternating rounds (A, B, A, B, ...).
 
     On a shared machine (the 2-core dev VM showed +-20% swings within a minute) a burst of outside load lands on
     whichever side runs at that moment; alternating short rounds exposes both sides to the same conditions, and
     the minimum over rounds of each side's median drops the rounds a burst hit. Ratios of the returned times are
-    the ones benchmarks report.
+    the ones benchmarks report. A ``None`` in ``fns`` (a side not run), or a side that runs out of GPU memory (a
+    reference's B x B tensors), comes back as ``None`` and is not timed again.
     """
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    best = [float("inf")] * len(fns)
+    best: list[float | None] = [None if fn is None else float("inf") for fn in fns]
+
+    def timed(i, **kw):
+        try:
+            return median_time(fns[i], device=device, **kw)
+        except torch.cuda.OutOfMemoryError:
+            gc.collect()
+            torch.cuda.empty_cache()
+            best[i] = None
+            return None
+
+    for i in range(len(fns)):
+        if best[i] is not None:
+            timed(i, warmup=warmup, reps=1)
     for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], median_time(fn, device=device, warmup=0, reps=reps))
+        for i in range(len(fns)):
+            if best[i] is not None:
+                t = timed(i, warmup=0, reps=reps)
+                if t is not None:
+                    best[i] = min(best[i], t)
     return best
 
 
