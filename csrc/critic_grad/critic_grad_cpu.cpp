@@ -8,9 +8,10 @@
 // d h_{l-1}). It does the same GEMMs as autograd with create_graph=True (8.1 units of B*h*h at the paper's sizes;
 // a forward-mode-tangent formulation we tried first needed 10.5 and was slower), but no graph, no recomputation:
 // the forward stores h_l, s'(a_l), s''(a_l) and m_l in one workspace (4 B sum(h_l) values, 2 MiB at B = 256 with
-// two 256-wide layers) that the backward reads. From 32 MiB on (B >= 4096 with those layers) glibc serves such a
-// block with fresh pages from the kernel on every call (its mmap threshold stops adapting at 32 MiB), and faulting
-// them in doubled the forward's time at B = 4096 (29.8 vs 14.9 ms with MALLOC_MMAP_THRESHOLD_=1e9 set).
+// two 256-wide layers) that the backward reads. The workspace's memory is reused from call to call (see
+// workspace_empty): from 32 MiB on (B >= 4096 with those layers) glibc serves a fresh block with fresh pages from
+// the kernel on every call (its mmap threshold stops adapting at 32 MiB), and faulting them in doubled the forward's
+// time at B = 4096 (29.8 vs 14.9 ms with MALLOC_MMAP_THRESHOLD_=1e9 set).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -228,6 +229,24 @@ struct Workspace {
   std::vector<at::Tensor> h, s1, s2, m;
 };
 
+// The workspace's memory block, kept per thread and handed out again once nothing uses it: glibc gives a block of
+// 32 MiB or more fresh pages from the kernel on every allocation, and faulting them in cost as much as the forward's
+// arithmetic at B = 4096 (above). The block is reused only when no tensor holds it any more (the cache's reference
+// is the only one: the previous workspace was freed by its backward, or was never saved) and it has the size needed;
+// otherwise a new block is allocated and cached in its place. Each call gets a fresh tensor over the block, so no
+// autograd state carries over between calls. Cost: one idle workspace per thread that ran the op, 2 MiB at
+// B = 256 with two 256-wide layers (32 MiB at B = 4096), until the thread ends.
+at::Tensor workspace_empty(int64_t numel, const at::TensorOptions& options) {
+  thread_local c10::Storage spare;
+  const size_t nbytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+  if (!spare || spare.use_count() != 1 || spare.nbytes() != nbytes) {
+    spare = c10::Storage();  // a cached block of the wrong size is freed before the new one is allocated
+    spare = at::empty({numel}, options).storage();
+  }
+  c10::Storage held = spare;  // the tensor's deleter holds the block: use_count() > 1 while any view of it lives
+  return at::from_blob(held.mutable_data(), {numel}, [held](void*) {}, options);
+}
+
 int64_t workspace_numel(int64_t B, at::TensorList weights) {
   int64_t total = 0;
   for (size_t l = 0; l + 1 < weights.size(); ++l) total += weights[l].size(0);
@@ -261,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor> critic_grad_cpu(const at::Tensor& v_in, at::T
   const at::Tensor v = v_in.contiguous();
   const int64_t B = v.size(0);
   const int64_t H = static_cast<int64_t>(weights.size()) - 1;
-  at::Tensor saved = at::empty({workspace_numel(B, weights)}, v.options());
+  at::Tensor saved = workspace_empty(workspace_numel(B, weights), v.options());
   Workspace w = views(saved, B, weights);
 
   at::Tensor x = v;

@@ -90,6 +90,47 @@ def test_opcheck(activation):
     torch.library.opcheck(torch.ops.mclcore.critic_grad_backward.default, (g, v.detach(), wd, bd, saved, activation))
 
 
+def test_workspace_block_is_reused_only_once_released():
+    # The CPU kernel hands its workspace block out again once no tensor holds it (csrc/critic_grad): a held
+    # workspace must never be overwritten, and a released one is reused.
+    op = torch.ops.mclcore.critic_grad.default
+    v, ws, bs = make(6, 4, (5, 3), dtype=torch.float32)
+    args = ([w.detach() for w in ws], [b.detach() for b in bs], "gelu")
+    _, w1 = op(v.detach(), *args)
+    kept = w1.clone()
+    _, w2 = op(v.detach() * 2, *args)  # w1 still held: a new block
+    assert w2.data_ptr() != w1.data_ptr()
+    torch.testing.assert_close(w1, kept, rtol=0, atol=0)
+    ptr = w2.data_ptr()
+    del w1, w2
+    _, w3 = op(v.detach(), *args)  # nothing holds the cached block any more
+    assert w3.data_ptr() == ptr
+    torch.testing.assert_close(w3, kept, rtol=0, atol=0)
+    view = w3[2:]  # a view keeps the block alive too
+    del w3
+    _, w4 = op(v.detach(), *args)
+    assert w4.data_ptr() != view.data_ptr() - 2 * view.element_size()
+
+
+def test_interleaved_graphs_keep_their_own_workspaces():
+    # Two forwards before either backward (and an inference-mode call between them): each backward must see its
+    # own saved workspace, so both match the reference.
+    v, ws, bs = make(7, 5, (6, 4))
+    v2 = (v.detach() * -1.5).requires_grad_()
+    up = torch.randn(7, 5, dtype=torch.float64)
+    inputs = [*ws, *bs]
+    out1 = critic_grad(v, ws, bs)
+    out2 = critic_grad(v2, ws, bs)
+    with torch.inference_mode():
+        critic_grad(v.detach() + 1, [w.detach() for w in ws], [b.detach() for b in bs])
+    g1 = all_grads(out1, up, [v, *inputs])
+    g2 = all_grads(out2, up, [v2, *inputs])
+    r1 = all_grads(ref_critic_grad(v, ws, bs), up, [v, *inputs])
+    r2 = all_grads(ref_critic_grad(v2, ws, bs), up, [v2, *inputs])
+    for a, b in zip(g1 + g2, r1 + r2):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("activation", ["gelu", "tanh", "softplus", "silu"])
 def test_gradcheck_float64(activation):
     v, ws, bs = make(3, 4, (5, 3), scale=0.8)
