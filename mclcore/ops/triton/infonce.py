@@ -402,23 +402,24 @@ def _gradients(prep, p, k, groups, lse_all, lse_pos, grad, block_m, block_n):
     return dp, dk
 
 
-def infonce(p, k, groups, tau, eps, *, block_m=None, block_n=None):
-    """mclcore::infonce: (loss (), lse_all (B,), lse_pos (B,)) in the compute dtype (float64 or float32)."""
+def _begin(p, k, groups, tau, eps):
+    """The checks and the normalisation pass every entry point starts with: (prep, B, d, compute dtype)."""
     tau, eps = float(tau), float(eps)
     _check_inputs(p, k, groups, tau, eps)
     B, d = p.shape
-    ct = _compute_dtype(p.dtype)
-    prep = _Prepared(p, k, tau, eps)
+    return _Prepared(p, k, tau, eps), B, d, _compute_dtype(p.dtype)
+
+
+def infonce(p, k, groups, tau, eps, *, block_m=None, block_n=None):
+    """mclcore::infonce: (loss (), lse_all (B,), lse_pos (B,)) in the compute dtype (float64 or float32)."""
+    prep, B, d, ct = _begin(p, k, groups, tau, eps)
     lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
     return _loss(lse_all, lse_pos, ct), lse_all, lse_pos
 
 
 def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, *, block_m=None, block_n=None):
     """mclcore::infonce_backward: (dp, dk), contiguous, in the dtypes of p and k."""
-    tau, eps = float(tau), float(eps)
-    _check_inputs(p, k, groups, tau, eps)
-    B, d = p.shape
-    ct = _compute_dtype(p.dtype)
+    prep, B, d, ct = _begin(p, k, groups, tau, eps)
     if grad_loss.numel() != 1:
         raise RuntimeError(f"mclcore.infonce_backward: grad_loss must hold one value, got shape "
                            f"{tuple(grad_loss.shape)}")
@@ -432,17 +433,12 @@ def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, *, blo
             raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must be on {p.device}")
     # The upstream gradient stays on the device (read by the kernels): no host synchronisation for it.
     grad = grad_loss.reshape(1).to(device=p.device)
-    prep = _Prepared(p, k, tau, eps)
     return _gradients(prep, p, k, groups, lse_all.contiguous(), lse_pos.contiguous(), grad, block_m, block_n)
 
 
 def infonce_with_grad(p, k, groups, tau, eps, *, block_m=None, block_n=None):
     """mclcore::infonce_with_grad: (loss, dp, dk) for an upstream gradient of 1, one normalisation pass."""
-    tau, eps = float(tau), float(eps)
-    _check_inputs(p, k, groups, tau, eps)
-    B, d = p.shape
-    ct = _compute_dtype(p.dtype)
-    prep = _Prepared(p, k, tau, eps)
+    prep, B, d, ct = _begin(p, k, groups, tau, eps)
     lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
     one = torch.ones((1,), dtype=ct, device=p.device)
     dp, dk = _gradients(prep, p, k, groups, lse_all, lse_pos, one, block_m, block_n)
