@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_mcl_step as mcl_step  # noqa: E402
-from benchmarks.common import append_rows, median_time, print_table  # noqa: E402
+from benchmarks.common import add_malloc_arg, append_rows, apply_malloc_arg, median_time, print_table  # noqa: E402
 from mclcore.ops.critic_grad import critic_grad  # noqa: E402
 from mclcore.ops.infonce import infonce  # noqa: E402
 from python.critic_grad import critic_grad as ref_critic_grad  # noqa: E402
@@ -83,7 +83,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=30, help="timed steps per route and round")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (best median per route kept)")
     ap.add_argument("--quick", action="store_true", help="tiny run for a smoke check (no CSV row)")
+    add_malloc_arg(ap)
     args = ap.parse_args(argv)
+    apply_malloc_arg(args)
     if args.quick:
         args.reps, args.rounds = 3, 1
     helper = load_helper()

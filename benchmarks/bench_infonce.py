@@ -33,8 +33,6 @@ multi-positive mode and no normalisation of its own; it computes in float32 what
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import os
 import sys
 
@@ -61,20 +59,6 @@ def mem_available_bytes() -> int:
     except OSError:
         pass
     return 0
-
-
-def fresh_peak_bytes(fn, device="cpu") -> int:
-    """peak_extra_bytes after handing freed heap pages back to the OS (glibc malloc_trim), so that memory an
-    earlier run freed but kept resident cannot hide this run's allocations from the RSS high-water mark.
-    CUDA: the caching allocator's peak (torch.cuda.max_memory_allocated) needs no such care."""
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        return peak_extra_bytes(fn, device=device)
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    return peak_extra_bytes(fn)
 
 
 def make(B, d, mode, seed=0, device="cpu", dtype=torch.float32):
@@ -187,8 +171,8 @@ def main(argv=None):
                     device=device, rounds=args.rounds, reps=reps, warmup=2)
                 mem = {}
                 if phase == "forward+backward":
-                    mem = dict(m_op=fresh_peak_bytes(op_ph[phase], device),
-                               m_ref=fresh_peak_bytes(ref_ph[phase], device) if t_ref is not None else "skipped")
+                    mem = dict(m_op=peak_extra_bytes(op_ph[phase], device=device),
+                               m_ref=peak_extra_bytes(ref_ph[phase], device=device) if t_ref is not None else "skipped")
                 gpu = None
                 if on_gpu:
                     gpu = dict(backend=backend, half_dot=os.environ.get("MCLCORE_TRITON_HALF_DOT", "float32"),
@@ -204,7 +188,7 @@ def main(argv=None):
         B = args.large
         p, k, _ = make(B, d, "diagonal", device=device, dtype=dtype)
         op_ph = phases(infonce, p, k, None)
-        m_op = fresh_peak_bytes(op_ph["forward+backward"], device)
+        m_op = peak_extra_bytes(op_ph["forward+backward"], device=device)
         t_op = median_time(op_ph["forward+backward"], reps=3, warmup=1, device=device)
         # Reference: the B x B logits and about four more B x B float32 tensors alive around the backward.
         need = 5 * B * B * 4
@@ -216,7 +200,7 @@ def main(argv=None):
                             dtype=dtype_name, gpu=gpu))
         else:
             ref_ph = phases(ref_infonce, p, k, None)
-            m_ref = fresh_peak_bytes(ref_ph["forward+backward"], device)
+            m_ref = peak_extra_bytes(ref_ph["forward+backward"], device=device)
             t_ref = median_time(ref_ph["forward+backward"], reps=1, warmup=0, device=device)
             rows.append(row(B, d, "diagonal", "forward+backward", t_op, t_ref, m_op, m_ref, reps=3,
                             note="reference: 1 rep", dtype=dtype_name, gpu=gpu))

@@ -6,6 +6,7 @@ results from different machines and commits accumulate side by side.
 from __future__ import annotations
 
 import csv
+import ctypes
 import datetime as _dt
 import gc
 import os
@@ -18,6 +19,55 @@ import time
 import torch
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# The CPU allocator policy of this process ("steady" once steady_malloc() took effect), recorded in every CSV row.
+MALLOC = "glibc"
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to set or trim
+        return None
+
+
+def steady_malloc() -> bool:
+    """Make glibc keep freed CPU memory in the process, so both sides of a comparison reuse their memory.
+
+    By default glibc gives freed memory at the top of a heap back to the OS once more than M_TRIM_THRESHOLD is free,
+    and serves blocks above a *dynamic* mmap threshold with fresh mappings; either way the next use of that memory
+    pays a page fault per 4 KiB. Which calls pay depends on the process's history (the threshold moves with every
+    freed mapped block), and it hits the pure-autograd references, which allocate many more temporaries, far more
+    than the ops. Measured on the 2-core dev VM (B = 256, paired rounds, five fresh processes per policy): with
+    glibc's defaults the critic_grad reference took 3.75-4.12 ms and the speedup (reference / op) read 1.47-1.60x,
+    the MCL step's 1.29-1.38x; with this policy 3.11-3.16 ms, 1.23-1.25x and 1.15-1.17x. The ops' own times did not
+    move beyond the noise, and infonce's speedup (1.62-1.68x) not at all. Fixing one threshold alone did not help
+    (the trim threshold alone made the critic_grad reference 6.6-6.7 ms in two runs). Here: M_MMAP_THRESHOLD = 32
+    MiB (glibc's ceiling for its dynamic threshold on 64-bit) and M_TRIM_THRESHOLD = 1 GiB: memory is reused, as in
+    a long training loop in a process with a caching allocator, and the ratios are the lower, reproducible ones.
+    ``--malloc glibc`` keeps the defaults. Returns whether it took effect.
+    """
+    global MALLOC
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if libc.mallopt(m_mmap_threshold, 32 << 20) != 1 or libc.mallopt(m_trim_threshold, 1 << 30) != 1:
+        return False
+    MALLOC = "steady"
+    return True
+
+
+def add_malloc_arg(ap) -> None:
+    ap.add_argument("--malloc", default="steady", choices=["steady", "glibc"],
+                    help="CPU allocator policy (benchmarks.common.steady_malloc): steady (default) keeps freed "
+                         "memory in the process, glibc leaves glibc's defaults (reference times then swing by up "
+                         "to 30%% between runs)")
+
+
+def apply_malloc_arg(args) -> None:
+    if args.malloc == "steady" and not steady_malloc():
+        print("note: --malloc steady needs glibc's mallopt; running with the allocator's defaults", file=sys.stderr)
 
 
 def sync(device) -> None:
@@ -84,7 +134,9 @@ def peak_extra_bytes(fn, *, device="cpu") -> int:
     """Peak memory above the level before ``fn()`` ran.
 
     CUDA: the caching allocator's peak. CPU: the process's resident-set high-water mark, reset through
-    /proc/self/clear_refs just before the call (Linux), minus the resident set at that moment.
+    /proc/self/clear_refs just before the call (Linux), minus the resident set at that moment. Freed heap pages are
+    handed back to the OS first (glibc malloc_trim), so that memory an earlier run freed but kept resident (always
+    so under steady_malloc) cannot hide this run's allocations from the high-water mark.
     """
     gc.collect()
     if torch.device(device).type == "cuda":
@@ -94,6 +146,9 @@ def peak_extra_bytes(fn, *, device="cpu") -> int:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     base = _rss_kib("VmRSS")
@@ -109,11 +164,13 @@ def add_device_args(ap) -> None:
     ap.add_argument("--backend", default=None, choices=["triton", "cuda"],
                     help="GPU backend of the mclcore ops for --device cuda (as MCLCORE_BACKEND; default: triton if "
                          "it imports, else the CUDA C++ kernels). CPU tensors always run the C++ CPU kernels")
+    add_malloc_arg(ap)
 
 
 def setup_device(args) -> str:
     """Check ``--device`` / ``--backend`` and select the backend; returns the label of what runs the ops
-    ("cpu", or the GPU backend's name) for the CSV rows."""
+    ("cpu", or the GPU backend's name) for the CSV rows. Applies ``--malloc`` (host memory, either device)."""
+    apply_malloc_arg(args)
     if args.device == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
@@ -150,7 +207,7 @@ def append_rows(name: str, rows: list[dict], *, device="cpu") -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.csv")
     meta = {"timestamp": _dt.datetime.now().isoformat(timespec="seconds"), "device": device_name(device),
-            "torch": torch.__version__, "git_sha": git_sha()}
+            "torch": torch.__version__, "git_sha": git_sha(), "malloc": MALLOC}
     rows = [{**meta, **r} for r in rows]
     fields = list(meta)
     for r in rows:
