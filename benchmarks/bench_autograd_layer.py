@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import bench_mcl_step as mcl_step  # noqa: E402
-from benchmarks.common import add_malloc_arg, append_rows, apply_malloc_arg, median_time, print_table  # noqa: E402
+from benchmarks.common import (add_malloc_arg, add_paired_args, append_rows, apply_malloc_arg,  # noqa: E402
+                               median_time, print_table)
 from mclcore.ops.critic_grad import critic_grad  # noqa: E402
 from mclcore.ops.infonce import infonce  # noqa: E402
 from python.critic_grad import critic_grad as ref_critic_grad  # noqa: E402
@@ -80,9 +81,7 @@ def max_diff(ga, gb) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=30, help="timed steps per route and round")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (best median per route kept)")
-    ap.add_argument("--quick", action="store_true", help="tiny run for a smoke check (no CSV row)")
+    add_paired_args(ap, reps_help="timed steps per route and round")
     add_malloc_arg(ap)
     args = ap.parse_args(argv)
     apply_malloc_arg(args)

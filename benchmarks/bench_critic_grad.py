@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (add_device_args, append_rows, paired_times, peak_extra_bytes, print_table,  # noqa: E402
-                               setup_device)
+from benchmarks.common import (add_device_args, add_paired_args, append_rows, paired_times,  # noqa: E402
+                               peak_extra_bytes, print_table, setup_device)
 from mclcore.ops.critic_grad import critic_grad  # noqa: E402
 from python.critic_grad import critic_grad as ref_critic_grad  # noqa: E402
 
@@ -25,9 +25,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[256, 4096])
     ap.add_argument("--dv", type=int, default=10 + 64 + 16)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=30, help="timed runs per round")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating op / reference rounds (best median kept)")
-    ap.add_argument("--quick", action="store_true")
+    add_paired_args(ap)
     add_device_args(ap)
     args = ap.parse_args(argv)
     backend = setup_device(args)

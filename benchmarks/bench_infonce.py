@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import (add_device_args, append_rows, median_time, paired_times, peak_extra_bytes,  # noqa: E402
-                               print_table, setup_device)
+from benchmarks.common import (add_device_args, add_paired_args, append_rows, median_time, paired_times,  # noqa: E402
+                               peak_extra_bytes, print_table, setup_device)
 from mclcore.ops.infonce import infonce  # noqa: E402
 from python.infonce import infonce as ref_infonce  # noqa: E402
 
@@ -131,11 +131,10 @@ def main(argv=None):
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                     help="input dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    ap.add_argument("--reps", type=int, default=30, help="repetitions per round at B = 256 (fewer for larger B)")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating op / reference rounds (best median kept)")
+    add_paired_args(ap, reps_help="repetitions per round at B = 256 (fewer for larger B)",
+                    quick_help="tiny sizes, few reps, no CSV")
     ap.add_argument("--no-large-ref", action="store_true", help="never run the reference at the large size")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, few reps, no CSV")
     ap.add_argument("--half-dot", default=None, choices=["float32", "input"],
                     help="Triton backend, float16/bfloat16 inputs: products in float32 (default, like the C++ op) or "
                          "on tensor cores in the input dtype (sets MCLCORE_TRITON_HALF_DOT)")

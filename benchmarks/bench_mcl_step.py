@@ -25,8 +25,8 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mclcore  # noqa: E402
-from benchmarks.common import (add_device_args, append_rows, paired_times, peak_extra_bytes, print_table,  # noqa: E402
-                               setup_device)
+from benchmarks.common import (add_device_args, add_paired_args, append_rows, paired_times,  # noqa: E402
+                               peak_extra_bytes, print_table, setup_device)
 from python import mcl as ref  # noqa: E402
 
 
@@ -90,9 +90,7 @@ def main(argv=None):
     ap.add_argument("--dz", type=int, default=10)
     ap.add_argument("--dx", type=int, default=64)
     ap.add_argument("--du", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=30, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating op / reference rounds (best median kept)")
-    ap.add_argument("--quick", action="store_true", help="tiny run for a smoke check (no CSV row)")
+    add_paired_args(ap, reps_help="timed steps per round")
     add_device_args(ap)
     args = ap.parse_args(argv)
     backend = setup_device(args)

@@ -58,6 +58,15 @@ def steady_malloc() -> bool:
     return True
 
 
+def add_paired_args(ap, *, reps_help: str = "timed runs per round",
+                    quick_help: str = "tiny run for a smoke check (no CSV row)") -> None:
+    """``--reps``, ``--rounds`` (paired_times) and ``--quick``, as every paired CPU/GPU benchmark takes them."""
+    ap.add_argument("--reps", type=int, default=30, help=reps_help)
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds, op and reference (or every route) "
+                                                          "in turn; each keeps its best round median")
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+
+
 def add_malloc_arg(ap) -> None:
     ap.add_argument("--malloc", default="steady", choices=["steady", "glibc"],
                     help="CPU allocator policy (benchmarks.common.steady_malloc): steady (default) keeps freed "
