@@ -131,6 +131,32 @@ def test_interleaved_graphs_keep_their_own_workspaces():
         torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("threads,B", [(3, 1000), (2, 300), (4, 130), (2, 127)])
+def test_row_blocks_over_threads_match_the_reference(threads, B):
+    # The kernels split the batch into one chunk per worker (>= 64 rows each) walked in blocks of <= 128 rows, and
+    # sum the parameter gradients per chunk: uneven chunks (1000 rows on 3 threads: 333 + 333 + 334, each three
+    # blocks and a tail), two chunks, one chunk of two blocks (130 rows: 130 // 64 = 2 chunks of 65) and one chunk on
+    # the calling thread (127 rows) must all give the reference's values, and the same values as one thread.
+    v, ws, bs = make(B, 11, (40, 24), torch.float64, seed=3)
+    up = torch.randn(B, 11, dtype=torch.float64)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = critic_grad(v, ws, bs)
+        grads = all_grads(out, up, [v, *ws, *bs])
+        torch.set_num_threads(1)
+        out1 = critic_grad(v, ws, bs)
+        grads1 = all_grads(out1, up, [v, *ws, *bs])
+    finally:
+        torch.set_num_threads(n)
+    ref = ref_critic_grad(v, ws, bs)
+    torch.testing.assert_close(out, ref, **TOL[torch.float64])
+    torch.testing.assert_close(out, out1, rtol=1e-13, atol=1e-14)
+    for a, b, c in zip(grads, all_grads(ref, up, [v, *ws, *bs]), grads1):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("activation", ["gelu", "tanh", "softplus", "silu"])
 def test_gradcheck_float64(activation):
     v, ws, bs = make(3, 4, (5, 3), scale=0.8)
