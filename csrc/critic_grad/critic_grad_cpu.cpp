@@ -15,9 +15,9 @@
 //
 // Both kernels walk the batch in row blocks, one chunk of rows per worker (see for_row_blocks). Measured on the
 // 2-core dev box against the version that ran each ATen op over the whole batch with ATen's threading inside
-// (paired with the reference, steady allocator): B = 256 forward 0.82 -> 0.77 ms, forward+backward 2.50-2.68 ->
-// 2.43 ms; B = 4096 forward 12.1 -> 11.1 ms, forward+backward 35.2 -> 32.1 ms. What is left is the matrix products:
-// `perf` puts ~85% of a one-thread forward+backward at B = 256 in MKL's sgemm (272 MFLOP at ~78 GFLOP/s).
+// (bench_critic_grad.py at ac79704 and 8df0aa0): B = 256 forward 0.82 -> 0.78 ms, forward+backward 2.68 -> 2.47 ms;
+// B = 4096 forward 12.1 -> 11.1 ms, forward+backward 35.2 -> 31.8 ms. What is left is the matrix products:
+// `perf` puts about 80% of a one-thread forward+backward at B = 256 in MKL's sgemm (272 MFLOP at ~78 GFLOP/s).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
