@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import datetime as _dt
+import functools
 import gc
 import os
 import platform
@@ -24,6 +25,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MALLOC = "glibc"
 
 
+@functools.lru_cache(maxsize=None)
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6")

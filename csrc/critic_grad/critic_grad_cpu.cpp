@@ -20,9 +20,9 @@
 // `perf` puts about 80% of a one-thread forward+backward at B = 256 in MKL's sgemm (272 MFLOP at ~78 GFLOP/s).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include "../parallel.h"
 #include "../simd.h"
 
 #include <algorithm>
@@ -287,8 +287,8 @@ Workspace views(const at::Tensor& saved, int64_t B, at::TensorList weights) {
 // (128 x 256 floats = 128 KiB each at the paper's widths) stay in the core's L2 between the steps, the matrix
 // products run single-threaded inside the worker (MKL sees the OpenMP region), and a call opens one parallel region
 // instead of one per ATen op. The parameter gradients are summed per chunk (chunk 0 into the outputs, the others
-// into their own buffers, added at the end: workers - 1 extra copies of the parameters' size). A batch under 2 kMinChunkRows rows runs as one chunk on the calling
-// thread, with ATen's own threading inside each op.
+// into their own buffers, added at the end: workers - 1 extra copies of the parameters' size). A batch under
+// 2 kMinChunkRows rows runs as one chunk on the calling thread, with ATen's own threading inside each op.
 constexpr int64_t kBlockRows = 128;
 constexpr int64_t kMinChunkRows = 64;
 
@@ -307,24 +307,13 @@ void for_row_blocks(int64_t B, int64_t nchunks, const F& f) {
     run(0);
     return;
   }
-  at::parallel_for(0, nchunks, 1, [&](int64_t b, int64_t e) {
-    // The block's ATen calls need no autograd bookkeeping (OpenMP workers do not inherit the caller's dispatch TLS).
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+  parallel_for_below_autograd(0, nchunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) run(c);
   });
 }
 
 // out = a b, into a view (at::mm_out takes no temporaries).
 void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
-
-// out = a b on a chunk's first block, out += a b afterwards.
-void mm_acc(at::Tensor out, const at::Tensor& a, const at::Tensor& b, bool first) {
-  if (first) {
-    mm_into(out, a, b);
-  } else {
-    out.addmm_(a, b);
-  }
-}
 
 // out = column sums of x (B rows summed) on the first block, out += them afterwards; out: (n,) or (1, n).
 void sum_acc(at::Tensor out, const at::Tensor& x, bool first) {

@@ -41,6 +41,7 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include "../parallel.h"
 #include "../simd.h"
 #include "infonce_checks.h"
 
@@ -63,6 +64,8 @@ namespace {
 using namespace mclcore::simd;  // NOLINT: exp_t, Vec, v8f / v4f, use_avx2 (csrc/simd.h)
 
 using at::Tensor;
+using mclcore::mm_acc;                       // csrc/parallel.h
+using mclcore::parallel_for_below_autograd;  // csrc/parallel.h
 
 // Tile geometry. R <= 128 rows per block and C = 256 columns per tile: an R x C float tile is 128 KiB and the key
 // tile (C x d, d = 128) another 128 KiB, which stay in the 512 KiB per-core L2 of the dev box. Measured there
@@ -641,9 +644,7 @@ void forward_kernel(const Inputs& in, T* lse_all, T* lse_pos) {
   const int64_t B = in.B;
   const Geometry geo = geometry(B, in.d);
   const int32_t* grp = in.groups;
-  at::parallel_for(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
-    // The tile products need no autograd bookkeeping (OpenMP workers do not inherit the caller's dispatch TLS).
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+  parallel_for_below_autograd(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
     Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
     std::vector<T> m(geo.R), s(geo.R), mp(geo.R), sp(geo.R), scratch(geo.C);
     for (int64_t rb = b0; rb < b1; ++rb) {
@@ -693,15 +694,6 @@ Tensor ds_tile(const Inputs& in, Tensor& sbuf, int64_t i0, int64_t r, int64_t j0
   return S;
 }
 
-// out = a b on the first contribution, out += a b afterwards (so the accumulators need no zero fill).
-void mm_acc(Tensor out, const Tensor& a, const Tensor& b, bool first) {
-  if (first) {
-    at::mm_out(out, a, b);
-  } else {
-    out.addmm_(a, b);
-  }
-}
-
 // Writes dS k^ into dq (its 1/tau comes later) and dS^T (q / tau) into dk, both (B, d), uninitialised on entry.
 template <typename T>
 void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor& dq, Tensor& dk) {
@@ -712,8 +704,7 @@ void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor&
     // One pass; chunk 0 accumulates dk in place, the others into their own (B, d) buffers, summed at the end.
     std::vector<Tensor> acc(nchunks);
     acc[0] = dk;
-    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;
+    parallel_for_below_autograd(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
       Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
       for (int64_t ch = c0; ch < c1; ++ch) {
         if (ch > 0) acc[ch] = at::empty({B, d}, dk.options());  // first touched by the thread using it
@@ -736,8 +727,7 @@ void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor&
     return;
   }
   // Pass 1: dq over row blocks. Pass 2: dk over column blocks (the same blocks), recomputing the tiles.
-  at::parallel_for(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+  parallel_for_below_autograd(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
     Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
     for (int64_t rb = b0; rb < b1; ++rb) {
       const int64_t i0 = rb * geo.R, r = std::min(geo.R, B - i0);
@@ -748,8 +738,7 @@ void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor&
       }
     }
   });
-  at::parallel_for(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+  parallel_for_below_autograd(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
     Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
     for (int64_t cb = b0; cb < b1; ++cb) {
       const int64_t j0 = cb * geo.R, c = std::min(geo.R, B - j0);
@@ -828,8 +817,7 @@ bool fused_kernel(const Inputs& in, double tau, double eps, T coef, double* loss
     dqbuf[ch] = at::empty({R, d}, in.qs.options());
   }
   const T uscale = static_cast<T>(tau), gscale = static_cast<T>(1.0 / tau);
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
+  parallel_for_below_autograd(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<T> scratch(grp != nullptr ? B : 0);
     T* qs = in.qs.mutable_data_ptr<T>();
     const T* kn = in.kn.const_data_ptr<T>();
