@@ -47,7 +47,7 @@ from mclcore.ops.infonce import infonce  # noqa: E402
 from python.infonce import infonce as ref_infonce  # noqa: E402
 
 TAU = 0.1
-N_CONDITIONS = 8  # multi-positive rows: |U| = 8 conditions, as in DESIGN 2.1's duplicate-condition example
+N_CONDITIONS = 8  # multi-positive rows: |U| = 8 conditions, as in docs/DESIGN.md §2.1's duplicate-condition example
 
 
 def mem_available_bytes() -> int:

@@ -11,7 +11,7 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(mclcore, m) {
-  // InfoNCE over row-normalised projections (DESIGN 2.1). p, k: (B, d). groups: optional (B,) int64 condition ids;
+  // InfoNCE over row-normalised projections (docs/DESIGN.md §2.1). p, k: (B, d). groups: optional (B,) int64 condition ids;
   // when given, every j with groups[j] == groups[i] is a positive of row i ("multi-positive", SupCon's L_in form:
   // loss_i = logsumexp_j S_ij - logsumexp_{j in P(i)} S_ij). Returns (loss: scalar, lse_all: (B,), lse_pos: (B,)),
   // both row statistics in float32/float64; memory O(B d), never a B x B tensor.
@@ -29,7 +29,7 @@ TORCH_LIBRARY(mclcore, m) {
   m.def("infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> "
         "(Tensor loss, Tensor dp, Tensor dk)");
 
-  // Input gradient of a scalar MLP critic c(v) = w_L . s(... s(W_1 v + b_1) ...) + b_L (DESIGN 2.2).
+  // Input gradient of a scalar MLP critic c(v) = w_L . s(... s(W_1 v + b_1) ...) + b_L (docs/DESIGN.md §2.2).
   // v: (B, dv); weights[l]: (out_l, in_l) as nn.Linear, the last (1, h); biases[l]: (out_l,).
   // activation: gelu | relu | silu | tanh | softplus. Returns (grad_v c: (B, dv), saved: 1-D workspace of
   // 4 B sum(hidden widths) values holding s(a_l), s'(a_l), s''(a_l) and the gradient-chain rows, read by the
@@ -42,7 +42,7 @@ TORCH_LIBRARY(mclcore, m) {
       "str activation) -> (Tensor, Tensor[], Tensor[])");
 
   // mech_derivs: see csrc/mech_derivs/ (schemas added below by that op).
-  // Mechanism derivatives V(z,u) of an MLP generator by per-sample Taylor-mode propagation (DESIGN 2.3).
+  // Mechanism derivatives V(z,u) of an MLP generator by per-sample Taylor-mode propagation (docs/DESIGN.md §2.3).
   // z: (B, dz). weights[l]: (h_l, h_{l-1}) as nn.Linear, h_{-1} = dz; biases[l]: (h_l,). The generator is
   //   y = z * film_scale + film_shift          (film_scale, film_shift: optional (B, dz); FiLM conditioning on u)
   //   a_0 = W_0 y + b_0 + in_bias              (in_bias: optional (B, h_0), e.g. W_u u when u is concatenated to z)

@@ -1,6 +1,6 @@
 """Pure-autograd reference of ``mclcore.ops.infonce``: builds the full B x B logits, float64-capable.
 
-The loss of the paper's Eq. 18 / Algorithm 1 on L2-normalised projections (DESIGN §2.1)::
+The loss of the paper's Eq. 18 / Algorithm 1 on L2-normalised projections (docs/DESIGN.md §2.1)::
 
     q_i = p_i / max(|p_i|, eps),   k^_j = k_j / max(|k_j|, eps),   S_ij = q_i . k^_j / tau
     loss = mean_i( logsumexp_j S_ij - S_ii )                                   (groups=None)

@@ -8,7 +8,7 @@ For one sample with generator ``f: R^dz -> R^dx``:
 
 Everything is reverse mode on purpose: with torch 2.13 (CPU), ``vmap`` over forward-mode derivatives
 (``jacfwd``/``hessian``) of ``logdet``/``slogdet`` returns wrong values for every batch element after the first
-(DESIGN §2.3), so ``vmap(hessian(...logdet...))`` must never be used as a reference. ``jacrev(jacrev(.))`` per sample
+(docs/DESIGN.md §2.3), so ``vmap(hessian(...logdet...))`` must never be used as a reference. ``jacrev(jacrev(.))`` per sample
 (the default, a Python loop) and under ``vmap`` (``batched=True``) are both correct. Float64-capable; used by the
 tests and by ``benchmarks/bench_mech_derivs.py`` as the baseline. Needs third derivatives of the activations, so
 they are written here from elementary ops (``gelu`` through ``erf``, ``softplus`` through ``logaddexp``).

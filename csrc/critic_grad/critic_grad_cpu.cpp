@@ -1,4 +1,4 @@
-// CPU kernels of mclcore::critic_grad and mclcore::critic_grad_backward (DESIGN 2.2).
+// CPU kernels of mclcore::critic_grad and mclcore::critic_grad_backward (docs/DESIGN.md §2.2).
 //
 // Critic: c(v) = w_L . h_{H-1} + b_L,  h_l = s(a_l),  a_0 = W_0 v + b_0,  a_l = W_l h_{l-1} + b_l  (H hidden layers).
 // Forward: grad_v c = delta_0 W_0 with delta_l = m_l * s'(a_l), m_{H-1} = w_L, m_l = delta_{l+1} W_{l+1}.

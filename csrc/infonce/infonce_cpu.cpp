@@ -1,5 +1,5 @@
 // CPU kernels of mclcore::infonce, mclcore::infonce_backward and mclcore::infonce_with_grad (schemas in
-// csrc/registration.cpp; DESIGN 2.1, the paper's Eq. 18 / Algorithm 1 with the normalisation folded in).
+// csrc/registration.cpp; docs/DESIGN.md §2.1, the paper's Eq. 18 / Algorithm 1 with the normalisation folded in).
 //
 //   q_i = p_i / max(|p_i|, eps),  k^_j = k_j / max(|k_j|, eps),  S_ij = q_i . k^_j / tau
 //   loss = mean_i( lse_all_i - lse_pos_i ),  lse_all_i = logsumexp_j S_ij,

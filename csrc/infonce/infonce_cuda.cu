@@ -1,7 +1,7 @@
 // CUDA kernels of InfoNCE, registered as the private ops mclcore::_cuda_infonce, mclcore::_cuda_infonce_backward and
 // mclcore::_cuda_infonce_with_grad (schemas identical to the public infonce / infonce_backward / infonce_with_grad
 // of csrc/registration.cpp; the Python dispatcher registers the public ops' CUDA kernels and calls these).
-// Same semantics as csrc/infonce/infonce_cpu.cpp (DESIGN 2.1):
+// Same semantics as csrc/infonce/infonce_cpu.cpp (docs/DESIGN.md §2.1):
 //
 //   q_i = p_i / max(|p_i|, eps),  k^_j = k_j / max(|k_j|, eps),  S_ij = q_i . k^_j / tau
 //   loss = mean_i max(0, lse_all_i - lse_pos_i),  lse_all_i = logsumexp_j S_ij,

@@ -1,5 +1,5 @@
 // CPU kernel of mclcore::mech_derivs: the mechanism-derivative vector V(z,u) and the log-volume of an MLP generator
-// (DESIGN 2.3, paper section 3.2).
+// (docs/DESIGN.md §2.3, paper section 3.2).
 //
 // Per sample and latent directions i, j we carry, through every layer, the value and the Taylor coefficients
 //   T1_j = dx/dz_j,  T2_ij = d2x/dz_i dz_j (symmetric: only i <= j is stored, P = dz(dz+1)/2 rows),
@@ -15,7 +15,7 @@
 // (Cholesky), Y = A^-1 J^T (dz x dx), E_i = Y H_i (dz x dz). With P_J = J Y the projector on range(J):
 //   m'_i  = tr(E_i)
 //   m''_ii = tr(Y T_i) - tr(E_i^2) + tr(A^-1 H_i^T (I - P_J) H_i)
-// which is DESIGN's tr(A^-1 (H_i^T H_i + J^T T_i)) - 1/2 tr(A^-1 D_i A^-1 D_i) rewritten with A^-1 D_i =
+// which is docs/DESIGN.md §2.3's tr(A^-1 (H_i^T H_i + J^T T_i)) - 1/2 tr(A^-1 D_i A^-1 D_i) rewritten with A^-1 D_i =
 // E_i + A^-1 E_i^T A: the H_i^T P_J H_i part of the first trace cancels the cross term of the second. For square J
 // the last term vanishes (d2 log|det J| = tr(J^-1 d2J) - tr((J^-1 dJ)^2)); otherwise it is ||L^-1 R_i^T||_F^2 with
 // R_i = (I - P_J) H_i, one (dz x dz)(dz x dz*dx) GEMM per sample because T2 is symmetric in (i, k).
@@ -24,7 +24,7 @@
 //
 // Precision: float32 inputs propagate in float32 (GEMMs) and every output-side quantity (A, Cholesky, Y, E, the
 // residual) is formed in float64: all-float32 gave relative errors up to 1e5 on ill-conditioned samples at dz = 20,
-// float32 propagation + float64 algebra a median of 4e-6 (DESIGN 2.3).
+// float32 propagation + float64 algebra a median of 4e-6 (docs/DESIGN.md §2.3).
 //
 // Parallelism: samples are split into chunks (about 2 MiB of float tangents each, so a chunk's GEMM has thousands of
 // rows); the tasks of at::parallel_for take chunks from a shared counter, so a core slowed by another process does

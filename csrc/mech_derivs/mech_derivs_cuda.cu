@@ -1,7 +1,7 @@
 // CUDA implementation of mech_derivs, registered as the private op mclcore::_cuda_mech_derivs (schema identical to
 // the public mech_derivs of csrc/registration.cpp; the Python dispatcher registers the public op's CUDA kernel and
 // calls this one). Same algorithm, precision rules and outputs as csrc/mech_derivs/mech_derivs_cpu.cpp (read its
-// header for the derivation; DESIGN 2.3):
+// header for the derivation; docs/DESIGN.md §2.3):
 //
 //   per sample, latent directions i, j: T1_j = dx/dz_j, T2_ij = d2x/dz_i dz_j (i <= j stored, P = dz(dz+1)/2 rows),
 //   T3_ij = d3x/dz_i^2 dz_j (dz^2 rows). Linear layer A_n = W T_n; nonlinearity with s_k = s^(k)(a):

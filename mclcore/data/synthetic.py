@@ -3,7 +3,7 @@
 Both processes share the alphabet of conditions, the mixing network and the noise, and differ only in *where* u
 acts, so each identifiability principle can be tested on the other's home ground (paper §2, §5.1):
 
-* ``"gmd"`` (generating mechanism diversity, the paper's App. D.3 / DESIGN §3)::
+* ``"gmd"`` (generating mechanism diversity, the paper's App. D.3 / docs/DESIGN.md §3)::
 
       u ~ Uniform{u^(1), ..., u^(|U|)},  u^(n) ~ N(0, I_16) drawn once
       z ~ N(0, I_dz)                     independent of u  (the GMD assumption z ⟂ u)

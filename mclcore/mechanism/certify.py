@@ -1,6 +1,6 @@
 """Certificates for the identifiability assumptions: sufficient GMD (Assumption 2) and sufficient LRD (Assumption 1).
 
-Both assumptions have the same shape (paper §2, §3.2; DESIGN §2.4). At a latent z and an alphabet of conditions
+Both assumptions have the same shape (paper §2, §3.2; docs/DESIGN.md §2.4). At a latent z and an alphabet of conditions
 u^(0), ..., u^(n-1), stack a per-condition vector ``v(z, u) in R^{2dz}`` into the contrast matrix
 
     C(z) = [v(z,u^(1)) - v(z,u^(0)); ...; v(z,u^(n-1)) - v(z,u^(0))]          ((n-1) x 2dz)

@@ -1,4 +1,4 @@
-"""Mechanism derivatives ``V(z,u)`` of a conditional generator (paper §3.2, DESIGN §2.3).
+"""Mechanism derivatives ``V(z,u)`` of a conditional generator (paper §3.2, docs/DESIGN.md §2.3).
 
 For ``x = G(z, u)`` with Jacobian ``J = dx/dz`` (dx >= dz) and log-volume ``L = 1/2 logdet(J^T J)``
 (``log|det J|`` when square):
@@ -15,7 +15,7 @@ For ``x = G(z, u)`` with Jacobian ``J = dx/dz`` (dx >= dz) and log-volume ``L = 
   supported activation modules: ``Tanh, Sigmoid, Softplus`` (threshold >= 20), ``GELU`` (exact), ``SiLU``,
   :class:`~mclcore.models.generators.SmoothLeakyReLU`, and the piecewise-linear ``ReLU, LeakyReLU, Identity``.
 * ``"torch.func"``: any other module or callable ``G(z, u) -> x`` (outputs flattened per sample): per-sample
-  ``jacrev(jacrev(L))`` under ``vmap`` (correct; reverse mode only, see DESIGN §2.3), typically 10-100x slower.
+  ``jacrev(jacrev(L))`` under ``vmap`` (correct; reverse mode only, see docs/DESIGN.md §2.3), typically 10-100x slower.
 
 A generator whose activations are all piecewise linear has V = 0 almost everywhere (L is piecewise constant); the
 result then has ``degenerate=True`` and a ``reason``, and a :class:`DegenerateGeneratorWarning` is emitted: zeros
@@ -190,7 +190,7 @@ def _fast_args(G, z: torch.Tensor, u: torch.Tensor | None, dtype: torch.dtype):
 
 
 def _v_and_l_single(f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor):
-    """V (2dz,) and L () of one sample by reverse over reverse (never forward mode of logdet: DESIGN §2.3)."""
+    """V (2dz,) and L () of one sample by reverse over reverse (never forward mode of logdet: docs/DESIGN.md §2.3)."""
 
     def L(t):
         J = jacrev(f)(t)

@@ -223,7 +223,7 @@ class GMDGenerator(FiLMGenerator):
 
     * alphabet: ``n_alphabet`` conditions u^(n) ~ N(0, I_du), ``du = 16``, drawn once (buffer ``alphabet``);
     * m, b: two-layer MLPs ``du -> 64 -> dz`` with leaky ReLU(0.2); ``scale = exp(tanh(m(u)))`` in
-      ``[1/e, e]`` (kept away from 0, DESIGN §3);
+      ``[1/e, e]`` (kept away from 0, docs/DESIGN.md §3);
     * h: ``dz -> w -> w -> w``, ``w = max(64, 4 dz)``, no biases, activation after the first two layers, last
       layer linear; every layer an iVAE mixing matrix (entries U(-1,1), unit-norm rows) resampled until its
       condition number is below the 25th percentile of ``cond_draws`` draws (iVAE/TCL use 10^4; default 10^3, see

@@ -139,7 +139,7 @@ def implementation(op: str):
     if not cuda_available(op):
         raise RuntimeError(f"mclcore.{op}: backend 'cuda' is not available: torch.ops.mclcore._cuda_{op} is not "
                            f"registered (this build of the extension has no CUDA kernels: build it with a CUDA "
-                           f"torch, see DESIGN §5). Select {ENV}=triton")
+                           f"torch, see docs/DESIGN.md §5). Select {ENV}=triton")
     return getattr(torch.ops.mclcore, f"_cuda_{op}").default
 
 

@@ -1,4 +1,4 @@
-"""``torch.ops.mclcore.critic_grad``: batched input gradient of a scalar MLP critic (DESIGN §2.2).
+"""``torch.ops.mclcore.critic_grad``: batched input gradient of a scalar MLP critic (docs/DESIGN.md §2.2).
 
 The mechanism gradient of the paper, ``g_i = grad_z c(G(z_i, u_i), z_i, u_i)`` (Algorithm 1), needs the critic's
 input gradient ``grad_v c`` at ``v = [z, x, u]`` and, for training, its exact derivative w.r.t. the critic's weights

@@ -1,4 +1,4 @@
-"""``torch.ops.mclcore.infonce``: InfoNCE over row-normalised projections, tiled (DESIGN §2.1).
+"""``torch.ops.mclcore.infonce``: InfoNCE over row-normalised projections, tiled (docs/DESIGN.md §2.1).
 
 The loss of the paper's Eq. 18 / Algorithm 1 (``F.cross_entropy(q @ k.T / tau, arange(B))`` on L2-normalised
 ``q``, ``k``), computed like flash attention: the forward keeps two (B,) row log-sum-exps, the backward recomputes

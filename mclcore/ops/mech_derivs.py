@@ -1,4 +1,4 @@
-"""``torch.ops.mclcore.mech_derivs``: mechanism derivatives V(z,u) of an MLP generator (DESIGN §2.3, paper §3.2).
+"""``torch.ops.mclcore.mech_derivs``: mechanism derivatives V(z,u) of an MLP generator (docs/DESIGN.md §2.3, paper §3.2).
 
 For a generator ``x = g(z, u)`` with Jacobian ``J = dx/dz`` (dx x dz, dx >= dz) the paper defines
 

@@ -224,7 +224,7 @@ def test_critic_grad_matches_float64(backend, activation, dtype):
     names = ["grad_v c", "d v"] + [f"d W{i}" for i in range(len(ws))] + [f"d b{i}" for i in range(len(bs))]
     for name, a, b, s in zip(names, got, want, same):
         scale = max(b.abs().max().item(), 1e-30)
-        # Half inputs are upcast to float32 by critic_grad (DESIGN: s'' of GELU loses all digits in bf16), so the
+        # Half inputs are upcast to float32 by critic_grad (docs/DESIGN.md §2.2: s'' of GELU loses all digits in bf16), so the
         # floor is a float32 (float64) rounding budget over a few GEMMs of width <= 64.
         floor = (1e-12 if dtype == torch.float64 else 1e-5) * scale
         _within(_max_err(a, b), _max_err(s, b), floor, name)
@@ -263,7 +263,7 @@ def test_mech_derivs_matches_reference(backend, act, dtype):
     assert V.device.type == "cuda" and V.dtype == dtype and V.shape == (19, 8) and L.shape == (19,)
     d64 = lambda t: t.double().cpu()  # noqa: E731
     rV, rL = ref_mech_derivs(d64(z), [d64(w) for w in ws], [d64(b) for b in bs], d64(ib), d64(sc), d64(sh), act)
-    # float64: the same formulas as the float64 reference; float32 propagation with float64 algebra: DESIGN §2.3
+    # float64: the same formulas as the float64 reference; float32 propagation with float64 algebra: docs/DESIGN.md §2.3
     # measured median 4e-6, max 1.4e-3 relative; these generators are well conditioned.
     rtol = 1e-8 if dtype == torch.float64 else 1e-3
     torch.testing.assert_close(V.double().cpu(), rV, rtol=rtol, atol=rtol * rV.abs().max().item())

@@ -1,6 +1,6 @@
 """Triton kernels of ``mclcore::infonce``, ``mclcore::infonce_backward`` and ``mclcore::infonce_with_grad``.
 
-Same semantics and outputs as the C++ CPU kernels (csrc/infonce/infonce_cpu.cpp, DESIGN §2.1)::
+Same semantics and outputs as the C++ CPU kernels (csrc/infonce/infonce_cpu.cpp, docs/DESIGN.md §2.1)::
 
     q_i = p_i / max(|p_i|, eps),   k^_j = k_j / max(|k_j|, eps),   S_ij = q_i . k^_j / tau
     lse_all_i = logsumexp_j S_ij

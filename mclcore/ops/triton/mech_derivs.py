@@ -1,4 +1,4 @@
-"""Triton implementation of ``mclcore::mech_derivs``: V(z,u) and the log-volume of an MLP generator (DESIGN §2.3).
+"""Triton implementation of ``mclcore::mech_derivs``: V(z,u) and the log-volume of an MLP generator (docs/DESIGN.md §2.3).
 
 Per sample and latent directions i, j the Taylor coefficients of x in z go through the layers,
 ``T1_j = dx/dz_j``, ``T2_ij = d2x/dz_i dz_j`` (symmetric: i <= j only, P = dz(dz+1)/2 rows),
