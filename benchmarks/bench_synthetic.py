@@ -1,4 +1,4 @@
-"""Training throughput of the synthetic study (mclcore.train.synthetic): model-steps per second, seeds batched
+"""Training throughput of the synthetic study (mclcore.studies.synthetic.train): model-steps per second, seeds batched
 (one stack of M members) vs one by one (M stacks of one member).
 
     python benchmarks/bench_synthetic.py                       # CPU, 1 thread, dz 5 and 20, M = 10
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks.common import append_rows, print_table  # noqa: E402
-from mclcore.train.synthetic import TrainConfig, train  # noqa: E402
+from mclcore.studies.synthetic.train import TrainConfig, train  # noqa: E402
 
 
 def step_time(cfg: TrainConfig, seeds, warmup: int, device: str) -> float:

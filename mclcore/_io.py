@@ -28,3 +28,56 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(obj, path: str, *, indent: int = 2, sort_keys: bool = True) -> None:
     """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def _atomic(path: str, write) -> None:
+    """Run ``write(tmp_path)`` then move the file onto ``path`` (same folder, so the rename is atomic)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    root, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(folder, f".{root}.tmp{os.getpid()}{ext}")   # keeps the extension (matplotlib reads it)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """``torch.save(state)`` to ``path`` atomically: a kill mid-write leaves the previous checkpoint intact."""
+    import torch
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic(path, write)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint); the message names the file."""
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """A checkpoint written by :func:`save_checkpoint`; an unreadable file raises :class:`CheckpointError`."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pickle/zip errors of a damaged file take many forms
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); delete it to "
+                              f"start the run over") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint (holds a {type(state).__name__}, expected a dict)")
+    return state
+
+
+def save_figure(fig, path: str, **kwargs) -> str:
+    """``fig.savefig(path)`` atomically; returns ``path``."""
+    _atomic(path, lambda tmp: fig.savefig(tmp, **kwargs))
+    return path

@@ -12,9 +12,9 @@ import sys
 # name -> (module, one-line help)
 COMMANDS = {
     "demo": ("mclcore.demo", "train a small conditional generator with MCL and print the loss falling"),
-    "synthetic": ("mclcore.train.synthetic_cli", "synthetic identifiability study (paper 5.1, Fig. 5, Table 5): MCC"),
+    "synthetic": ("mclcore.studies.synthetic.cli", "synthetic identifiability study (paper 5.1, Fig. 5, Table 5): MCC"),
     "eval": ("mclcore.metrics.cli", "disentanglement metrics of a saved representation, JSON out"),
-    "train": ("mclcore.train.cli", "train and evaluate a model of a study (mddiff, encdiff, VAE baselines, worldmodel)"),
+    "train": ("mclcore.studies.train_cli", "train and evaluate a model of a study (mddiff, encdiff, VAE baselines, worldmodel)"),
     "certify": ("mclcore.mechanism.cli", "check the sufficient-GMD condition (Assumption 2) of a generator"),
     "tabletop": ("mclcore.data.tabletop.cli", "tabletop manipulation episodes (place_a2b_left/right, two arms)"),
 }

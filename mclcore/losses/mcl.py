@@ -29,6 +29,7 @@ Where the paper disagrees with itself we pick a default and expose the other cho
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -261,6 +262,72 @@ def mcl_loss(
         return infonce(q, k, tau, groups=groups, eps=eps)
 
 
+CRITICS = ("mlp", "image")
+
+
+@dataclasses.dataclass
+class MCLConfig:
+    """Every option of the MCL regulariser, documented once (the studies nest it as their ``mcl`` section).
+
+    Paper defaults unless said otherwise; where the paper disagrees with itself the default is named and the
+    alternative is one field away (see the module docstring):
+
+    * ``tau``: InfoNCE temperature, 0.1 (App. D/E and Algorithms 1-2; section 5 says 0.07).
+    * ``clip``: per-sample L2 clip of the mechanism gradient, 10 (section 5); 0 or None disables.
+    * ``create_graph``: train through the mechanism gradient (Algorithm 1, True); False is Algorithm 2's default,
+      where MCL trains only the heads.
+    * ``multi_positive``: every row with the same condition is a positive (groups from equal key rows or given);
+      False is Eq. 18's diagonal.
+    * ``critic``: ``"mlp"`` (the paper's ``[z, x, u] -> 256 -> 256 -> 1``, native ``critic_grad`` op) or
+      ``"image"`` (Algorithm 2's convolutional critic, plain autograd; only ``critic_hidden[0]`` is used).
+    * ``critic_hidden``, ``activation``: the critic's hidden widths and activation (256, 256; GELU).
+    * ``critic_u``: the critic sees u, ``c(x, z, u)`` (Algorithm 1). False: ``c(x, z)`` with u only in the key
+      head. With u in the critic, ``grad_z c`` can vary with u through the critic alone, which solves the InfoNCE
+      without the generator (measured in experiments/synthetic/README.md).
+    * ``proj_dim``, ``proj_layernorm``: the projection heads (128; LayerNorm first as in Algorithm 2: off).
+    * ``eps``: floor of the norms in the L2 normalisation.
+    """
+
+    tau: float = 0.1
+    clip: float | None = 10.0
+    create_graph: bool = True
+    multi_positive: bool = False
+    critic: str = "mlp"
+    critic_hidden: tuple = (256, 256)
+    activation: str = "gelu"
+    critic_u: bool = True
+    proj_dim: int = 128
+    proj_layernorm: bool = False
+    eps: float = 1e-12
+
+    def validate(self) -> "MCLConfig":
+        """Raise ValueError naming the first bad field (``mcl.<field>``); returns self."""
+        def bad(name, expected):
+            raise ValueError(f"mcl.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        for name in ("tau", "eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                bad(name, "a positive finite number")
+        if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
+                                      or not math.isfinite(self.clip) or self.clip < 0):
+            bad("clip", "a finite number >= 0 (0 or None: no clip)")
+        for name in ("create_graph", "multi_positive", "critic_u", "proj_layernorm"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "true or false")
+        if self.critic not in CRITICS:
+            bad("critic", f"one of {CRITICS}")
+        if self.activation not in ACTIVATIONS:
+            bad("activation", f"one of {ACTIVATIONS}")
+        hidden = self.critic_hidden
+        if (not isinstance(hidden, (tuple, list)) or not hidden
+                or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)):
+            bad("critic_hidden", "a non-empty list of positive integers")
+        if isinstance(self.proj_dim, bool) or not isinstance(self.proj_dim, int) or self.proj_dim < 1:
+            bad("proj_dim", "a positive integer")
+        return self
+
+
 class MCL(nn.Module):
     """MCL as a drop-in regulariser: the critic, both projection heads and the loss options in one module.
 
@@ -278,6 +345,10 @@ class MCL(nn.Module):
         critic_hidden, activation: widths and activation of the MLP critic (paper: (256, 256), GELU).
         proj_dim: projection dimension (paper: 128). proj_layernorm: LayerNorm first in each head (Algorithm 2).
         tau, create_graph, clip, multi_positive, eps: see :func:`mcl_loss`.
+        critic_u: the critic sees u (Algorithm 1); False gives it an empty u, so only the key head sees the
+            condition (see :class:`MCLConfig`).
+
+    ``MCL.from_config(cfg, z_dim=, x_dim=, u_dim=)`` builds it from an :class:`MCLConfig`.
     """
 
     def __init__(
@@ -296,16 +367,18 @@ class MCL(nn.Module):
         create_graph: bool = True,
         clip: float | None = 10.0,
         multi_positive: bool = False,
+        critic_u: bool = True,
         eps: float = 1e-12,
     ):
         super().__init__()
         z_shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)
         x_shape = (x_dim,) if isinstance(x_dim, int) else tuple(x_dim)
         dz, dx = math.prod(z_shape), math.prod(x_shape)
+        du_critic = u_dim if critic_u else 0
         if critic == "mlp":
-            critic = MLPCritic(dz + dx + u_dim, critic_hidden, activation)
+            critic = MLPCritic(dz + dx + du_critic, critic_hidden, activation)
         elif critic == "image":
-            critic = ImageCritic(z_shape, u_dim, hidden=critic_hidden[0])
+            critic = ImageCritic(z_shape, du_critic, hidden=critic_hidden[0])
         elif not callable(critic):
             raise ValueError(f"critic: expected 'mlp', 'image' or a module (x_hat, z, u) -> (B,), got {critic!r}")
         self.critic = critic
@@ -313,10 +386,26 @@ class MCL(nn.Module):
         self.Pi_u = MLPProj(u_key_dim or u_dim, proj_dim, proj_layernorm)
         self.tau = _checks.positive_float(tau, "tau")
         self.create_graph, self.clip, self.multi_positive, self.eps = create_graph, clip, multi_positive, eps
+        self.critic_u = bool(critic_u)
         self._validated = False
+
+    @classmethod
+    def from_config(cls, cfg: MCLConfig, *, z_dim: int | Sequence[int], x_dim: int | Sequence[int], u_dim: int,
+                    u_key_dim: int | None = None) -> "MCL":
+        """The module of a validated :class:`MCLConfig` for generators with these per-sample sizes."""
+        if not isinstance(cfg, MCLConfig):
+            raise TypeError(f"cfg: expected an MCLConfig, got {type(cfg).__name__}")
+        cfg.validate()
+        return cls(z_dim, x_dim, u_dim, u_key_dim=u_key_dim, critic=cfg.critic, critic_hidden=tuple(cfg.critic_hidden),
+                   activation=cfg.activation, proj_dim=cfg.proj_dim, proj_layernorm=cfg.proj_layernorm, tau=cfg.tau,
+                   create_graph=cfg.create_graph, clip=cfg.clip or None, multi_positive=cfg.multi_positive,
+                   critic_u=cfg.critic_u, eps=cfg.eps)
 
     def forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
                 groups: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.critic_u:  # the critic gets an empty u (B, 0); G closes over the real one; the key head sees u
+            u_key = u if u_key is None else u_key
+            decoder_G, u = (lambda zz, _, G=decoder_G, uu=u: G(zz, uu)), u.new_zeros(u.shape[0], 0)
         # The generator check costs a reduction (and a VJP on the autograd path): do it on the first call only.
         loss = mcl_loss(decoder_G, z, u, critic=self.critic, Pi_g=self.Pi_g, Pi_u=self.Pi_u, tau=self.tau,
                         create_graph=self.create_graph, clip=self.clip, u_key=u_key,
@@ -327,4 +416,4 @@ class MCL(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, create_graph={self.create_graph}, clip={self.clip}, "
-                f"multi_positive={self.multi_positive}")
+                f"multi_positive={self.multi_positive}, critic_u={self.critic_u}")

@@ -1,24 +1,95 @@
-"""Config and checkpoint plumbing shared by the trainers (``disentangle``, ``worldmodel``).
+"""Typed configs for every study: dataclass -> dict -> dataclass, presets, ``--set a.b=v`` and generated flags.
 
-A run's config is a tree of dataclasses; ``mcl train ... --set a.b=v`` overrides a leaf (:func:`apply_overrides`),
-the tree is saved as a plain dict with every checkpoint (``dataclasses.asdict``) and rebuilt from it on resume
-(:func:`from_dict`); :func:`config_diff` names the fields where a saved config and a given one disagree.
-Checkpoints are written atomically (:func:`save_checkpoint`).
+A study's config is a tree of dataclasses (the constructor is the config): sections nest per component (the MCL
+options are :class:`mclcore.losses.mcl.MCLConfig` wherever MCL is used), each documented once in its docstring.
+The tree is saved as a plain dict (:func:`to_dict`) in ``config.json`` and in every checkpoint, and rebuilt from it
+(:func:`from_dict`, strict: an unknown key is an error naming it). The same machinery serves every entry point:
+
+* presets are nested dicts merged onto the defaults (:func:`merge`), one ``PRESETS`` table per study;
+* ``--config FILE`` is a JSON object merged the same way;
+* ``--set a.b=v`` overrides one leaf (:func:`apply_overrides`), parsed in the type of its default;
+* :func:`add_config_flags` generates one flag per leaf (``--epochs``, ``--mcl-tau``) and
+  :func:`flag_overrides` applies the ones given.
+
+Precedence everywhere: defaults <- preset <- ``--config`` <- flags / ``--set``.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import os
+import typing
 from dataclasses import fields
 
-import torch
+__all__ = ["to_dict", "from_dict", "merge", "apply_overrides", "config_diff", "coerce", "add_config_flags",
+           "flag_overrides", "leaf_paths"]
 
 
-def coerce(value: str, default):
-    """The string ``value`` of ``--set KEY=value`` in the type of the field's ``default``.
+def to_dict(cfg) -> dict:
+    """The config tree as plain JSON-able data (tuples become lists)."""
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
 
-    bool: 1/true/yes/on or 0/false/no/off; tuple: comma-separated numbers (``1,2,4``); int; float; a field whose
-    default is None or a string: ``none``/``null``/empty gives None, anything else the string.
+    return plain(dataclasses.asdict(cfg))
+
+
+def _default(cls, f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ValueError(f"{cls.__name__}.{f.name} has no default")
+
+
+def from_dict(cls, data: dict, *, where: str = "config", strict: bool = True):
+    """Inverse of :func:`to_dict` for the dataclass ``cls``: sections rebuilt, lists back to tuples where the
+    default is a tuple, fields missing from ``data`` left at their defaults. ``strict``: a key that is not a field
+    raises ValueError naming ``where`` and the key (a typo never passes silently)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object of {cls.__name__} fields, got {type(data).__name__}")
+    names = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown and strict:
+        raise ValueError(f"{where}: unknown {cls.__name__} field(s) {unknown} (known: {sorted(names)})")
+    kw = {}
+    for name, f in names.items():
+        if name not in data:
+            continue
+        v, default = data[name], _default(cls, f)
+        if dataclasses.is_dataclass(default):
+            v = from_dict(type(default), v, where=f"{where}.{name}", strict=strict)
+        elif isinstance(default, tuple) and isinstance(v, list):
+            v = tuple(v)
+        kw[name] = v
+    return cls(**kw)
+
+
+def merge(cfg, data: dict, *, where: str = "config"):
+    """Apply the nested dict ``data`` (a preset, a ``--config`` file) onto ``cfg``; returns a new config."""
+    return from_dict(type(cfg), _deep_update(to_dict(cfg), data, where), where=where)
+
+
+def _deep_update(base: dict, data: dict, where: str) -> dict:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    out = dict(base)
+    for k, v in data.items():
+        if isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = _deep_update(out[k], v, f"{where}.{k}")
+        else:
+            out[k] = v
+    return out
+
+
+def coerce(value: str, default, hint=None):
+    """The string ``value`` of ``--set KEY=value`` in the type of the field's ``default`` (or type ``hint``).
+
+    bool: 1/true/yes/on or 0/false/no/off; tuple: comma-separated numbers or words (``1,2,4``); int; float; a field
+    whose default is None or a string: ``none``/``null``/empty gives None, anything else the string (a number
+    where the annotation says ``float | None``).
     """
     if isinstance(default, bool):
         if value.lower() in ("1", "true", "yes", "on"):
@@ -27,18 +98,50 @@ def coerce(value: str, default):
             return False
         raise ValueError(f"expected a boolean, got {value!r}")
     if isinstance(default, tuple):
-        return tuple(int(p) if p.strip().lstrip("-").isdigit() else float(p) for p in value.split(",") if p.strip())
+        def one(p):
+            p = p.strip()
+            try:
+                return int(p)
+            except ValueError:
+                try:
+                    return float(p)
+                except ValueError:
+                    return p
+        return tuple(one(p) for p in value.split(",") if p.strip())
     if isinstance(default, int):
         return int(value)
     if isinstance(default, float):
         return float(value)
     if value.lower() in ("none", "null", ""):
         return None
+    if hint is not None and float in _hint_types(hint):
+        return float(value)
     return value
 
 
+def _hint_types(hint) -> tuple:
+    if isinstance(hint, str):
+        return tuple(t for name, t in (("float", float), ("int", int), ("str", str)) if name in hint)
+    args = typing.get_args(hint)
+    return args or (hint,)
+
+
+def _resolve(cfg, key: str, what: str):
+    """(section object, field) of the dotted ``key``, or ValueError naming ``what`` and the key."""
+    obj, parts = cfg, key.strip().split(".")
+    for p in parts[:-1]:
+        if not dataclasses.is_dataclass(obj) or p not in {f.name for f in fields(obj)}:
+            raise ValueError(f"{what}: unknown config section {p!r} in {key!r}")
+        obj = getattr(obj, p)
+    name = parts[-1]
+    fmap = {f.name: f for f in fields(obj)} if dataclasses.is_dataclass(obj) else {}
+    if name not in fmap:
+        raise ValueError(f"{what}: unknown config key {key!r}")
+    return obj, fmap[name]
+
+
 def apply_overrides(cfg, overrides, example: str = "section.key=1e-4"):
-    """``["stages.lambda_mcl=1e-4", "seed=3"]`` -> ``cfg`` (a dataclass tree) modified in place and returned.
+    """``["mcl.tau=0.07", "seed=3"]`` -> ``cfg`` (a dataclass tree) modified in place and returned.
 
     Errors (ValueError, naming ``--set`` and the key): no ``=``, an unknown section or key, a key that is a section,
     a value that does not parse as the field's type. ``example`` is shown in the first of those messages.
@@ -47,95 +150,83 @@ def apply_overrides(cfg, overrides, example: str = "section.key=1e-4"):
         if "=" not in item:
             raise ValueError(f"--set: expected KEY=VALUE (e.g. {example}), got {item!r}")
         key, value = item.split("=", 1)
-        obj, parts = cfg, key.strip().split(".")
-        for p in parts[:-1]:
-            if not dataclasses.is_dataclass(obj) or not hasattr(obj, p):
-                raise ValueError(f"--set: unknown config section {p!r} in {key!r}")
-            obj = getattr(obj, p)
-        name = parts[-1]
-        if not dataclasses.is_dataclass(obj) or name not in {f.name for f in fields(obj)}:
-            raise ValueError(f"--set: unknown config key {key!r}")
-        default = getattr(obj, name)
+        obj, f = _resolve(cfg, key, "--set")
+        default = getattr(obj, f.name)
         if dataclasses.is_dataclass(default):
             raise ValueError(f"--set: {key!r} is a section; set one of its fields")
         try:
-            setattr(obj, name, coerce(value, default))
+            setattr(obj, f.name, coerce(value, default, f.type))
         except ValueError as e:
             raise ValueError(f"--set: {key}={value!r}: {e}") from None
     return cfg
 
 
-def from_dict(cls, data: dict):
-    """Inverse of ``dataclasses.asdict`` for the dataclass ``cls``: nested sections rebuilt, lists back to tuples
-    where the default is a tuple, fields missing from ``data`` (an older checkpoint) left at their defaults."""
-    kw = {}
-    for f in fields(cls):
-        if f.name not in data:
-            continue
-        v = data[f.name]
-        default = getattr(cls(), f.name) if f.default_factory is dataclasses.MISSING else f.default_factory()
-        if dataclasses.is_dataclass(default):
-            v = from_dict(type(default), v)
-        elif isinstance(default, tuple) and isinstance(v, list):
-            v = tuple(v)
-        kw[f.name] = v
-    return cls(**kw)
-
-
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """``"section.key: saved X vs given Y"`` for every leaf where the config dicts ``a`` (saved) and ``b`` differ."""
     out = []
-    for k in a:
-        if isinstance(a[k], dict):
-            out += config_diff(a[k], b.get(k, {}), f"{prefix}{k}.")
-        elif a[k] != b.get(k):
-            out.append(f"{prefix}{k}: saved {a[k]!r} vs given {b.get(k)!r}")
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) or isinstance(vb, dict):
+            out += config_diff(va if isinstance(va, dict) else {}, vb if isinstance(vb, dict) else {},
+                               f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: saved {va!r} vs given {vb!r}")
     return out
 
 
-def save_checkpoint(path: str, state: dict) -> None:
-    """Atomic: write ``path.tmp`` then ``os.replace`` (a kill mid-write leaves the previous checkpoint intact)."""
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+# ------------------------------------------------------------------------------------------------ generated flags
+def leaf_paths(cls, prefix: tuple = ()) -> list[tuple[tuple, dataclasses.Field, object]]:
+    """Every leaf field of the dataclass ``cls``: ``(path, field, default)`` in declaration order."""
+    out = []
+    for f in fields(cls):
+        default = _default(cls, f)
+        if dataclasses.is_dataclass(default):
+            out += leaf_paths(type(default), prefix + (f.name,))
+        else:
+            out.append((prefix + (f.name,), f, default))
+    return out
 
 
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=False)
+_DEST = "cfg__"
 
 
-def train_or_resume(out: str, args, train) -> tuple[str, object]:
-    """The run lifecycle of ``mcl train`` shared by the trainers, for one run folder ``out``.
+def add_config_flags(parser, cls, *, flatten: tuple = (), skip: tuple = (), title: str | None = None) -> None:
+    """One ``--flag`` per leaf of ``cls`` (``--epochs``, ``--mcl-tau``), all defaulting to None (= not given).
 
-    ``train(resume=..., stop_after=..., progress=..., log=...) -> (model, finished)`` trains the run (resuming from
-    ``out/checkpoint.pt`` when asked). ``args`` are the ``mcl train`` arguments:
-
-    * ``--eval-only``: the run must have a finished checkpoint, which is loaded without training;
-    * otherwise a run with ``metrics.json`` is finished and skipped, unless ``--no-resume`` (which deletes it and
-      starts over); ``--stop-after N`` stops with a checkpoint.
-
-    Returns ``("ok", model)`` when the model is trained and ready to evaluate, ``("skip", None)`` when there is nothing
-    more to do for this run (said on stdout), ``("error", None)`` after an error said on stderr (exit code 2).
+    The flag is the leaf's path joined by ``-`` with underscores as dashes, leaving out the sections named in
+    ``flatten`` (``train.epochs`` -> ``--epochs`` with ``flatten=("train",)``). ``skip``: dotted paths not offered.
+    Booleans get ``--x`` / ``--no-x``; tuples take several values. :func:`flag_overrides` reads them back.
     """
-    import sys
+    group = parser.add_argument_group(title or f"config ({cls.__name__}; every field, see --dump-config)")
+    for path, f, default in leaf_paths(cls):
+        dotted = ".".join(path)
+        if dotted in skip:
+            continue
+        flag = "--" + "-".join(p for p in path[:-1] if p not in flatten).replace("_", "-")
+        flag = flag + ("-" if flag != "--" else "") + path[-1].replace("_", "-")
+        help_text = f"{dotted} (default {default!r})"
+        dest = _DEST + "__".join(path)
+        if isinstance(default, bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, tuple):
+            elem = type(default[0]) if default else str
+            group.add_argument(flag, dest=dest, nargs="+", type=elem, default=None, metavar=elem.__name__.upper(),
+                               help=help_text)
+        else:
+            kinds = _hint_types(f.type)
+            t = type(default) if default is not None else next((k for k in kinds if k in (int, float)), str)
+            group.add_argument(flag, dest=dest, type=t, default=None, metavar=t.__name__.upper(), help=help_text)
 
-    metrics = os.path.join(out, "metrics.json")
-    if args.eval_only:
-        if not os.path.exists(os.path.join(out, "checkpoint.pt")):
-            print(f"--eval-only: no checkpoint in {out}", file=sys.stderr)
-            return "error", None
-        model, finished = train(resume=True, stop_after=0, progress=False, log=False)
-        if not finished:
-            print(f"--eval-only: the run in {out} has not finished training", file=sys.stderr)
-            return "error", None
-        return "ok", model
-    if os.path.exists(metrics) and not args.no_resume:
-        print(f"{out}: finished and evaluated (use --eval-only to re-evaluate, --no-resume to retrain)")
-        return "skip", None
-    if args.no_resume and os.path.exists(metrics):
-        os.remove(metrics)
-    model, finished = train(resume=not args.no_resume, stop_after=args.stop_after, progress=not args.quiet, log=True)
-    if not finished:
-        print(f"{out}: stopped after {args.stop_after} steps (checkpoint saved; re-run to continue)")
-        return "skip", None
-    return "ok", model
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The generated flags that were given, as a nested dict to :func:`merge`."""
+    out: dict = {}
+    for k, v in vars(args).items():
+        if not k.startswith(_DEST) or v is None:
+            continue
+        path = k[len(_DEST):].split("__")
+        d = out
+        for p in path[:-1]:
+            d = d.setdefault(p, {})
+        d[path[-1]] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -8,24 +8,22 @@
 Each (model, dataset, preset, seed) trains into ``OUT/<model>-<dataset>-<preset>-seed<seed>/`` (checkpoint.pt,
 config.json, tb/, metrics.json, figures/). Re-running the same command resumes a killed run from its last
 checkpoint and skips finished ones (``--no-resume`` starts over; ``--eval-only`` re-evaluates a finished run).
+The lifecycle is :func:`mclcore.train.loop.run_seeds`.
 
-Models are registered in ``TRAINERS`` (name -> "module:function"); a new study adds one entry, e.g.
-``"worldmodel": "mclcore.train.worldmodel:main"``. Each function takes ``(model_name, args)`` and returns an exit code.
+Models are registered in ``TRAINERS`` (name -> "module:function"); a new study adds one entry per model. Each
+function takes ``(model_name, args)`` and returns an exit code; ``TRAINER_OPTIONS`` says which datasets and presets
+it accepts and its defaults.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 # name -> "module:function(model_name, args) -> int", imported only when chosen (keeps `mcl --help` light)
-TRAINERS = {
-    "mddiff": "mclcore.train.cli:run_disentangle",
-    "encdiff": "mclcore.train.cli:run_disentangle",
-    "betavae": "mclcore.train.cli:run_disentangle",
-    "factorvae": "mclcore.train.cli:run_disentangle",
-    "btcvae": "mclcore.train.cli:run_disentangle",
-    "worldmodel": "mclcore.train.worldmodel:main",
-}
+_DIS = "mclcore.studies.disentangle.cli:run"
+TRAINERS = {"mddiff": _DIS, "encdiff": _DIS, "betavae": _DIS, "factorvae": _DIS, "btcvae": _DIS,
+            "worldmodel": "mclcore.studies.worldmodel.cli:run"}
 DATASETS = ("shapes3d", "mpi3d", "cars3d", "tabletop")
 PRESETS = ("cpu-smoke", "paper", "gpu")
 # what each trainer accepts and its defaults (checked in run(); the parser takes the union)
@@ -55,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None,
                    help="root folder of the run folders (default runs/disentanglement; worldmodel: runs/worldmodel)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. stages.lambda_mcl=1e-4 (repeatable; see config.json)")
+                   help="override a config field, e.g. stages.lambda_mcl=1e-4 or mcl.tau=0.07 (repeatable; see "
+                        "config.json)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--fid-weights", default=None, metavar="FILE",
                    help="TorchScript feature network for FID (e.g. an Inception you exported); default: a small "
@@ -71,8 +70,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     opts = TRAINER_OPTIONS.get(args.model, _DISENTANGLE)
     for key, value in opts["defaults"].items():
         if getattr(args, key, None) is None:
@@ -84,49 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model not in TRAINER_OPTIONS and (args.variant != "acg" or args.mcl):
         print(f"--variant/--mcl: only for worldmodel, not {args.model}", file=sys.stderr)
         return 2
-    target = TRAINERS[args.model]
-    module, func = target.split(":")
-    return int(getattr(importlib.import_module(module), func)(args.model, args) or 0)
-
-
-def run_disentangle(model_name: str, args: argparse.Namespace) -> int:
-    import os
-    import sys
-    import time
-
-    import torch
-
-    from mclcore._io import write_json_atomic
-    from mclcore.train import disentangle as dis
-    from mclcore.train.config import train_or_resume
-
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
-    for seed in args.seeds:
-        cfg = dis.preset_config(model_name, args.dataset, args.preset, seed, args.data_path)
-        dis.apply_overrides(cfg, args.set)
-        if args.device:
-            cfg.device = args.device
-        if args.fid_weights:
-            cfg.eval.fid_weights = args.fid_weights
-        out = os.path.join(args.out, dis.run_dir_name(cfg))
-        t0 = time.perf_counter()
-        status, model = train_or_resume(out, args, lambda **kw: dis.train(cfg, out, **kw))
-        if status == "error":
-            return 2
-        if status == "skip":
-            continue
-        train_s = time.perf_counter() - t0
-        if args.no_eval:
-            print(f"{out}: trained in {train_s:.0f} s")
-            continue
-        cfg = dis.config_from_dict(dis.load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"])
-        if args.fid_weights:
-            cfg.eval.fid_weights = args.fid_weights
-        res = dis.evaluate(model, cfg, out, cache_dir=os.path.join(args.out, "cache"), progress=not args.quiet)
-        res["seconds"]["train_call"] = train_s
-        res["seconds"]["total_call"] = time.perf_counter() - t0
-        write_json_atomic(res, os.path.join(out, "metrics.json"), indent=1, sort_keys=False)
-        print(f"{out}: FactorVAE {res['factorvae']:.3f}  DCI {res['dci']:.3f}  {res['fid_label']} {res['fid']:.2f}  "
-              f"{res['lpips_label']} {res['lpips_proxy']:.4f}  ({res['seconds']['total_call']:.0f} s)")
-    return 0
+    module, func = TRAINERS[args.model].split(":")
+    return int(getattr(importlib.import_module(module), func)(args.model, args) or 0)

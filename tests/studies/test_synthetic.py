@@ -1,4 +1,4 @@
-"""The synthetic study's trainer and CLI (mclcore.train.synthetic, mclcore.train.synthetic_cli).
+"""The synthetic study's trainer, grid and CLI (mclcore.studies.synthetic: train, run, config, cli).
 
 Tiny configs throughout (n of a few hundred, dz = 2, 1-3 epochs, narrow networks): seconds on 2 cores.
 """
@@ -11,8 +11,13 @@ import os
 import pytest
 import torch
 
-from mclcore.train import synthetic_cli as cli
-from mclcore.train.synthetic import MODELS, TrainConfig, load_checkpoint, train
+from mclcore.losses.mcl import MCLConfig
+from mclcore.ops import _backend
+from mclcore.studies.synthetic import cli
+from mclcore.studies.synthetic import run as study_run
+from mclcore.studies.synthetic.config import PER_UNIT, StudyConfig
+from mclcore.studies.synthetic.train import MODELS, TrainConfig, load_checkpoint, train
+from mclcore.train.config import leaf_paths
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,8 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny tensors: one i
 
 
 def tiny(**kw) -> TrainConfig:
-    base = dict(dz=2, n_alphabet=3, n=400, epochs=2, batch_size=64, hidden=16, mcl_critic_hidden=16,
-                checkpoint_every=1)
+    base = dict(dz=2, n_alphabet=3, n=400, epochs=2, batch_size=64, hidden=16,
+                mcl=MCLConfig(multi_positive=True, critic_hidden=(16, 16)), checkpoint_every=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -83,12 +88,13 @@ def test_resume_inside_a_unit_gives_the_same_numbers(tmp_path):
     with pytest.raises(Killed):
         train(cfg, [0, 1], checkpoint=ck, on_epoch=kill_after_two)
     saved = load_checkpoint(ck)
-    assert saved["epoch"] == 2 and not saved["done"] and saved["config"] == cfg.to_dict()
+    spe = math.ceil(320 / 64)
+    assert saved["step"] == 2 * spe and saved["done"] == [] and saved["config"] == cfg.to_dict()
     steps = []
     resumed = train(cfg, [0, 1], checkpoint=ck, on_step=steps.append)
     assert _numbers(resumed) == _numbers(ref)
     assert steps[0] == 2 * math.ceil(320 / 64)                # progress resumes at epoch 2
-    assert load_checkpoint(ck)["done"]
+    assert load_checkpoint(ck)["done"] == ["train"]
     with pytest.raises(ValueError, match="different run"):
         train(dataclasses.replace(cfg, lr=1e-2), [0, 1], checkpoint=ck)
 
@@ -109,19 +115,19 @@ def test_bad_config_names_the_field(field, value):
 def test_lambda_selection_rule():
     rows = [{"lambda_mcl": lam, "mcc": m} for lam, m in
             [(0.01, 0.5), (0.01, 0.7), (0.01, 0.6), (0.1, 0.65), (0.1, 0.62), (0.1, 0.4)]]
-    lam, med = cli._select_lambda(rows)
+    lam, med = study_run.select_lambda(rows)
     assert lam == 0.1 and med == {0.01: 0.6, 0.1: 0.62}
-    lam, _ = cli._select_lambda([{"lambda_mcl": 0.1, "mcc": 0.5}, {"lambda_mcl": 0.01, "mcc": 0.5}])
+    lam, _ = study_run.select_lambda([{"lambda_mcl": 0.1, "mcc": 0.5}, {"lambda_mcl": 0.01, "mcc": 0.5}])
     assert lam == 0.01                                       # ties: the smaller weight
 
 
-def _tiny_study(**kw) -> cli.StudyConfig:
+def _tiny_study(**kw) -> StudyConfig:
     base = dict(processes=("gmd",), dzs=(2,), alphabets=(3,), models=("betavae", "mdvae_mcl"), seeds=2,
                 lambda_grid=(0.01, 0.1), tune_seeds=1, tune_epochs=1, certify_latents=4, tensorboard=False,
-                train={"n": 400, "epochs": 2, "batch_size": 64, "hidden": 16, "mcl_critic_hidden": 16,
+                train={"n": 400, "epochs": 2, "batch_size": 64, "hidden": 16, "mcl": {"critic_hidden": [16, 16]},
                        "checkpoint_every": 1})
     base.update(kw)
-    return cli.StudyConfig.from_dict(base)
+    return StudyConfig.from_dict(base)
 
 
 def _csv_without_timing(path):
@@ -135,7 +141,7 @@ def _csv_without_timing(path):
 def test_study_resume_after_a_killed_unit_gives_the_same_csv(tmp_path):
     study = _tiny_study(certify_latents=0)
     full = tmp_path / "full"
-    paths = cli.run_study(study, str(full), progress=False)
+    paths = study_run.run_study(study, str(full), progress=False)
     for key in ("csv", "table", "violin", "tuning"):
         assert os.path.getsize(paths[key]) > 0, key
     table = open(paths["table"]).read()
@@ -150,11 +156,11 @@ def test_study_resume_after_a_killed_unit_gives_the_same_csv(tmp_path):
         raise Killed
 
     with pytest.raises(Killed):
-        cli.run_study(study, str(part), progress=False, after_unit=kill)
+        study_run.run_study(study, str(part), progress=False, after_unit=kill)
     done = sorted(os.listdir(part / "units"))
     assert done == ["gmd-leaky_relu-dz2-U3-betavae.json"]
     mtime = os.path.getmtime(part / "units" / done[0])
-    cli.run_study(study, str(part), progress=False)
+    study_run.run_study(study, str(part), progress=False)
     assert os.path.getmtime(part / "units" / done[0]) == mtime   # the finished unit was not retrained
     assert _csv_without_timing(part / "runs.csv") == _csv_without_timing(full / "runs.csv")
     rows = _csv_without_timing(part / "runs.csv")
@@ -164,8 +170,8 @@ def test_study_resume_after_a_killed_unit_gives_the_same_csv(tmp_path):
     assert {float(r["lambda_mcl"]) for r in rows if r["model"] == "mdvae_mcl"} == {tuned["selection"]["lambda"]}
     ck = load_checkpoint(str(part / "checkpoints" / "gmd-leaky_relu-dz2-U3-mdvae_mcl.pt"))
     assert ck["done"] and ck["config"]["model"] == "mdvae_mcl" and ck["config"]["epochs"] == 2
-    with pytest.raises(cli.OutDirMismatch, match="seeds"):
-        cli.run_study(_tiny_study(certify_latents=0, seeds=3), str(part), progress=False)
+    with pytest.raises(study_run.OutDirMismatch, match="seeds"):
+        study_run.run_study(_tiny_study(certify_latents=0, seeds=3), str(part), progress=False)
 
 
 def _parse(argv):
@@ -179,8 +185,12 @@ def _parse(argv):
 def test_cli_overrides_and_presets_match_the_experiment_configs(capsys):
     study = cli.resolve(_parse(["--preset", "quick", "--dzs", "5", "10", "--epochs", "7", "--no-tensorboard",
                                 "--lambda-grid", "0.05"]))
-    assert study.dzs == (5, 10) and study.train["epochs"] == 7 and not study.tensorboard
-    assert study.lambda_grid == (0.05,) and study.train["n"] == cli.PRESETS["quick"]["train"]["n"]
+    assert study.dzs == (5, 10) and study.train.epochs == 7 and not study.tensorboard
+    assert study.lambda_grid == (0.05,) and study.train.n == cli.PRESETS["quick"]["train"]["n"]
+    study = cli.resolve(_parse(["--preset", "quick", "--mcl-tau", "0.2", "--set", "train.mcl.clip=3",
+                                "--no-mcl-critic-u", "--mcl-critic-hidden", "8", "8"]))
+    assert (study.train.mcl.tau, study.train.mcl.clip, study.train.mcl.critic_u) == (0.2, 3.0, False)
+    assert study.train.mcl.critic_hidden == (8, 8) and study.train.mcl.multi_positive
     for name in ("quick", "paper"):
         with open(os.path.join(REPO, "experiments", "synthetic", "configs", f"{name}.json")) as f:
             assert json.load(f) == cli.preset(name).to_dict(), name
@@ -192,11 +202,16 @@ def test_cli_overrides_and_presets_match_the_experiment_configs(capsys):
     assert "models" in capsys.readouterr().err
 
 
-def test_cli_train_fields_mirror_the_dataclass():
-    fields = [(f.name, f.default) for f in dataclasses.fields(TrainConfig)]
-    assert fields == [(name, default) for name, _, default in cli._TRAIN_FIELDS]
-    for (name, ftype, default) in cli._TRAIN_FIELDS:
-        assert isinstance(default, ftype), name
+def test_every_config_field_has_a_generated_flag():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    dests = {a.dest for a in p._actions}
+    for path, _, _ in leaf_paths(StudyConfig):
+        wanted = path[0] != "train" or path[1] not in PER_UNIT        # the grid sets the per-unit fields
+        assert (("cfg__" + "__".join(path)) in dests) == wanted, path
+    assert cli.run(_parse(["--set", "train.dz=3", "--dump-config"])) == 2   # per-unit: refused, named
 
 
 def test_every_experiment_config_is_valid():
@@ -234,9 +249,24 @@ def test_mcl_synthetic_command_end_to_end(tmp_path, capsys):
 def test_missing_native_op_on_the_device_is_a_clear_error(monkeypatch, missing):
     # e.g. a CUDA machine whose build has only the CPU kernels; the training step needs the backward and the fused
     # InfoNCE op too, so a missing one must fail before training, not at the first MCL step
-    real = torch._C._dispatch_has_kernel_for_dispatch_key
-    monkeypatch.setattr(torch._C, "_dispatch_has_kernel_for_dispatch_key",
-                        lambda op, key: False if op == f"mclcore::{missing}" else real(op, key))
+    real = _backend._has_kernel
+    monkeypatch.setattr(_backend, "_has_kernel", lambda op, key: False if op == missing else real(op, key))
     with pytest.raises(ValueError, match=rf"mclcore::{missing} on cpu"):
         train(tiny(model="mdvae_mcl"), [0])
     assert train(tiny(model="mdvae"), [0])                   # models without MCL do not need the ops
+
+
+def test_mcl_units_fall_back_to_the_cpu_when_cuda_cannot_run_the_ops(monkeypatch, capsys):
+    # A GPU machine whose MCL ops have no usable CUDA backend (no triton, no CUDA C++ build): with device="auto"
+    # the MD-VAE+MCL units run on the CPU and say so; an explicit --device cuda fails before any work.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_backend, "_cuda_devices", lambda: 1)
+    monkeypatch.setattr(_backend, "_has_kernel", lambda op, key: key == "CPU" or not op.startswith("_cuda_"))
+    monkeypatch.setattr(_backend, "_triton_module", None)
+    monkeypatch.setattr(_backend, "_triton_error", "ImportError: no triton here")
+    study = _tiny_study(device="auto")
+    assert study_run.choose_devices(study) == ("cuda", "cpu")
+    assert "run on the CPU" in capsys.readouterr().err
+    assert study_run.choose_devices(_tiny_study(device="auto", models=("mdvae",))) == ("cuda", "cuda")
+    with pytest.raises(ValueError, match="critic_grad"):
+        study_run.choose_devices(_tiny_study(device="cuda"))

@@ -1,0 +1,298 @@
+"""The synthetic study as a grid of units (paper §5.1, App. F.1): λ selection, resume, certificates.
+
+The study is a grid of *cells* (process x dz x |U|) times models. A *unit* is one model on one cell: all its
+seeds trained at once (stacked, :func:`mclcore.studies.synthetic.train.train`). For ``mdvae_mcl`` with more than
+one value in ``lambda_grid`` a tuning unit runs first: ``tune_seeds`` seeds x every lambda on a validation split
+held out of the training split (``tune_val_frac`` of N; never the test split); the lambda with the best median
+validation MCC is then used for all seeds (paper §5: "lambda_MCL in [0.01, 0.1] tuned ... on a held-out
+validation split").
+
+Everything goes under ``out``, each file written atomically (tmp file + ``os.replace``):
+
+* ``config.json`` (the study config; a rerun with a different config refuses to mix results),
+* ``units/<unit>.json`` (the rows of a finished unit), ``checkpoints/<unit>.pt`` (resumable mid-unit, with the
+  TrainConfig), ``certificates.json``,
+* the reports of :mod:`mclcore.studies.synthetic.report` and ``tensorboard/`` (per-epoch losses).
+
+Killed runs restart from the last completed unit (and from the last checkpoint inside an unfinished unit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+from mclcore._io import write_text_atomic
+from mclcore.studies.synthetic.config import StudyConfig
+from mclcore.studies.synthetic.report import write_report
+
+__all__ = ["Unit", "build_units", "run_study", "choose_devices", "OutDirMismatch", "select_lambda"]
+
+# the 2-core dev CPU (benchmarks/bench_synthetic.py, 10 members, 1 thread: 62 vs 876 model-steps/s at dz = 5,
+# 57 vs 535 at dz = 20).
+_MCL_STEP_COST = 12.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Units
+# --------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Unit:
+    """One model on one cell: ``seeds`` x ``lambdas`` members trained together."""
+
+    uid: str
+    cell: tuple          # (process, dz, n_alphabet)
+    model: str
+    tune: bool           # lambda-selection unit (validation split) or a final unit
+    seeds: list
+    lambdas: list | None  # per member; None: the final MCL unit's lambda is chosen after its tuning unit
+
+    def cost(self, study: StudyConfig) -> float:
+        cfg = study.train_config(dz=self.cell[1])
+        epochs = (study.tune_epochs or cfg.epochs) if self.tune else cfg.epochs
+        n_train = cfg.n - round(cfg.n * cfg.test_frac) - (round(cfg.n * study.tune_val_frac) if self.tune else 0)
+        members = len(self.seeds) if self.lambdas is None else len(self.lambdas)
+        return epochs * math.ceil(n_train / cfg.batch_size) * members * (
+            _MCL_STEP_COST if self.model == "mdvae_mcl" else 1.0)
+
+
+def _cell_id(study: StudyConfig, cell) -> str:
+    process, dz, n_alphabet = cell
+    return f"{process}-{study.train_config(dz=dz).mixing}-dz{dz}-U{n_alphabet}"
+
+
+def build_units(study: StudyConfig) -> list[Unit]:
+    """The units of ``study`` in run order (cells in grid order; a tuning unit right before its MCL unit)."""
+    seeds = list(range(study.first_seed, study.first_seed + study.seeds))
+    tune_seeds = list(range(study.first_seed, study.first_seed + study.tune_seeds))
+    units = []
+    for process in study.processes:
+        for dz in study.dzs:
+            for n_alphabet in study.alphabets:
+                cell = (process, dz, n_alphabet)
+                cid = _cell_id(study, cell)
+                for model in study.models:
+                    if model == "mdvae_mcl" and len(study.lambda_grid) > 1:
+                        grid = [float(v) for v in study.lambda_grid]
+                        units.append(Unit(f"{cid}-{model}-tune", cell, model, True,
+                                          [s for s in tune_seeds for _ in grid], [v for _ in tune_seeds for v in grid]))
+                        units.append(Unit(f"{cid}-{model}", cell, model, False, seeds, None))
+                    elif model == "mdvae_mcl":
+                        units.append(Unit(f"{cid}-{model}", cell, model, False, seeds,
+                                          [float(study.lambda_grid[0])] * len(seeds)))
+                    else:
+                        units.append(Unit(f"{cid}-{model}", cell, model, False, seeds, None))
+    return units
+
+
+
+
+def select_lambda(tune_rows: list[dict]) -> tuple[float, dict]:
+    """lambda with the best median validation MCC (ties: the smaller lambda); also the medians per lambda."""
+    by = {}
+    for r in tune_rows:
+        by.setdefault(r["lambda_mcl"], []).append(r["mcc"])
+    medians = {lam: statistics.median(v) for lam, v in sorted(by.items())}
+    best = max(medians, key=lambda lam: (medians[lam], -lam))
+    return best, medians
+
+
+def _unit_path(out: str, unit: Unit) -> str:
+    return os.path.join(out, "units", f"{unit.uid}.json")
+
+
+def _load_unit(out: str, unit: Unit) -> dict | None:
+    path = _unit_path(out, unit)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, writer_factory) -> dict:
+    """Train one unit (resuming its checkpoint if any) and write ``units/<uid>.json``."""
+    from mclcore.studies.synthetic.train import train
+
+    process, dz, n_alphabet = unit.cell
+    lambdas, selection = unit.lambdas, None
+    if unit.model == "mdvae_mcl" and lambdas is None:  # final MCL unit: lambda from its tuning unit
+        tuned = _load_unit(out, dataclasses.replace(unit, uid=unit.uid + "-tune"))
+        if tuned is None:
+            raise RuntimeError(f"{unit.uid}: its tuning unit has not run")
+        lam, medians = select_lambda(tuned["rows"])
+        selection = {"lambda": lam, "val_mcc_median": {str(k): v for k, v in medians.items()}}
+        lambdas = [lam] * len(unit.seeds)
+    per_unit = dict(process=process, dz=dz, n_alphabet=n_alphabet, model=unit.model)
+    if unit.tune:
+        per_unit.update(val_frac=study.tune_val_frac, eval_split="val")
+        if study.tune_epochs:
+            per_unit["epochs"] = study.tune_epochs
+    if lambdas is not None:
+        per_unit["lambda_mcl"] = lambdas[0]
+    cfg = study.train_config(**per_unit).validate()
+    writer = writer_factory(unit.uid)
+
+    def on_epoch(epoch, means):
+        if writer is not None:
+            for k, v in means.items():
+                if unit.model == "mdvae_mcl" or k != "mcl":
+                    writer.add_scalar(f"median/{k}", float(v.median()), epoch)
+
+    t0 = time.time()
+    rows = train(cfg, unit.seeds, lambdas if unit.model == "mdvae_mcl" else None,
+                 checkpoint=os.path.join(out, "checkpoints", f"{unit.uid}.pt"), on_step=on_step,
+                 on_epoch=on_epoch, device=device)
+    seconds = time.time() - t0
+    if writer is not None:
+        writer.add_scalar("median/mcc", statistics.median(r["mcc"] for r in rows), cfg.epochs)
+        writer.close()
+    record = {"uid": unit.uid, "tune": unit.tune, "config": cfg.to_dict(), "selection": selection,
+              "seconds": seconds, "rows": rows}
+    write_text_atomic(_unit_path(out, unit), json.dumps(record, indent=1))
+    return record
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Certificates of the true generators
+# --------------------------------------------------------------------------------------------------------------
+def _certificates(study: StudyConfig, out: str) -> dict:
+    """Per cell: Assumption 2 (GMD) of the true generator and Assumption 1 (LRD) of the true prior, at
+    ``certify_latents`` latents z ~ N(0, I), for the dataset of the first seed. Cached in certificates.json."""
+    path = os.path.join(out, "certificates.json")
+    cache = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            cache = json.load(f)
+    if not study.certify_latents:
+        return cache
+    import warnings
+
+    import torch
+
+    from mclcore.data.synthetic import make_dataset
+    from mclcore.mechanism import certify, certify_lrd
+
+    changed = False
+    for process in study.processes:
+        for dz in study.dzs:
+            for n_alphabet in study.alphabets:
+                cid = _cell_id(study, (process, dz, n_alphabet))
+                if cid in cache:
+                    continue
+                cfg = study.train_config(process=process, dz=dz, n_alphabet=n_alphabet)
+                # The generator and the prior do not depend on n; a tiny sample keeps this cheap.
+                data = make_dataset(process, dz, n_alphabet, n=64, du=cfg.du, noise_var=cfg.noise_var,
+                                    mixing=cfg.mixing, seed=study.first_seed, mean_bound=cfg.lrd_mean_bound,
+                                    std_bounds=(cfg.lrd_std_low, cfg.lrd_std_high))
+                z = torch.randn(study.certify_latents, dz, dtype=torch.float64,
+                                generator=torch.Generator().manual_seed(study.first_seed))
+                alphabet = data.alphabet.double()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # degeneracy is reported in the certificate itself
+                    gmd = certify(data.generator, z, alphabet)
+                    lrd = certify_lrd(data.log_prior, z, alphabet)
+                cache[cid] = {"process": process, "dz": dz, "n_alphabet": n_alphabet, "seed": study.first_seed,
+                              "gmd_pass": gmd.pass_fraction, "gmd_degenerate": gmd.degenerate,
+                              "gmd_rank_median": float(gmd.rank.double().median()),
+                              "gmd_summary": gmd.summary(), "lrd_pass": lrd.pass_fraction,
+                              "lrd_rank_median": float(lrd.rank.double().median()), "lrd_summary": lrd.summary()}
+                changed = True
+    if changed:
+        write_text_atomic(path, json.dumps(cache, indent=1))
+    return cache
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The study
+# --------------------------------------------------------------------------------------------------------------
+class OutDirMismatch(ValueError):
+    """``--out`` already holds results of a study with a different config."""
+
+
+def choose_devices(study: StudyConfig) -> tuple[str, str]:
+    """(device of the VAE units, device of the MD-VAE+MCL units). With ``device="auto"`` on a GPU machine whose
+    MCL ops cannot run on CUDA (no usable backend), the MCL units fall back to the CPU and this says so on stderr;
+    an explicit device that cannot run them is a ValueError before any work (``mclcore.ops.available``)."""
+    import torch
+
+    from mclcore.ops import available
+    from mclcore.studies.synthetic.train import MCL_OPS
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if study.device == "auto" else study.device
+    if "mdvae_mcl" not in study.models:
+        return device, device
+    ok, why = available(MCL_OPS, device)
+    if ok:
+        return device, device
+    if study.device == "auto":
+        print(f"mcl synthetic: {why}; the MD-VAE+MCL units run on the CPU", file=sys.stderr)
+        return device, "cpu"
+    raise ValueError(f"device: {why}; the MD-VAE+MCL units need it (use --device cpu or auto)")
+
+
+def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit=None) -> dict:
+    """Run (or resume) ``study`` into ``out``; returns the report paths. ``after_unit(record)`` is called after
+    each unit finishes (tests use it to interrupt a run)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    study.validate()
+    if study.threads:
+        torch.set_num_threads(study.threads)
+    device, mcl_device = choose_devices(study)
+    os.makedirs(os.path.join(out, "units"), exist_ok=True)
+    os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+    cfg_path = os.path.join(out, "config.json")
+    cfg_text = json.dumps(study.to_dict(), indent=1, sort_keys=True)
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            old = json.load(f)
+        if old != json.loads(cfg_text):
+            diff = sorted(k for k in set(old) | set(study.to_dict()) if old.get(k) != study.to_dict().get(k))
+            raise OutDirMismatch(f"--out: {out} holds a study with a different config (differs in {diff}); "
+                             f"use a fresh --out directory, or delete {cfg_path} and the results beside it")
+    else:
+        write_text_atomic(cfg_path, cfg_text)
+
+    t0 = time.time()
+    units = build_units(study)
+    certs = _certificates(study, out)
+    writer_factory = lambda uid: None  # noqa: E731
+    if study.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer_factory = lambda uid: SummaryWriter(os.path.join(out, "tensorboard", uid))  # noqa: E731
+        except ImportError as err:  # tensorboard is a declared dependency; say so rather than fail the study
+            print(f"mcl synthetic: TensorBoard logging off ({err})", file=sys.stderr)
+    records, todo = [], []
+    for u in units:
+        rec = _load_unit(out, u)
+        records.append(rec)
+        if rec is None:
+            todo.append(u)
+    total = sum(u.cost(study) for u in units)
+    done = total - sum(u.cost(study) for u in todo)
+    print(f"mcl synthetic: {len(units)} units ({len(units) - len(todo)} already done) on {device}, "
+          f"{torch.get_num_threads()} thread(s); results in {out}", file=sys.stderr)
+    bar = tqdm(total=round(total), initial=round(done), unit="w", disable=not progress, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
+    try:
+        for i, u in enumerate(units):
+            if records[i] is not None:
+                continue
+            bar.set_postfix_str(u.uid)
+            members = len(u.seeds) if u.lambdas is None else len(u.lambdas)
+            w = (_MCL_STEP_COST if u.model == "mdvae_mcl" else 1.0) * members
+            dev = mcl_device if u.model == "mdvae_mcl" else device
+            records[i] = _run_unit(study, u, out, dev, lambda n: bar.update(n * w), writer_factory)
+            write_report(study, out, [r for r in records if r is not None], certs, None)
+            if after_unit is not None:
+                after_unit(records[i])
+    finally:
+        bar.close()
+    return write_report(study, out, records, certs, time.time() - t0)

@@ -1,0 +1,275 @@
+"""Train beta-VAE / iVAE / MD-VAE / MD-VAE+MCL on a synthetic GMD or LRD process and score MCC (paper §5.1, D.3).
+
+One call of :func:`train` trains M independent members of one cell at once (stacked weights, batched matmuls;
+see :mod:`mclcore.models.vae`) through the one training loop (:func:`mclcore.train.loop.train`; one phase,
+``epochs x ceil(n_train / batch)`` steps). A member is a ``(seed, lambda_mcl)`` pair: ``seed`` draws its dataset
+(generator, alphabet, samples: :func:`mclcore.data.synthetic.make_dataset`), its initial weights, its batch order
+and its reparameterisation noise, each from its own stream, so a member's numbers do not depend on which other
+members share the stack. Objective per member (paper Eq. 1 and §4.2)::
+
+    L = -ELBO(x, u)                                  betavae (KL x beta), ivae, mdvae
+    L = -ELBO(x, u) + lambda_mcl * L_MCL(G, z, u)    mdvae_mcl: mclcore.MCL on the MD-VAE decoder G(z, u),
+                                                      z the encoder's reparameterised sample
+
+**MCL under stacking.** The MCL ops (``torch.ops.mclcore.critic_grad``, ``infonce``) are custom ops without vmap
+rules, and the critic MLP is a single network per call. We therefore run the MCL term *per member inside the
+batched step*: the ELBO of all members is one batched computation, then a loop adds each member's MCL loss, with
+its own :class:`mclcore.MCL` module (critic and heads) applied to that member's decoder (``decoder_member(m)``:
+views of the stacked weights, so the gradients land in the stack). The critic's second-order pass is
+compute-bound (~16 ms per member-step at dz = 5, B = 256, 1 thread, vs ~1 ms per member-step for the batched
+ELBO with 10 members; 2-core AMD EPYC VM, 2026-11, benchmarks/bench_synthetic.py), so the loop costs little.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mclcore.data.synthetic import derive_seed, make_dataset
+from mclcore.models.vae import StackedVAE
+from mclcore.studies.synthetic.config import MODELS, TrainConfig
+from mclcore.train import loop
+
+__all__ = ["MODELS", "TrainConfig", "train", "load_checkpoint", "MCL_OPS"]
+
+# Stream tags of derive_seed for the training randomness (the data uses tags 1-3 in mclcore.data.synthetic).
+_INIT, _BATCHES, _MCL_INIT = 11, 12, 13
+# Every native op of an MCL training step (the forwards, critic_grad's backward and the fused InfoNCE).
+MCL_OPS = ("critic_grad", "critic_grad_backward", "infonce_with_grad")
+load_checkpoint = loop.load_checkpoint
+
+
+@functools.lru_cache(maxsize=32)
+def _dataset(cfg_items: tuple, seed: int):
+    """The dataset of one seed, cached: the units of a cell (one per model) run back to back on the same datasets
+    (up to 32 seeds, ~1.2 GB at dz = 20, N = 50,000), which saves regenerating them (~1 s each, 2-core AMD EPYC VM,
+    2026-11)."""
+    c = dict(cfg_items)
+    return make_dataset(c["process"], c["dz"], c["n_alphabet"], n=c["n"], du=c["du"], noise_var=c["noise_var"],
+                        mixing=c["mixing"], test_frac=c["test_frac"], seed=seed, mean_bound=c["lrd_mean_bound"],
+                        std_bounds=(c["lrd_std_low"], c["lrd_std_high"]))
+
+
+_DATA_KEYS = ("process", "dz", "n_alphabet", "n", "du", "noise_var", "mixing", "test_frac", "lrd_mean_bound",
+              "lrd_std_low", "lrd_std_high")
+
+
+class Members(torch.nn.Module):
+    """M stacked VAEs and (MD-VAE+MCL) one MCL module per member."""
+
+    def __init__(self, vae: StackedVAE, mcls: torch.nn.ModuleList):
+        super().__init__()
+        self.vae, self.mcls = vae, mcls
+
+
+@dataclass
+class StackData:
+    """The stacked datasets and the members' training state (what a checkpoint keeps beyond the weights)."""
+    X: torch.Tensor                      # (S, N, dx) observations of the S distinct seeds
+    U: torch.Tensor                      # (S, N, du) conditions
+    UI: torch.Tensor                     # (S, N) condition ids
+    Z: torch.Tensor                      # (S, N, dz) true latents (CPU, for MCC)
+    data_of: torch.Tensor                # (M,) dataset of each member
+    lam: torch.Tensor                    # (M,) MCL weights
+    rngs: list                           # per member: batch order + reparameterisation noise
+    n_train: int
+    steps_per_epoch: int
+    members: dict
+    perm: torch.Tensor | None = None     # (M, n_train) this epoch's batch order
+    sums: dict | None = None             # running sums of this epoch's losses, (M,) each
+    history: list = field(default_factory=list)   # per finished epoch: {"loss": [M], "rec", "kl", "mcl"}
+
+
+class StackedStudy:
+    """The study object of :func:`mclcore.train.loop.train` for one stack of members."""
+
+    PHASES = ("train",)
+
+    def __init__(self, seeds: list[int], lambdas: list[float]):
+        self.seeds, self.lambdas = seeds, lambdas
+        self.data: StackData | None = None
+        self.steps_done, self.resuming = 0, False
+
+    def build_model(self, cfg: TrainConfig) -> Members:
+        import mclcore
+
+        dx = _dataset(tuple((k, getattr(cfg, k)) for k in _DATA_KEYS), self.seeds[0]).x.shape[1]
+        vae = StackedVAE("mdvae" if cfg.model == "mdvae_mcl" else cfg.model, dx, cfg.du, cfg.dz,
+                         [derive_seed(s, _INIT) for s in self.seeds], hidden=cfg.hidden or None, slope=cfg.slope,
+                         beta=cfg.beta if cfg.model == "betavae" else 1.0, decoder_var=cfg.decoder_var)
+        mcls = torch.nn.ModuleList()
+        if cfg.model == "mdvae_mcl":
+            for s in self.seeds:
+                with torch.random.fork_rng(devices=[]):                 # MCL draws its init from the global RNG
+                    torch.manual_seed(derive_seed(s, _MCL_INIT))
+                    mcls.append(mclcore.MCL.from_config(cfg.mcl, z_dim=cfg.dz, x_dim=dx, u_dim=cfg.du))
+        return Members(vae, mcls)
+
+    def phases(self, cfg: TrainConfig) -> list[tuple[str, int]]:
+        return [("train", cfg.epochs * math.ceil(cfg.splits()[0] / cfg.batch_size))]
+
+    def setup(self, model: Members, cfg: TrainConfig, device) -> StackData:
+        uniq = sorted(set(self.seeds))
+        datasets = [_dataset(tuple((k, getattr(cfg, k)) for k in _DATA_KEYS), s) for s in uniq]
+        n_train = cfg.splits()[0]
+        self.data = StackData(
+            X=torch.stack([d.x for d in datasets]).to(device), U=torch.stack([d.u for d in datasets]).to(device),
+            UI=torch.stack([d.u_index for d in datasets]).to(device), Z=torch.stack([d.z for d in datasets]),
+            data_of=torch.tensor([uniq.index(s) for s in self.seeds], device=device),
+            lam=torch.tensor(self.lambdas, device=device),
+            rngs=[torch.Generator().manual_seed(derive_seed(s, _BATCHES)) for s in self.seeds],
+            n_train=n_train, steps_per_epoch=math.ceil(n_train / cfg.batch_size),
+            members={"seeds": self.seeds, "lambdas": self.lambdas})
+        return self.data
+
+    def trainable(self, model: Members, cfg, phase: str) -> list:
+        return list(model.parameters())
+
+    def optimizers(self, model: Members, cfg: TrainConfig, phase: str, params) -> tuple[list, list]:
+        # Adam is elementwise: one optimiser over the stacked tensors = M independent Adams.
+        return [torch.optim.Adam(params, lr=cfg.lr)], []
+
+    def train_step(self, model: Members, cfg: TrainConfig, phase: str, step: int, d: StackData, ctx) -> dict:
+        M, B, dz = len(self.seeds), cfg.batch_size, cfg.dz
+        epoch, s = divmod(step, d.steps_per_epoch)
+        if s == 0:                                                              # a new epoch: new batch order
+            d.perm = torch.stack([torch.randperm(d.n_train, generator=g) for g in d.rngs]).to(d.X.device)
+            d.sums = {k: torch.zeros(M, dtype=torch.float64, device=d.X.device) for k in ("loss", "rec", "kl", "mcl")}
+        idx = d.perm[:, s * B:(s + 1) * B]                                      # (M, b), b <= B
+        b = idx.shape[1]
+        x = d.X[d.data_of[:, None], idx]                                        # (M, b, dx)
+        u = d.U[d.data_of[:, None], idx]                                        # (M, b, du)
+        eps = torch.stack([torch.randn(b, dz, generator=g) for g in d.rngs]).to(d.X.device)  # (M, b, dz)
+        out = model.vae(x, u, eps)                                              # per member (M,)
+        loss = out["loss"]                                                      # (M,) -ELBO
+        if len(model.mcls):
+            gids = d.UI[d.data_of[:, None], idx] if cfg.mcl.multi_positive else [None] * M   # (M, b)
+            l_mcl = torch.stack([model.mcls[m](model.vae.decoder_member(m), out["z"][m], u[m], groups=gids[m])
+                                 for m in range(M)])                            # (M,)
+            loss = loss + d.lam * l_mcl
+        else:
+            l_mcl = torch.zeros(M, device=d.X.device)
+        for k, v in (("loss", loss), ("rec", out["rec"]), ("kl", out["kl"]), ("mcl", l_mcl)):
+            d.sums[k] += v.detach().double() * b
+        if s == d.steps_per_epoch - 1:
+            d.history.append({k: (v / d.n_train).cpu().tolist() for k, v in d.sums.items()})   # epoch means
+
+        def hint() -> str:
+            bad = [self.seeds[m] for m in torch.nonzero(~torch.isfinite(loss)).flatten().tolist()]
+            return (f"{cfg.model} (process {cfg.process}, dz {dz}, |U| {cfg.n_alphabet}): seed(s) {bad} at epoch "
+                    f"{epoch + 1}, step {s + 1}; try a lower lr (now {cfg.lr:g})")
+        # members are independent: d total / d theta_m = d loss_m / d theta_m
+        return {"loss": loss.sum(), "hint": hint}
+
+    def extra_state(self, d: StackData) -> dict:
+        return {"members": d.members, "rng": [g.get_state() for g in d.rngs], "perm": d.perm, "sums": d.sums,
+                "history": d.history}
+
+    def load_extra_state(self, d: StackData, state: dict) -> None:
+        if state["members"] != d.members:
+            raise ValueError(f"checkpoint: written for a different run (members {state['members']} vs "
+                             f"{d.members}); delete it or use another output directory")
+        for g, st in zip(d.rngs, state["rng"]):
+            g.set_state(st)
+        d.perm = None if state["perm"] is None else state["perm"].to(d.X.device)
+        d.sums = None if state["sums"] is None else {k: v.to(d.X.device) for k, v in state["sums"].items()}
+        d.history = state["history"]
+        self.resuming = True
+
+
+def _mcc_rows(z_true: torch.Tensor, z_hat: torch.Tensor) -> tuple[float, float]:
+    from mclcore.metrics import mcc
+
+    zt, zh = z_true.double().numpy(), z_hat.double().numpy()
+    if not np.isfinite(zh).all():
+        raise FloatingPointError("posterior means contain NaN/inf: the model diverged")
+    return mcc(zt, zh, "pearson")["mcc.mean"], mcc(zt, zh, "spearman")["mcc.mean"]
+
+
+def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | None = None, *,
+          checkpoint: str | None = None, on_step: Callable[[int], None] | None = None,
+          on_epoch: Callable[[int, dict], None] | None = None, device: str = "cpu") -> list[dict]:
+    """Train one member per ``(seeds[m], lambdas[m])`` of the cell ``cfg`` at once; return one result row each.
+
+    Args:
+        cfg: the cell and hyper-parameters (:class:`TrainConfig`).
+        seeds: member seeds (M of them; repeats allowed with different lambdas).
+        lambdas: per-member MCL weights for ``mdvae_mcl`` (default ``cfg.lambda_mcl`` for all); must be None or
+            all equal to ``cfg.lambda_mcl`` for the other models.
+        checkpoint: path of a resumable checkpoint: loaded if it exists (same config and members, else an error),
+            written atomically every ``cfg.checkpoint_every`` epochs and at the end.
+        on_step: called with the number of steps just done (progress bars).
+        on_epoch: called with ``(epoch, {"loss": (M,), "rec": (M,), "kl": (M,), "mcl": (M,)})`` epoch means, after
+            that epoch's checkpoint is written.
+        device: torch device.
+
+    Returns:
+        one dict per member: cell fields, ``seed``, ``lambda_mcl``, ``split``, ``mcc`` (Pearson), ``mcc_spearman``,
+        final-epoch means ``neg_elbo``, ``rec``, ``kl``, ``mcl_loss``, and ``epochs``, ``steps``, ``members``.
+    """
+    import os
+
+    cfg.validate()
+    M = len(seeds)
+    if M < 1:
+        raise ValueError("seeds: expected at least one seed")
+    seeds = [int(s) for s in seeds]
+    lambdas = [float(cfg.lambda_mcl)] * M if lambdas is None else [float(v) for v in lambdas]
+    if len(lambdas) != M:
+        raise ValueError(f"lambdas: expected {M} values (one per seed), got {len(lambdas)}")
+    if cfg.model != "mdvae_mcl" and any(v != cfg.lambda_mcl for v in lambdas):
+        raise ValueError(f"lambdas: model {cfg.model!r} has no MCL term; per-member lambdas need 'mdvae_mcl'")
+    if any(not (math.isfinite(v) and v >= 0) for v in lambdas):
+        raise ValueError(f"lambdas: expected finite numbers >= 0, got {lambdas}")
+    dev = loop.resolve_device(device)
+    if cfg.model == "mdvae_mcl":
+        # Fail before training, not at the first MCL step: the step runs every op of MCL_OPS, not just the forwards.
+        from mclcore.ops import available
+
+        for op in MCL_OPS:
+            ok, why = available(op, dev)
+            if not ok:
+                raise ValueError(f"device: mdvae_mcl needs the native op mclcore::{op} on {dev.type}, which is not "
+                                 f"usable here ({why}); use --device cpu for it")
+    study = StackedStudy(seeds, lambdas)
+    spe = math.ceil(cfg.splits()[0] / cfg.batch_size)
+
+    def step_done(n: int) -> None:          # after the step and its checkpoint
+        if on_step is not None:
+            on_step(n)
+        if study.resuming:                  # the loop's first call after a resume: the steps done before
+            study.resuming = False
+        elif on_epoch is not None and (study.data.history and n == 1
+                                       and len(study.data.history) * spe == study.steps_done + 1):
+            on_epoch(len(study.data.history), {k: torch.tensor(v) for k, v in study.data.history[-1].items()})
+        study.steps_done += n
+
+    out_dir, name = (os.path.dirname(os.path.abspath(checkpoint)), os.path.basename(checkpoint)) if checkpoint \
+        else (None, "checkpoint.pt")
+    model, cfg, d, _ = loop.train(study, cfg, out_dir, checkpoint=name, write_config=False, log=False,
+                                  progress=False, on_step=step_done, config_mismatch="error",
+                                  label=f"synthetic/{cfg.model}", seed=0, device=str(dev), log_every=0,
+                                  ckpt_every=spe * cfg.checkpoint_every)
+
+    # ---- evaluation: MCC of posterior means against the true z (paper App. D.3) ----
+    vae = model.vae.eval()
+    n_train, n_val, n_test = cfg.splits()
+    lo, hi = (n_train, n_train + n_val) if cfg.eval_split == "val" else (cfg.n - n_test, cfg.n)
+    x_ev, u_ev = d.X[d.data_of, lo:hi], d.U[d.data_of, lo:hi]                  # (M, Ne, dx), (M, Ne, du)
+    with torch.no_grad():
+        z_hat = vae.posterior_mean(x_ev, u_ev).cpu()                            # (M, Ne, dz)
+    last, has_mcl = d.history[-1], cfg.model == "mdvae_mcl"
+    rows = []
+    for m in range(M):
+        pearson, spearman = _mcc_rows(d.Z[d.data_of[m].item(), lo:hi], z_hat[m])
+        rows.append({"process": cfg.process, "mixing": cfg.mixing, "dz": cfg.dz, "n_alphabet": cfg.n_alphabet,
+                     "model": cfg.model, "seed": seeds[m], "lambda_mcl": lambdas[m] if has_mcl else 0.0,
+                     "split": cfg.eval_split, "mcc": pearson, "mcc_spearman": spearman,
+                     "neg_elbo": last["loss"][m] - (lambdas[m] * last["mcl"][m] if has_mcl else 0.0),
+                     "rec": last["rec"][m], "kl": last["kl"][m], "mcl_loss": last["mcl"][m] if has_mcl else None,
+                     "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M})
+    return rows

@@ -1,0 +1,330 @@
+"""The one training loop of every study, and the per-seed run lifecycle around it.
+
+A study supplies its pieces as a *study object* (a module or class; see :class:`Study` for the full list) and
+:func:`train` runs them top to bottom::
+
+    model = study.build_model(cfg)                        # fresh weights, torch seeded with cfg.seed
+    data = study.setup(model, cfg, device)                # datasets, data-dependent buffers
+    for phase, steps in study.phases(cfg):                # e.g. first_stage -> stage1 -> stage2
+        params = study.trainable(model, cfg, phase)       # requires_grad set, the phase's parameters
+        opts, scheds = study.optimizers(model, cfg, phase, params)
+        for step in range(steps):
+            out = study.train_step(model, cfg, phase, step, data, ctx)   # {"loss": scalar, logs...}
+            # finite-loss check, backward, grad clip, opts[0].step(), schedulers, study.after_update(...)
+            # TensorBoard every cfg.log_every steps, an atomic checkpoint every cfg.ckpt_every steps
+
+What the loop owns: resume from the checkpoint (model, optimisers, schedulers, phase and step, the study's extra
+state), seeding (``torch.manual_seed(cfg.seed)`` before the model is built; :class:`StepContext` gives each step
+generators seeded by ``(seed, phase, step)``, so a resumed run equals an uninterrupted one), phase trainability and
+optimisers, the step budget (``stop_after``), the finite-loss check, TensorBoard and atomic checkpoints.
+
+:func:`train_or_resume` and :func:`run_seeds` are the lifecycle of ``mcl train``: one run folder per seed,
+resumed or skipped, then evaluated, printed and written (``metrics.json``).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from mclcore._io import load_checkpoint, save_checkpoint, write_json_atomic
+from mclcore.train.config import config_diff, from_dict, to_dict
+
+__all__ = ["Study", "StepContext", "train", "resolve_device", "check_finite", "train_or_resume", "run_seeds"]
+
+
+class Study(Protocol):
+    """What a study gives :func:`train` (optional hooks may be left out).
+
+    ``PHASES``: every phase name the study can have, in a fixed order: a phase's position seeds its steps, so it
+    must never change for a published study. ``cfg`` needs ``seed``, ``device``, ``log_every``, ``ckpt_every``.
+    """
+
+    PHASES: tuple
+
+    def build_model(self, cfg) -> torch.nn.Module: ...
+    def phases(self, cfg) -> list[tuple[str, int]]: ...
+    def setup(self, model, cfg, device) -> Any: ...
+    def trainable(self, model, cfg, phase: str) -> list[torch.nn.Parameter]: ...
+    def optimizers(self, model, cfg, phase: str, params) -> tuple[list, list]: ...
+    def train_step(self, model, cfg, phase: str, step: int, data, ctx: "StepContext") -> dict: ...
+    # optional: begin_phase(model, cfg, phase, data), end_phase(model, cfg, phase, data),
+    #   after_update(model, cfg, phase, step, data, ctx, out, opts) -> dict of extra logs,
+    #   grad_clip(cfg, phase) -> float (0: none), extra_state(data) -> dict, load_extra_state(data, state)
+
+
+@dataclass
+class StepContext:
+    """The randomness of one step, a function of ``(seed, phase index, step)`` only. Each stream is made once per
+    step (on first use) and then shared, so hooks that draw after ``train_step`` continue the same stream."""
+
+    seed: int
+    phase_index: int
+    step: int
+    device: torch.device
+
+    @functools.cached_property
+    def rng(self) -> np.random.Generator:
+        """numpy stream of the step (batch indices)."""
+        return np.random.default_rng([self.seed, self.phase_index, self.step])
+
+    @functools.cached_property
+    def generator(self) -> torch.Generator:
+        """torch stream of the step on the run's device (noise, diffusion times)."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(int(np.random.default_rng([self.seed, self.phase_index, self.step, 1]).integers(0, 2 ** 62)))
+        return g
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; an explicit CUDA device without CUDA is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {name!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def check_finite(loss: torch.Tensor, where: str, hint: str | Callable[[], str] = "") -> None:
+    """FloatingPointError naming ``where`` when the scalar ``loss`` is NaN or infinite (one host sync).
+
+    ``hint``: text appended to the message, or a callable giving it (evaluated only on failure)."""
+    if not bool(torch.isfinite(loss).all()):
+        hint = hint() if callable(hint) else hint
+        raise FloatingPointError(f"{where}: non-finite loss {loss.detach().flatten()[:4].tolist()}"
+                                 + (f"; {hint}" if hint else ""))
+
+
+def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt", write_config: bool = True,
+          log: bool = True, resume: bool = True, stop_after: int | None = None, progress: bool = True,
+          on_step: Callable[[int], None] | None = None, config_mismatch: str = "warn", label: str = "run",
+          seed: int | None = None, device: str | None = None, log_every: int | None = None,
+          ckpt_every: int | None = None):
+    """Train ``cfg`` with ``study`` into ``out_dir``; returns ``(model, cfg, data, finished)``.
+
+    Args:
+        study: the study object (:class:`Study`).
+        cfg: its config; on resume the checkpoint's config wins (``config_mismatch="warn"`` says what differs on
+            stderr; ``"error"`` raises ValueError naming the differing fields).
+        out_dir: holds ``checkpoint`` (a file name in it), ``config.json`` (``write_config``) and ``tb/`` (``log``);
+            None: nothing is written and nothing resumed.
+        resume: continue from the checkpoint if it exists. stop_after: return (with a checkpoint) after that many
+            optimisation steps in this call; ``finished`` is then False.
+        progress: a progress bar per phase. on_step: called with the number of steps done (progress of a caller),
+            after each step's checkpoint (if any) is written; on resume first with the steps already done.
+        label: names the run in messages.
+        seed, device, log_every, ckpt_every: default to the config's fields of those names (a study whose config
+            has no such field passes them here).
+    """
+    from tqdm import tqdm
+
+    seed = cfg.seed if seed is None else seed
+    log_every = cfg.log_every if log_every is None else log_every
+    ckpt_every = cfg.ckpt_every if ckpt_every is None else ckpt_every
+    ckpt_path = None
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        ckpt_path = os.path.join(out_dir, checkpoint)
+    else:
+        write_config = log = False
+    state = None
+    if resume and ckpt_path is not None and os.path.exists(ckpt_path):
+        state = load_checkpoint(ckpt_path)
+        saved = from_dict(type(cfg), state["config"], where=f"{ckpt_path}: config")
+        diff = config_diff(to_dict(saved), to_dict(cfg))
+        if diff and config_mismatch == "error":
+            raise ValueError(f"checkpoint: {ckpt_path} was written for a different run ({'; '.join(diff)}); "
+                             f"delete it or use another output folder")
+        if diff:
+            print(f"resuming {out_dir} with its saved config (ignoring differences: {diff})", file=sys.stderr)
+        cfg = saved
+    device = resolve_device(cfg.device if device is None else device)
+    torch.manual_seed(seed)
+    model = study.build_model(cfg).to(device)
+    data = study.setup(model, cfg, device)
+    done: list[str] = []
+    cur_phase, cur_step, opt_states = None, 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        done, cur_phase, cur_step, opt_states = state["done"], state["phase"], state["step"], state["optim"]
+        if hasattr(study, "load_extra_state"):
+            study.load_extra_state(data, state.get("extra"))
+    if write_config:
+        write_json_atomic(to_dict(cfg), os.path.join(out_dir, "config.json"), indent=1, sort_keys=False)
+    writer = None
+    if log:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(out_dir, "tb"))
+    budget = math.inf if stop_after is None else int(stop_after)
+    plan = study.phases(cfg)
+    global_offset = sum(n for p, n in plan if p in done)
+    if on_step is not None and state is not None:
+        on_step(global_offset + (cur_step if cur_phase not in done else 0))
+
+    try:
+        for phase, n_steps in plan:
+            if phase in done:
+                continue
+            start = cur_step if phase == cur_phase else 0
+            model.train()
+            if hasattr(study, "begin_phase"):
+                study.begin_phase(model, cfg, phase, data)
+            params = study.trainable(model, cfg, phase)
+            opts, scheds = study.optimizers(model, cfg, phase, params)
+            if phase == cur_phase and opt_states is not None:
+                for o, s in zip(opts, opt_states["opt"]):
+                    o.load_state_dict(s)
+                for sc, s in zip(scheds, opt_states["sched"]):
+                    sc.load_state_dict(s)
+            clip = study.grad_clip(cfg, phase) if hasattr(study, "grad_clip") else 0.0
+
+            def snapshot(step: int) -> None:
+                if ckpt_path is None:
+                    return
+                extra = study.extra_state(data) if hasattr(study, "extra_state") else None
+                save_checkpoint(ckpt_path, {
+                    "config": to_dict(cfg), "model": model.state_dict(), "done": list(done), "phase": phase,
+                    "step": step, "extra": extra,
+                    "optim": {"opt": [o.state_dict() for o in opts], "sched": [s.state_dict() for s in scheds]},
+                })
+
+            index = study.PHASES.index(phase)
+            bar = tqdm(range(start, n_steps), desc=f"{label}/{phase}", disable=not progress, dynamic_ncols=True)
+            t0 = time.perf_counter()
+            for step in bar:
+                if budget <= 0:
+                    snapshot(step)
+                    bar.close()
+                    return model, cfg, data, False
+                ctx = StepContext(seed, index, step, device)
+                out = study.train_step(model, cfg, phase, step, data, ctx)
+                loss = out["loss"]
+                check_finite(loss, f"{label}/{phase} step {step}", out.get("hint", ""))
+                opts[0].zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                opts[0].step()
+                for s in scheds:
+                    s.step()
+                extra_logs = study.after_update(model, cfg, phase, step, data, ctx, out, opts) \
+                    if hasattr(study, "after_update") else {}
+                budget -= 1
+                if log_every and (step % log_every == 0 or step == n_steps - 1):
+                    logs = {k: float(v.detach()) for k, v in {**out, **extra_logs}.items()
+                            if torch.is_tensor(v) and v.ndim == 0}
+                    if scheds:
+                        logs["lr"] = opts[0].param_groups[0]["lr"]
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
+                    if writer is not None:
+                        for k, v in logs.items():
+                            writer.add_scalar(f"{phase}/{k}", v, global_offset + step)
+                if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < n_steps:
+                    snapshot(step + 1)
+                if on_step is not None:
+                    on_step(1)
+            if hasattr(study, "end_phase"):
+                study.end_phase(model, cfg, phase, data)
+            done.append(phase)
+            global_offset += n_steps
+            snapshot(n_steps)
+            if progress:
+                print(f"{label}/{phase}: {n_steps - start} steps in {time.perf_counter() - t0:.1f} s",
+                      file=sys.stderr)
+    finally:
+        if writer is not None:
+            writer.close()
+    model.eval()
+    return model, cfg, data, True
+
+
+# ------------------------------------------------------------------------------------------------ run lifecycle
+def train_or_resume(out: str, args, train_fn) -> tuple[str, object]:
+    """The run lifecycle of ``mcl train`` for one run folder ``out``.
+
+    ``train_fn(resume=..., stop_after=..., progress=..., log=...) -> (model, finished)`` trains the run (resuming
+    from ``out/checkpoint.pt`` when asked). ``args`` are the ``mcl train`` arguments:
+
+    * ``--eval-only``: the run must have a finished checkpoint, which is loaded without training;
+    * otherwise a run with ``metrics.json`` is finished and skipped, unless ``--no-resume`` (which deletes it and
+      starts over); ``--stop-after N`` stops with a checkpoint.
+
+    Returns ``("ok", model)`` when the model is trained and ready to evaluate, ``("skip", None)`` when there is nothing
+    more to do for this run (said on stdout), ``("error", None)`` after an error said on stderr (exit code 2).
+    """
+    metrics = os.path.join(out, "metrics.json")
+    if args.eval_only:
+        if not os.path.exists(os.path.join(out, "checkpoint.pt")):
+            print(f"--eval-only: no checkpoint in {out}", file=sys.stderr)
+            return "error", None
+        model, finished = train_fn(resume=True, stop_after=0, progress=False, log=False)
+        if not finished:
+            print(f"--eval-only: the run in {out} has not finished training", file=sys.stderr)
+            return "error", None
+        return "ok", model
+    if os.path.exists(metrics) and not args.no_resume:
+        print(f"{out}: finished and evaluated (use --eval-only to re-evaluate, --no-resume to retrain)")
+        return "skip", None
+    if args.no_resume and os.path.exists(metrics):
+        os.remove(metrics)
+    model, finished = train_fn(resume=not args.no_resume, stop_after=args.stop_after, progress=not args.quiet,
+                               log=True)
+    if not finished:
+        print(f"{out}: stopped after {args.stop_after} steps (checkpoint saved; re-run to continue)")
+        return "skip", None
+    return "ok", model
+
+
+def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run_dir: Callable[[Any], str],
+              train_fn: Callable, eval_config: Callable[[Any], Any], evaluate: Callable, summary: Callable) -> int:
+    """"Train, evaluate, write metrics" for every seed of ``args.seeds``: the body of ``mcl train``.
+
+    ``config_for_seed(seed)`` -> cfg; ``run_dir(cfg)`` -> folder name under ``out_root``;
+    ``train_fn(cfg, out, **kw) -> (model, finished)``; ``eval_config(saved_cfg)`` -> the config evaluation uses
+    (the checkpoint's, with evaluation-only overrides); ``evaluate(model, cfg, out) -> dict``;
+    ``summary(out, res) -> str`` is printed before ``metrics.json`` is written. Returns the exit code.
+    """
+    import json
+
+    for seed in args.seeds:
+        cfg = config_for_seed(seed)
+        out = os.path.join(out_root, run_dir(cfg))
+        t0 = time.perf_counter()
+        status, model = train_or_resume(out, args, lambda **kw: train_fn(cfg, out, **kw))
+        if status == "error":
+            return 2
+        if status == "skip":
+            continue
+        train_s = time.perf_counter() - t0
+        if args.no_eval:
+            print(f"{out}: trained in {train_s:.0f} s")
+            continue
+        saved = type(cfg)
+        cfg = eval_config(from_dict(saved, load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]))
+        previous = None
+        metrics_path = os.path.join(out, "metrics.json")
+        if args.eval_only and os.path.exists(metrics_path):
+            with open(metrics_path) as f:
+                previous = json.load(f).get("seconds", {})
+            previous = previous.get("training_run", previous)
+        res = evaluate(model, cfg, out)
+        res.setdefault("seconds", {})
+        res["seconds"]["train_call"] = train_s
+        res["seconds"]["total_call"] = time.perf_counter() - t0
+        if previous is not None:        # keep the timing of the call that trained the run
+            res["seconds"]["training_run"] = previous
+        print(summary(out, res))
+        write_json_atomic(res, metrics_path, indent=1, sort_keys=False)
+    return 0
