@@ -87,10 +87,12 @@ def _deep_update(base: dict, data: dict, where: str) -> dict:
 def coerce(value: str, default, hint=None):
     """The string ``value`` of ``--set KEY=value`` in the type of the field's ``default`` (or type ``hint``).
 
-    bool: 1/true/yes/on or 0/false/no/off; tuple: comma-separated numbers or words (``1,2,4``); int; float; a field
-    whose default is None or a string: ``none``/``null``/empty gives None, anything else the string (a number
-    where the annotation says ``float | None``).
+    ``none``/``null`` gives None where the annotation admits it (``float | None``); bool: 1/true/yes/on or
+    0/false/no/off; tuple: comma-separated numbers or words (``1,2,4``); int; float; a field whose default is None
+    or a string: empty gives None, anything else the string (a number where the annotation says ``float | None``).
     """
+    if value.lower() in ("none", "null") and hint is not None and _optional(hint):
+        return None
     if isinstance(default, bool):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -117,6 +119,11 @@ def coerce(value: str, default, hint=None):
     if hint is not None and float in _hint_types(hint):
         return float(value)
     return value
+
+
+def _optional(hint) -> bool:
+    """Whether the annotation admits None (``float | None``)."""
+    return "None" in hint if isinstance(hint, str) else type(None) in typing.get_args(hint)
 
 
 def _hint_types(hint) -> tuple:
