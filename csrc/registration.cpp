@@ -1,6 +1,8 @@
-// Every op schema of the `mclcore` library, declared once. Kernels register per dispatch key in
-// csrc/<op>/<op>_cpu.cpp (CPU) and csrc/<op>/<op>_cuda.cu (CUDA); mclcore/ops/<op>.py adds the fake (meta) kernel
-// and the autograd formula, so PyTorch routes by device and no Python code branches on it.
+// Every op schema of the `mclcore` library, declared once (the private _cuda_<op> ones included: the .cu files hold
+// only TORCH_LIBRARY_IMPL blocks). Kernels register per dispatch key in csrc/<op>/<op>_cpu.cpp (CPU) and
+// csrc/<op>/<op>_cuda.cu (the _cuda_<op> twins, CUDA builds only); mclcore/ops/<op>.py adds the fake (meta) kernel,
+// the autograd formula and, through mclcore/ops/_backend.py, the public op's CUDA kernel, so PyTorch routes by
+// device and no Python code branches on it.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -41,7 +43,6 @@ TORCH_LIBRARY(mclcore, m) {
       "critic_grad_backward(Tensor grad_out, Tensor v, Tensor[] weights, Tensor[] biases, Tensor saved, "
       "str activation) -> (Tensor, Tensor[], Tensor[])");
 
-  // mech_derivs: see csrc/mech_derivs/ (schemas added below by that op).
   // Mechanism derivatives V(z,u) of an MLP generator by per-sample Taylor-mode propagation (docs/DESIGN.md §2.3).
   // z: (B, dz). weights[l]: (h_l, h_{l-1}) as nn.Linear, h_{-1} = dz; biases[l]: (h_l,). The generator is
   //   y = z * film_scale + film_shift          (film_scale, film_shift: optional (B, dz); FiLM conditioning on u)
@@ -57,5 +58,21 @@ TORCH_LIBRARY(mclcore, m) {
   // NOT differentiable: no gradient flows through V or L; autograd raises if one is requested.
   m.def(
       "mech_derivs(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? in_bias, Tensor? film_scale, "
+      "Tensor? film_shift, str[] activations, float[] act_params) -> (Tensor, Tensor)");
+
+  // The CUDA C++ twins of the public ops, private: each has its public op's schema under the name _cuda_<op>, and
+  // mclcore/ops/_backend.py (its OPS table lists them) calls it from the public op's CUDA kernel when the "cuda"
+  // backend is selected. They get a kernel ONLY in CUDA builds, from the TORCH_LIBRARY_IMPL(mclcore, CUDA) blocks of
+  // csrc/<op>/<op>_cuda.cu; a CPU-only build declares them with no kernel at all, so whether one can run is a
+  // question for the dispatcher (mclcore.ops._backend.cuda_available), not hasattr(torch.ops.mclcore, ...).
+  // critic_grad and critic_grad_backward have no twin (their GPU implementation is the Triton one).
+  m.def("_cuda_infonce(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_cuda_infonce_backward(Tensor grad_loss, Tensor p, Tensor k, Tensor? groups, Tensor lse_all, "
+      "Tensor lse_pos, float tau, float eps) -> (Tensor, Tensor)");
+  m.def("_cuda_infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> "
+        "(Tensor loss, Tensor dp, Tensor dk)");
+  m.def(
+      "_cuda_mech_derivs(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? in_bias, Tensor? film_scale, "
       "Tensor? film_shift, str[] activations, float[] act_params) -> (Tensor, Tensor)");
 }

@@ -755,17 +755,9 @@ std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda(const Tensor& p, const
 
 }  // namespace
 
-// Private CUDA-only ops (the Python dispatcher registers the public ops' CUDA kernels and calls these). Schemas
-// identical to the public ones in csrc/registration.cpp.
-TORCH_LIBRARY_FRAGMENT(mclcore, m) {
-  m.def("_cuda_infonce(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> (Tensor, Tensor, Tensor)");
-  m.def(
-      "_cuda_infonce_backward(Tensor grad_loss, Tensor p, Tensor k, Tensor? groups, Tensor lse_all, "
-      "Tensor lse_pos, float tau, float eps) -> (Tensor, Tensor)");
-  m.def("_cuda_infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> "
-        "(Tensor loss, Tensor dp, Tensor dk)");
-}
-
+// CUDA kernels of the private ops _cuda_infonce, _cuda_infonce_backward, _cuda_infonce_with_grad, whose schemas
+// (the public ones' under another name) csrc/registration.cpp declares; mclcore/ops/_backend.py calls them from
+// the public ops' CUDA kernels when the "cuda" backend is selected.
 TORCH_LIBRARY_IMPL(mclcore, CUDA, m) {
   m.impl("_cuda_infonce", &infonce_cuda);
   m.impl("_cuda_infonce_backward", &infonce_backward_cuda);

@@ -610,14 +610,9 @@ std::tuple<Tensor, Tensor> mech_derivs_cuda(const Tensor& z_in, at::TensorList w
 
 }  // namespace
 
-// Private CUDA-only op (the Python dispatcher registers the public op's CUDA kernel and calls this one). Schema
-// identical to the public mech_derivs in csrc/registration.cpp.
-TORCH_LIBRARY_FRAGMENT(mclcore, m) {
-  m.def(
-      "_cuda_mech_derivs(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? in_bias, Tensor? film_scale, "
-      "Tensor? film_shift, str[] activations, float[] act_params) -> (Tensor, Tensor)");
-}
-
+// CUDA kernel of the private op _cuda_mech_derivs, whose schema (the public one's under another name)
+// csrc/registration.cpp declares; mclcore/ops/_backend.py calls it from the public op's CUDA kernel when the
+// "cuda" backend is selected.
 TORCH_LIBRARY_IMPL(mclcore, CUDA, m) { m.impl("_cuda_mech_derivs", &mech_derivs_cuda); }
 
 }  // namespace mclcore

@@ -8,15 +8,17 @@ of the launchers exist for those small interpreted runs and for tuning.
 
 Importing this package imports triton: an ImportError here is what makes the backend "unavailable".
 
-The launchers are re-exported here under the op names, so ``mclcore.ops.triton.infonce`` is the function; the
+The launchers are re-exported here under the op names (``__all__``: the Triton ops of
+``mclcore.ops._backend.OPS``), so ``mclcore.ops.triton.infonce`` is the function; the
 submodule of the same name (kernels, tile tables, ``MCLCORE_TRITON_HALF_DOT``) is
 ``sys.modules["mclcore.ops.triton.infonce"]`` or ``importlib.import_module("mclcore.ops.triton.infonce")``.
 """
 import triton  # noqa: F401  (fail early and clearly when triton is missing)
 
+from mclcore.ops._backend import OPS as _OPS
 from mclcore.ops.triton.critic_grad import critic_grad, critic_grad_backward
 from mclcore.ops.triton.infonce import infonce, infonce_backward, infonce_with_grad
 from mclcore.ops.triton.mech_derivs import mech_derivs
 
-__all__ = ["infonce", "infonce_backward", "infonce_with_grad", "critic_grad", "critic_grad_backward",
-           "mech_derivs"]
+# One launcher per op of the table with a Triton implementation (tests/ops/test_backend.py checks that each exists).
+__all__ = [op for op, info in _OPS.items() if info.triton]
