@@ -16,6 +16,7 @@ numbers: how far the two CPU speed targets of issue #2 (infonce >= 2x, MCL step 
 how far from the Python layer the issue also asks for. The gradients of the three routes are compared in the run.
 
     python benchmarks/bench_autograd_layer.py            # builds the helper once (about a minute), then ~2 min
+                                                         # (2-core AMD EPYC VM, 2026-11)
     python benchmarks/bench_autograd_layer.py --quick    # smoke check: few reps, nothing appended
 
 Rows go to benchmarks/results/autograd_layer.csv. CPU only (the helper registers AutogradCPU).
@@ -36,7 +37,9 @@ from benchmarks.common import (add_malloc_arg, add_paired_args, append_rows, app
 from mclcore.ops.critic_grad import critic_grad  # noqa: E402
 from mclcore.ops.infonce import infonce  # noqa: E402
 from python.critic_grad import critic_grad as ref_critic_grad  # noqa: E402
+from python.critic_grad import sample_inputs as critic_grad_inputs  # noqa: E402
 from python.infonce import infonce as ref_infonce  # noqa: E402
+from python.infonce import sample_inputs as infonce_inputs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,19 +53,16 @@ def load_helper():
 
 def cases(B: int):
     """(name, op-path step, reference step) per case; each step returns the gradients it computed."""
-    torch.manual_seed(0)
-    d = 128
-    p = torch.randn(B, d, requires_grad=True)  # (B, d)
-    k = torch.randn(B, d, requires_grad=True)  # (B, d)
+    p, k, _ = infonce_inputs(B, 128, dtype=torch.float32, requires_grad=True)  # (B, d) each
     yield ("infonce", lambda: torch.autograd.grad(infonce(p, k, 0.1), (p, k)),
            lambda: torch.autograd.grad(ref_infonce(p, k, 0.1), (p, k)))
 
-    dims = [10 + 64 + 16, 256, 256, 1]
-    ws = [(torch.randn(o, i) / i**0.5).requires_grad_() for i, o in zip(dims[:-1], dims[1:])]
-    bs = [torch.zeros(o).requires_grad_() for o in dims[1:]]
-    v = torch.randn(B, dims[0], requires_grad=True)  # (B, dv)
-    up = torch.randn(B, dims[0])  # (B, dv): a fixed upstream gradient for the mechanism gradient
-    params = [v, *ws, *bs]
+    dv = 10 + 64 + 16
+    inputs = critic_grad_inputs(B, dv, hidden=(256, 256), bias_std=0.0, dtype=torch.float32, requires_grad=True)
+    v, ws, bs, _ = inputs
+    # (B, dv): a fixed upstream gradient for the mechanism gradient
+    up = torch.randn(B, dv, generator=torch.Generator().manual_seed(1))
+    params = inputs.tensors()
 
     def grads(out):  # the last bias does not reach the input gradient: its gradient is zero
         return torch.autograd.grad((out * up).sum(), params, allow_unused=True, materialize_grads=True)

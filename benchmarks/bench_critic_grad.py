@@ -18,6 +18,7 @@ from benchmarks.common import (add_device_args, add_paired_args, append_rows, pa
                                peak_extra_bytes, print_table, setup_device)
 from mclcore.ops.critic_grad import critic_grad  # noqa: E402
 from python.critic_grad import critic_grad as ref_critic_grad  # noqa: E402
+from python.critic_grad import sample_inputs  # noqa: E402
 
 
 def main(argv=None):
@@ -34,13 +35,11 @@ def main(argv=None):
         args.batch, args.reps, args.rounds = [32], 3, 1
     rows = []
     for B in args.batch:
-        torch.manual_seed(0)
-        dims = [args.dv, args.hidden, args.hidden, 1]
-        ws = [(torch.randn(o, i) / i**0.5).to(dev).requires_grad_() for i, o in zip(dims[:-1], dims[1:])]
-        bs = [torch.zeros(o, device=dev).requires_grad_() for o in dims[1:]]
-        v = torch.randn(B, args.dv).to(dev).requires_grad_()
-        up = torch.randn(B, args.dv).to(dev)
-        params = [v, *ws, *bs]
+        inputs = sample_inputs(B, args.dv, hidden=(args.hidden, args.hidden), bias_std=0.0, dtype=torch.float32,
+                               device=dev, requires_grad=True)
+        v, ws, bs, _ = inputs
+        up = torch.randn(B, args.dv, generator=torch.Generator().manual_seed(1)).to(dev)
+        params = inputs.tensors()
 
         def fwd(fn):
             with torch.no_grad():

@@ -13,7 +13,7 @@ functions:
 then the op alone at B = 16384 with its time and peak extra memory. The reference runs there too when the machine
 has the memory for its B x B tensors (about 5 GiB), else its row says skipped. Rows go to benchmarks/results/infonce.csv.
 
-    python benchmarks/bench_infonce.py            # full run (a few minutes on 2 cores)
+    python benchmarks/bench_infonce.py            # full run (a few minutes: 2-core AMD EPYC VM, 2026-11)
     python benchmarks/bench_infonce.py --quick    # smoke check: tiny sizes, few reps, nothing appended
     python benchmarks/bench_infonce.py --threads 1 --large 0   # one core: steadier on a shared machine
 
@@ -45,6 +45,7 @@ from benchmarks.common import (add_device_args, add_paired_args, append_rows, me
                                peak_extra_bytes, print_table, setup_device)
 from mclcore.ops.infonce import infonce  # noqa: E402
 from python.infonce import infonce as ref_infonce  # noqa: E402
+from python.infonce import sample_inputs  # noqa: E402
 
 TAU = 0.1
 N_CONDITIONS = 8  # multi-positive rows: |U| = 8 conditions, as in docs/DESIGN.md §2.1's duplicate-condition example
@@ -59,14 +60,6 @@ def mem_available_bytes() -> int:
     except OSError:
         pass
     return 0
-
-
-def make(B, d, mode, seed=0, device="cpu", dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    p = torch.randn(B, d, generator=gen).to(device, dtype).requires_grad_()
-    k = torch.randn(B, d, generator=gen).to(device, dtype).requires_grad_()
-    groups = torch.randint(0, N_CONDITIONS, (B,), generator=gen).to(device) if mode == "multi" else None
-    return p, k, groups
 
 
 def inf_cl_peer():
@@ -158,7 +151,8 @@ def main(argv=None):
     for B in args.batch:
         reps = max(3, args.reps * 256 // B)  # ~30 at 256, 7 at 1024, 3 at 4096
         for mode in ("diagonal", "multi"):
-            p, k, groups = make(B, d, mode, device=device, dtype=dtype)
+            p, k, groups = sample_inputs(B, d, n_groups=N_CONDITIONS if mode == "multi" else None, dtype=dtype,
+                                         device=device, requires_grad=True)
             op_ph, ref_ph = phases(infonce, p, k, groups), phases(ref_infonce, p, k, groups)
             peer_ph = phases(peer, p, k, groups) if peer is not None and mode == "diagonal" else None
             # The reference's B x B tensors (logits, softmax, their gradients: ~5 of them) may not fit the GPU.
@@ -185,7 +179,7 @@ def main(argv=None):
 
     if args.large:
         B = args.large
-        p, k, _ = make(B, d, "diagonal", device=device, dtype=dtype)
+        p, k, _ = sample_inputs(B, d, dtype=dtype, device=device, requires_grad=True)
         op_ph = phases(infonce, p, k, None)
         m_op = peak_extra_bytes(op_ph["forward+backward"], device=device)
         t_op = median_time(op_ph["forward+backward"], reps=3, warmup=1, device=device)

@@ -12,11 +12,12 @@ Everything is reverse mode on purpose: with torch 2.13 (CPU), ``vmap`` over forw
 (the default, a Python loop) and under ``vmap`` (``batched=True``) are both correct. Float64-capable; used by the
 tests and by ``benchmarks/bench_mech_derivs.py`` as the baseline. Needs third derivatives of the activations, so
 they are written here from elementary ops (``gelu`` through ``erf``, ``softplus`` through ``logaddexp``).
+:func:`sample_inputs` draws a random well-conditioned generator and batch for the tests.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch.func import jacrev, vmap
@@ -136,3 +137,77 @@ def mech_derivs(z, weights, biases, in_bias=None, film_scale=None, film_shift=No
         return mlp(y, weights, biases, ib, activation, act_param, final_activation)
 
     return derivatives(per_sample, z, extras, batched=batched, chunk_size=chunk_size)
+
+
+class MechDerivsInputs(NamedTuple):
+    """The arguments of ``mech_derivs``, in this reference's order: ``mech_derivs(*inputs)`` here,
+    ``mclcore.ops.mech_derivs.mech_derivs(**inputs._asdict())`` for the op (its optional arguments are keywords)."""
+
+    z: torch.Tensor                        # (B, dz) latents
+    weights: list[torch.Tensor]            # per layer (h_l, h_{l-1}), h_{-1} = dz; dx = h_{L-1}
+    biases: list[torch.Tensor | None]      # per layer (h_l,), or all None (bias_std=None)
+    in_bias: torch.Tensor | None           # (B, h_0) with conditioning "in_bias" / "in_bias+film"
+    film_scale: torch.Tensor | None        # (B, dz) with conditioning "film" / "in_bias+film"
+    film_shift: torch.Tensor | None        # (B, dz) likewise
+    activation: str | Sequence[str]
+    act_param: float | Sequence[float | None] | None
+    final_activation: bool
+
+
+CONDITIONING = ("none", "in_bias", "film", "in_bias+film")
+
+
+def sample_inputs(batch: int = 4, dz: int = 3, *, widths: Sequence[int] = (7, 3), conditioning: str = "none",
+                  activation: str | Sequence[str] = "tanh", act_param: float | Sequence[float | None] | None = None,
+                  final_activation: bool = False, bias_std: float | None = 0.5, dtype: torch.dtype = torch.float64,
+                  device: torch.device | str = "cpu", seed: int = 0, data_seed: int | None = None,
+                  generator: torch.Generator | None = None, requires_grad: bool = False,
+                  contiguous: bool = True) -> MechDerivsInputs:
+    """A random MLP generator ``dz -> widths[0] -> ... -> widths[-1] = dx`` and a batch of latents for it.
+
+    The layers are semi-orthogonal (QR of a Gaussian matrix), scaled so each pre-activation has about unit variance:
+    curved but well conditioned (cond J < 1e3), so the float64 reference keeps its digits (it differentiates
+    logdet(J^T J) through autograd and loses them on an ill-conditioned J). Biases ~ N(0, bias_std^2); None gives
+    layers without bias. The batch: z ~ N(0, 1) (batch, dz), then by ``conditioning`` (one of :data:`CONDITIONING`)
+    ``in_bias`` ~ 0.2 N(0, 1) (batch, widths[0]) (a condition u concatenated to z, entering as ``W_u u``) and/or the
+    FiLM ``film_scale`` = exp(0.3 N(0, 1)), ``film_shift`` ~ N(0, 1), both (batch, dz).
+
+    The layers come from ``torch.Generator().manual_seed(seed)`` (each weight, then its bias), the batch from a
+    second one seeded ``data_seed`` (default ``seed + 1``), so a generator can meet several batches; with
+    ``generator`` given, both come from it, layers first. Everything is drawn on the CPU in float64, then cast to
+    ``dtype`` and moved to ``device``. ``activation``, ``act_param`` and ``final_activation`` are only passed
+    through. ``requires_grad`` makes every tensor a leaf that requires grad (the op is not differentiable: it raises
+    on backward). ``contiguous=False`` returns the same values in non-contiguous views: 2-D tensors column-major,
+    1-D ones every other entry of a buffer twice their length.
+    """
+    if conditioning not in CONDITIONING:
+        raise ValueError(f"conditioning: expected one of {CONDITIONING}, got {conditioning!r}")
+    f64 = torch.float64
+    gen = torch.Generator().manual_seed(seed) if generator is None else generator
+    ws, bs, fan_in = [], [], dz
+    for w in widths:
+        q, _ = torch.linalg.qr(torch.randn(max(w, fan_in), min(w, fan_in), generator=gen, dtype=f64))
+        W = q if w >= fan_in else q.T
+        ws.append(W * math.sqrt(max(w, fan_in) / fan_in))
+        bs.append(None if bias_std is None else bias_std * torch.randn(w, generator=gen, dtype=f64))
+        fan_in = w
+    if generator is None:
+        gen = torch.Generator().manual_seed(seed + 1 if data_seed is None else data_seed)
+    z = torch.randn(batch, dz, generator=gen, dtype=f64)
+    in_bias = film_scale = film_shift = None
+    if conditioning in ("in_bias", "in_bias+film"):
+        in_bias = 0.2 * torch.randn(batch, widths[0], generator=gen, dtype=f64)
+    if conditioning in ("film", "in_bias+film"):
+        film_scale = torch.exp(0.3 * torch.randn(batch, dz, generator=gen, dtype=f64))
+        film_shift = torch.randn(batch, dz, generator=gen, dtype=f64)
+
+    def cast(t):
+        if t is None:
+            return None
+        t = t.to(device, dtype)
+        if not contiguous:
+            t = t.t().contiguous().t() if t.dim() == 2 else torch.stack([t, t], dim=1)[:, 0]
+        return t.requires_grad_() if requires_grad else t
+
+    return MechDerivsInputs(cast(z), [cast(w) for w in ws], [cast(b) for b in bs], cast(in_bias), cast(film_scale),
+                            cast(film_shift), activation, act_param, final_activation)

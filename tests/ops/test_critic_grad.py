@@ -6,18 +6,9 @@ from hypothesis import strategies as st
 
 from mclcore.ops.critic_grad import ACTIVATIONS, critic_grad
 from python.critic_grad import critic_grad as ref_critic_grad
+from python.critic_grad import sample_inputs
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
-
-
-def make(B, dv, hidden, dtype=torch.float64, seed=0, scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    dims = [dv, *hidden, 1]
-    ws = [(torch.randn(o, i, generator=gen, dtype=torch.float64) * scale / i**0.5).to(dtype).requires_grad_()
-          for i, o in zip(dims[:-1], dims[1:])]
-    bs = [(torch.randn(o, generator=gen, dtype=torch.float64) * 0.1).to(dtype).requires_grad_() for o in dims[1:]]
-    v = torch.randn(B, dv, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    return v, ws, bs
 
 
 def all_grads(out, upstream, inputs):
@@ -28,13 +19,13 @@ def all_grads(out, upstream, inputs):
 @pytest.mark.parametrize("B,dv,hidden", [(2, 1, (5,)), (3, 127, (8, 6)), (257, 9, (16, 16)), (4, 3, (7, 5, 4))])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_reference_forward_and_second_order(activation, B, dv, hidden, dtype):
-    v, ws, bs = make(B, dv, hidden, dtype)
-    out = critic_grad(v, ws, bs, activation)
-    ref = ref_critic_grad(v, ws, bs, activation)
+    inputs = sample_inputs(B, dv, hidden=hidden, activation=activation, dtype=dtype, requires_grad=True)
+    out = critic_grad(*inputs)
+    ref = ref_critic_grad(*inputs)
     assert out.shape == (B, dv) and out.dtype == dtype
     torch.testing.assert_close(out, ref, **TOL[dtype])
     upstream = torch.randn(B, dv, dtype=dtype)
-    for a, b in zip(all_grads(out, upstream, [v, *ws, *bs]), all_grads(ref, upstream, [v, *ws, *bs])):
+    for a, b in zip(all_grads(out, upstream, inputs.tensors()), all_grads(ref, upstream, inputs.tensors())):
         torch.testing.assert_close(a, b, **TOL[dtype])
 
 
@@ -66,15 +57,15 @@ def test_float32_activations_over_a_wide_range(activation):
 
 
 def test_non_contiguous_inputs():
-    v, ws, bs = make(12, 6, (10, 8))
-    v_nc = torch.randn(6, 12, dtype=torch.float64).t().requires_grad_()  # (12, 6), stride (1, 12)
-    ws_nc = [torch.randn(w.shape[1], w.shape[0], dtype=torch.float64).t() for w in ws]
-    assert not v_nc.is_contiguous() and not ws_nc[0].is_contiguous()
-    torch.testing.assert_close(critic_grad(v_nc, ws_nc, bs), ref_critic_grad(v_nc, ws_nc, bs), **TOL[torch.float64])
+    # v (12, 6) strides (1, 12), weights column-major, biases stride 2
+    v_nc, ws_nc, bs_nc, _ = sample_inputs(12, 6, hidden=(10, 8), requires_grad=True, contiguous=False)
+    assert not v_nc.is_contiguous() and not ws_nc[0].is_contiguous() and not bs_nc[0].is_contiguous()
+    torch.testing.assert_close(critic_grad(v_nc, ws_nc, bs_nc), ref_critic_grad(v_nc, ws_nc, bs_nc),
+                               **TOL[torch.float64])
 
 
 def test_half_inputs_are_upcast():
-    v, ws, bs = make(8, 5, (6,), torch.float32)
+    v, ws, bs, _ = sample_inputs(8, 5, hidden=(6,), dtype=torch.float32, requires_grad=True)
     out = critic_grad(v.half(), ws, bs)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref_critic_grad(v.half().float(), ws, bs), rtol=1e-4, atol=1e-5)
@@ -82,7 +73,7 @@ def test_half_inputs_are_upcast():
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_opcheck(activation):
-    v, ws, bs = make(5, 4, (6, 3))
+    v, ws, bs, _ = sample_inputs(5, 4, hidden=(6, 3), requires_grad=True)
     g = torch.randn(5, 4, dtype=torch.float64)
     wd, bd = [w.detach() for w in ws], [b.detach() for b in bs]
     torch.library.opcheck(torch.ops.mclcore.critic_grad.default, (v, ws, bs, activation))
@@ -94,28 +85,27 @@ def test_workspace_block_is_reused_only_once_released():
     # The CPU kernel hands its workspace block out again once no tensor holds it (csrc/critic_grad): a held
     # workspace must never be overwritten, and a released one is reused.
     op = torch.ops.mclcore.critic_grad.default
-    v, ws, bs = make(6, 4, (5, 3), dtype=torch.float32)
-    args = ([w.detach() for w in ws], [b.detach() for b in bs], "gelu")
-    _, w1 = op(v.detach(), *args)
+    v, *args = sample_inputs(6, 4, hidden=(5, 3), dtype=torch.float32)
+    _, w1 = op(v, *args)
     kept = w1.clone()
-    _, w2 = op(v.detach() * 2, *args)  # w1 still held: a new block
+    _, w2 = op(v * 2, *args)  # w1 still held: a new block
     assert w2.data_ptr() != w1.data_ptr()
     torch.testing.assert_close(w1, kept, rtol=0, atol=0)
     ptr = w2.data_ptr()
     del w1, w2
-    _, w3 = op(v.detach(), *args)  # nothing holds the cached block any more
+    _, w3 = op(v, *args)  # nothing holds the cached block any more
     assert w3.data_ptr() == ptr
     torch.testing.assert_close(w3, kept, rtol=0, atol=0)
     view = w3[2:]  # a view keeps the block alive too
     del w3
-    _, w4 = op(v.detach(), *args)
+    _, w4 = op(v, *args)
     assert w4.data_ptr() != view.data_ptr() - 2 * view.element_size()
 
 
 def test_interleaved_graphs_keep_their_own_workspaces():
     # Two forwards before either backward (and an inference-mode call between them): each backward must see its
     # own saved workspace, so both match the reference.
-    v, ws, bs = make(7, 5, (6, 4))
+    v, ws, bs, _ = sample_inputs(7, 5, hidden=(6, 4), requires_grad=True)
     v2 = (v.detach() * -1.5).requires_grad_()
     up = torch.randn(7, 5, dtype=torch.float64)
     inputs = [*ws, *bs]
@@ -137,7 +127,7 @@ def test_row_blocks_over_threads_match_the_reference(threads, B):
     # sum the parameter gradients per chunk: uneven chunks (1000 rows on 3 threads: 333 + 333 + 334, each three
     # blocks and a tail), two chunks, one chunk of two blocks (130 rows: 130 // 64 = 2 chunks of 65) and one chunk on
     # the calling thread (127 rows) must all give the reference's values, and the same values as one thread.
-    v, ws, bs = make(B, 11, (40, 24), torch.float64, seed=3)
+    v, ws, bs, _ = sample_inputs(B, 11, hidden=(40, 24), dtype=torch.float64, seed=3, requires_grad=True)
     up = torch.randn(B, 11, dtype=torch.float64)
     n = torch.get_num_threads()
     try:
@@ -159,17 +149,17 @@ def test_row_blocks_over_threads_match_the_reference(threads, B):
 
 @pytest.mark.parametrize("activation", ["gelu", "tanh", "softplus", "silu"])
 def test_gradcheck_float64(activation):
-    v, ws, bs = make(3, 4, (5, 3), scale=0.8)
-    n = len(ws)
+    inputs = sample_inputs(3, 4, hidden=(5, 3), weight_scale=0.8, requires_grad=True)
+    n = len(inputs.weights)
 
     def fn(v, *params):
         return critic_grad(v, params[:n], params[n:], activation)
 
-    assert torch.autograd.gradcheck(fn, (v, *ws, *bs))
+    assert torch.autograd.gradcheck(fn, tuple(inputs.tensors()))
 
 
 def test_torch_compile_fullgraph():
-    v, ws, bs = make(6, 5, (8, 8))
+    v, ws, bs, _ = sample_inputs(6, 5, hidden=(8, 8), requires_grad=True)
 
     def loss(v, ws, bs):
         return (critic_grad(v, ws, bs, "gelu") ** 2).sum()
@@ -184,7 +174,7 @@ def test_torch_compile_fullgraph():
 @given(B=st.integers(2, 40), dv=st.integers(1, 20), h=st.integers(1, 24), act=st.sampled_from(ACTIVATIONS),
        alpha=st.floats(0.1, 10.0), seed=st.integers(0, 2**16))
 def test_property_matches_reference_and_is_linear_in_output_weight(B, dv, h, act, alpha, seed):
-    v, ws, bs = make(B, dv, (h,), seed=seed)
+    v, ws, bs, _ = sample_inputs(B, dv, hidden=(h,), seed=seed, requires_grad=True)
     out = critic_grad(v, ws, bs, act)
     torch.testing.assert_close(out, ref_critic_grad(v, ws, bs, act), **TOL[torch.float64])
     # grad_v c is linear in the output layer's weight and independent of its bias
@@ -194,7 +184,7 @@ def test_property_matches_reference_and_is_linear_in_output_weight(B, dv, h, act
 
 
 def test_bad_inputs():
-    v, ws, bs = make(4, 3, (5,))
+    v, ws, bs, _ = sample_inputs(4, 3, hidden=(5,), requires_grad=True)
     with pytest.raises(ValueError, match="activation"):
         critic_grad(v, ws, bs, "elu")
     with pytest.raises(ValueError, match=r"weights\[0\]"):

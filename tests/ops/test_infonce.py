@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from mclcore.ops.infonce import infonce
 from python.infonce import infonce as ref_infonce
+from python.infonce import sample_inputs
 
 # Tolerances against the float64 reference: float64 computes natively; float32 accumulates in float32 (exp by a
 # polynomial good to 1e-7 relative); half types are rounded once on input and computed in float32, so the comparison
@@ -43,14 +44,6 @@ def plain(p, k, tau=0.1, *, groups=None, eps=1e-12):
 PATHS = {"public": infonce, "fused": fused, "plain": plain}
 
 
-def make(B, d, dtype=torch.float64, seed=0, n_groups=None):
-    gen = torch.Generator().manual_seed(seed)
-    p = torch.randn(B, d, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    k = torch.randn(B, d, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    groups = None if n_groups is None else torch.randint(0, n_groups, (B,), generator=gen)
-    return p, k, groups
-
-
 def loss_and_grads(fn, p, k, **kw):
     loss = fn(p, k, **kw)
     dp, dk = torch.autograd.grad(loss, (p, k))
@@ -70,7 +63,7 @@ def ref64(p, k, **kw):
 @pytest.mark.parametrize("d", [1, 127])
 @pytest.mark.parametrize("B", [2, 3, TILE + 1])
 def test_matches_reference(B, d, n_groups, dtype, path):
-    p, k, groups = make(B, d, dtype, seed=B + d, n_groups=n_groups)
+    p, k, groups = sample_inputs(B, d, dtype=dtype, seed=B + d, n_groups=n_groups, requires_grad=True)
     loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.1, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
     assert loss.shape == () and loss.dtype == dtype
@@ -92,7 +85,7 @@ def test_matches_reference(B, d, n_groups, dtype, path):
 def test_temperatures(tau, n_groups, path):
     # tau = 0.01 puts exp arguments down to -200: a fixed shift of 1/tau would underflow float32 there (the fused
     # path uses the fixed shift only for tau >= 0.025, the row maximum below).
-    p, k, groups = make(300, 16, torch.float32, seed=3, n_groups=n_groups)
+    p, k, groups = sample_inputs(300, 16, dtype=torch.float32, seed=3, n_groups=n_groups, requires_grad=True)
     loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=tau, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=tau, groups=groups)
     assert torch.isfinite(loss)
@@ -105,13 +98,9 @@ def test_temperatures(tau, n_groups, path):
 @pytest.mark.parametrize("path", ["public", "plain"])
 @pytest.mark.parametrize("n_groups", [None, 2])
 def test_non_contiguous_inputs(n_groups, path):
-    gen = torch.Generator().manual_seed(1)
-    B, d = 37, 11
-    p = torch.randn(d, B, generator=gen, dtype=torch.float64).t().requires_grad_()       # stride (1, B)
-    k_base = torch.randn(B, 2 * d, generator=gen, dtype=torch.float64)
-    k = k_base[:, ::2].detach().requires_grad_()                                           # stride (2d, 2)
-    groups = None if n_groups is None else torch.randint(0, n_groups, (2 * B,), generator=gen)[::2]
-    assert not p.is_contiguous() and not k.is_contiguous()
+    # p strides (1, B), k (2d, 2), groups (2,)
+    p, k, groups = sample_inputs(37, 11, seed=1, n_groups=n_groups, requires_grad=True, contiguous=False)
+    assert not p.is_contiguous() and not k.is_contiguous() and (groups is None or not groups.is_contiguous())
     loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.2, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=0.2, groups=groups)
     torch.testing.assert_close(loss, rl, **TOL[torch.float64])
@@ -123,7 +112,7 @@ def test_non_contiguous_inputs(n_groups, path):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n_groups", [None, 5])
 def test_half_precision_inputs_compute_in_float32(dtype, n_groups, path):
-    p, k, groups = make(70, 24, dtype, seed=5, n_groups=n_groups)
+    p, k, groups = sample_inputs(70, 24, dtype=dtype, seed=5, n_groups=n_groups, requires_grad=True)
     loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.1, groups=groups)
     rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
     assert loss.dtype == torch.float32 and dp.dtype == dtype and dk.dtype == dtype
@@ -134,7 +123,7 @@ def test_half_precision_inputs_compute_in_float32(dtype, n_groups, path):
 
 
 def test_row_statistics():
-    p, k, groups = make(300, 9, seed=2, n_groups=7)
+    p, k, groups = sample_inputs(300, 9, seed=2, n_groups=7, requires_grad=True)
     q = p.detach() / p.detach().norm(dim=1, keepdim=True)
     kh = k.detach() / k.detach().norm(dim=1, keepdim=True)
     S = q @ kh.t() / 0.3
@@ -151,7 +140,7 @@ def test_row_statistics():
 @pytest.mark.parametrize("path", ["public", "plain"])
 def test_zero_rows_follow_the_eps_branch(path):
     # q_i = p_i / eps for |p_i| <= eps: a zero row gives q_i = 0 and gradient dq_i / eps, like the reference.
-    p, k, _ = make(6, 4, seed=4)
+    p, k, _ = sample_inputs(6, 4, seed=4, requires_grad=True)
     with torch.no_grad():
         p[2] = 0.0
         k[4] = 1e-3
@@ -166,7 +155,7 @@ def test_zero_rows_follow_the_eps_branch(path):
 def test_large_finite_values_do_not_overflow_the_norm():
     # Entries near FLT_MAX: the squares overflow float32 (the kernel falls back to a rescaled float64 norm) and so
     # does the wrapper's one-sum finiteness test (it falls back to the exact check): still finite, still right.
-    p, k, _ = make(5, 3, torch.float32, seed=6)
+    p, k, _ = sample_inputs(5, 3, dtype=torch.float32, seed=6, requires_grad=True)
     with torch.no_grad():
         big = p / p.abs().max() * 3e38
     assert torch.isinf(big.sum() * 2) or torch.isinf((big * big).sum())
@@ -178,7 +167,7 @@ def test_large_finite_values_do_not_overflow_the_norm():
 def test_inference_mode_and_direct_backward_call():
     # The kernels' worker threads do not inherit the caller's inference-mode TLS: they must still write into the
     # (inference) tensors allocated by the calling thread.
-    p, k, groups = (t.detach() if t is not None else None for t in make(300, 16, torch.float32, seed=7, n_groups=4))
+    p, k, groups = sample_inputs(300, 16, dtype=torch.float32, seed=7, n_groups=4)
     expect = infonce(p, k, groups=groups)
     _, la, lp = torch.ops.mclcore.infonce(p, k, groups, 0.1, 1e-12)
     dp, dk = torch.ops.mclcore.infonce_backward(torch.tensor(2.0), p, k, groups, la, lp, 0.1, 1e-12)
@@ -195,7 +184,7 @@ def test_inference_mode_and_direct_backward_call():
 @pytest.mark.parametrize("n_groups", [None, 3])
 def test_dk_accumulation_paths_agree(monkeypatch, n_groups):
     # Per-thread dk buffers (default) and the second pass over column blocks (budget 0) must give the same result.
-    p, k, groups = make(2 * TILE + 88, 20, torch.float64, seed=8, n_groups=n_groups)
+    p, k, groups = sample_inputs(2 * TILE + 88, 20, dtype=torch.float64, seed=8, n_groups=n_groups, requires_grad=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the two-pass path only differs with more than one worker
     try:
@@ -216,7 +205,7 @@ def test_dk_accumulation_paths_agree(monkeypatch, n_groups):
 @pytest.mark.parametrize("n_groups", [None, 3])
 def test_with_grad_returns_the_loss_and_its_gradients(dtype, n_groups):
     # The raw outputs, no autograd: infonce's loss and d loss / dp, d loss / dk for an upstream gradient of 1.
-    p, k, groups = make(TILE + 1, 33, dtype, seed=15, n_groups=n_groups)
+    p, k, groups = sample_inputs(TILE + 1, 33, dtype=dtype, seed=15, n_groups=n_groups, requires_grad=True)
     p, k = p.detach(), k.detach()
     loss, dp, dk = torch.ops.mclcore.infonce_with_grad(p, k, groups, 0.1, 1e-12)
     rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups)
@@ -266,7 +255,7 @@ def test_fused_budget_paths_agree(monkeypatch, n_groups):
     # rows per worker (several blocks per worker: dk and dp accumulate block by block) and with no budget (the
     # large-B fallback: forward_kernel + backward_kernel), on 2 threads and on 1.
     B = 2 * TILE + 88
-    p, k, groups = make(B, 20, torch.float64, seed=17, n_groups=n_groups)
+    p, k, groups = sample_inputs(B, 20, dtype=torch.float64, seed=17, n_groups=n_groups, requires_grad=True)
     rl, rdp, rdk = ref64(p, k, groups=groups)
     threads = torch.get_num_threads()
     try:
@@ -304,7 +293,7 @@ def test_public_function_picks_the_kernel():
             fn()
         return mode.seen
 
-    p, k, _ = make(8, 3, torch.float32, seed=18)
+    p, k, _ = sample_inputs(8, 3, dtype=torch.float32, seed=18, requires_grad=True)
     fused_op, plain_op = {"mclcore.infonce_with_grad.default"}, {"mclcore.infonce.default"}
     assert kernels(lambda: infonce(p, k)) == fused_op
     assert kernels(lambda: infonce(p.detach(), k)) == fused_op
@@ -317,7 +306,7 @@ def test_public_function_picks_the_kernel():
 
 def test_fused_backward_scales_by_the_upstream_gradient():
     # Saved gradients times grad_loss, also when only one input requires grad, and twice on a retained graph.
-    p, k, groups = make(50, 6, seed=19, n_groups=4)
+    p, k, groups = sample_inputs(50, 6, seed=19, n_groups=4, requires_grad=True)
     loss = infonce(p, k, groups=groups)
     g = torch.tensor(-2.5, dtype=torch.float64)
     dp, dk = torch.autograd.grad(loss, (p, k), g, retain_graph=True)
@@ -335,7 +324,7 @@ def test_fused_backward_scales_by_the_upstream_gradient():
 
 @pytest.mark.parametrize("n_groups", [None, 2])
 def test_opcheck(n_groups):
-    p, k, groups = make(9, 5, seed=9, n_groups=n_groups)
+    p, k, groups = sample_inputs(9, 5, seed=9, n_groups=n_groups, requires_grad=True)
     torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, groups, 0.1, 1e-12))
     torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (p, k, groups, 0.1, 1e-12))
     _, lse_all, lse_pos = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, 0.1, 1e-12)
@@ -345,19 +334,18 @@ def test_opcheck(n_groups):
 
 
 def test_opcheck_non_contiguous_and_half():
-    p = torch.randn(6, 7, dtype=torch.float64).t().requires_grad_()
-    k = torch.randn(7, 12, dtype=torch.float64)[:, ::2].requires_grad_()
+    p, k, _ = sample_inputs(7, 6, requires_grad=True, contiguous=False)
+    assert not p.is_contiguous() and not k.is_contiguous()
     torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, None, 0.5, 1e-12))
     torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (p, k, None, 0.5, 1e-12))
-    ph = torch.randn(7, 6, dtype=torch.bfloat16)
-    kh = torch.randn(7, 6, dtype=torch.bfloat16)
+    ph, kh, _ = sample_inputs(7, 6, dtype=torch.bfloat16, seed=1)
     torch.library.opcheck(torch.ops.mclcore.infonce.default, (ph, kh, None, 0.5, 1e-12))
     torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (ph.requires_grad_(), kh, None, 0.5, 1e-12))
 
 
 @pytest.mark.parametrize("n_groups", [None, 2])
 def test_gradcheck_op_float64(n_groups):
-    p, k, groups = make(6, 4, seed=10, n_groups=n_groups)
+    p, k, groups = sample_inputs(6, 4, seed=10, n_groups=n_groups, requires_grad=True)
 
     def fn(p, k):
         return torch.ops.mclcore.infonce(p, k, groups, 0.4, 1e-12)[0]
@@ -370,14 +358,14 @@ def test_gradcheck_wrapper_float64(monkeypatch, budget):
     # The public function with inputs requiring grad: the fused op, with its panels and with the recompute fallback.
     if budget is not None:
         monkeypatch.setenv("MCLCORE_INFONCE_FUSED_BYTES", budget)
-    p, k, groups = make(5, 3, seed=11, n_groups=2)
+    p, k, groups = sample_inputs(5, 3, seed=11, n_groups=2, requires_grad=True)
     assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.3, groups=groups), (p, k))
     assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.3), (p, k))
 
 
 @pytest.mark.parametrize("n_groups", [None, 3])
 def test_torch_compile_fullgraph(n_groups):
-    p, k, groups = make(40, 8, torch.float32, seed=12, n_groups=n_groups)
+    p, k, groups = sample_inputs(40, 8, dtype=torch.float32, seed=12, n_groups=n_groups, requires_grad=True)
 
     def fn(p, k, groups, tau):
         # the op between other ops, so the fake kernel's shapes and dtypes feed the surrounding graph
@@ -390,7 +378,7 @@ def test_torch_compile_fullgraph(n_groups):
         got = loss_and_grads(lambda p, k: compiled(p, k, groups, tau), p, k)
         for a, b in zip(got, expect):
             torch.testing.assert_close(a, b)
-    p2, k2, groups2 = make(23, 8, torch.float32, seed=14, n_groups=n_groups)
+    p2, k2, groups2 = sample_inputs(23, 8, dtype=torch.float32, seed=14, n_groups=n_groups, requires_grad=True)
     torch.testing.assert_close(compiled(p2, k2, groups2, 0.2), fn(p2, k2, groups2, 0.2))
     with torch.no_grad():  # the inference kernel, mclcore::infonce, in a graph of its own
         torch.testing.assert_close(compiled(p2, k2, groups2, 0.2), fn(p2, k2, groups2, 0.2))
@@ -404,7 +392,7 @@ shapes = dict(B=st.integers(2, 40), d=st.integers(1, 16), seed=st.integers(0, 2*
 
 @given(**shapes, n_groups=st.sampled_from([None, 1, 2, 5]), log_sp=st.floats(-3, 3), log_sk=st.floats(-3, 3))
 def test_property_invariant_to_positive_row_scaling(B, d, seed, n_groups, log_sp, log_sk):
-    p, k, groups = make(B, d, seed=seed, n_groups=n_groups)
+    p, k, groups = sample_inputs(B, d, seed=seed, n_groups=n_groups, requires_grad=True)
     gen = torch.Generator().manual_seed(seed + 1)
     sp = torch.exp(log_sp + torch.rand(B, 1, generator=gen, dtype=torch.float64))
     sk = torch.exp(log_sk + torch.rand(B, 1, generator=gen, dtype=torch.float64))
@@ -414,7 +402,7 @@ def test_property_invariant_to_positive_row_scaling(B, d, seed, n_groups, log_sp
 
 @given(**shapes, n_groups=st.sampled_from([None, 1, 3]), tau=st.floats(0.005, 10.0))
 def test_property_loss_is_nonnegative(B, d, seed, n_groups, tau):
-    p, k, groups = make(B, d, torch.float32, seed=seed, n_groups=n_groups)
+    p, k, groups = sample_inputs(B, d, dtype=torch.float32, seed=seed, n_groups=n_groups, requires_grad=True)
     with torch.no_grad():
         k.copy_(p if seed % 2 else k)  # aligned pairs push the loss towards its floor of 0
     loss, lse_all, lse_pos = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, tau, 1e-12)
@@ -425,7 +413,7 @@ def test_property_loss_is_nonnegative(B, d, seed, n_groups, tau):
 
 @given(**shapes, n_groups=st.sampled_from([None, 2, 4]))
 def test_property_consistent_permutation_leaves_loss_unchanged(B, d, seed, n_groups):
-    p, k, groups = make(B, d, seed=seed, n_groups=n_groups)
+    p, k, groups = sample_inputs(B, d, seed=seed, n_groups=n_groups, requires_grad=True)
     perm = torch.randperm(B, generator=torch.Generator().manual_seed(seed))
     g_perm = None if groups is None else groups[perm]
     torch.testing.assert_close(infonce(p[perm], k[perm], 0.1, groups=g_perm), infonce(p, k, 0.1, groups=groups),
@@ -434,7 +422,7 @@ def test_property_consistent_permutation_leaves_loss_unchanged(B, d, seed, n_gro
 
 @given(**shapes)
 def test_property_distinct_groups_equal_diagonal_mode(B, d, seed):
-    p, k, _ = make(B, d, seed=seed)
+    p, k, _ = sample_inputs(B, d, seed=seed, requires_grad=True)
     ids = torch.randperm(B, generator=torch.Generator().manual_seed(seed)) * 7 - 3  # distinct, any integers
     a = loss_and_grads(infonce, p, k, groups=ids)
     b = loss_and_grads(infonce, p, k)
@@ -474,7 +462,7 @@ def _peak_extra_rss(fn):
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
 def test_forward_backward_never_hold_a_b_by_b_tensor():
     B, d = 4096, 16
-    p, k, _ = make(B, d, torch.float32, seed=13)
+    p, k, _ = sample_inputs(B, d, dtype=torch.float32, seed=13, requires_grad=True)
     logits_bytes = B * B * 4  # 64 MiB: one B x B float32 tensor
 
     def op():
@@ -495,7 +483,7 @@ def test_forward_backward_never_hold_a_b_by_b_tensor():
 
 
 def test_bad_inputs_python_errors():
-    p, k, groups = make(4, 3, n_groups=2)
+    p, k, groups = sample_inputs(4, 3, n_groups=2, requires_grad=True)
     with pytest.raises(ValueError, match="p: expected a 2-D"):
         infonce(p[0], k)
     with pytest.raises(ValueError, match="k: expected a 2-D"):
@@ -531,7 +519,7 @@ def test_bad_inputs_python_errors():
 
 def test_bad_inputs_kernel_errors():
     # The C++ checks stand on their own for callers of torch.ops.mclcore.infonce.
-    p, k, groups = (t.detach() if t is not None else None for t in make(4, 3, n_groups=2))
+    p, k, groups = sample_inputs(4, 3, n_groups=2)
     op = torch.ops.mclcore.infonce
     with pytest.raises(RuntimeError, match="p contains NaN or infinite values"):
         op(p.index_fill(0, torch.tensor([3]), float("nan")), k, None, 0.1, 1e-12)

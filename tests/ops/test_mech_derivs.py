@@ -1,12 +1,11 @@
 """mech_derivs op vs the torch.func reference (python/mech_derivs.py), finite differences, and its contracts.
 
-Relative errors are normwise per sample, ``max|V - V_ref| / max|V_ref|``, worst sample reported. Random MLPs use
-semi-orthogonal layers so that J is well conditioned (cond < 1e3): the reference differentiates logdet(J^T J)
-through autograd and itself loses digits on ill-conditioned J (seen: cond 4e5 -> reference m'' off by 1e4 while the
-op matched finite differences), so conditioning must not decide these tests.
+Relative errors are normwise per sample, ``max|V - V_ref| / max|V_ref|``, worst sample reported. Random MLPs come
+from ``python.mech_derivs.sample_inputs``: semi-orthogonal layers so that J is well conditioned (cond < 1e3): the
+reference differentiates logdet(J^T J) through autograd and itself loses digits on ill-conditioned J (seen: cond 4e5
+-> reference m'' off by 1e4 while the op matched finite differences), so conditioning must not decide these tests.
 """
 import copy
-import math
 import warnings
 
 import pytest
@@ -18,21 +17,9 @@ from mclcore.mechanism.derivatives import _fast_args
 from mclcore.models.generators import GMDGenerator
 from mclcore.ops.mech_derivs import DegenerateGeneratorWarning, SMOOTH_ACTIVATIONS, mech_derivs
 from python import mech_derivs as ref
+from python.mech_derivs import sample_inputs
 
 F64 = torch.float64
-
-
-def make_mlp(dz, widths, seed=0, dtype=F64, bias_std=0.5):
-    """Semi-orthogonal layers scaled so each pre-activation has ~unit variance: curved but well conditioned."""
-    gen = torch.Generator().manual_seed(seed)
-    ws, bs, fan_in = [], [], dz
-    for w in widths:
-        q, _ = torch.linalg.qr(torch.randn(max(w, fan_in), min(w, fan_in), generator=gen, dtype=F64))
-        W = q if w >= fan_in else q.T
-        ws.append((W * math.sqrt(max(w, fan_in) / fan_in)).to(dtype))
-        bs.append((bias_std * torch.randn(w, generator=gen, dtype=F64)).to(dtype))
-        fan_in = w
-    return ws, bs
 
 
 def rel_err(a, b):
@@ -52,8 +39,7 @@ SHAPES = {"square": (3, [7, 3]), "tall": (3, [6, 5, 8])}
 @pytest.mark.parametrize("shape", ["square", "tall"])
 def test_matches_reference_every_activation(activation, shape):
     dz, widths = SHAPES[shape]
-    ws, bs = make_mlp(dz, widths, seed=1)
-    z = torch.randn(4, dz, generator=torch.Generator().manual_seed(2), dtype=F64)
+    z, ws, bs, *_ = sample_inputs(4, dz, widths=widths, seed=1)
     for final in (False, True):
         V, L = mech_derivs(z, ws, bs, activation=activation, final_activation=final)
         Vr, Lr = run_ref(z, ws, bs, activation=activation, final_activation=final)
@@ -63,16 +49,10 @@ def test_matches_reference_every_activation(activation, shape):
 
 
 def test_film_in_bias_and_mixed_activations_match_reference():
-    dz, B = 4, 5
-    ws, bs = make_mlp(dz, [9, 8, 10], seed=3)
-    g = torch.Generator().manual_seed(4)
-    kw = dict(in_bias=0.3 * torch.randn(B, 9, generator=g, dtype=F64),
-              film_scale=torch.exp(0.5 * torch.randn(B, dz, generator=g, dtype=F64)),
-              film_shift=0.5 * torch.randn(B, dz, generator=g, dtype=F64),
-              activation=["gelu", "smooth_leaky"], act_param=[None, 0.3])
-    z = torch.randn(B, dz, generator=g, dtype=F64)
-    V, L = mech_derivs(z, ws, bs, **kw)
-    Vr, Lr = run_ref(z, ws, bs, **kw)
+    inputs = sample_inputs(5, 4, widths=(9, 8, 10), conditioning="in_bias+film", activation=["gelu", "smooth_leaky"],
+                           act_param=[None, 0.3], seed=3)
+    V, L = mech_derivs(**inputs._asdict())
+    Vr, Lr = ref.mech_derivs(*inputs, batched=True)
     assert rel_err(V, Vr) <= 1e-8
     torch.testing.assert_close(L, Lr, rtol=1e-10, atol=1e-10)
 
@@ -94,8 +74,7 @@ def test_matches_finite_differences(activation, shape):
     # m'_i against differences of the op's own L, m''_ii against differences of its m'_i: the three outputs must be
     # one consistent function (L itself is checked against slogdet below).
     dz, widths = SHAPES[shape]
-    ws, bs = make_mlp(dz, widths, seed=5)
-    z = torch.randn(3, dz, generator=torch.Generator().manual_seed(6), dtype=F64)
+    z, ws, bs, *_ = sample_inputs(3, dz, widths=widths, seed=5)
     V, L = mech_derivs(z, ws, bs, activation=activation)
     fd1 = torch.stack([_richardson(lambda t: mech_derivs(t, ws, bs, activation=activation)[1], z, i, 1e-3)
                        for i in range(dz)], dim=1)
@@ -105,9 +84,7 @@ def test_matches_finite_differences(activation, shape):
 
 
 def test_log_volume_is_half_logdet_of_jtj():
-    dz = 4
-    ws, bs = make_mlp(dz, [12, 10], seed=7)
-    z = torch.randn(6, dz, generator=torch.Generator().manual_seed(8), dtype=F64)
+    z, ws, bs, *_ = sample_inputs(6, 4, widths=(12, 10), seed=7)
     _, L = mech_derivs(z, ws, bs, activation="tanh")
     for b in range(6):
         J = torch.func.jacrev(lambda t: ref.mlp(t, ws, bs, None, "tanh"))(z[b])
@@ -132,17 +109,11 @@ def test_float32_vs_float64_on_synthetic_generator(dz):
     torch.testing.assert_close(L32.double(), L64, rtol=1e-5, atol=1e-4)
 
 
-def _opcheck_args(dtype, with_optional):
-    dz, B = 3, 4
-    ws, bs = make_mlp(dz, [6, 5], seed=9, dtype=dtype)
-    g = torch.Generator().manual_seed(10)
-    z = torch.randn(B, dz, generator=g, dtype=F64).to(dtype)
-    opt = [None, None, None]
-    if with_optional:
-        opt = [0.2 * torch.randn(B, 6, generator=g, dtype=F64).to(dtype),
-               torch.exp(0.3 * torch.randn(B, dz, generator=g, dtype=F64)).to(dtype),
-               torch.randn(B, dz, generator=g, dtype=F64).to(dtype)]
-    return (z, ws, bs, *opt, ["gelu"], [0.0])
+def _opcheck_args(dtype, with_optional, contiguous=True):
+    """The raw op's arguments: z, weights, biases, in_bias, film_scale, film_shift, activations, act_params."""
+    inputs = sample_inputs(4, 3, widths=(6, 5), conditioning="in_bias+film" if with_optional else "none",
+                           dtype=dtype, seed=9, contiguous=contiguous)
+    return (*inputs[:6], ["gelu"], [0.0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -152,21 +123,18 @@ def test_opcheck(dtype, with_optional):
 
 
 def test_opcheck_noncontiguous_inputs():
-    z, ws, bs, ib, sc, sh, acts, prm = _opcheck_args(F64, True)
-    nc = lambda t: t.t().contiguous().t() if t.dim() == 2 else t.repeat_interleave(2)[::2]  # noqa: E731
-    args = (nc(z), [nc(w) for w in ws], [nc(b) for b in bs], nc(ib), nc(sc), nc(sh), acts, prm)
+    args = _opcheck_args(F64, True, contiguous=False)  # the same values as _opcheck_args(F64, True)
     assert not args[0].is_contiguous() and not args[1][0].is_contiguous() and not args[2][0].is_contiguous()
     torch.library.opcheck(torch.ops.mclcore.mech_derivs.default, args)
     V, L = torch.ops.mclcore.mech_derivs(*args)
-    V0, L0 = torch.ops.mclcore.mech_derivs(z, ws, bs, ib, sc, sh, acts, prm)
+    V0, L0 = torch.ops.mclcore.mech_derivs(*_opcheck_args(F64, True))
     assert V.is_contiguous() and torch.equal(V, V0) and torch.equal(L, L0)
 
 
 @pytest.mark.parametrize("B,dz,widths", [(1, 1, [1]), (2, 1, [5, 3]), (7, 7, [13, 7]), (33, 2, [3, 3, 3, 4]),
                                          (0, 3, [5, 4])])
 def test_odd_sizes_match_reference(B, dz, widths):
-    ws, bs = make_mlp(dz, widths, seed=11)
-    z = torch.randn(B, dz, generator=torch.Generator().manual_seed(12), dtype=F64)
+    z, ws, bs, *_ = sample_inputs(B, dz, widths=widths, seed=11)
     final = len(widths) == 1  # a single layer needs its activation to be curved at all
     V, L = mech_derivs(z, ws, bs, activation="softplus", final_activation=final)
     assert V.shape == (B, 2 * dz) and L.shape == (B,)
@@ -178,8 +146,7 @@ def test_odd_sizes_match_reference(B, dz, widths):
 
 def test_chunking_and_threads_do_not_change_results():
     # B large enough for several chunks per thread; every sample must equal its own single-sample evaluation.
-    ws, bs = make_mlp(4, [16, 12], seed=13)
-    z = torch.randn(300, 4, generator=torch.Generator().manual_seed(14), dtype=F64)
+    z, ws, bs, *_ = sample_inputs(300, 4, widths=(16, 12), seed=13)
     V, L = mech_derivs(z, ws, bs, activation="tanh")
     for b in (0, 77, 299):
         Vb, Lb = mech_derivs(z[b:b + 1], ws, bs, activation="tanh")
@@ -192,12 +159,9 @@ def test_chunking_and_threads_do_not_change_results():
 def test_property_latent_permutation(dz, extra, seed, activation, film):
     # Permuting the latent coordinates, consistently in z, the columns of W_0 and the FiLM scale and shift, permutes
     # both halves of V the same way and leaves the log-volume unchanged.
-    ws, bs = make_mlp(dz, [dz + extra + 2, dz + extra], seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    z = torch.randn(3, dz, generator=g, dtype=F64)
-    sc = torch.exp(0.3 * torch.randn(3, dz, generator=g, dtype=F64)) if film else None
-    sh = torch.randn(3, dz, generator=g, dtype=F64) if film else None
-    perm = torch.randperm(dz, generator=g)
+    z, ws, bs, _, sc, sh, *_ = sample_inputs(3, dz, widths=(dz + extra + 2, dz + extra),
+                                             conditioning="film" if film else "none", seed=seed)
+    perm = torch.randperm(dz, generator=torch.Generator().manual_seed(seed + 2))
     V, L = mech_derivs(z, ws, bs, film_scale=sc, film_shift=sh, activation=activation)
     wp = [ws[0][:, perm], *ws[1:]]
     Vp, Lp = mech_derivs(z[:, perm], wp, bs, film_scale=None if sc is None else sc[:, perm],
@@ -211,10 +175,8 @@ def test_property_latent_permutation(dz, extra, seed, activation, film):
 def test_property_output_rotation_invariance(dz, dx_extra, seed, activation):
     # x -> Q x + c with Q orthogonal leaves J^T J, hence L and V, unchanged.
     dx = dz + dx_extra
-    ws, bs = make_mlp(dz, [dz + 3, dx], seed=seed)
-    g = torch.Generator().manual_seed(seed + 2)
-    Q, _ = torch.linalg.qr(torch.randn(dx, dx, generator=g, dtype=F64))
-    z = torch.randn(3, dz, generator=g, dtype=F64)
+    z, ws, bs, *_ = sample_inputs(3, dz, widths=(dz + 3, dx), seed=seed)
+    Q, _ = torch.linalg.qr(torch.randn(dx, dx, generator=torch.Generator().manual_seed(seed + 2), dtype=F64))
     V, L = mech_derivs(z, ws, bs, activation=activation)
     Vq, Lq = mech_derivs(z, [ws[0], Q @ ws[1]], [bs[0], Q @ bs[1] + 1.0], activation=activation)
     torch.testing.assert_close(Vq, V, rtol=1e-9, atol=1e-9)
@@ -223,9 +185,8 @@ def test_property_output_rotation_invariance(dz, dx_extra, seed, activation):
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "identity"])
 def test_piecewise_linear_generator_is_reported_degenerate(activation):
-    ws, bs = make_mlp(3, [8, 6], seed=15)
+    z, ws, bs, *_ = sample_inputs(5, 3, widths=(8, 6), seed=15, data_seed=15)
     bs[0] = bs[0].abs() + 2.0  # keep the ReLU units active, so J has full rank and L is finite
-    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(15), dtype=F64)
     with pytest.warns(DegenerateGeneratorWarning, match="piecewise linear"):
         V, L = mech_derivs(z, ws, bs, activation=activation)
     assert torch.equal(V, torch.zeros_like(V)) and torch.isfinite(L).all()
@@ -238,26 +199,29 @@ def test_piecewise_linear_generator_is_reported_degenerate(activation):
 
 
 def test_rank_deficient_jacobian_gives_nan_and_minus_inf():
-    ws, bs = make_mlp(3, [8, 6], seed=16)
+    z, ws, bs, *_ = sample_inputs(2, 3, widths=(8, 6), seed=16, data_seed=16)
     ws[0] = ws[0].clone()
     ws[0][:, 2] = ws[0][:, 1]  # two latents enter identically: rank J = 2 < 3 everywhere
-    V, L = mech_derivs(torch.randn(2, 3, generator=torch.Generator().manual_seed(16), dtype=F64), ws, bs,
-                       activation="tanh")
+    V, L = mech_derivs(z, ws, bs, activation="tanh")
     assert torch.isnan(V).all() and torch.isneginf(L).all()
 
 
 def test_gradient_request_raises():
-    ws, bs = make_mlp(3, [8, 6], seed=17)
-    ws = [w.requires_grad_() for w in ws]
-    z = torch.randn(2, 3, generator=torch.Generator().manual_seed(17), dtype=F64).requires_grad_()
+    z, ws, bs, *_ = sample_inputs(2, 3, widths=(8, 6), seed=17, data_seed=17, requires_grad=True)
     V, L = mech_derivs(z, ws, bs, activation="tanh")
     assert V.requires_grad
     with pytest.raises(RuntimeError, match="not differentiable"):
         (V.sum() + L.sum()).backward()
 
 
+def _layers(widths, seed=0):
+    """weights, biases of a random generator 3 -> widths."""
+    _, ws, bs, *_ = sample_inputs(0, 3, widths=widths, seed=seed)
+    return ws, bs
+
+
 def _bad(**changes):
-    ws, bs = make_mlp(3, [8, 6], seed=18)
+    ws, bs = _layers((8, 6), seed=18)
     kw = dict(z=torch.zeros(4, 3, dtype=F64), weights=ws, biases=bs, activation="tanh")
     kw.update(changes)
     return kw
@@ -267,10 +231,10 @@ def _bad(**changes):
     (_bad(z=torch.randn(4, 3, 1, dtype=F64)), ValueError, r"z: expected a 2-D"),
     (_bad(z=torch.randn(4, 3, dtype=torch.float16)), TypeError, r"z: expected float32 or float64"),
     (_bad(z=torch.randn(4, 2, dtype=F64)), ValueError, r"weights\[0\]: expected 2 input features"),
-    (_bad(weights=make_mlp(3, [8, 2])[0], biases=make_mlp(3, [8, 2])[1]), ValueError, r"dx = 2 < dz"),
-    (_bad(biases=make_mlp(3, [8, 6])[1][:1]), ValueError, r"biases: expected 2 entries"),
+    (_bad(weights=_layers((8, 2))[0], biases=_layers((8, 2))[1]), ValueError, r"dx = 2 < dz"),
+    (_bad(biases=_layers((8, 6))[1][:1]), ValueError, r"biases: expected 2 entries"),
     (_bad(biases=[torch.zeros(8, dtype=F64), torch.zeros(5, dtype=F64)]), ValueError, r"biases\[1\]: expected shape"),
-    (_bad(weights=[w.float() for w in make_mlp(3, [8, 6])[0]]), TypeError, r"weights\[0\]: expected dtype"),
+    (_bad(weights=[w.float() for w in _layers((8, 6))[0]]), TypeError, r"weights\[0\]: expected dtype"),
     (_bad(activation="swish"), ValueError, r"activation: expected one of"),
     (_bad(activation=["tanh", "tanh"]), ValueError, r"activation: expected one entry per activation \(1\)"),
     (_bad(activation="softplus", act_param=-1.0), ValueError, r"softplus beta"),
@@ -285,7 +249,7 @@ def test_bad_inputs_raise_clear_errors(kw, err, match):
 
 
 def test_raw_op_checks_its_arguments():
-    ws, bs = make_mlp(3, [8, 6], seed=19)
+    ws, bs = _layers((8, 6), seed=19)
     z = torch.zeros(2, 3, dtype=F64)
     with pytest.raises(RuntimeError, match="activations: expected tanh"):
         torch.ops.mclcore.mech_derivs(z, ws, bs, None, None, None, ["nope"], [0.0])
