@@ -7,44 +7,44 @@
     images = ds.observations(factors)                     # (64, 64, 64, 3) uint8
 
 See :mod:`mclcore.data.base` for the conventions (row-major factor order, uint8 HWC observations).
+
+Layout (where things go):
+
+* ``base.py`` - :class:`GroundTruthDataset` (index <-> factors, samplers, validation), ``to_float_nchw``.
+* ``datasets/`` - **one module per dataset** (``shapes3d.py``, ``mpi3d.py``, ``cars3d.py``, ``dsprites.py``): its
+  :class:`~mclcore.data.datasets.registry.FactorSpec` ``SPEC`` (factor names, sizes, values), its file loader class
+  (what the file must hold, checked with messages naming the file) and a ``register(DatasetEntry(...))`` call naming
+  its procedural twin. ``datasets/registry.py`` holds ``DATASETS`` and :func:`get_dataset` (a table lookup);
+  ``datasets/common.py`` the grid checks and worker-pickling helpers the loaders share. A new dataset is a new
+  module there plus one import line in ``datasets/__init__.py`` (which fixes the order of ``DATASET_NAMES``).
+* ``render/`` - the procedural twins, one module per dataset (the rendering code), each importing its dataset's
+  ``SPEC``; ``RENDERERS`` maps names to twin classes.
+* ``formats/`` - **one module per file format**, knowing nothing about datasets: ``npz.py`` (memory-mapped members,
+  uncompressed cache), ``hdf5.py`` (checked open, run reads, ``.npy`` cache), ``mat.py`` (MATLAB variables via
+  scipy), ``errors.py`` (:class:`DatasetFileError`, the one error type of every file reader). A new format goes
+  there.
+* ``images.py`` - image utilities shared by loaders and twins (``resize_area``).
+* ``torch_data.py`` - DataLoader glue; ``synthetic.py`` - the synthetic GMD / LRD processes.
+* ``tabletop/`` - the tabletop manipulation simulator and its episode files (``spec.py`` constants and embodiments
+  shared by ``sim.py`` and ``render.py``; ``episodes.py`` writes and reads the files, :func:`read_episodes` being
+  the one validating reader).
+
+Modules here import nothing from ``mclcore.train``, ``mclcore.studies`` or ``mclcore.cli``, and the import graph of
+the package is acyclic (``tests/data/test_data_layout.py`` checks both).
 """
 from __future__ import annotations
 
 from mclcore.data.base import GroundTruthDataset, as_generator, to_float_nchw
-from mclcore.data.files import (Cars3DFiles, DatasetFileError, DSpritesFile, MPI3DFile, Shapes3DFile,
-                                open_npz_array, resize_area)
+from mclcore.data.datasets import (DATASET_NAMES, DATASETS, Cars3DFiles, DatasetEntry, DSpritesFile, FactorSpec,
+                                   MPI3DFile, Shapes3DFile, get_dataset)
+from mclcore.data.formats import DatasetFileError, open_npz_array
+from mclcore.data.images import resize_area
 from mclcore.data.render import RENDERERS, Cars3DRender, DSpritesRender, MPI3DRender, Shapes3DRender
 from mclcore.data.torch_data import GroundTruthTorch, make_loader
-
-DATASET_NAMES = ("shapes3d", "mpi3d", "cars3d", "dsprites")
-
-
-def get_dataset(name: str, path: str | None = None, **kwargs) -> GroundTruthDataset:
-    """A dataset by name: the file loader when ``path`` is given, else the procedural twin.
-
-    ``name`` is one of shapes3d, mpi3d (or mpi3d_toy / mpi3d_realistic / mpi3d_real with a file), cars3d,
-    dsprites. ``kwargs`` go to the loader (e.g. ``cache_dir``, ``factor_sizes``) or the renderer.
-    """
-    base = name.split("_")[0] if name.startswith("mpi3d") else name
-    if base not in DATASET_NAMES:
-        raise ValueError(f"name: unknown dataset {name!r}; expected one of {DATASET_NAMES}")
-    if path is None:
-        if base != name:
-            raise ValueError(f"name: {name!r} needs a file (path=...); the procedural twin is 'mpi3d'")
-        return RENDERERS[base](**kwargs)
-    if base == "shapes3d":
-        return Shapes3DFile(path, **kwargs)
-    if base == "mpi3d":
-        variant = name.split("_", 1)[1] if "_" in name else kwargs.pop("variant", "toy")
-        return MPI3DFile(path, variant=variant, **kwargs)
-    if base == "cars3d":
-        return Cars3DFiles(path, **kwargs)
-    return DSpritesFile(path, **kwargs)
-
 
 __all__ = [
     "GroundTruthDataset", "as_generator", "to_float_nchw", "get_dataset", "DATASET_NAMES", "DatasetFileError",
     "Shapes3DFile", "MPI3DFile", "Cars3DFiles", "DSpritesFile", "open_npz_array", "resize_area",
     "Shapes3DRender", "DSpritesRender", "MPI3DRender", "Cars3DRender", "RENDERERS",
-    "GroundTruthTorch", "make_loader",
+    "GroundTruthTorch", "make_loader", "DATASETS", "DatasetEntry", "FactorSpec",
 ]

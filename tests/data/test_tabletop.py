@@ -10,7 +10,7 @@ import torch
 from mclcore.cli import main as mcl_main
 from mclcore.data import tabletop as tt
 from mclcore.data.tabletop import episodes as episodes_mod
-from mclcore.data.tabletop.sim import get_embodiment
+from mclcore.data.tabletop.spec import get_embodiment
 
 
 def _state(ee=(0.0, 0.0, 0.1), grip=1.0, a=(-0.12, 0.0, 0.0), b=(0.0, 0.0, 0.0), grasped=0.0):
@@ -277,6 +277,74 @@ def test_load_rejects_wrong_files(tmp_path, small_file):
     (tmp_path / "text.h5").write_text("not hdf5")
     with pytest.raises(tt.EpisodeFileError, match="HDF5"):
         tt.load_episodes(tmp_path / "text.h5")
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copy(src, dst)
+    return str(dst)
+
+
+def test_read_episodes_matches_the_file(small_file):
+    ep = tt.read_episodes(small_file)
+    raw = tt.load_episodes(small_file)
+    assert isinstance(ep, tt.EpisodeArrays) and len(ep) == 3 and ep.T == 6
+    for key, dtype, shape in (("frames", np.uint8, (3, 7, 64, 64, 3)), ("actions", np.float32, (3, 6, 4)),
+                              ("states", np.float32, (3, 7, 11)), ("embodiment", np.int64, (3,)),
+                              ("task", np.int64, (3,))):
+        arr = getattr(ep, key)
+        assert arr.dtype == dtype and arr.shape == shape and np.array_equal(arr, raw[key])
+    assert ep.task_names == ["place_a2b_left", "place_a2b_right"] == list(tt.TASKS)
+    assert ep.embodiment_names == ["arm_a", "arm_b"] == list(tt.EMBODIMENTS)
+    assert all(type(n) is str for n in ep.task_names + ep.embodiment_names)
+
+
+def test_read_episodes_accepts_byte_string_names_and_no_extras(small_file, tmp_path):
+    path = _copy(small_file, tmp_path / "bytes.h5")
+    with h5py.File(path, "r+") as f:
+        f.attrs["task_names"] = np.array([b"place_a2b_left", b"place_a2b_right"])          # fixed-length bytes
+        f.attrs.create("embodiment_names", ["arm_a", "arm_b"], dtype=h5py.string_dtype())  # variable-length str
+        for key in ("success", "seed", "object_assets", "object_sizes", "object_yaw"):
+            del f[key]
+        for key in ("action_names", "state_names", "config"):
+            del f.attrs[key]
+    ep = tt.read_episodes(path)
+    assert ep.task_names == ["place_a2b_left", "place_a2b_right"] and ep.embodiment_names == ["arm_a", "arm_b"]
+    assert np.array_equal(ep.frames, tt.read_episodes(small_file).frames)
+    with pytest.raises(tt.EpisodeFileError, match="no attribute 'action_names'"):   # load_episodes needs all
+        tt.load_episodes(path)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda f: f.attrs.__setitem__("format_version", 2), "format_version 2, expected 1"),
+    (lambda f: f.attrs.__delitem__("format_version"), "format_version None, expected 1"),
+    (lambda f: f.attrs.__delitem__("task_names"), "no attribute 'task_names'"),
+    (lambda f: f.attrs.__setitem__("task_names", "place_a2b_left"), "'task_names' is neither a JSON list"),
+    (lambda f: (f.__delitem__("actions"), f.create_dataset("actions", data=np.zeros((3, 6, 4)))),
+     "'actions' has dtype float64, expected float32"),
+    (lambda f: (f.__delitem__("states"), f.create_dataset("states", data=np.zeros((3, 7, 9), np.float32))),
+     r"'states' has shape \(3, 7, 9\), expected \(3, 7, 11\)"),
+    (lambda f: (f.__delitem__("task"), f.create_dataset("task", data=np.zeros(2, np.int64))),
+     "'task' holds 2 episodes, 'frames' 3"),
+    (lambda f: f["task"].__setitem__(1, 5), r"'task' holds indices 1..5, but 'task_names' has 2 entries"),
+    (lambda f: f.__delitem__("frames"), "no dataset 'frames'"),
+])
+def test_read_episodes_rejects_bad_files_naming_them(small_file, tmp_path, edit, message):
+    path = _copy(small_file, tmp_path / "edited.h5")
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    with pytest.raises(tt.EpisodeFileError, match=message) as info:
+        tt.read_episodes(path)
+    assert str(info.value).startswith(f"{path}: ")
+
+
+def test_read_episodes_missing_or_not_hdf5(tmp_path):
+    with pytest.raises(tt.EpisodeFileError, match="no such episode file"):
+        tt.read_episodes(tmp_path / "missing.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(tt.EpisodeFileError, match=r"text\.h5: not a readable HDF5 file"):
+        tt.read_episodes(tmp_path / "text.h5")
 
 
 # ------------------------------------------------------------------------------------------------ dataset

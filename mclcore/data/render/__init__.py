@@ -5,7 +5,9 @@
 * :class:`MPI3DRender` - object colour/shape/size, camera height, background colour, two arm axes.
 * :class:`Cars3DRender` - 4 elevations x 24 azimuths x 183 parametric car meshes (numpy software rasterizer).
 
-All output uint8 (N, 64, 64, 3), deterministic by index. ``python -m mclcore.data.render --grid docs/`` writes a
+Each twin takes its factor grid from its dataset's module (``mclcore.data.datasets.<name>.SPEC``), which registers
+it as the dataset's twin (``get_dataset(name)`` with no file). All output uint8 (N, 64, 64, 3), deterministic by
+index. ``python -m mclcore.data.render --grid docs/`` writes a
 sample grid PNG per dataset.
 """
 from mclcore.data.render.cars3d import Cars3DRender

@@ -6,8 +6,8 @@ in 15 degree steps), identity 183. Each identity is a car drawn from a parametri
 trunk; sedan, hatchback or van) extruded across the width with a narrower cabin, glass faces and side windows, four
 octagonal wheels with hubs, and a ground shadow; about 170 triangles, flat-shaded with a fixed light (so the
 shading changes with the view). Drawn with :func:`mclcore.data.render.raster.rasterize` at 2x resolution and
-box-filtered to 64x64, ~5 ms per view on one shared core (the full grid in ~90 s). Images are cached in memory
-once drawn (17,568 x 12 KB = 216 MB for the full grid).
+box-filtered to 64x64, ~5 ms per view on one shared core (the full grid in ~90 s; 2-core AMD EPYC VM, 2026-11).
+Images are cached in memory once drawn (17,568 x 12 KB = 216 MB for the full grid).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import threading
 import numpy as np
 
 from mclcore.data.base import GroundTruthDataset
-from mclcore.data.files import CARS3D_NAMES, CARS3D_SIZES, resize_area
+from mclcore.data.datasets.cars3d import SPEC
+from mclcore.data.images import resize_area
 from mclcore.data.render.common import hsv_to_rgb
 from mclcore.data.render.raster import look_at, project, rasterize
 
@@ -159,8 +160,8 @@ class Cars3DRender(GroundTruthDataset):
     name = "cars3d"
 
     def __init__(self, supersample: int = 2, cache: bool = True):
-        super().__init__(CARS3D_NAMES, CARS3D_SIZES,
-                         [_ELEVATIONS, _AZIMUTHS, np.arange(CARS3D_SIZES[2], dtype=np.float64)])
+        super().__init__(SPEC.factor_names, SPEC.factor_sizes,
+                         [_ELEVATIONS, _AZIMUTHS, np.arange(SPEC.factor_sizes[2], dtype=np.float64)])
         self.supersample = int(supersample)
         self._cache = np.zeros((len(self), 64, 64, 3), dtype=np.uint8) if cache else None
         self._have = np.zeros(len(self), dtype=bool) if cache else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mclcore.data.base import GroundTruthDataset
-from mclcore.data.files import DSPRITES_NAMES, DSPRITES_SIZES, _dsprites_values
+from mclcore.data.datasets.dsprites import SPEC
 
 __all__ = ["DSpritesRender"]
 
@@ -20,12 +20,12 @@ _LO, _HI = 12.0, 52.0        # sprite centre range in pixels for positions 0..1
 
 
 class DSpritesRender(GroundTruthDataset):
-    """Procedural dSprites (1, 3, 6, 40, 32, 32); ~2 ms per 64 images on one core."""
+    """Procedural dSprites (1, 3, 6, 40, 32, 32); ~2 ms per 64 images on one core (2-core AMD EPYC VM, 2026-11)."""
 
     name = "dsprites"
 
     def __init__(self):
-        super().__init__(DSPRITES_NAMES, DSPRITES_SIZES, _dsprites_values())
+        super().__init__(SPEC.factor_names, SPEC.factor_sizes, SPEC.factor_values())
         c = np.arange(64, dtype=np.float32) + 0.5
         self._py, self._px = np.meshgrid(c, c, indexing="ij")
 

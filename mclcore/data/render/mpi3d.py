@@ -9,15 +9,16 @@ Drawn in 2.5D with signed-distance functions evaluated per pixel (anti-aliased b
 sdf in pixels): a background with a vertical gradient and a table band whose height depends on the camera height,
 a grey two-link arm from the top of the image (link 1 turned by the horizontal axis, link 2 by the vertical axis)
 and the object at the arm's tip, each shape with its own silhouette and shading pattern. Deterministic by index.
-Measured ~1,600 images/s on one shared core (a 64-image batch in ~40 ms; the full 1,036,800-image grid in ~11
-minutes), fine for on-the-fly training batches; the metric protocol's ~1M draws from this grid take minutes.
+Measured ~1,600 images/s on one shared core of a 2-core AMD EPYC VM (2026-11): a 64-image batch in ~40 ms, the
+full 1,036,800-image grid in ~11 minutes. Fine for on-the-fly training batches; the metric protocol's ~1M draws
+from this grid take minutes.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from mclcore.data.base import GroundTruthDataset
-from mclcore.data.files import MPI3D_NAMES, MPI3D_SIZES
+from mclcore.data.datasets.mpi3d import SPEC
 
 __all__ = ["MPI3DRender"]
 
@@ -64,7 +65,7 @@ class MPI3DRender(GroundTruthDataset):
     def __init__(self):
         values = [np.arange(6.0), np.arange(6.0), np.array([0.0, 1.0]), np.arange(3.0), np.arange(3.0),
                   np.linspace(-1, 1, 40), np.linspace(-1, 1, 40)]
-        super().__init__(MPI3D_NAMES, MPI3D_SIZES, values)
+        super().__init__(SPEC.factor_names, SPEC.factor_sizes, values)
         c = np.arange(64, dtype=np.float32) + 0.5
         self._py, self._px = np.meshgrid(c, c, indexing="ij")
 

@@ -7,9 +7,9 @@ Scene: an object on the floor of a room (floor, back wall, two side walls) seen 
 directional light with Lambert shading and a cast shadow. Because every surface's colour enters linearly, each
 image is ``sum_slot weight_slot(pixel) * colour_slot`` over the three slots (floor, wall, object), where the
 weights (shading x anti-aliased coverage, 2x2 supersampling) depend only on (scale, shape, orientation): 480
-geometry maps of 64x64x3 floats (24 MB), ray-cast once per process (~5 s). They are turned into uint8 colour
-layers (one per geometry, slot and hue) so that an image is the sum of three gathered layers. Deterministic by
-index.
+geometry maps of 64x64x3 floats (24 MB), ray-cast once per process (~5 s; 2-core AMD EPYC VM, 2026-11). They are
+turned into uint8 colour layers (one per geometry, slot and hue) so that an image is the sum of three gathered
+layers. Deterministic by index.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mclcore.data.base import GroundTruthDataset
-from mclcore.data.files import SHAPES3D_NAMES, SHAPES3D_SIZES, _shapes3d_values
+from mclcore.data.datasets.shapes3d import SPEC
 from mclcore.data.render.common import compose_linear, hsv_to_rgb
 
 __all__ = ["Shapes3DRender"]
@@ -173,7 +173,7 @@ def geometry_maps() -> torch.Tensor:
     with _maps_lock:
         maps = _maps_cache.get("maps")
         if maps is None:
-            values = _shapes3d_values()
+            values = SPEC.factor_values()
             maps = np.stack([_geometry_map(float(s), shape, float(az))
                              for s in values[3] for shape in range(4) for az in values[5]])
             maps = torch.from_numpy(maps)
@@ -187,7 +187,8 @@ def colour_layers(rgb: np.ndarray) -> np.ndarray:
     An image is then the uint8 sum of three gathered layers (floor, wall, object). The object layer is capped so
     that ``max_h floor + max_h wall + max_h object <= 255`` at every pixel, so the uint8 sum never wraps (with the
     current scene the cap never binds: the weights sum to <= 1). 177 MB, built once per process in ~3 s; composing
-    is ~50x faster than the float path (measured 188k vs 3.3k images/s on one shared core).
+    is ~50x faster than the float path (measured 188k vs 3.3k images/s on one core; both on a 2-core AMD EPYC VM,
+    2026-11).
     """
     with _maps_lock:
         layers = _maps_cache.get("layers")
@@ -210,18 +211,18 @@ def colour_layers(rgb: np.ndarray) -> np.ndarray:
 class Shapes3DRender(GroundTruthDataset):
     """Procedural twin of Shapes3D with the exact factor grid (10, 10, 10, 8, 4, 15) and 64x64 RGB images.
 
-    The first call builds the geometry maps and colour layers (8-15 s on 2 shared cores, 177 MB, shared by all
-    instances in the process); after that an image costs three 12 KB gathers and two uint8 additions: the whole
-    480,000-image grid rendered in 4.5-11 s (``python -m mclcore.data.render --time shapes3d``), so rendering on
-    the fly inside a DataLoader is free. ``exact=True`` uses the float path instead (one rounding instead of three; pixels differ
-    by at most 1 level).
+    The first call builds the geometry maps and colour layers (8-15 s; 177 MB, shared by all instances in the
+    process); after that an image costs three 12 KB gathers and two uint8 additions: the whole 480,000-image grid
+    rendered in 4.5-11 s (``python -m mclcore.data.render --time shapes3d``; both timings on a shared 2-core AMD
+    EPYC VM, 2026-11), so rendering on the fly inside a DataLoader is free. ``exact=True`` uses the float path
+    instead (one rounding instead of three; pixels differ by at most 1 level).
     """
 
     name = "shapes3d"
 
     def __init__(self, exact: bool = False):
-        super().__init__(SHAPES3D_NAMES, SHAPES3D_SIZES, _shapes3d_values())
-        hues = _shapes3d_values()[0]
+        super().__init__(SPEC.factor_names, SPEC.factor_sizes, SPEC.factor_values())
+        hues = SPEC.factor_values()[0]
         self._rgb = hsv_to_rgb(hues, _SAT, 1.0).astype(np.float32)  # (10, 3), shared by floor, wall, object
         self.exact = exact
 

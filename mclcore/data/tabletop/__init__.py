@@ -55,14 +55,19 @@ in the same folder, then ``os.replace``)::
            config       json of the generator's settings (n, task, embodiment, T, seed, noise, asset_set,
                         action bounds, camera, expert speed)
 
+Readers (all validate ``format_version``, dtypes and shapes, raising :class:`EpisodeFileError` naming the file):
+:func:`read_episodes` (the arrays a world model trains on and the file's name lists; it also accepts name lists
+stored as arrays of byte strings), :func:`load_episodes` (everything) and :class:`EpisodeDataset` (on demand).
+
 API::
 
-    from mclcore.data.tabletop import (TabletopEnv, expert_policy, generate_episodes, load_episodes,
-                                       EpisodeDataset, make_lowdata_splits, success_from_states, project,
-                                       draw_trajectory)
+    from mclcore.data.tabletop import (TabletopEnv, expert_policy, generate_episodes, read_episodes,
+                                       load_episodes, EpisodeDataset, make_lowdata_splits, success_from_states,
+                                       project, draw_trajectory)
     env = TabletopEnv("arm_b", seed=0); obs = env.reset()       # {"frame": (64,64,3) uint8, "state": (11,)}
     obs = env.step([0.02, 0.0, -0.01, 1.0]); env.render(); env.state(); env.success("place_a2b_left")
     generate_episodes("left_a.h5", n=1000, task="place_a2b_left", embodiment="arm_a", T=32, seed=0)
+    ep = read_episodes("left_a.h5")  # EpisodeArrays: frames, actions, states, embodiment, task, task_names, ...
     ds = EpisodeDataset("left_a.h5", split="train")   # items {"frames" (T+1,3,64,64) float in [0,1],
                                                       #        "actions" (T,4), "states" (T+1,11), "embodiment", "task"}
     paths = make_lowdata_splits("data/tabletop")      # source_train / target_train / target_eval / transfer_eval
@@ -74,8 +79,8 @@ place_a2b_left (target task) and place_a2b_right (zero-shot transfer task) for e
 with the same seed for both arms gives the same scenes and expert actions (paired episodes), which is what the
 sample image shows.
 
-Generation speed (``generate_episodes``, 1000 episodes x 33 frames, lzf): 16 s of CPU time on one core (28 s wall
-on the shared 2-core machine at load ~5): ~12 s rendering (0.37 ms per frame), ~2 s simulation and expert, ~2 s
+Generation speed (``generate_episodes``, 1000 episodes x 33 frames, lzf; shared 2-core AMD EPYC VM, 2026-11): 16 s
+of CPU time on one core (28 s wall at load ~5): ~12 s rendering (0.37 ms per frame), ~2 s simulation and expert, ~2 s
 compression; the file is 118 MB (408 MB uncompressed). Rendering is batched over frames in numpy
 (:mod:`mclcore.data.tabletop.render`).
 
@@ -83,16 +88,19 @@ Sample image ``docs/samples_tabletop.png`` (both embodiments, frames of one epis
 
     mcl tabletop sample --out docs/samples_tabletop.png
 """
-from mclcore.data.tabletop.episodes import (FORMAT_VERSION, EpisodeDataset, EpisodeFileError, episode_seeds,
-                                            generate_episodes, load_episodes, make_lowdata_splits, simulate_episode)
+from mclcore.data.tabletop.episodes import (FORMAT_VERSION, EpisodeArrays, EpisodeDataset, EpisodeFileError,
+                                            episode_seeds, generate_episodes, load_episodes, make_lowdata_splits,
+                                            read_episodes, simulate_episode)
 from mclcore.data.tabletop.expert import ExpertPolicy, expert_policy
 from mclcore.data.tabletop.render import CAMERA, IMAGE_SIZE, draw_trajectory, project, render_states
-from mclcore.data.tabletop.sim import (ACTION_DIM, ACTION_HIGH, ACTION_LOW, ACTION_NAMES, ASSET_SETS, COLOURS,
-                                       EMBODIMENTS, SHAPES, SIZES, STATE_DIM, STATE_NAMES, TASKS, Embodiment,
-                                       TabletopEnv, get_embodiment, success_from_states)
+from mclcore.data.tabletop.sim import TabletopEnv, success_from_states
+from mclcore.data.tabletop.spec import (ACTION_DIM, ACTION_HIGH, ACTION_LOW, ACTION_NAMES, ASSET_SETS, COLOURS,
+                                        EMBODIMENTS, SHAPES, SIZES, STATE_DIM, STATE_NAMES, TASKS, Embodiment,
+                                        get_embodiment)
 
 __all__ = [
-    "TabletopEnv", "expert_policy", "ExpertPolicy", "generate_episodes", "load_episodes", "EpisodeDataset",
+    "TabletopEnv", "expert_policy", "ExpertPolicy", "generate_episodes", "load_episodes", "read_episodes",
+    "EpisodeArrays", "EpisodeDataset",
     "make_lowdata_splits", "simulate_episode", "episode_seeds", "success_from_states", "project", "draw_trajectory",
     "render_states", "EpisodeFileError", "FORMAT_VERSION", "TASKS", "EMBODIMENTS", "STATE_NAMES", "ACTION_NAMES",
     "STATE_DIM", "ACTION_DIM", "ACTION_LOW", "ACTION_HIGH", "ASSET_SETS", "SHAPES", "COLOURS", "SIZES", "CAMERA",

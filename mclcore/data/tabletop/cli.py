@@ -18,7 +18,7 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mclcore.data.tabletop.sim import EMBODIMENTS, TASKS
+    from mclcore.data.tabletop.spec import EMBODIMENTS, TASKS
 
     sub = parser.add_subparsers(dest="tabletop_command", required=True)
     g = sub.add_parser("generate", help="write expert episodes of one task and embodiment to an HDF5 file")
@@ -103,7 +103,7 @@ def _sample(args) -> int:
 
     from mclcore.data.tabletop.episodes import simulate_episode
     from mclcore.data.tabletop.render import draw_trajectory, render_states
-    from mclcore.data.tabletop.sim import EMBODIMENTS
+    from mclcore.data.tabletop.spec import EMBODIMENTS
 
     cols = [0, 4, 8, 12, 16, 20, 24, 32]
     fig, axes = plt.subplots(len(EMBODIMENTS), len(cols) + 1, figsize=(1.25 * (len(cols) + 1), 1.4 * len(EMBODIMENTS)))

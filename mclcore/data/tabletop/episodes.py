@@ -1,24 +1,28 @@
 """Expert episode files (HDF5): generation, loading, a torch Dataset and the low-data target-embodiment splits.
 
-The file format is documented in :mod:`mclcore.data.tabletop`.
+The file format is documented in :mod:`mclcore.data.tabletop`. Every reader here goes through one validation
+(``_open_checked``: ``format_version``, dtypes, shapes); :func:`read_episodes` is the reader for training code
+(the arrays a world model needs, plus the file's task and embodiment names), :func:`load_episodes` returns
+everything in the file and :class:`EpisodeDataset` reads episodes on demand.
 """
 from __future__ import annotations
 
 import json
 import os
 import uuid
+from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from mclcore.data.tabletop.expert import expert_policy
 from mclcore.data.tabletop.render import CAMERA, IMAGE_SIZE, render_states
-from mclcore.data.tabletop.sim import (ACTION_DIM, ACTION_HIGH, ACTION_LOW, ACTION_NAMES, ASSET_SETS, EMBODIMENTS,
-                                       STATE_DIM, STATE_NAMES, TASKS, TabletopEnv, embodiment_index,
-                                       success_from_states, task_index)
+from mclcore.data.tabletop.sim import TabletopEnv, success_from_states
+from mclcore.data.tabletop.spec import (ACTION_DIM, ACTION_HIGH, ACTION_LOW, ACTION_NAMES, ASSET_SETS, EMBODIMENTS,
+                                        STATE_DIM, STATE_NAMES, TASKS, embodiment_index, task_index)
 
 __all__ = ["FORMAT_VERSION", "episode_seeds", "simulate_episode", "generate_episodes", "load_episodes",
-           "EpisodeDataset", "make_lowdata_splits", "EpisodeFileError"]
+           "read_episodes", "EpisodeArrays", "EpisodeDataset", "make_lowdata_splits", "EpisodeFileError"]
 
 FORMAT_VERSION = 1
 _RENDER_FRAMES = 256            # frames per render batch (bounds the renderer's temporary arrays to ~30 MB)
@@ -150,12 +154,75 @@ def generate_episodes(path, n: int, task: str = "place_a2b_left", embodiment: st
 
 
 # --------------------------------------------------------------------------------------------------- reading
+# the datasets load_episodes and EpisodeDataset require: everything generate_episodes writes
 _REQUIRED = {"frames": np.uint8, "actions": np.float32, "states": np.float32, "embodiment": np.int64,
              "task": np.int64, "success": np.bool_, "seed": np.int64}
+_REQUIRED_ATTRS = ("T", "task_names", "embodiment_names", "action_names", "state_names", "config")
+# what read_episodes returns (and so requires): episodes from other writers may lack success, seed and the extras
+_EPISODE_ARRAYS = {k: _REQUIRED[k] for k in ("frames", "actions", "states", "embodiment", "task")}
+_EPISODE_ATTRS = ("T", "task_names", "embodiment_names")
+_NAME_ATTRS = ("task_names", "embodiment_names", "action_names", "state_names")
 
 
-def _open_checked(path):
-    """Open an episode file with h5py and validate it; returns (h5py.File, attrs dict with json decoded)."""
+@dataclass
+class EpisodeArrays:
+    """The episodes of one file, in memory (:func:`read_episodes`).
+
+    Attributes:
+        frames: uint8 (N, T+1, 64, 64, 3); frame t is the observation before action t.
+        actions: float32 (N, T, 4), columns ``ACTION_NAMES``.
+        states: float32 (N, T+1, 11), columns ``STATE_NAMES``.
+        embodiment, task: int64 (N,), indices into ``embodiment_names`` / ``task_names``.
+        task_names, embodiment_names: the file's own name lists (``generate_episodes`` writes ``TASKS`` and
+            ``EMBODIMENTS``).
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    states: np.ndarray
+    embodiment: np.ndarray
+    task: np.ndarray
+    task_names: list[str]
+    embodiment_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def T(self) -> int:
+        """Actions per episode (frames and states have T + 1)."""
+        return int(self.actions.shape[1])
+
+
+def _names_attr(value, path: str, key: str) -> list[str]:
+    """A name-list attribute: a JSON list (as ``generate_episodes`` writes it) or an array of (byte) strings."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise EpisodeFileError(f"{path}: attribute {key!r} is neither a JSON list nor an array of strings "
+                                   f"({e})") from None
+        if not isinstance(value, list):
+            raise EpisodeFileError(f"{path}: attribute {key!r} holds JSON {type(value).__name__}, expected a list")
+        return [str(n) for n in value]
+    if isinstance(value, (np.ndarray, list, tuple)):
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(value, dtype=object).reshape(-1)]
+    raise EpisodeFileError(f"{path}: attribute {key!r} is a {type(value).__name__}, expected a JSON list or an "
+                           f"array of strings")
+
+
+def _open_checked(path, required=_REQUIRED, required_attrs=_REQUIRED_ATTRS):
+    """Open an episode file with h5py and validate it; returns (h5py.File, attrs dict with json decoded).
+
+    Checks ``format_version``, that the attributes ``required_attrs`` and the datasets ``required`` (name ->
+    dtype) exist, their dtypes, that they hold the same number of episodes, and the shapes of frames, actions and
+    states against ``T``. Name lists (``task_names``, ...) may be JSON strings or arrays of (byte) strings and come
+    back as lists of str; ``config`` is JSON-decoded. Any failure is an :class:`EpisodeFileError` naming the file.
+    """
     import h5py
 
     path = os.fspath(path)
@@ -167,12 +234,31 @@ def _open_checked(path):
         raise EpisodeFileError(f"{path}: not a readable HDF5 file ({e})") from None
     try:
         attrs = {k: f.attrs[k] for k in f.attrs}
-        if int(attrs.get("format_version", -1)) != FORMAT_VERSION:
-            raise EpisodeFileError(f"{path}: format_version {attrs.get('format_version')!r}, expected {FORMAT_VERSION}")
-        for key in ("task_names", "embodiment_names", "action_names", "state_names", "config"):
-            attrs[key] = json.loads(attrs[key])
-        T, n = int(attrs["T"]), None
-        for key, dtype in _REQUIRED.items():
+        try:
+            version = int(attrs.get("format_version", -1))
+        except (TypeError, ValueError):
+            version = None
+        if version != FORMAT_VERSION:
+            found = attrs.get("format_version")
+            found = found.item() if isinstance(found, np.generic) else found  # 2, not np.int64(2)
+            raise EpisodeFileError(f"{path}: format_version {found!r}, expected {FORMAT_VERSION}")
+        for key in required_attrs:
+            if key not in attrs:
+                raise EpisodeFileError(f"{path}: no attribute {key!r} (found {sorted(attrs)})")
+        for key in _NAME_ATTRS:
+            if key in attrs:
+                attrs[key] = _names_attr(attrs[key], path, key)
+        if "config" in attrs:
+            try:
+                attrs["config"] = json.loads(attrs["config"])
+            except (TypeError, ValueError) as e:
+                raise EpisodeFileError(f"{path}: attribute 'config' is not JSON ({e})") from None
+        try:
+            T = int(attrs["T"])
+        except (TypeError, ValueError):
+            raise EpisodeFileError(f"{path}: attribute 'T' is {attrs['T']!r}, expected an integer") from None
+        n = None
+        for key, dtype in required.items():
             if key not in f:
                 raise EpisodeFileError(f"{path}: no dataset {key!r}")
             if f[key].dtype != dtype:
@@ -189,6 +275,28 @@ def _open_checked(path):
         f.close()
         raise
     return f, attrs
+
+
+def read_episodes(path) -> EpisodeArrays:
+    """Read the episodes of one file into memory, validated: the one reader for training code.
+
+    Goes through the checks of :func:`load_episodes` (``format_version``, dtypes, shapes against ``T``, equal
+    episode counts) for the arrays it returns, and checks that every ``task`` / ``embodiment`` index names an entry
+    of the file's ``task_names`` / ``embodiment_names`` (JSON strings, as ``generate_episodes`` writes them, or
+    arrays of (byte) strings). ``success``, ``seed`` and the asset arrays are not needed (files from other writers
+    may lack them) and are not read. Raises :class:`EpisodeFileError` naming the file and the problem.
+    """
+    f, attrs = _open_checked(path, required=_EPISODE_ARRAYS, required_attrs=_EPISODE_ATTRS)
+    path = os.fspath(path)
+    with f:
+        arrays = {k: f[k][()] for k in _EPISODE_ARRAYS}
+    names = {"task": attrs["task_names"], "embodiment": attrs["embodiment_names"]}
+    for key, known in names.items():
+        idx = arrays[key]
+        if idx.size and (idx.min() < 0 or idx.max() >= len(known)):
+            raise EpisodeFileError(f"{path}: {key!r} holds indices {int(idx.min())}..{int(idx.max())}, but "
+                                   f"'{key}_names' has {len(known)} entries {known}")
+    return EpisodeArrays(**arrays, task_names=names["task"], embodiment_names=names["embodiment"])
 
 
 def load_episodes(path) -> dict:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mclcore.data.tabletop.sim import ACTION_HIGH, ACTION_LOW, TabletopEnv, task_index
+from mclcore.data.tabletop.sim import TabletopEnv
+from mclcore.data.tabletop.spec import ACTION_HIGH, ACTION_LOW, task_index
 
 __all__ = ["expert_policy", "ExpertPolicy", "CARRY_HEIGHT"]
 
