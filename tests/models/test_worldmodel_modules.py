@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mclcore.losses.mcl import MCLConfig
 from mclcore.models.worldmodel import (ActionInterface, EmbodimentClassifier, ForwardDynamics, FrameAutoencoder,
                                        InverseDynamics, WorldModel, flow_matching_pair, grad_reverse,
                                        kl_standard_normal, sample_flow)
@@ -19,7 +20,7 @@ def small_model(variant, mcl=True, fdm=None):
     ae = FrameAutoencoder(4, ch=8)
     fdm = fdm or ForwardDynamics(LAT, dim=32, depth=1, heads=2, patch=4)
     return WorldModel(variant, latent_action_dim=6, ae=ae, fdm=fdm, idm_ch=8, idm_hidden=32,
-                      mcl=dict(critic_hidden=(32,), proj_dim=16) if mcl else None)
+                      mcl=MCLConfig(critic_hidden=(32,), proj_dim=16) if mcl else None)
 
 
 def batch(b=6, seed=0):
@@ -166,6 +167,10 @@ def test_bad_inputs_name_the_argument():
         small_model("acg", mcl=False).losses(*batch(), lambda_mcl=0.1)
     with pytest.raises(ValueError, match="v_next"):
         InverseDynamics(4, 6, ch=8)(z, z[:, :, :8])
+    with pytest.raises(TypeError, match="MCLConfig"):       # the MCL options are typed, not keyword dicts
+        WorldModel("acg", ae=FrameAutoencoder(4, ch=8), fdm=fdm, mcl=dict(proj_dim=16))
+    with pytest.raises(ValueError, match="mcl.tau"):
+        WorldModel("acg", ae=FrameAutoencoder(4, ch=8), fdm=fdm, mcl=MCLConfig(tau=0.0))
 
 
 # ------------------------------------------------------------------------------------------------- Wan adapter

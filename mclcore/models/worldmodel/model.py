@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mclcore.losses.mcl import MCL
+from mclcore.losses.mcl import MCL, MCLConfig
 from mclcore.models.worldmodel.modules import (ActionInterface, EmbodimentClassifier, ForwardDynamics,
                                                FrameAutoencoder, InverseDynamics, flow_matching_pair,
                                                kl_standard_normal, sample_flow)
@@ -66,12 +66,14 @@ class WorldModel(nn.Module):
         num_embodiments: classes of the GRL classifier.
         fdm: a forward model with ``forward(x_tau, tau, context, cond)`` and ``cond_dim`` (:class:`ForwardDynamics`
             or :class:`mclcore.models.worldmodel.wan_adapter.WanForwardModel`); default: a small DiT.
-        mcl: keyword arguments of :class:`mclcore.losses.mcl.MCL` (``None``: no MCL heads).
+        mcl: the MCL options (:class:`mclcore.losses.mcl.MCLConfig`; ``None``: no MCL heads). The critic and heads
+            are sized here (z and x: the flattened latent frame, u: the action or latent action), so a config
+            names only what the caller chooses.
     """
 
     def __init__(self, variant: str = "acg", *, action_dim: int = 4, latent_action_dim: int = 8,
                  num_embodiments: int = 2, ae: FrameAutoencoder | None = None, fdm: nn.Module | None = None,
-                 idm_ch: int = 32, idm_hidden: int = 128, grl_scale: float = 1.0, mcl: dict | None = None,
+                 idm_ch: int = 32, idm_hidden: int = 128, grl_scale: float = 1.0, mcl: MCLConfig | None = None,
                  residual: bool = True, prediction: str = "x0"):
         super().__init__()
         if variant not in VARIANTS:
@@ -102,7 +104,7 @@ class WorldModel(nn.Module):
         self.mcl = None
         if mcl is not None:
             n = int(torch.tensor(c).prod())
-            self.mcl = MCL(z_dim=n, x_dim=n, u_dim=self.u_dim, **mcl)
+            self.mcl = MCL.from_config(mcl, z_dim=n, x_dim=n, u_dim=self.u_dim)   # TypeError unless an MCLConfig
 
     # ------------------------------------------------------------------------------------------ conditioning
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:  # (..., 4) -> (..., 4)
