@@ -129,26 +129,55 @@ class ImageCritic(nn.Module):
         return self.out(z_feat + u_feat + img_feat).squeeze(1)
 
 
-def _validate(z, u, u_key, tau, groups):
+def _eager() -> bool:
+    """Host-synchronising checks run only in eager mode: inside ``torch.compile`` they would break the graph (and
+    stall a GPU); the native ops' own TORCH_CHECKs still catch non-finite inputs there."""
+    return not torch.compiler.is_compiling()
+
+
+def _check_clip(clip) -> None:
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip)
+                             or clip < 0):
+        raise ValueError(f"clip: expected a finite number >= 0 (0 or None: no clip), got {clip!r}")
+
+
+def _check_tau(tau) -> float:
+    if isinstance(tau, bool):
+        raise TypeError(f"tau: expected a positive finite number, got {tau!r}")
+    return _checks.positive_float(tau, "tau")
+
+
+def _validate(z, u, u_key, tau, clip, groups, check_finite: bool):
     _checks.tensor(z, "z", min_ndim=2)
     batch = z.shape[0]
     if batch < 2:
         raise ValueError(f"z: InfoNCE needs a batch of at least 2 samples, got batch size {batch}")
-    _checks.tensor(u, "u", min_ndim=1, floating=False)
-    if u.shape[0] != batch:
-        raise ValueError(f"u: expected batch size {batch} (as z), got shape {tuple(u.shape)}")
-    if u_key is not None:
-        _checks.tensor(u_key, "u_key", min_ndim=1, floating=False)
-        if u_key.shape[0] != batch:
-            raise ValueError(f"u_key: expected batch size {batch} (as z), got shape {tuple(u_key.shape)}")
-    _checks.positive_float(tau, "tau")
-    _checks.finite(z, "z")
-    if u.is_floating_point():
-        _checks.finite(u, "u")
+    for name, t in (("u", u), ("u_key", u_key)):
+        _checks.tensor(t, name, floating=False)
+        if t.dim() < 2:
+            raise ValueError(f"{name}: expected shape (B, d) (one row per sample), got {tuple(t.shape)}; use "
+                             f"{name}[:, None] for a scalar condition")
+        if t.shape[0] != batch:
+            raise ValueError(f"{name}: expected batch size {batch} (as z), got shape {tuple(t.shape)}")
+    _check_tau(tau)
+    _check_clip(clip)
     if groups is not None:
         if not isinstance(groups, torch.Tensor) or groups.is_floating_point() or groups.shape != (batch,):
             got = tuple(groups.shape) if isinstance(groups, torch.Tensor) else type(groups).__name__
             raise ValueError(f"groups: expected an integer tensor of shape ({batch},), got {got}")
+    if check_finite and _eager():
+        _checks.finite(z, "z")
+        if u.is_floating_point():
+            _checks.finite(u, "u")
+
+
+def _no_grad_path(x_hat: torch.Tensor, what: str) -> ValueError:
+    """The error for a generator output with no autograd path to z, saying why when grad mode is off."""
+    if not torch.is_grad_enabled():
+        return ValueError("MCL: autograd is disabled here (torch.no_grad() or torch.inference_mode()); the MCL loss "
+                          "differentiates the generator, so call it with gradients enabled")
+    return ValueError(f"decoder_G: the generator output does not depend on z ({what}); MCL needs x_hat = G(z, u) "
+                      f"to be differentiable in z")
 
 
 def mechanism_gradient(
@@ -158,43 +187,66 @@ def mechanism_gradient(
     """``g = grad_z c(G(z, u), z, u)`` flattened to (B, prod(z.shape[1:])).
 
     Uses the native ``critic_grad`` op for an :class:`MLPCritic`, plain autograd otherwise. With
-    ``validate``, a generator whose output does not depend on ``z`` raises (its mechanism gradient would be the
-    critic's direct z-term only, or identically zero, and MCL could not shape the generator).
+    ``validate`` (eager mode only), a generator whose Jacobian in ``z`` is exactly zero on the whole batch raises
+    (the output ignores z, or its activations are saturated there): its mechanism gradient would be the critic's
+    direct z-term only, and MCL could not shape the generator.
     """
+    if not _eager() and not z.requires_grad and isinstance(critic, MLPCritic):
+        return _mechanism_gradient_traced(decoder_G, z, u, critic, create_graph)
     zg = z if z.requires_grad else z.detach().requires_grad_(True)
     x_hat = decoder_G(zg, u)
     if not isinstance(x_hat, torch.Tensor) or x_hat.shape[:1] != z.shape[:1]:
         got = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
         raise ValueError(f"decoder_G: expected a tensor with batch size {z.shape[0]}, got {got}")
-    not_on_z = ValueError(
-        "decoder_G: the generator output does not depend on z (its mechanism gradient is identically zero); "
-        "MCL needs x_hat = G(z, u) to be differentiable in z")
     if not x_hat.requires_grad:
-        raise not_on_z
+        raise _no_grad_path(x_hat, "its output does not require grad")
+    zero = ValueError("decoder_G: dG/dz is exactly zero on every sample of this batch (the output ignores z, or "
+                      "its activations are saturated at these inputs); MCL cannot reach the generator")
+    check = validate and _eager()
     if isinstance(critic, MLPCritic):
         dz, dx = zg[0].numel(), x_hat[0].numel()
+        if dz + dx + u[0].numel() != critic.in_dim:
+            raise ValueError(f"u: expected {critic.in_dim - dz - dx} features per sample (the critic takes "
+                             f"[z ({dz}), x ({dx}), u], {critic.in_dim} in all), got {u[0].numel()}")
         v = MLPCritic.join(x_hat, zg, u).to(critic.layers[0].weight.dtype)
         gv = critic.input_grad(v)  # (B, dz + dx + du)
         gz, gx = gv[:, :dz], gv[:, dz : dz + dx]
         (jtg,) = torch.autograd.grad(x_hat, zg, grad_outputs=gx.reshape(x_hat.shape).to(x_hat.dtype),
                                      create_graph=create_graph, allow_unused=True)
-        if jtg is None or (validate and not bool(jtg.any())):
-            raise not_on_z
+        if jtg is None:
+            raise _no_grad_path(x_hat, "no autograd path from z to x_hat")
+        if check and not bool(jtg.any()):
+            raise zero
         g = gz.to(jtg.dtype) + jtg.flatten(1)
     else:
         s = critic(x_hat, zg, u)
         if not isinstance(s, torch.Tensor) or s.shape != (z.shape[0],):
             got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
             raise ValueError(f"critic: expected one score per sample, shape ({z.shape[0]},), got {got}")
-        if validate:
+        if check:
             probe = torch.autograd.grad(x_hat, zg, grad_outputs=torch.ones_like(x_hat), retain_graph=True,
                                         allow_unused=True)[0]
-            if probe is None or not bool(probe.any()):
-                raise not_on_z
+            if probe is None:
+                raise _no_grad_path(x_hat, "no autograd path from z to x_hat")
+            if not bool(probe.any()):
+                raise zero
         (g,) = torch.autograd.grad(s.sum(), zg, create_graph=create_graph, allow_unused=True)
         if g is None:
-            raise not_on_z
+            raise _no_grad_path(x_hat, "no autograd path from z to the critic's score")
         g = g.flatten(1)
+    return g if create_graph else g.detach()
+
+
+def _mechanism_gradient_traced(decoder_G, z, u, critic: "MLPCritic", create_graph: bool) -> torch.Tensor:
+    """The MLP-critic path of :func:`mechanism_gradient` for a ``z`` that does not require grad, as traced by
+    ``torch.compile``: ``torch.func.vjp`` gives ``J_G^T grad_x c`` without making ``z`` a leaf that requires grad
+    (AOTAutograd cannot return such a leaf created inside the graph). Same values as the eager path."""
+    x_hat, vjp = torch.func.vjp(lambda zz: decoder_G(zz, u), z)
+    dz, dx = z[0].numel(), x_hat[0].numel()
+    v = MLPCritic.join(x_hat, z, u).to(critic.layers[0].weight.dtype)
+    gv = critic.input_grad(v)                                                   # (B, dz + dx + du)
+    (jtg,) = vjp(gv[:, dz:dz + dx].reshape(x_hat.shape).to(x_hat.dtype))
+    g = gv[:, :dz].to(jtg.dtype) + jtg.flatten(1)
     return g if create_graph else g.detach()
 
 
@@ -227,6 +279,7 @@ def mcl_loss(
     groups: torch.Tensor | None = None,
     eps: float = 1e-12,
     validate: bool = True,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """MCL loss of Algorithm 1 (paper Eq. 18). Scalar.
 
@@ -246,20 +299,44 @@ def mcl_loss(
         eps: floor of the norms in the L2 normalisation.
         validate: check that x_hat depends on z (one extra reduction, plus one vector-Jacobian product on the
             autograd critic path).
+        check_finite: check z and u for NaN/inf first (a reduction and a host sync each).
 
-    Under autocast the heads and the InfoNCE run in float32 (at least).
+    Checks that synchronise with the host (finiteness, the generator check) run in eager mode only: inside
+    ``torch.compile`` they are skipped (no graph break, no GPU stall) and the native ops' own checks remain.
+    Under autocast the heads and the InfoNCE run in float32 (at least); heads kept in half precision run in it.
     """
     u_key = u if u_key is None else u_key
-    _validate(z, u, u_key, tau, groups)
+    _validate(z, u, u_key, tau, clip, groups, check_finite)
     g = mechanism_gradient(decoder_G, z, u, critic, create_graph=create_graph, validate=validate)  # (B, dz)
     g = clip_rows(g, clip)
     if groups is None and multi_positive:
         groups = condition_groups(u_key)
     key = u_key.flatten(1)
     with torch.autocast(device_type=g.device.type, enabled=False):
-        q = Pi_g(g.to(torch.promote_types(g.dtype, torch.float32)))             # (B, d)
-        k = Pi_u(key.to(torch.promote_types(key.dtype, torch.float32)))         # (B, d)
-        return infonce(q, k, tau, groups=groups, eps=eps)
+        q = Pi_g(g.to(_head_dtype(Pi_g, g)))                                    # (B, d)
+        k = Pi_u(key.to(_head_dtype(Pi_u, key)))                                # (B, d)
+        if not _eager():
+            return infonce(q, k, tau, groups=groups, eps=eps)
+        try:
+            return infonce(q, k, tau, groups=groups, eps=eps)
+        except ValueError as err:  # name what the user can change, not the op's internal inputs p and k
+            msg = str(err)
+            if msg.startswith("p: contains NaN"):
+                raise ValueError("MCL: the mechanism gradient is not finite (NaN or inf from the generator output "
+                                 "G(z, u), the critic, or the head Pi_g)") from None
+            if msg.startswith("k: contains NaN"):
+                raise ValueError("MCL: the key projection Pi_u(u_key) is not finite (NaN or inf in u_key or the "
+                                 "head Pi_u)") from None
+            raise
+
+
+def _head_dtype(head, x: torch.Tensor) -> torch.dtype:
+    """The dtype a projection head runs in: its parameters' when they are half precision (a ``.half()`` module),
+    else at least float32 (under autocast the input may be bf16/fp16)."""
+    p = next(head.parameters(), None) if isinstance(head, nn.Module) else None
+    if p is not None and p.dtype in (torch.float16, torch.bfloat16):
+        return p.dtype
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 CRITICS = ("mlp", "image")
@@ -286,6 +363,8 @@ class MCLConfig:
       without the generator (measured in experiments/synthetic/README.md).
     * ``proj_dim``, ``proj_layernorm``: the projection heads (128; LayerNorm first as in Algorithm 2: off).
     * ``eps``: floor of the norms in the L2 normalisation.
+    * ``check_finite``: check z and u for NaN/inf on every call (a reduction and a host sync each, eager mode
+      only: skipped inside ``torch.compile``); off saves them on a GPU where the inputs are known finite.
     """
 
     tau: float = 0.1
@@ -299,6 +378,7 @@ class MCLConfig:
     proj_dim: int = 128
     proj_layernorm: bool = False
     eps: float = 1e-12
+    check_finite: bool = True
 
     def validate(self) -> "MCLConfig":
         """Raise ValueError naming the first bad field (``mcl.<field>``); returns self."""
@@ -312,7 +392,7 @@ class MCLConfig:
         if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
                                       or not math.isfinite(self.clip) or self.clip < 0):
             bad("clip", "a finite number >= 0 (0 or None: no clip)")
-        for name in ("create_graph", "multi_positive", "critic_u", "proj_layernorm"):
+        for name in ("create_graph", "multi_positive", "critic_u", "proj_layernorm", "check_finite"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
         if self.critic not in CRITICS:
@@ -369,6 +449,7 @@ class MCL(nn.Module):
         multi_positive: bool = False,
         critic_u: bool = True,
         eps: float = 1e-12,
+        check_finite: bool = True,
     ):
         super().__init__()
         z_shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)
@@ -384,8 +465,10 @@ class MCL(nn.Module):
         self.critic = critic
         self.Pi_g = MLPProj(dz, proj_dim, proj_layernorm)
         self.Pi_u = MLPProj(u_key_dim or u_dim, proj_dim, proj_layernorm)
-        self.tau = _checks.positive_float(tau, "tau")
+        self.tau = _check_tau(tau)
+        _check_clip(clip)
         self.create_graph, self.clip, self.multi_positive, self.eps = create_graph, clip, multi_positive, eps
+        self.check_finite = bool(check_finite)
         self.critic_u = bool(critic_u)
         self._validated = False
 
@@ -399,10 +482,25 @@ class MCL(nn.Module):
         return cls(z_dim, x_dim, u_dim, u_key_dim=u_key_dim, critic=cfg.critic, critic_hidden=tuple(cfg.critic_hidden),
                    activation=cfg.activation, proj_dim=cfg.proj_dim, proj_layernorm=cfg.proj_layernorm, tau=cfg.tau,
                    create_graph=cfg.create_graph, clip=cfg.clip or None, multi_positive=cfg.multi_positive,
-                   critic_u=cfg.critic_u, eps=cfg.eps)
+                   critic_u=cfg.critic_u, eps=cfg.eps, check_finite=cfg.check_finite)
 
     def forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
                 groups: torch.Tensor | None = None) -> torch.Tensor:
+        """L_MCL of ``decoder_G`` at (z, u). Under ``torch.compile`` the loss is traced into the graph when
+        ``torch._dynamo.config.trace_autograd_ops`` is True (PyTorch's switch that lets dynamo trace
+        ``torch.autograd.grad``, which the mechanism gradient calls; needed for ``fullgraph=True``); otherwise the
+        MCL term runs eagerly between two compiled graphs (a graph break), with the same values."""
+        if torch.compiler.is_compiling() and not torch._dynamo.config.trace_autograd_ops:
+            return self._forward_eager(decoder_G, z, u, u_key=u_key, groups=groups)
+        return self._forward(decoder_G, z, u, u_key=u_key, groups=groups)
+
+    @torch.compiler.disable
+    def _forward_eager(self, decoder_G, z, u, *, u_key=None, groups=None) -> torch.Tensor:
+        return self._forward(decoder_G, z, u, u_key=u_key, groups=groups)
+
+    def _forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
+                 groups: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_widths(z, u, u_key)
         if not self.critic_u:  # the critic gets an empty u (B, 0); G closes over the real one; the key head sees u
             u_key = u if u_key is None else u_key
             decoder_G, u = (lambda zz, _, G=decoder_G, uu=u: G(zz, uu)), u.new_zeros(u.shape[0], 0)
@@ -410,9 +508,22 @@ class MCL(nn.Module):
         loss = mcl_loss(decoder_G, z, u, critic=self.critic, Pi_g=self.Pi_g, Pi_u=self.Pi_u, tau=self.tau,
                         create_graph=self.create_graph, clip=self.clip, u_key=u_key,
                         multi_positive=self.multi_positive, groups=groups, eps=self.eps,
-                        validate=not self._validated)
+                        validate=not self._validated, check_finite=self.check_finite)
         self._validated = True
         return loss
+
+    def _check_widths(self, z, u, u_key) -> None:
+        """Per-sample widths of z and the key against the heads (as they are now: users may swap them), one line
+        naming the argument; u's width is checked against the critic in :func:`mechanism_gradient`."""
+        key = u if u_key is None else u_key
+        for name, t, head in (("z", z, self.Pi_g), ("u_key" if u_key is not None else "u", key, self.Pi_u)):
+            lin = next((m for m in head.modules() if isinstance(m, nn.Linear)), None) \
+                if isinstance(head, nn.Module) else None
+            if lin is None or not isinstance(t, torch.Tensor) or t.dim() < 2:
+                continue                                      # shape errors proper are raised by mcl_loss
+            if t[0].numel() != lin.in_features:
+                raise ValueError(f"{name}: expected {lin.in_features} features per sample (the width the MCL "
+                                 f"heads were built for), got {t[0].numel()} (shape {tuple(t.shape)})")
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, create_graph={self.create_graph}, clip={self.clip}, "

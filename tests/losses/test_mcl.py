@@ -161,9 +161,75 @@ def test_bad_inputs_raise_clear_errors():
         mcl(G, z, u, groups=torch.arange(4))
     with pytest.raises(ValueError, match="does not depend on z"):
         mclcore.MCL(5, 12, 4).double()(lambda z, u: G(torch.zeros_like(z), u), z, u)
-    with pytest.raises(ValueError, match="does not depend on z"):
+    with pytest.raises(ValueError, match="dG/dz is exactly zero"):
         mclcore.MCL(5, 12, 4).double()(lambda z, u: 0 * G(z, u), z, u)
     with pytest.raises(ValueError, match="critic: expected one score per sample"):
         mclcore.mcl_loss(G, z, u, critic=lambda x, z, u: x, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u)
     with pytest.raises(ValueError, match="critic: expected 'mlp'"):
         mclcore.MCL(5, 12, 4, critic="conv")
+
+
+def test_user_mistakes_get_errors_naming_what_to_change():
+    # each of these once gave a raw error, a misleading message or a silently wrong loss
+    G, mcl, z, u = setup()
+    for bad in (-5.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="clip: expected a finite number >= 0"):
+            mclcore.MCL(5, 12, 4, clip=bad)
+        with pytest.raises(ValueError, match="clip"):
+            mclcore.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, clip=bad)
+    for bad in (True, False):
+        with pytest.raises(TypeError, match="tau"):
+            mclcore.MCL(5, 12, 4, tau=bad)
+    with torch.no_grad(), pytest.raises(ValueError, match="autograd is disabled"):
+        mcl(G, z, u)
+    with torch.inference_mode(), pytest.raises(ValueError, match="autograd is disabled"):
+        mcl(G, z, u)
+    with pytest.raises(ValueError, match="saturated"):             # tanh(1e6 x): dG/dz underflows to 0 everywhere
+        mclcore.MCL(5, 12, 4).double()(lambda z, u: torch.tanh(1e6 * (G(z, u) + 1)), z.abs() + 1, u)
+    with pytest.raises(ValueError, match=r"u: expected shape \(B, d\)"):
+        mcl(G, z, u[:, 0])
+    with pytest.raises(ValueError, match="u_key: expected 4 features per sample"):
+        mcl(G, z, u, u_key=torch.randn(9, 7, dtype=F64))
+    with pytest.raises(ValueError, match="u: expected 4 features per sample"):
+        mclcore.MCL(5, 12, 4, critic_hidden=(8, 8)).double()(lambda z, u: G(z, u[:, :4]), z, torch.randn(9, 6, dtype=F64))
+    with pytest.raises(ValueError, match="mechanism gradient is not finite"):
+        mcl(lambda z, u: G(z, u) * torch.tensor(float("nan"), dtype=F64), z, u)
+
+
+def test_half_precision_module_runs():
+    G, mcl, z, u = setup(dtype=torch.float32)
+    loss = mcl.half()(lambda z, u: G(z.float(), u.float()).half(), z.half(), u.half())
+    assert torch.isfinite(loss)                                     # the InfoNCE op accumulates in float32
+    loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in mcl.parameters())
+
+
+@pytest.mark.parametrize("fullgraph, trace, z_grad", [(False, False, False), (False, False, True),
+                                                     (False, True, False), (True, True, False), (True, True, True)])
+def test_torch_compile_of_a_model_with_mcl_inside_equals_eager(fullgraph, trace, z_grad, monkeypatch):
+    # default mode: MCL runs eagerly between compiled graphs unless dynamo may trace torch.autograd.grad;
+    # fullgraph=True needs that switch (torch._dynamo.config.trace_autograd_ops), and then traces all of it
+    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", trace)
+    class Host(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dec = nn.Sequential(nn.Linear(5 + 4, 32), nn.Tanh(), nn.Linear(32, 12))
+            self.mcl = mclcore.MCL(5, 12, 4, critic_hidden=(16, 16), proj_dim=8)
+
+        def forward(self, z, u):
+            return self.mcl(lambda z, u: self.dec(torch.cat([z, u], 1)), z, u)
+
+    torch.manual_seed(0)
+    host = Host()
+    z, u = torch.randn(16, 5, requires_grad=z_grad), torch.randn(16, 4)
+    host(z, u)                                                      # eager first call: the one-off generator check
+    eager = host(z, u)
+    eager.backward()
+    grads = [p.grad.clone() for p in host.parameters()]
+    host.zero_grad()
+    torch._dynamo.reset()
+    out = torch.compile(host, fullgraph=fullgraph)(z, u)
+    out.backward()
+    assert torch.allclose(out, eager, atol=1e-5)
+    for p, g in zip(host.parameters(), grads):
+        assert torch.allclose(p.grad, g, atol=1e-5, rtol=1e-4)
