@@ -11,10 +11,10 @@
 // two 256-wide layers) that the backward reads. The workspace's memory is reused from call to call (see
 // workspace_empty): from 32 MiB on (B >= 4096 with those layers) glibc serves a fresh block with fresh pages from
 // the kernel on every call (its mmap threshold stops adapting at 32 MiB), and faulting them in doubled the forward's
-// time at B = 4096 (29.8 vs 14.9 ms with MALLOC_MMAP_THRESHOLD_=1e9 set).
+// time at B = 4096 (29.8 vs 14.9 ms with MALLOC_MMAP_THRESHOLD_=1e9 set; 2-core AMD EPYC dev VM, 2026-11).
 //
 // Both kernels walk the batch in row blocks, one chunk of rows per worker (see for_row_blocks). Measured on the
-// 2-core dev box against the version that ran each ATen op over the whole batch with ATen's threading inside
+// 2-core AMD EPYC dev VM (2026-11) against the version that ran each ATen op over the whole batch with ATen's threading inside
 // (bench_critic_grad.py at ac79704 and 8df0aa0): B = 256 forward 0.82 -> 0.78 ms, forward+backward 2.68 -> 2.47 ms;
 // B = 4096 forward 12.1 -> 11.1 ms, forward+backward 35.2 -> 31.8 ms. What is left is the matrix products:
 // `perf` puts about 80% of a one-thread forward+backward at B = 256 in MKL's sgemm (272 MFLOP at ~78 GFLOP/s).
@@ -48,7 +48,7 @@ Act parse_act(c10::string_view name) {
 // Activations: s(a), s'(a), s''(a) into h, s1, s2.
 //
 // float32 GELU, ReLU and SiLU run as one fused pass over a (vector extensions of csrc/simd.h, AVX2 and baseline
-// builds): measured on the 2-core dev box at B = 256, width 256, the chain of ATen kernels below took ~0.3 ms per
+// builds): measured on the 2-core AMD EPYC dev VM (2026-11) at B = 256, width 256, the chain of ATen kernels below took ~0.3 ms per
 // layer (13 kernels, 6 temporaries; erf alone 0.10 ms on one core), and it made the op's forward slower than the
 // autograd reference's (1.1 vs 1.0 ms). float64 (the accuracy path: tests, gradcheck), tanh and softplus keep ATen's
 // kernels (exact erf; tanh and log1p have no cheap vector form that keeps float32's relative accuracy near 0).

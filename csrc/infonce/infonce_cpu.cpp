@@ -57,7 +57,7 @@
 
 // Elementwise work (exp, max, sums over tile rows, row norms) is written with the vector extensions of
 // csrc/simd.h (AVX2+FMA and baseline builds of each float32 kernel, picked at run time). Measured on the 2-core AMD
-// EPYC dev box: max + exp + sum over a tile row ~0.7 ns per entry with AVX2 (plain loops over exp did not vectorise
+// EPYC dev VM (2026-11): max + exp + sum over a tile row ~0.7 ns per entry with AVX2 (plain loops over exp did not vectorise
 // at all: 3.7 ns). float64 (the accuracy path: tests, gradcheck) uses plain loops and libm's exp.
 namespace {
 
@@ -68,7 +68,7 @@ using mclcore::mm_acc;                       // csrc/parallel.h
 using mclcore::parallel_for_below_autograd;  // csrc/parallel.h
 
 // Tile geometry. R <= 128 rows per block and C = 256 columns per tile: an R x C float tile is 128 KiB and the key
-// tile (C x d, d = 128) another 128 KiB, which stay in the 512 KiB per-core L2 of the dev box. Measured there
+// tile (C x d, d = 128) another 128 KiB, which stay in the 512 KiB per-core L2 of the 2-core AMD EPYC dev VM (2026-11). Measured there
 // (one core, d = 128): at::mm / addmm_ on 128 x 256 tiles run at 79-86 GFLOP/s, within 5% of one 256 x 256
 // product; 64 x 256 at 75-83, 128 x 512 at 71-77 (the tile leaves L2).
 constexpr int64_t kMaxRowBlock = 128;
@@ -754,7 +754,7 @@ void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor&
 // Fused forward + gradient (infonce_with_grad). The gradient needs each row's final log-sum-exps, which the online
 // (flash) scheme only has after the last column tile: infonce + infonce_backward therefore compute S twice, four
 // B x B x d products in all, where the pure-autograd reference (python/infonce.py) does three. At B = 256, d = 128
-// one such product takes 185-196 us on one core of the dev box (86-90 GFLOP/s with MKL, ~95% of the core's FMA
+// one such product takes 185-196 us on one core of the 2-core AMD EPYC dev VM (2026-11) (86-90 GFLOP/s with MKL, ~95% of the core's FMA
 // peak), and the products are most of the time. Here each row block I holds its rows of S whole, an R_f x B panel:
 // S_I = (q_I / tau) k^T (one product), then per row the exact statistics and dS_I in place with one exp per entry
 // (fused_rows), then dk += dS_I^T (q_I / tau) and dq_I = dS_I k^ -- three products -- and dp_I at once into the rows
@@ -764,7 +764,7 @@ void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor&
 // R_f x B per worker is ever kept, so the three-product path reaches B = 8192 within 8 MiB of panels on 2 threads);
 // exact rescaling of partial tile sums (flash style) makes the statistics exact but not dS, which needs them before
 // the products that consume it, so it still costs a second pass of products.
-// Measured on the dev box, one thread, d = 128, raw op, this path vs the recompute path (budget 0):
+// Measured on the 2-core AMD EPYC dev VM (2026-11), one thread, d = 128, raw op, this path vs the recompute path (budget 0):
 //   B = 256 (R_f = 256, one block): 0.70 ms vs 0.95 ms, of which the three products 0.59 ms and normalisation
 //     18 us, fused_rows 56 us (about 36 with the fixed shift below), dp / dk normalisation 16 us;
 //   B = 1024: 12.7 vs 16.4 ms;  B = 4096: 191 vs 270 ms;  B = 8192 (R_f = 128): 853 vs 1204 ms.

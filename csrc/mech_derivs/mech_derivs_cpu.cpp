@@ -191,7 +191,7 @@ class Kernel {
     const int64_t n_chunks = (B + bc_ - 1) / bc_;
     // We open a parallel region of >= 2 tasks whenever torch has >= 2 threads, even for one useful thread: inside an
     // active OpenMP region MKL runs the small GEMMs sequentially, while outside one it splits each of them over the
-    // threads (measured under load: a 3 x 3 x 80 torch.bmm took 3.5 us on 1 thread and 16 ms on 2, and this op at
+    // threads (measured under load on the 2-core AMD EPYC dev VM, 2026-11: a 3 x 3 x 80 torch.bmm took 3.5 us on 1 thread and 16 ms on 2, and this op at
     // B = 3 went from 0.8 ms to 70 ms). Surplus tasks find no chunk left and return.
     const int64_t n_tasks = threads > 1 ? std::max<int64_t>(2, std::min(useful, n_chunks)) : 1;
     std::atomic<int64_t> next{0};
@@ -461,7 +461,7 @@ class Kernel {
     at::Tensor M = at::bmm(Y, T2t.transpose(1, 2));        // (bc, dz, P): M[k, p(i,j)] = y_k . T2_ij
     // tr(Y T_i) = sum_j <y_j, T3_ij>, with y_j replaced by W_last^T y_j when the last layer is linear (then N3 of the
     // last hidden layer stands for T3). Plain dot products (dz^2 per sample): a batched GEMV through at::bmm
-    // measured 3x slower here (14.6 ms vs ~4 ms at dz = 20, B = 256, one thread).
+    // measured 3x slower (14.6 ms vs ~4 ms at dz = 20, B = 256, one thread; 2-core AMD EPYC dev VM, 2026-11).
     at::Tensor Yh;
     const T* n3base = nullptr;
     int64_t n3 = dx;
@@ -492,7 +492,7 @@ class Kernel {
           }
       }
       // Explicit Lc^-1 and one batched GEMM: LAPACK's triangular solve (half the flops) measured slower here
-      // (33 vs 24 ms at dz = 20, B = 256), its per-matrix overhead dominating at these sizes.
+      // (33 vs 24 ms at dz = 20, B = 256; 2-core AMD EPYC dev VM, 2026-11), its per-matrix overhead dominating at these sizes.
       at::Tensor U = ws.u.narrow(0, 0, bc * dz * dz * dx).view({bc, dz, dz * dx});
       at::bmm_out(U, Linv, rfull);
       res = at::zeros({bc, dz}, A.options());

@@ -144,7 +144,7 @@ def condition_threshold(rows: int, cols: int, draws: int = 1000, percentile: flo
     U(-1, 1), each row (one output unit's weights) scaled to unit norm.
 
     iVAE / TCL use 10^4 draws; 10^3 moves the 25th percentile by at most a few percent (measured: 80 x 80,
-    159.1 vs 159.4; 64 x 64, 124.3 vs 127.4) at a tenth of the cost (0.6 s vs 5 s for 80 x 80 on 2 cores).
+    159.1 vs 159.4; 64 x 64, 124.3 vs 127.4) at a tenth of the cost (0.6 s vs 5 s for 80 x 80 on the 2-core AMD EPYC dev VM, 2026-11).
     The draws use a fixed internal seed, so the threshold depends only on the shape.
     cond is computed as sqrt(lambda_max / lambda_min) of A^T A (eigvalsh: ~20x faster than batched SVD here; the
     relative difference at cond ~ 1e2 is ~1e-5, irrelevant for a threshold).

@@ -39,7 +39,7 @@ def all_finite(*named):
     """Raise like ``finite`` for the first ``(tensor, name)`` pair holding NaN or inf; one host sync when all are.
 
     ``torch.isfinite(x).all()`` runs several elementwise kernels (112 us for a 256 x 128 float32 tensor on the
-    2-core dev box, a third of the InfoNCE op's whole forward); a sum takes ~7 us and is finite only if every
+    2-core AMD EPYC dev VM (2026-11), a third of the InfoNCE op's whole forward); a sum takes ~7 us and is finite only if every
     element is.
     A non-finite sum (a NaN/inf, or finite values whose sum overflows) falls back to the exact check per tensor.
     """

@@ -74,7 +74,7 @@ for _op in ("infonce", "infonce_backward", "infonce_with_grad"):
 
 # The training path: ``mclcore::infonce_with_grad`` computes the loss and its gradients (for an upstream gradient of
 # 1) in one call, with three matrix products where infonce + infonce_backward make four (its backward recomputes S).
-# At B = 256, d = 128 the products are most of the time (~0.19 ms each on one core of the dev box): forward+backward
+# At B = 256, d = 128 the products are most of the time (~0.19 ms each on one core of the 2-core AMD EPYC dev VM (2026-11)): forward+backward
 # went from about the reference's time to 1.5x faster on one thread, 1.65-1.8x on two (quiet machine). The autograd
 # formula only scales the saved gradients.
 

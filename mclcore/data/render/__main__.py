@@ -43,7 +43,7 @@ def time_full_grid(name: str, batch: int = 4096) -> float:
     ds = RENDERERS[name]()
     n = len(ds)
     t0 = time.perf_counter()
-    ds.observations_at(np.arange(1))                   # one-off tables (Shapes3D: ~8-14 s), timed apart
+    ds.observations_at(np.arange(1))                   # one-off tables (Shapes3D: ~8-14 s on the 2-core AMD EPYC dev VM, 2026-11), timed apart
     print(f"{name}: setup {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     for i in tqdm(range(0, n, batch), desc=f"render {name}", unit="batch", file=sys.stderr):

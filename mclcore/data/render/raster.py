@@ -53,7 +53,7 @@ def rasterize(tri_xy, tri_z, tri_rgb, size: int, background) -> np.ndarray:
     hi = np.clip(np.ceil(tri_xy.max(1) + 0.5).astype(np.int64), 0, size)
     centres = np.arange(size, dtype=np.float32) + 0.5
     # One small numpy evaluation per triangle over its own bounding box: ~40 us of overhead per triangle beats
-    # evaluating every triangle on every pixel (measured 34 ms -> ~4 ms per 128x128 car view).
+    # evaluating every triangle on every pixel (measured 34 ms -> ~4 ms per 128x128 car view; 2-core AMD EPYC dev VM, 2026-11).
     for t in np.flatnonzero((hi > lo).all(1)):
         (x0, y0), (x1, y1), (x2, y2) = tri_xy[t]
         area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)

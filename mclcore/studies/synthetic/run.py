@@ -32,7 +32,7 @@ from mclcore.studies.synthetic.report import write_report
 
 __all__ = ["Unit", "build_units", "run_study", "choose_devices", "OutDirMismatch", "select_lambda"]
 
-# the 2-core dev CPU (benchmarks/bench_synthetic.py, 10 members, 1 thread: 62 vs 876 model-steps/s at dz = 5,
+# the 2-core AMD EPYC dev VM (2026-11) (benchmarks/bench_synthetic.py, 10 members, 1 thread: 62 vs 876 model-steps/s at dz = 5,
 # 57 vs 535 at dz = 20).
 _MCL_STEP_COST = 12.0
 
