@@ -218,9 +218,25 @@ def _general(G, z: torch.Tensor, u: torch.Tensor | None, dtype: torch.dtype, chu
             return G(zb[None]).reshape(-1)
         return (G(torch.cat([zb, ub])[None]) if seq else G(zb[None], ub[None])).reshape(-1)
 
-    if u is None:
-        return vmap(lambda zb: _v_and_l_single(lambda t: call(t, None), zb), chunk_size=chunk_size)(z)
-    return vmap(lambda zb, ub: _v_and_l_single(lambda t: call(t, ub), zb), chunk_size=chunk_size)(z, u.to(dtype))
+    one = lambda zb, ub: _v_and_l_single(lambda t: call(t, ub), zb)  # noqa: E731
+    batched = vmap(lambda zb: one(zb, None), chunk_size=chunk_size) if u is None else \
+        vmap(one, chunk_size=chunk_size)
+    args = (z,) if u is None else (z, u.to(dtype))
+    try:
+        return batched(*args)
+    except torch.linalg.LinAlgError:
+        # A singular J^T J somewhere in the batch (logdet's backward inverts it): redo sample by sample and give the
+        # singular ones V = NaN, L = -inf, as the native op does, instead of failing the whole batch.
+        Vs, Ls = [], []
+        for i in range(z.shape[0]):
+            try:
+                v, l_ = one(z[i], None if u is None else args[1][i])
+            except torch.linalg.LinAlgError:
+                v = z.new_full((2 * z.shape[1],), float("nan"))
+                l_ = z.new_tensor(float("-inf"))
+            Vs.append(v)
+            Ls.append(l_)
+        return torch.stack(Vs), torch.stack(Ls)
 
 
 def _in_dtype(G, dtype: torch.dtype):
@@ -258,6 +274,7 @@ def derivatives(G, z: torch.Tensor, u: torch.Tensor | None = None, *, path: str 
     if not (isinstance(G, nn.Module) or callable(G)):
         raise TypeError(f"G: expected an nn.Module or a callable G(z, u) -> x, got {type(G).__name__}")
     _checks.tensor(z, "z", ndim=2)
+    _checks.finite(z, "z")          # both paths refuse NaN/inf latents alike (the op would, torch.func would not)
     dtype = z.dtype if dtype is None else dtype
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
@@ -269,6 +286,7 @@ def derivatives(G, z: torch.Tensor, u: torch.Tensor | None = None, *, path: str 
         if u.dim() != 2 or u.shape[0] != B:
             raise ValueError(f"u: expected shape ({B}, du) (one condition per row of z) or (du,), got "
                              f"{tuple(u.shape)}")
+        _checks.finite(u, "u")
     z = z.to(dtype)
     G = _in_dtype(G, dtype)
     with torch.no_grad():

@@ -248,6 +248,22 @@ def test_dsprites(tmp_path):
     assert n == 108
 
 
+def test_dsprites_masks_above_one_past_the_probe_are_refused_when_read(tmp_path):
+    # the constructor probes the first 256 images; a 0/255 image later in the file must not load as (255*255) % 256
+    sizes = (1, 3, 6, 4, 4, 4)                                    # 1152 images
+    n = int(np.prod(sizes))
+    masks = np.zeros((n, 64, 64), np.uint8)
+    masks[:, 0, 0] = 1
+    masks[1000, 0, 0] = 255
+    classes = np.stack(np.unravel_index(np.arange(n), sizes), 1)
+    path = str(tmp_path / "late.npz")
+    np.savez(path, imgs=masks, latents_classes=classes)
+    ds = DSpritesFile(path, sizes)
+    assert ds.observations_at(np.array([0, 999])).max() == 255
+    with pytest.raises(DatasetFileError, match="image 1000 of 'imgs' has values above 1"):
+        ds.observations_at(np.array([3, 1000]))
+
+
 def test_resize_area():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(2, 128, 128, 3), dtype=np.uint8)

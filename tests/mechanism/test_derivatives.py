@@ -144,3 +144,18 @@ def test_bad_inputs(call, err, match):
     G = MLPGenerator(2, 4, du=1, widths=(5,), seed=0)
     with pytest.raises(err, match=match):
         call(G)
+
+
+def test_singular_jacobian_and_non_finite_latents_agree_across_paths():
+    # a zero input column makes J rank-deficient at every sample: the op documents V = NaN, L = -inf; the torch.func
+    # path used to raise a raw LinAlgError. NaN latents: the op raised, torch.func returned NaN silently.
+    torch.manual_seed(0)
+    G = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 6)).double()
+    with torch.no_grad():
+        G[0].weight[:, 0] = 0
+    z = torch.randn(4, 3, dtype=torch.float64)
+    for path in ("op", "torch.func"):
+        r = derivatives(G, z, path=path, warn=False)
+        assert torch.isnan(r.V).all() and torch.isneginf(r.log_volume).all(), path
+        with pytest.raises(ValueError, match="z: contains NaN"):
+            derivatives(G, z.masked_fill(torch.eye(4, 3, dtype=torch.bool), float("nan")), path=path)

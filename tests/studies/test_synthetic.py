@@ -112,6 +112,14 @@ def test_bad_config_names_the_field(field, value):
         train(tiny(**{field: value}), [0])
 
 
+def test_too_small_an_evaluation_split_is_refused():
+    # --n 10 once reported MCC = 1.000 from 2 test rows
+    for n, match in ((10, "leave 2 test rows"), (60, "leave 12 test rows")):
+        with pytest.raises(ValueError, match=match):
+            train(tiny(n=n), [0])
+    assert cli.run(_parse(["--n", "10", "--dump-config"])) == 2
+
+
 def test_lambda_selection_rule():
     rows = [{"lambda_mcl": lam, "mcc": m} for lam, m in
             [(0.01, 0.5), (0.01, 0.7), (0.01, 0.6), (0.1, 0.65), (0.1, 0.62), (0.1, 0.4)]]

@@ -58,6 +58,12 @@ class DSpritesFile(GroundTruthDataset):
 
     def _observations(self, index):
         masks = np.asarray(read_sorted(lambda i: self._imgs[i], index))
+        # The constructor probes the first 256 images only (reading all 737,280 would take the whole file); every
+        # batch read is checked too, so a 0/255 image anywhere raises instead of loading as 255 * 255 (wrapped).
+        if masks.size and masks.max() > 1:
+            bad = int(np.asarray(index).reshape(-1)[int(np.argmax(masks.reshape(len(masks), -1).max(1) > 1))])
+            raise DatasetFileError(f"{self.path}: image {bad} of 'imgs' has values above 1 (max {masks.max()}); "
+                                   f"dSprites stores 0/1 masks")
         return np.repeat((masks * np.uint8(255))[..., None], 3, axis=3)
 
 

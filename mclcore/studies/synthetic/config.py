@@ -17,6 +17,7 @@ from mclcore.train.config import from_dict, merge, to_dict
 __all__ = ["MODELS", "TrainConfig", "StudyConfig", "PRESETS", "PER_UNIT", "preset", "synthetic_mcl"]
 
 MODELS = (*VAE_MODELS, "mdvae_mcl")
+MIN_EVAL_ROWS = 20      # fewest rows an MCC is computed on (see TrainConfig.splits)
 
 
 def synthetic_mcl() -> MCLConfig:
@@ -108,6 +109,7 @@ class TrainConfig:
         if self.lrd_std_low > self.lrd_std_high:
             bad("lrd_std_low", f"a number <= lrd_std_high = {self.lrd_std_high}")
         self.mcl.validate()
+        self.splits()
         return self
 
     def splits(self) -> tuple[int, int, int]:
@@ -118,6 +120,12 @@ class TrainConfig:
         if min(n_train, n_test) < 2 or (self.eval_split == "val" and n_val < 2):
             raise ValueError(f"n: {self.n} samples leave fewer than 2 rows in a split (train {n_train}, "
                              f"val {n_val}, test {n_test})")
+        n_eval, need = (n_val if self.eval_split == "val" else n_test), max(MIN_EVAL_ROWS, 5 * self.dz)
+        if n_eval < need:
+            # MCC matches dz columns by Hungarian assignment: on a handful of rows any posterior correlates
+            # perfectly (2 test rows gave MCC = 1.000), so a small evaluation split is refused, not reported.
+            raise ValueError(f"n: {self.n} samples leave {n_eval} {self.eval_split} rows; MCC needs at least {need} "
+                             f"(max({MIN_EVAL_ROWS}, 5 dz)) to mean anything: raise n or the split fraction")
         return n_train, n_val, n_test
 
     def to_dict(self) -> dict:
@@ -208,7 +216,10 @@ class StudyConfig:
         if set_per_unit:
             raise ValueError(f"train: {set_per_unit} are set per unit by the grid; use the study fields "
                              f"(processes, dzs, alphabets, models, lambda_grid) instead")
-        self.train_config(dz=self.dzs[0]).validate()  # bad train fields fail here, before any work
+        for dz in self.dzs:                           # bad train fields and too small splits fail here, before any work
+            self.train_config(dz=dz).validate()
+            if "mdvae_mcl" in self.models and len(self.lambda_grid) > 1:
+                self.train_config(dz=dz, val_frac=self.tune_val_frac, eval_split="val").validate()
         return self
 
     def to_dict(self) -> dict:
