@@ -12,8 +12,9 @@ MDDiff adds two things (App. D.4):
 
 1. a **u-conditioned decoder**: the autoencoder's decoder takes the concept tokens at every upsampling stage, so the
    map from the diffusion latent to pixels is a generator ``g(z, u)`` in the sense of Assumption 2;
-2. **MCL** with the image mechanism critic of Algorithm 2 (``mclcore.MCL(critic="image")``, projection heads to 128
-   dims, InfoNCE with tau = 0.1) on ``(x_hat, z, u)``.
+2. **MCL** with the image mechanism critic of Algorithm 2 (``MCL.from_config(MCLConfig(critic="image"))``,
+   projection heads to 128 dims, InfoNCE with tau = 0.1) on ``(x_hat, z, u)``; the options are one typed
+   :class:`mclcore.losses.mcl.MCLConfig`.
 
 What z and u are for MCL here (our reading of App. D.4, which says "z the diffusion latent and u the concept token
 sequence"):
@@ -39,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mclcore.losses.mcl import MCL, MCLConfig
 from mclcore.models.autoencoder import VQAutoencoder
 from mclcore.models.diffusion import GaussianDiffusion
 from mclcore.models.unet import UNet
@@ -121,7 +123,7 @@ class EncDiff(nn.Module):
         self.tokenizer = ConceptTokenizer(num_concepts, token_hidden, token_dim)
         self.unet = UNet(in_channels=self.latent_shape[0], context_dim=token_dim, **(unet or {}))
         self.diffusion = GaussianDiffusion(**(diffusion or {}))
-        self.num_concepts = num_concepts
+        self.num_concepts, self.image_size = num_concepts, image_size
 
     # -------------------------------------------------------------------------------------------- building blocks
     def concepts(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,21 +181,25 @@ class MDDiff(EncDiff):
     ``first_stage`` must have a u-conditioned decoder (``u_dim = K * token_dim``). Its encoder and codebook stay
     frozen; the decoder (and its u-fusion layers) trains in stage 2 through ``L_recon`` and ``L_MCL``.
 
-    Args (beyond :class:`EncDiff`): mcl: keyword arguments of ``mclcore.MCL`` (critic is "image").
+    Args (beyond :class:`EncDiff`): mcl: the MCL options (:class:`MCLConfig`); None gives
+    ``MCLConfig(critic="image")``, Algorithm 2's convolutional critic with the paper's defaults. The critic sees
+    ``x_hat`` (3, 64, 64), z (the latent shape) and u = s (K).
     """
 
-    def __init__(self, first_stage: VQAutoencoder, *, mcl: dict | None = None, **kw):
+    def __init__(self, first_stage: VQAutoencoder, *, mcl: MCLConfig | None = None, **kw):
         super().__init__(first_stage, **kw)
         need = self.num_concepts * self.tokenizer.token_dim
         if first_stage.decoder.u_dim != need:
             raise ValueError(f"first_stage: MDDiff needs a u-conditioned decoder with u_dim = K * token_dim = {need}, "
                              f"got u_dim = {first_stage.decoder.u_dim}")
+        if mcl is None:
+            mcl = MCLConfig(critic="image")
+        elif not isinstance(mcl, MCLConfig):
+            raise TypeError(f"mcl: expected an MCLConfig (or None), got {type(mcl).__name__}")
         for p in list(first_stage.decoder.parameters()) + list(first_stage.post_quant_conv.parameters()):
             p.requires_grad_(True)
-        import mclcore
-
-        self.mcl = mclcore.MCL(self.latent_shape, (3, image_size_of(kw), image_size_of(kw)), self.num_concepts, critic="image",
-                               **(mcl or {}))
+        self.mcl = MCL.from_config(mcl, z_dim=self.latent_shape, x_dim=(3, self.image_size, self.image_size),
+                                   u_dim=self.num_concepts)
 
     def decode(self, z: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
         if s is None:
@@ -224,8 +230,4 @@ class MDDiff(EncDiff):
             out["mcl"] = l_mcl.detach()
         out["loss"] = loss
         return out
-
-
-def image_size_of(kw: dict) -> int:
-    return int(kw.get("image_size", 64))
 

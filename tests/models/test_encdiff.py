@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from mclcore.losses.mcl import ImageCritic, MCLConfig
 from mclcore.models.autoencoder import VQAutoencoder
 from mclcore.models.encdiff import ConceptTokenizer, EncDiff, Encoder4, MDDiff
 
@@ -9,7 +10,7 @@ from mclcore.models.encdiff import ConceptTokenizer, EncDiff, Encoder4, MDDiff
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (tests/conftest.py)
 
 UNET = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(1, 2), heads=2)
-MCL = dict(critic_hidden=(16,), proj_dim=8)
+MCL = MCLConfig(critic="image", critic_hidden=(16,), proj_dim=8)
 
 
 def make(kind="mddiff", K=20):
@@ -103,3 +104,20 @@ def test_mddiff_needs_a_u_decoder():
     ae = VQAutoencoder(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, n_embed=16)
     with pytest.raises(ValueError, match="first_stage"):
         MDDiff(ae, encoder_hidden=8, unet=UNET)
+
+
+def test_mddiff_takes_a_typed_mcl_config():
+    m = make("mddiff")
+    assert isinstance(m.mcl.critic, ImageCritic) and m.mcl.Pi_g.net[-1].out_features == 8
+    assert m.mcl.tau == 0.1 and m.mcl.clip == 10.0 and m.mcl.create_graph is True
+    ae = lambda: VQAutoencoder(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, n_embed=16, u_dim=20 * 16, u_channels=4)
+    kw = dict(encoder_hidden=8, encoder_fc=16, unet=UNET, diffusion=dict(num_timesteps=10))
+    tuned = MDDiff(ae(), mcl=MCLConfig(critic="image", critic_hidden=(16,), proj_dim=8, tau=0.07, clip=0,
+                                      create_graph=False), **kw)
+    assert tuned.mcl.tau == 0.07 and tuned.mcl.clip is None and tuned.mcl.create_graph is False
+    default = MDDiff(ae(), **kw)                                          # None: the image critic, paper defaults
+    assert isinstance(default.mcl.critic, ImageCritic) and default.mcl.tau == 0.1
+    with pytest.raises(TypeError, match="MCLConfig"):
+        MDDiff(ae(), mcl=dict(tau=0.1), **kw)
+    with pytest.raises(ValueError, match="mcl.tau"):
+        MDDiff(ae(), mcl=MCLConfig(critic="image", tau=-1.0), **kw)

@@ -1,14 +1,22 @@
-"""Trainer of the disentanglement study (mclcore.train.disentangle): smoke steps of every model, determinism,
-resume after a stop equals an uninterrupted run, evaluation end to end, config overrides, the CLI."""
+"""The disentanglement study (mclcore.studies.disentangle): smoke steps of every model, determinism, resume after
+a stop equals an uninterrupted run, evaluation end to end, config overrides and the MCL section, the CLI, the
+tables."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from mclcore.train import disentangle as dis
-from mclcore.train.fid import frechet_distance
+from mclcore._io import load_checkpoint
+from mclcore.studies.disentangle import report
+from mclcore.studies.disentangle import run as study
+from mclcore.studies.disentangle.config import MODELS, RunConfig, build_config
+from mclcore.studies.disentangle.evaluate import evaluate
+from mclcore.studies.disentangle.fid import frechet_distance
+from mclcore.train.config import apply_overrides, from_dict, to_dict
 
 TINY = [
     "log_every=1", "ckpt_every=2",
@@ -17,7 +25,7 @@ TINY = [
     "diffusion.encoder_hidden=8", "diffusion.encoder_fc=16", "diffusion.unet_channels=8", "diffusion.unet_mult=1,2",
     "diffusion.heads=2", "diffusion.timesteps=100",
     "stages.batch_size=4", "stages.stage1_steps=3", "stages.stage2_steps=3", "stages.warmup1=2", "stages.warmup2=2",
-    "stages.critic_hidden=16", "stages.proj_dim=8",
+    "mcl.critic_hidden=16", "mcl.proj_dim=8",
     "vae.hidden=8", "vae.fc=16", "vae.disc_width=16", "vae.disc_depth=2", "vae.steps=4", "vae.batch_size=4",
     "eval.sample_scale=0.001", "eval.fid_samples=40", "eval.recon_samples=8", "eval.featnet_steps=3",
     "eval.ddim_steps=2",
@@ -29,8 +37,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op
 
 def tiny(model, seed=0, extra=()):
     # MPI3D's procedural twin renders without a warm-up (the Shapes3D twin ray-casts its geometry once, ~5-40 s)
-    cfg = dis.preset_config(model, "mpi3d", "cpu-smoke", seed)
-    return dis.apply_overrides(cfg, [*TINY, *extra])
+    cfg = build_config(model, "mpi3d", "cpu-smoke", seed)
+    return apply_overrides(cfg, [*TINY, *extra])
 
 
 def states_equal(a, b):
@@ -39,65 +47,67 @@ def states_equal(a, b):
     return all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("model", dis.MODELS)
+@pytest.mark.parametrize("model", MODELS)
 def test_every_model_trains_deterministically(model, tmp_path):
-    a, done_a = dis.train(tiny(model), str(tmp_path / "a"), progress=False, log=False)
-    b, done_b = dis.train(tiny(model), str(tmp_path / "b"), progress=False, log=False)
+    a, done_a = study.train(tiny(model), str(tmp_path / "a"), progress=False, log=False)
+    b, done_b = study.train(tiny(model), str(tmp_path / "b"), progress=False, log=False)
     assert done_a and done_b and states_equal(a, b)
-    c, _ = dis.train(tiny(model, seed=1), str(tmp_path / "c"), progress=False, log=False)
+    c, _ = study.train(tiny(model, seed=1), str(tmp_path / "c"), progress=False, log=False)
     assert not states_equal(a, c)
-    ck = dis.load_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))
-    assert ck["done"] == [p for p, _ in dis.phases(tiny(model))]
-    assert dis.config_from_dict(ck["config"]) == tiny(model)
+    ck = load_checkpoint(str(tmp_path / "a" / "checkpoint.pt"))
+    assert ck["done"] == [p for p, _ in study.phases(tiny(model))]
+    assert from_dict(RunConfig, ck["config"]) == tiny(model)
 
 
 @pytest.mark.parametrize("model", ["mddiff", "factorvae"])
 def test_resume_equals_continuous_training(model, tmp_path):
-    full, _ = dis.train(tiny(model), str(tmp_path / "full"), progress=False, log=False)
+    full, _ = study.train(tiny(model), str(tmp_path / "full"), progress=False, log=False)
     run = str(tmp_path / "cut")
     # stop inside a phase (mddiff: after first_stage + 1 step of stage1; factorvae: after 3 of 4 steps) ...
-    _, done = dis.train(tiny(model), run, stop_after=3, progress=False, log=False)
+    _, done = study.train(tiny(model), run, stop_after=3, progress=False, log=False)
     assert not done
-    ck = dis.load_checkpoint(os.path.join(run, "checkpoint.pt"))
+    ck = load_checkpoint(os.path.join(run, "checkpoint.pt"))
     assert ck["phase"] == ("stage1" if model == "mddiff" else "vae") and ck["step"] > 0
     if model == "mddiff":                              # ... and once more, inside stage 2 (MCL)
-        _, done = dis.train(tiny(model), run, stop_after=4, progress=False, log=False)
-        assert not done and dis.load_checkpoint(os.path.join(run, "checkpoint.pt"))["phase"] == "stage2"
-    with open(os.path.join(run, "checkpoint.pt.tmp"), "wb") as f:   # a kill during a save leaves only a .tmp
+        _, done = study.train(tiny(model), run, stop_after=4, progress=False, log=False)
+        assert not done and load_checkpoint(os.path.join(run, "checkpoint.pt"))["phase"] == "stage2"
+    # a kill during a save leaves only a temporary file beside the checkpoint (mclcore._io's naming)
+    with open(os.path.join(run, ".checkpoint.tmp999999.pt"), "wb") as f:
         f.write(b"partial")
-    resumed, done = dis.train(tiny(model), run, progress=False, log=False)
+    resumed, done = study.train(tiny(model), run, progress=False, log=False)
     assert done and states_equal(full, resumed)
 
 
 def test_resume_keeps_the_saved_config(tmp_path, capsys):
-    dis.train(tiny("betavae"), str(tmp_path), stop_after=1, progress=False, log=False)
+    study.train(tiny("betavae"), str(tmp_path), stop_after=1, progress=False, log=False)
     other = tiny("betavae", extra=["vae.lr=0.5"])
-    model, done = dis.train(other, str(tmp_path), progress=False, log=False)
+    model, done = study.train(other, str(tmp_path), progress=False, log=False)
     assert done
     assert "vae.lr" in capsys.readouterr().err
     assert json.load(open(tmp_path / "config.json"))["vae"]["lr"] == tiny("betavae").vae.lr
 
 
 def test_stage_learning_rates_follow_the_batch_scaling_rule():
-    cfg = dis.preset_config("mddiff", "mpi3d", "paper")
-    assert cfg.stages.lambda_mcl == 1e-4 and dis.preset_config("mddiff", "cars3d", "paper").stages.lambda_mcl == 1e-3
+    cfg = build_config("mddiff", "mpi3d", "paper")
+    assert cfg.stages.lambda_mcl == 1e-4 and build_config("mddiff", "cars3d", "paper").stages.lambda_mcl == 1e-3
     assert cfg.stages.stage1_steps == 10 * 1036800 // 128
     params = [torch.nn.Parameter(torch.zeros(2))]
-    opts, scheds = dis.make_optimizers(None, cfg, "stage1", params)
+    opts, scheds = study.optimizers(None, cfg, "stage1", params)
     assert isinstance(opts[0], torch.optim.AdamW)
     assert opts[0].param_groups[0]["lr"] == pytest.approx(2e-6 * 128 / cfg.stages.warmup1)   # warm-up step 0
     for _ in range(cfg.stages.warmup1):
         opts[0].step()
         scheds[0].step()
     assert opts[0].param_groups[0]["lr"] == pytest.approx(2e-6 * 128)
-    opts, _ = dis.make_optimizers(None, cfg, "stage2", params)
+    opts, _ = study.optimizers(None, cfg, "stage2", params)
     assert opts[0].param_groups[0]["lr"] == pytest.approx(2e-7 * 128 / cfg.stages.warmup2)
 
 
 def test_evaluate_writes_metrics_and_figures(tmp_path):
     cfg = tiny("mddiff")
-    model, _ = dis.train(cfg, str(tmp_path / "run"), progress=False, log=False)
-    res = dis.evaluate(model, cfg, str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False)
+    model, _ = study.train(cfg, str(tmp_path / "run"), progress=False, log=False)
+    # write=True: evaluate writes metrics.json itself (mcl train leaves that to run_seeds, after its timings)
+    res = evaluate(model, cfg, str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False, write=True)
     for key in ("factorvae", "dci", "fid", "lpips_proxy"):
         assert np.isfinite(res[key])
     assert 0 <= res["factorvae"] <= 1 and 0 <= res["dci"] <= 1 and res["fid"] >= 0
@@ -118,19 +128,20 @@ def test_frechet_distance():
 
 
 def test_overrides_and_errors():
-    cfg = dis.apply_overrides(dis.preset_config("encdiff", "cars3d", "cpu-smoke"),
-                              ["stages.lambda_mcl=2e-4", "diffusion.unet_mult=1,2,4", "amp=false",
-                               "data.data_path=none"])
+    cfg = apply_overrides(build_config("encdiff", "cars3d", "cpu-smoke"),
+                          ["stages.lambda_mcl=2e-4", "diffusion.unet_mult=1,2,4", "amp=false", "data.data_path=none"])
     assert cfg.stages.lambda_mcl == 2e-4 and cfg.diffusion.unet_mult == (1, 2, 4) and cfg.amp is False
     assert cfg.data.pool > 0                                   # slow renderer: a pre-rendered pool
     with pytest.raises(ValueError, match="unknown config key"):
-        dis.apply_overrides(cfg, ["stages.lr=1"])
+        apply_overrides(cfg, ["stages.lr=1"])
+    with pytest.raises(ValueError, match="unknown config key"):   # the MCL options moved to the mcl section
+        apply_overrides(cfg, ["stages.mcl_tau=0.07"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        dis.apply_overrides(cfg, ["stages.batch_size"])
+        apply_overrides(cfg, ["stages.batch_size"])
     with pytest.raises(ValueError, match="--dataset"):
-        dis.preset_config("mddiff", "celeba", "paper")
+        build_config("mddiff", "celeba", "paper")
     with pytest.raises(ValueError, match="--preset"):
-        dis.preset_config("mddiff", "mpi3d", "gpu")
+        build_config("mddiff", "mpi3d", "gpu")
 
 
 def test_cli_registers_train_with_model_choices(tmp_path):
@@ -151,5 +162,50 @@ def test_cli_registers_train_with_model_choices(tmp_path):
     assert rc == 0 and 0 <= metrics["factorvae"] <= 1 and metrics["seconds"]["total_call"] > 0
     # a finished, evaluated run is skipped by a plain call
     assert main(["train", "betavae", "--dataset", "mpi3d", "--out", str(tmp_path), "--quiet", *tiny_set]) == 0
-    with pytest.raises(FileNotFoundError, match="--data-path"):
-        main(["train", "betavae", "--dataset", "mpi3d", "--out", str(tmp_path), "--data-path", str(tmp_path / "missing.h5"), "--quiet"])
+
+
+def test_cli_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
+    from mclcore.cli import main
+
+    base = ["train", "betavae", "--dataset", "mpi3d", "--out", str(tmp_path), "--quiet"]
+    for extra, what in ((["--data-path", str(tmp_path / "missing.h5")], "--data-path"),
+                        (["--set", "stages.lr=1"], "--set"), (["--set", "vae.steps"], "KEY=VALUE"),
+                        (["--set", "mcl.tau=-1"], "mcl.tau"), (["--set", "stages.mcl_z=noisy"], "stages.mcl_z"),
+                        (["--fid-weights", str(tmp_path / "none.pt")], "--fid-weights")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert what in err and len(err.splitlines()) == 1, err
+    assert os.listdir(tmp_path) == []                          # nothing trained, nothing written
+
+
+def test_mcl_options_reach_the_model():
+    cfg = apply_overrides(tiny("mddiff"), ["mcl.tau=0.07", "mcl.clip=5", "mcl.create_graph=false"])
+    torch.manual_seed(0)
+    model = study.build_model(cfg)
+    assert model.mcl.tau == 0.07 and model.mcl.clip == 5.0 and model.mcl.create_graph is False
+    assert model.mcl.critic.__class__.__name__ == "ImageCritic" and model.mcl.Pi_g.net[-1].out_features == 8
+    assert from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg)))).mcl == cfg.mcl          # config.json round trip
+    # the study's MCL defaults are today's: image critic of width 256, tau 0.1, clip 10, through the gradient
+    paper = build_config("mddiff", "shapes3d", "paper").mcl
+    assert (paper.critic, paper.critic_hidden, paper.tau, paper.clip, paper.create_graph, paper.proj_dim,
+            paper.multi_positive) == ("image", (256,), 0.1, 10.0, True, 128, False)
+    smoke = build_config("mddiff", "shapes3d", "cpu-smoke").mcl
+    assert smoke.critic_hidden == (64,) and smoke.proj_dim == 64 and smoke.critic == "image"
+
+
+def test_report_builds_the_tables_without_training_code(tmp_path):
+    for i, (model, fv) in enumerate([("mddiff", 0.5), ("mddiff", 0.7), ("betavae", 0.6)]):
+        os.makedirs(tmp_path / f"r{i}")
+        json.dump({"model": model, "dataset": "shapes3d", "preset": "cpu-smoke", "factorvae": fv, "dci": 0.1,
+                   "fid": 10.0, "lpips_proxy": 0.5, "fid_label": "FID (x)", "lpips_label": "L (y)"},
+                  open(tmp_path / f"r{i}" / "metrics.json", "w"))
+    runs = report.load(str(tmp_path), "cpu-smoke")
+    t1 = report.table1(runs)
+    assert "| Diffusion | MDDiff | ours | – | – | 0.600 ± 0.141 (n=2) |" in t1
+    assert "| Diffusion | MDDiff | paper | 0.985 ± 0.048 |" in t1
+    assert "ours: FID = FID (x), LPIPS column = L (y)." in report.table6(runs)
+    assert report.load(str(tmp_path), "paper") == {}
+    code = ("import sys, mclcore.studies.disentangle.report as r; "
+            "bad = [m for m in ('mclcore.train.loop', 'mclcore.studies.disentangle.run', 'mclcore.models.encdiff') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

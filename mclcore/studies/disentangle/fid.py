@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mclcore._io import save_checkpoint
+
 __all__ = ["FeatureNet", "FeatureNetConfig", "frechet_distance", "feature_stats", "feature_distance",
            "train_feature_net", "get_feature_net", "FeatureExtractor"]
 
@@ -127,10 +129,7 @@ def get_feature_net(dataset, dataset_key: str, cache_dir: str, cfg: FeatureNetCo
         net = net.to(device).eval()
     else:
         net = train_feature_net(dataset, cfg, device, progress)
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(net.state_dict(), tmp)
-        os.replace(tmp, path)
+        save_checkpoint(path, net.state_dict())                     # atomic: parallel runs share the cache
     lpips_label = "fLPIPS (dataset-trained net, unweighted)"
     if fid_weights:
         if not os.path.isfile(fid_weights):

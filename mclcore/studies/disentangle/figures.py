@@ -8,6 +8,9 @@
 * :func:`attention_maps` (Fig. 9, diffusion models only): the U-Net's cross-attention weights of every concept
   token (columns) over spatial locations, averaged over heads, cross-attention layers and the DDIM steps, upsampled
   to 64x64, for a few source images (rows).
+
+Every PNG is written atomically (:func:`mclcore._io.save_figure`): a killed evaluation leaves the previous figure
+or none, never half a file.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mclcore._io import save_figure
 
 __all__ = ["swap_grid", "traversals", "attention_maps", "write_all"]
 
@@ -66,7 +71,7 @@ def _save(path, img, row_labels, title):
     ax.set_xticks([])
     ax.set_yticks([i * 66 + 33 for i in range(len(row_labels))], row_labels, fontsize=7)
     ax.set_title(title, fontsize=8)
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -157,7 +162,7 @@ def attention_maps(model, cfg, dataset, path: str, device, n_images: int = 4, se
             ax.set_yticks([])
     axes[0, 0].set_title("image", fontsize=6)
     fig.suptitle(f"{cfg.model} on {cfg.data.dataset}: cross-attention per concept token (Fig. 9)", fontsize=8)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
 

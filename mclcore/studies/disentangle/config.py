@@ -1,0 +1,213 @@
+"""The typed config of a concept-disentanglement run (paper section 5.2, App. D.2/D.4) and its presets.
+
+One dataclass per component, each documented once; the MCL options are the library's
+:class:`mclcore.losses.mcl.MCLConfig` (section ``mcl``) with this study's defaults: Algorithm 2's image critic
+(only ``critic_hidden[0]`` is used), tau 0.1, clip 10, ``create_graph`` on, projection to 128 dims.
+
+Precedence: defaults <- ``PRESETS[preset]`` (merged with :func:`mclcore.train.config.merge`) <- the per-dataset and
+per-model rules of :func:`build_config` (lambda_MCL of App. D.4, the paper's epoch-based step counts, the
+pre-rendered Cars3D pool, the beta-TCVAE weight) <- ``--set a.b=v``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mclcore.losses.mcl import MCLConfig
+from mclcore.train.config import merge
+
+__all__ = ["MODELS", "DIFFUSION_MODELS", "DATASETS", "PRESETS", "DATASET_SIZES", "PAPER_LAMBDA_MCL", "DataConfig",
+           "FirstStageConfig", "DiffusionModelConfig", "StagesConfig", "VAEConfig", "EvalConfig", "RunConfig",
+           "study_mcl_config", "build_config", "validate", "run_dir_name"]
+
+MODELS = ("mddiff", "encdiff", "betavae", "factorvae", "btcvae")
+DIFFUSION_MODELS = ("mddiff", "encdiff")
+DATASETS = ("shapes3d", "mpi3d", "cars3d")
+DATASET_SIZES = {"shapes3d": 480000, "mpi3d": 1036800, "cars3d": 17568}
+# App. D.4: lambda_MCL = 1e-3 for Shapes3D and Cars3D, 1e-4 for MPI3D.
+PAPER_LAMBDA_MCL = {"shapes3d": 1e-3, "cars3d": 1e-3, "mpi3d": 1e-4}
+
+
+@dataclass
+class DataConfig:
+    """Which data. ``pool > 0`` renders/reads ``pool`` random grid points once and trains on them (slow
+    renderers such as the Cars3D twin); ``0`` draws fresh grid points every step."""
+    dataset: str = "shapes3d"
+    data_path: str | None = None
+    pool: int = 0
+
+
+@dataclass
+class FirstStageConfig:
+    """VQ autoencoder 64x64x3 -> 3x16x16 (:class:`mclcore.models.autoencoder.VQAutoencoder`)."""
+    ch: int = 128
+    ch_mult: tuple = (1, 2, 4)
+    num_res_blocks: int = 2
+    n_embed: int = 2048
+    u_channels: int = 32          # MDDiff: u-feature width per upsampling stage
+    steps: int = 50000
+    batch_size: int = 32
+    lr: float = 1e-4              # Adam
+
+
+@dataclass
+class DiffusionModelConfig:
+    """EncDiff/MDDiff backbone (App. D.4). UNet attention at downsampling factors ``attention_ds``."""
+    num_concepts: int = 20
+    encoder_hidden: int = 128
+    encoder_fc: int = 256
+    token_hidden: tuple = (64, 128)
+    token_dim: int = 16
+    unet_channels: int = 64
+    unet_mult: tuple = (1, 2, 4, 4)
+    unet_res_blocks: int = 2
+    attention_ds: tuple = (2, 4, 8)
+    heads: int = 8
+    timesteps: int = 1000
+    beta_start: float = 0.0015
+    beta_end: float = 0.0155
+    schedule: str = "ldm_linear"
+
+
+@dataclass
+class StagesConfig:
+    """Two-stage optimisation (App. D.4). Learning rate = base_lr x batch_size (LDM/EncDiff convention).
+
+    ``lambda_recon``, ``lambda_mcl``: the weights of Eq. (19) in stage 2 (MDDiff only); ``mcl_z``: what z is for
+    MCL, ``"clean"`` z_0 = E(x) or ``"pred_x0"`` (see :mod:`mclcore.models.encdiff`). The MCL module's own options
+    are the ``mcl`` section."""
+    batch_size: int = 128
+    stage1_steps: int = 37500     # 10 epochs of Shapes3D at batch 128 (set per dataset by build_config)
+    stage2_steps: int = 37500
+    base_lr1: float = 2e-6
+    base_lr2: float = 2e-7
+    warmup1: int = 10000
+    warmup2: int = 1000
+    weight_decay: float = 0.01    # AdamW default
+    lambda_recon: float = 0.1
+    lambda_mcl: float = 1e-3      # 1e-4 for MPI3D (build_config)
+    mcl_z: str = "clean"
+
+
+@dataclass
+class VAEConfig:
+    """VAE baselines (:class:`mclcore.models.image_vae.ImageVAE`), disentanglement_lib-style training."""
+    latent_dim: int = 20
+    hidden: int = 128
+    fc: int = 256
+    beta: float = 4.0             # betavae: KL weight; btcvae: TC weight (our choice: 6, build_config)
+    gamma: float = 10.0           # factorvae: TC weight
+    disc_width: int = 1000
+    disc_depth: int = 6
+    steps: int = 300000
+    batch_size: int = 64
+    lr: float = 1e-4
+    disc_lr: float = 1e-4
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation. ``sample_scale`` multiplies every sample count of the disentanglement_lib protocol."""
+    sample_scale: float = 1.0
+    dci_model: str = "hist_gbt"
+    ddim_steps: int = 50
+    fid_samples: int = 10000
+    recon_samples: int = 1000
+    featnet_steps: int = 3000
+    fid_weights: str | None = None
+    figures: bool = True
+
+
+def study_mcl_config() -> MCLConfig:
+    """MDDiff's MCL (App. D.4, Algorithm 2): the image critic (hidden width ``critic_hidden[0]``), tau 0.1,
+    clip 10, trained through the mechanism gradient, heads to 128 dims; the rest at the library defaults."""
+    return MCLConfig(critic="image", critic_hidden=(256,), tau=0.1, clip=10.0, create_graph=True, proj_dim=128,
+                     multi_positive=False)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved in every checkpoint and as ``config.json``; override with ``--set a.b=v``."""
+    model: str = "mddiff"
+    preset: str = "paper"
+    seed: int = 0
+    device: str = "auto"          # auto: cuda if available
+    amp: bool = True              # autocast bf16 on CUDA where supported; CPU always fp32
+    log_every: int = 50
+    ckpt_every: int = 500
+    data: DataConfig = field(default_factory=DataConfig)
+    first_stage: FirstStageConfig = field(default_factory=FirstStageConfig)
+    diffusion: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    mcl: MCLConfig = field(default_factory=study_mcl_config)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ------------------------------------------------------------------------------------------------------ presets
+# paper: the App. D.4 sizes are the defaults (its step counts depend on the dataset: build_config).
+# cpu-smoke: every network shrunk, protocol sample counts x 0.02, short schedules with larger learning rates (the
+# paper's 2e-6 x 128 would not move tiny networks in a few hundred steps). Attention only at the one downsampled
+# resolution (8x8) of a two-level U-Net: self-attention over the 256 positions of the 16x16 level would cost ~70% of
+# a CPU step.
+PRESETS: dict[str, dict] = {
+    "cpu-smoke": {
+        "log_every": 25, "ckpt_every": 100,
+        "first_stage": {"ch": 8, "ch_mult": (1, 2, 2), "num_res_blocks": 1, "u_channels": 8, "steps": 200,
+                        "batch_size": 16, "lr": 2e-3},
+        "diffusion": {"encoder_hidden": 32, "encoder_fc": 128, "unet_channels": 32, "unet_mult": (1, 2),
+                      "unet_res_blocks": 1, "attention_ds": (2,), "heads": 4},
+        "stages": {"batch_size": 32, "stage1_steps": 150, "stage2_steps": 30, "base_lr1": 3e-5, "base_lr2": 1e-5,
+                   "warmup1": 50, "warmup2": 10},
+        "mcl": {"critic_hidden": (64,), "proj_dim": 64},
+        "vae": {"hidden": 32, "fc": 128, "disc_width": 256, "disc_depth": 3, "steps": 800, "batch_size": 32,
+                "lr": 1e-3, "disc_lr": 1e-3},
+        "eval": {"sample_scale": 0.02, "ddim_steps": 10, "fid_samples": 300, "recon_samples": 64,
+                 "featnet_steps": 300},
+    },
+    "paper": {},
+}
+
+
+def _check_choices(model: str, dataset: str, preset: str) -> None:
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset: expected one of {DATASETS}, got {dataset!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"--preset: expected one of {tuple(PRESETS)}, got {preset!r}")
+
+
+def build_config(model: str, dataset: str, preset: str, seed: int = 0, data_path: str | None = None) -> RunConfig:
+    """The ``paper`` (full sizes, GPU) or ``cpu-smoke`` (tiny networks, minutes on 2 cores) configuration of one
+    run: ``PRESETS[preset]`` merged onto the defaults, then the per-dataset and per-model rules."""
+    _check_choices(model, dataset, preset)
+    cfg = RunConfig(model=model, preset=preset, seed=seed, data=DataConfig(dataset, data_path))
+    cfg = merge(cfg, PRESETS[preset], where=f"PRESETS[{preset!r}]")
+    cfg.stages.lambda_mcl = PAPER_LAMBDA_MCL[dataset]
+    if model == "btcvae":
+        cfg.vae.beta = 6.0
+    if preset == "paper":
+        epoch = DATASET_SIZES[dataset] // cfg.stages.batch_size
+        cfg.stages.stage1_steps = cfg.stages.stage2_steps = 10 * epoch          # 10 + 10 epochs (App. D.4)
+    elif dataset == "cars3d":
+        cfg.data.pool = 2048                                                    # the Cars3D twin renders slowly
+    return cfg
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """ValueError naming the first bad choice (model, dataset, preset, ``stages.mcl_z``, ``mcl.*``); returns cfg.
+
+    Called on a config after ``--set`` so a mistake is reported before any training starts."""
+    from mclcore.models.encdiff import MCL_Z
+
+    _check_choices(cfg.model, cfg.data.dataset, cfg.preset)
+    if cfg.stages.mcl_z not in MCL_Z:
+        raise ValueError(f"stages.mcl_z: expected one of {MCL_Z}, got {cfg.stages.mcl_z!r}")
+    cfg.mcl.validate()
+    return cfg
+
+
+def run_dir_name(cfg: RunConfig) -> str:
+    """``<model>-<dataset>[-file]-<preset>-seed<seed>``: one folder per run under ``--out``."""
+    data = "-file" if cfg.data.data_path else ""
+    return f"{cfg.model}-{cfg.data.dataset}{data}-{cfg.preset}-seed{cfg.seed}"
