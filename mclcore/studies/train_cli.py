@@ -67,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op CPU threads (0: torch's default); 1 avoids OpenMP oversubscription on a busy machine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +81,16 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.model not in TRAINER_OPTIONS and (args.variant != "acg" or args.mcl):
         print(f"--variant/--mcl: only for worldmodel, not {args.model}", file=sys.stderr)
+        return 2
+    for flag, value, lo in (("--stop-after", args.stop_after, 0), ("--threads", args.threads, 0)):
+        if value is not None and value < lo:
+            print(f"{flag}: expected an integer >= {lo}, got {value}", file=sys.stderr)
+            return 2
+    if any(s < 0 for s in args.seeds):
+        print(f"--seeds: expected integers >= 0, got {args.seeds}", file=sys.stderr)
+        return 2
+    if args.eval_only and (args.no_resume or args.no_eval or args.stop_after is not None):
+        print("--eval-only: cannot be combined with --no-resume, --no-eval or --stop-after", file=sys.stderr)
         return 2
     if args.threads:
         import torch

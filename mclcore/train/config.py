@@ -60,6 +60,10 @@ def from_dict(cls, data: dict, *, where: str = "config", strict: bool = True):
             continue
         v, default = data[name], _default(cls, f)
         if dataclasses.is_dataclass(default):
+            # missing fields of a section come from the field's default instance (a study's own MCLConfig, say),
+            # not from the section class's defaults
+            if isinstance(v, dict):
+                v = _deep_update(to_dict(default), v, f"{where}.{name}")
             v = from_dict(type(default), v, where=f"{where}.{name}", strict=strict)
         elif isinstance(default, tuple) and isinstance(v, list):
             v = tuple(v)

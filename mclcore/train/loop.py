@@ -287,44 +287,87 @@ def train_or_resume(out: str, args, train_fn) -> tuple[str, object]:
     return "ok", model
 
 
+def run_identity_diff(out: str, cfg, ignore: tuple = ("device",)) -> list[str]:
+    """Where the run already in ``out`` (its ``config.json``) differs from ``cfg``: ``"key: saved X vs given Y"``
+    for every differing leaf outside the ``ignore`` prefixes; [] for a new folder. A run folder is named by model,
+    dataset, preset and seed only, so this is what keeps a rerun with another ``--set`` from silently reusing (or
+    resuming) the run of another config. A config.json that cannot be read raises ValueError naming it."""
+    import json
+
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable run config ({err}); delete the run folder to start over") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a run config (a JSON object was expected)")
+    return [d for d in config_diff(saved, to_dict(cfg)) if not d.split(":")[0].startswith(tuple(ignore))]
+
+
+# What a user's mistake or a damaged file raises on the way through a run; said in one line (``--debug``: traceback).
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
 def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run_dir: Callable[[Any], str],
-              train_fn: Callable, eval_config: Callable[[Any], Any], evaluate: Callable, summary: Callable) -> int:
+              train_fn: Callable, eval_config: Callable[[Any], Any], evaluate: Callable, summary: Callable,
+              identity_ignore: tuple = ("device",)) -> int:
     """"Train, evaluate, write metrics" for every seed of ``args.seeds``: the body of ``mcl train``.
 
     ``config_for_seed(seed)`` -> cfg; ``run_dir(cfg)`` -> folder name under ``out_root``;
     ``train_fn(cfg, out, **kw) -> (model, finished)``; ``eval_config(saved_cfg)`` -> the config evaluation uses
     (the checkpoint's, with evaluation-only overrides); ``evaluate(model, cfg, out) -> dict``;
-    ``summary(out, res) -> str`` is printed before ``metrics.json`` is written. Returns the exit code.
+    ``summary(out, res) -> str`` is printed before ``metrics.json`` is written (a failed write loses nothing).
+
+    A run folder that holds a run of another config (:func:`run_identity_diff`; ``identity_ignore`` prefixes and,
+    with ``--eval-only``, the ``eval`` section may differ) is refused with the differing fields, unless
+    ``--no-resume`` retrains it with the given config. Errors of :data:`USER_ERRORS` end the command with one line
+    on stderr and exit code 2 (``--debug`` re-raises them). Returns the exit code.
     """
     import json
 
     for seed in args.seeds:
         cfg = config_for_seed(seed)
         out = os.path.join(out_root, run_dir(cfg))
-        t0 = time.perf_counter()
-        status, model = train_or_resume(out, args, lambda **kw: train_fn(cfg, out, **kw))
-        if status == "error":
+        try:
+            ignore = tuple(identity_ignore) + (("eval",) if args.eval_only else ())
+            diff = [] if args.no_resume else run_identity_diff(out, cfg, ignore)
+            if diff:
+                print(f"--out: {out} holds a run of a different config ({'; '.join(diff)}); use another --out, or "
+                      f"--no-resume to retrain it with this config", file=sys.stderr)
+                return 2
+            t0 = time.perf_counter()
+            status, model = train_or_resume(out, args, lambda **kw: train_fn(cfg, out, **kw))
+            if status == "error":
+                return 2
+            if status == "skip":
+                continue
+            train_s = time.perf_counter() - t0
+            if args.no_eval:
+                print(f"{out}: trained in {train_s:.0f} s")
+                continue
+            saved = type(cfg)
+            cfg = eval_config(from_dict(saved, load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]))
+            previous = None
+            metrics_path = os.path.join(out, "metrics.json")
+            if args.eval_only and os.path.exists(metrics_path):
+                with open(metrics_path) as f:
+                    previous = json.load(f).get("seconds", {})
+                previous = previous.get("training_run", previous)
+            res = evaluate(model, cfg, out)
+            res.setdefault("seconds", {})
+            res["seconds"]["train_call"] = train_s
+            res["seconds"]["total_call"] = time.perf_counter() - t0
+            if previous is not None:        # keep the timing of the call that trained the run
+                res["seconds"]["training_run"] = previous
+            print(summary(out, res), flush=True)
+            write_json_atomic(res, metrics_path, indent=1, sort_keys=False)
+        except USER_ERRORS as err:
+            if getattr(args, "debug", False):
+                raise
+            print(f"mcl train: {out}: {type(err).__name__ + ': ' if isinstance(err, OSError) else ''}{err}",
+                  file=sys.stderr)
             return 2
-        if status == "skip":
-            continue
-        train_s = time.perf_counter() - t0
-        if args.no_eval:
-            print(f"{out}: trained in {train_s:.0f} s")
-            continue
-        saved = type(cfg)
-        cfg = eval_config(from_dict(saved, load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]))
-        previous = None
-        metrics_path = os.path.join(out, "metrics.json")
-        if args.eval_only and os.path.exists(metrics_path):
-            with open(metrics_path) as f:
-                previous = json.load(f).get("seconds", {})
-            previous = previous.get("training_run", previous)
-        res = evaluate(model, cfg, out)
-        res.setdefault("seconds", {})
-        res["seconds"]["train_call"] = train_s
-        res["seconds"]["total_call"] = time.perf_counter() - t0
-        if previous is not None:        # keep the timing of the call that trained the run
-            res["seconds"]["training_run"] = previous
-        print(summary(out, res))
-        write_json_atomic(res, metrics_path, indent=1, sort_keys=False)
     return 0

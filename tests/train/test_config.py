@@ -33,6 +33,13 @@ def test_dict_round_trip_is_exact_and_json_able():
     assert from_dict(Outer, d) == cfg
     assert from_dict(Outer, {"inner": {"width": 9}}) == Outer(inner=Inner(width=9))   # missing -> defaults
 
+    @dataclasses.dataclass
+    class Study:
+        mcl: MCLConfig = dataclasses.field(default_factory=lambda: MCLConfig(critic="image", proj_dim=64))
+
+    # a partial section keeps the study's own defaults, not the section class's
+    assert from_dict(Study, {"mcl": {"tau": 0.2}}).mcl == MCLConfig(critic="image", proj_dim=64, tau=0.2)
+
 
 def test_unknown_keys_are_named():
     with pytest.raises(ValueError, match=r"config.inner: unknown Inner field\(s\) \['wdith'\]"):
