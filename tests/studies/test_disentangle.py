@@ -178,6 +178,26 @@ def test_cli_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
     assert os.listdir(tmp_path) == []                          # nothing trained, nothing written
 
 
+def test_a_rerun_with_another_config_is_refused_not_silently_reused(tmp_path, capsys):
+    # the run folder is named by model, dataset, preset and seed: a λ sweep into one --out once reused the first run
+    from mclcore.cli import main
+
+    base = ["train", "betavae", "--dataset", "mpi3d", "--out", str(tmp_path), "--quiet", "--no-eval",
+            *sum((["--set", s] for s in TINY), [])]
+    assert main(base) == 0
+    run = tmp_path / "betavae-mpi3d-cpu-smoke-seed0"
+    mtime = os.path.getmtime(run / "checkpoint.pt")
+    assert main([*base, "--set", "vae.beta=2"]) == 2
+    err = capsys.readouterr().err
+    assert "vae.beta: saved 4.0 vs given 2.0" in err and len(err.strip().splitlines()) == 1
+    assert os.path.getmtime(run / "checkpoint.pt") == mtime                # nothing was trained or written
+    assert main([*base, "--set", "vae.beta=2", "--no-resume"]) == 0        # retrains with the given config
+    assert json.load(open(run / "config.json"))["vae"]["beta"] == 2.0
+    (run / "config.json").write_text("{ truncated")
+    assert main([*base, "--set", "vae.beta=2"]) == 2
+    assert "config.json: not a readable run config" in capsys.readouterr().err
+
+
 def test_mcl_options_reach_the_model():
     cfg = apply_overrides(tiny("mddiff"), ["mcl.tau=0.07", "mcl.clip=5", "mcl.create_graph=false"])
     torch.manual_seed(0)
