@@ -1,28 +1,41 @@
 """Atomic file writes: results and configs never exist half-written (a killed run leaves the previous file or none).
 
-The text goes to a temporary file in the target's folder (same file system), is flushed to disk, then
-``os.replace``-d onto the target; on any error the temporary file is removed and the target is untouched.
+Everything goes through :func:`atomic_path`: the data go to a temporary file in the target's folder (same file
+system), then ``os.replace``-d onto the target; on any error the temporary file is removed and the target is
+untouched. Checkpoints (:func:`save_checkpoint`), text and JSON, figures and data caches all use it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import uuid
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (creating the folder if needed)."""
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path next to ``path`` (same folder, so the final rename is atomic; a unique name, and the
+    same extension, which writers such as matplotlib and numpy read); when the block finishes it is moved onto
+    ``path``; on any error (a kill included: the name never becomes ``path``) it is removed and ``path`` is
+    untouched. The one atomic writer: every other write in mclcore goes through it."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    root, ext = os.path.splitext(os.path.basename(path))
+    tmp = os.path.join(folder, f".{root}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (creating the folder if needed)."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json_atomic(obj, path: str, *, indent: int = 2, sort_keys: bool = True) -> None:
@@ -31,17 +44,8 @@ def write_json_atomic(obj, path: str, *, indent: int = 2, sort_keys: bool = True
 
 
 def _atomic(path: str, write) -> None:
-    """Run ``write(tmp_path)`` then move the file onto ``path`` (same folder, so the rename is atomic)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    root, ext = os.path.splitext(os.path.basename(path))
-    tmp = os.path.join(folder, f".{root}.tmp{os.getpid()}{ext}")   # keeps the extension (matplotlib reads it)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(path: str, state: dict) -> None:

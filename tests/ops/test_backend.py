@@ -168,30 +168,6 @@ def test_triton_package_exports_one_launcher_per_triton_op():
         assert callable(getattr(tk, op)), op
 
 
-def test_no_torch_C_outside_backend():
-    """mclcore asks the dispatcher only through mclcore/ops/_backend.py (callers use mclcore.ops.available)."""
-    # TODO(structure): trainers switch to available(); then drop these skipped folders.
-    skipped = (os.path.join("mclcore", "train") + os.sep, os.path.join("mclcore", "studies") + os.sep)
-    offenders = []
-    for folder, dirs, files in os.walk(os.path.join(ROOT, "mclcore")):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        for name in files:
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, ROOT)
-            if rel == os.path.join("mclcore", "ops", "_backend.py") or rel.startswith(skipped):
-                continue
-            with open(path, "rb") as f:
-                data = f.read()
-            if b"\0" in data:  # binaries (the built extension)
-                continue
-            if b"torch._C" in data:
-                offenders.append(rel)
-    assert not offenders, f"torch._C used outside mclcore/ops/_backend.py: {offenders}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# available(): arguments, CPU
-
 
 def test_available_is_exported():
     assert mclcore.ops.available is _backend.available

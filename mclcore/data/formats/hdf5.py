@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from mclcore._io import atomic_path
+
 from mclcore.data.formats.errors import DatasetFileError
 
 __all__ = ["open_h5", "read_runs", "h5_to_npy"]
@@ -53,12 +55,11 @@ def h5_to_npy(dset, path: str, cache_dir: str) -> np.ndarray:
     st = os.stat(path)
     target = os.path.join(cache_dir, f"{os.path.basename(path)}.images.{st.st_size}.{int(st.st_mtime)}.npy")
     if not os.path.exists(target):
-        tmp = target + f".tmp{os.getpid()}.npy"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=dset.shape)
-        step = 8192
-        for i in range(0, dset.shape[0], step):  # sequential reads: fast even for a contiguous 5.9 GB dataset
-            out[i:i + step] = dset[i:i + step]
-        out.flush()
-        del out
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=dset.shape)
+            step = 8192
+            for i in range(0, dset.shape[0], step):  # sequential reads: fast even for a contiguous 5.9 GB dataset
+                out[i:i + step] = dset[i:i + step]
+            out.flush()
+            del out
     return np.load(target, mmap_mode="r")

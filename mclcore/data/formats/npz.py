@@ -15,6 +15,8 @@ import zlib
 
 import numpy as np
 
+from mclcore._io import atomic_path
+
 from mclcore.data.formats.errors import DatasetFileError, require_file
 
 __all__ = ["open_npz_array", "read_npy_stream", "warn_if_decompressed_large"]
@@ -115,14 +117,12 @@ def _memmap_cached_member(path, zf, info, key, cache_dir) -> np.ndarray:
     stem = os.path.basename(path)
     target = os.path.join(cache_dir, f"{stem}.{key}.{st.st_size}.{int(st.st_mtime)}.npy")
     if not os.path.exists(target):
-        tmp = target + f".tmp{os.getpid()}"
-        with zf.open(info) as src, open(tmp, "wb") as dst:
+        with atomic_path(target) as tmp, zf.open(info) as src, open(tmp, "wb") as dst:   # no half cache on a crash
             while True:
                 block = src.read(1 << 24)
                 if not block:
                     break
                 dst.write(block)
-        os.replace(tmp, target)  # atomic: a crash mid-copy leaves no half cache
     try:
         return np.load(target, mmap_mode="r", allow_pickle=False)
     except ValueError as e:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Dataset
+
+from mclcore._io import atomic_path, write_text_atomic
 
 from mclcore.data.tabletop.expert import expert_policy
 from mclcore.data.tabletop.render import CAMERA, IMAGE_SIZE, render_states
@@ -93,10 +94,9 @@ def generate_episodes(path, n: int, task: str = "place_a2b_left", embodiment: st
     config = {"n": n, "task": TASKS[t_id], "embodiment": EMBODIMENTS[e_id], "T": T, "seed": int(seed),
               "noise": float(noise), "asset_set": asset_set, "action_low": ACTION_LOW.tolist(),
               "action_high": ACTION_HIGH.tolist(), "camera": CAMERA, "expert_speed": 0.7}
-    # a unique temporary name next to the target (same file system, so os.replace is atomic); h5py creates it with
-    # the usual permissions, unlike tempfile.mkstemp's 0600
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    # a unique temporary name next to the target (mclcore._io.atomic_path): an interrupted or failed run leaves
+    # neither a partial file at path nor the temporary file; h5py creates it with the usual permissions
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "x") as f:
             frames = f.create_dataset("frames", (n, T + 1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8,
                                       chunks=(1, T + 1, IMAGE_SIZE, IMAGE_SIZE, 3), compression=compression)
@@ -144,12 +144,6 @@ def generate_episodes(path, n: int, task: str = "place_a2b_left", embodiment: st
             f.attrs["T"] = T
             f.attrs["image_size"] = IMAGE_SIZE
             f.attrs["config"] = json.dumps(config)
-        os.replace(tmp, path)
-    except BaseException:
-        # an interrupted or failed run leaves neither a partial file at path nor the temporary file
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 
@@ -446,8 +440,5 @@ def make_lowdata_splits(out_dir, n_source: int = 1000, target_fraction: float = 
     manifest = {"setting": "low-data target embodiment", "seed": int(seed), "T": T, "noise": noise,
                 "files": {k: {"path": os.path.basename(p), "task": sets[k][0], "embodiment": sets[k][1],
                               "n": sets[k][2], "seed": int(s)} for (k, p), s in zip(paths.items(), set_seeds)}}
-    tmp = os.path.join(out_dir, "manifest.json.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(manifest, fh, indent=2)
-    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    write_text_atomic(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=2))
     return paths
