@@ -278,3 +278,35 @@ def test_mcl_units_fall_back_to_the_cpu_when_cuda_cannot_run_the_ops(monkeypatch
     assert study_run.choose_devices(_tiny_study(device="auto", models=("mdvae",))) == ("cuda", "cuda")
     with pytest.raises(ValueError, match="critic_grad"):
         study_run.choose_devices(_tiny_study(device="cuda"))
+
+
+def test_cli_mistakes_and_damaged_files_are_one_line_and_exit_code_2(tmp_path, capsys):
+    from mclcore.cli import main
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"dzs": [2], "alphabets": [3], "models": ["mdvae"], "seeds": 1, "certify_latents": 0,
+                                  "tensorboard": False, "train": {"n": 300, "epochs": 1, "batch_size": 64,
+                                                                  "hidden": 16}}))
+    base = ["synthetic", "--config", str(config), "--no-progress"]
+
+    def fails(argv, *needles):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
+
+    if not torch.cuda.is_available():
+        fails([*base, "--device", "cuda", "--out", str(tmp_path / "cuda")], "--device", "CUDA is not available")
+        assert not (tmp_path / "cuda").exists()                       # nothing written before the inputs are checked
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    fails([*base, "--out", str(blocker / "out")], "NotADirectoryError")
+    out = tmp_path / "out"
+    assert main([*base, "--out", str(out)]) == 0
+    capsys.readouterr()
+    unit = out / "units" / "gmd-leaky_relu-dz2-U3-mdvae.json"
+    unit.write_text(unit.read_text()[:50])                              # a truncated unit record
+    fails([*base, "--out", str(out)], str(unit), "not a readable unit record")
+    unit.unlink()
+    (out / "config.json").write_text("{")
+    fails([*base, "--out", str(out)], "config.json is not a readable study config")
+    fails([*base, "--epochs", "-1", "--out", str(tmp_path / "x")], "epochs")

@@ -33,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/synthetic-<preset or custom>)")
     p.add_argument("--dump-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     add_config_flags(p, StudyConfig, flatten=("train",), skip=tuple(f"train.{k}" for k in PER_UNIT),
                      title="study (StudyConfig; see help(mclcore.studies.synthetic.config.StudyConfig))")
 
@@ -67,8 +68,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or os.path.join("runs", f"synthetic-{args.preset or 'custom'}")
     try:
         paths = run_study(study, out, progress=not args.no_progress)
-    except (OutDirMismatch, ValueError) as err:
-        print(f"mcl synthetic: {err}", file=sys.stderr)
+    except (OutDirMismatch, ValueError, OSError, FloatingPointError) as err:   # a mistake or a damaged file: one line
+        if args.debug:
+            raise
+        kind = f"{type(err).__name__}: " if isinstance(err, OSError) else ""
+        print(f"mcl synthetic: {kind}{err}", file=sys.stderr)
         return 2
     print(f"mcl synthetic: done. Median-MCC table: {paths['table']}")
     print(f"  violin plot (Fig. 5 style): {paths['violin']}")

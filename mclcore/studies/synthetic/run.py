@@ -27,6 +27,7 @@ import sys
 import time
 
 from mclcore._io import write_text_atomic
+from mclcore.train.config import config_diff
 from mclcore.studies.synthetic.config import StudyConfig
 from mclcore.studies.synthetic.report import write_report
 
@@ -105,12 +106,23 @@ def _unit_path(out: str, unit: Unit) -> str:
     return os.path.join(out, "units", f"{unit.uid}.json")
 
 
+def _read_json(path: str, what: str):
+    """A JSON file this study wrote, or ValueError naming it (a truncated or hand-edited file is not a result)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable {what} ({err}); delete it to recompute it") from None
+
+
 def _load_unit(out: str, unit: Unit) -> dict | None:
     path = _unit_path(out, unit)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    rec = _read_json(path, "unit record")
+    if not isinstance(rec, dict) or not isinstance(rec.get("rows"), list):
+        raise ValueError(f"{path}: not a unit record (no 'rows'); delete it to recompute the unit")
+    return rec
 
 
 def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, writer_factory) -> dict:
@@ -165,8 +177,7 @@ def _certificates(study: StudyConfig, out: str) -> dict:
     path = os.path.join(out, "certificates.json")
     cache = {}
     if os.path.exists(path):
-        with open(path) as f:
-            cache = json.load(f)
+        cache = _read_json(path, "certificate cache")
     if not study.certify_latents:
         return cache
     import warnings
@@ -222,7 +233,9 @@ def choose_devices(study: StudyConfig) -> tuple[str, str]:
     from mclcore.ops import available
     from mclcore.studies.synthetic.train import MCL_OPS
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if study.device == "auto" else study.device
+    from mclcore.train.loop import resolve_device
+
+    device = str(resolve_device(study.device))     # --device cuda without CUDA: ValueError before anything is written
     if "mdvae_mcl" not in study.models:
         return device, device
     ok, why = available(MCL_OPS, device)
@@ -250,11 +263,15 @@ def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit
     cfg_text = json.dumps(study.to_dict(), indent=1, sort_keys=True)
     if os.path.exists(cfg_path):
         with open(cfg_path) as f:
-            old = json.load(f)
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError as err:
+                raise OutDirMismatch(f"--out: {cfg_path} is not a readable study config ({err}); use a fresh --out "
+                                     f"directory, or delete it and the results beside it") from None
         if old != json.loads(cfg_text):
-            diff = sorted(k for k in set(old) | set(study.to_dict()) if old.get(k) != study.to_dict().get(k))
-            raise OutDirMismatch(f"--out: {out} holds a study with a different config (differs in {diff}); "
-                             f"use a fresh --out directory, or delete {cfg_path} and the results beside it")
+            diff = config_diff(old, study.to_dict()) if isinstance(old, dict) else ["(not a JSON object)"]
+            raise OutDirMismatch(f"--out: {out} holds a study with a different config ({'; '.join(diff)}); "
+                                 f"use a fresh --out directory, or delete {cfg_path} and the results beside it")
     else:
         write_text_atomic(cfg_path, cfg_text)
 
