@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 import torch.nn as nn
-from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
 import mclcore
@@ -53,16 +52,38 @@ def make_data(n, dz, alphabet, seed, dx=32, du=16):
     return z, u, x
 
 
-def mcc(z_true: np.ndarray, z_hat: np.ndarray) -> float:
-    d = z_true.shape[1]
-    corr = np.abs(np.corrcoef(z_true.T, z_hat.T)[:d, d:])
-    rows, cols = linear_sum_assignment(-corr)
-    return float(corr[rows, cols].mean())
+def _check(args) -> str | None:
+    """One line naming the first bad argument, or None."""
+    import math
+
+    for flag, value, lo in (("--steps", args.steps, 1), ("--dz", args.dz, 1), ("--alphabet", args.alphabet, 2),
+                            ("--batch", args.batch, 2), ("--seed", args.seed, 0)):
+        if value < lo:
+            return f"{flag}: expected an integer >= {lo}, got {value}"
+    if not (math.isfinite(args.lam) and args.lam >= 0):
+        return f"--lam: expected a finite number >= 0, got {args.lam}"
+    if args.batch > 10_000:
+        return f"--batch: expected at most the 10000 training samples, got {args.batch}"
+    return None
 
 
 def run(args) -> int:
+    import sys
+
+    from mclcore.metrics import mcc
+
+    why = _check(args)
+    if why is None:
+        try:
+            dev = torch.device(args.device)
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                why = f"--device: {args.device!r} requested but CUDA is not available on this machine"
+        except RuntimeError:
+            why = f"--device: expected cpu, cuda or cuda:N, got {args.device!r}"
+    if why is not None:
+        print(f"mcl demo: {why}", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
-    dev = torch.device(args.device)
     z_true, u, x = make_data(12_000, args.dz, args.alphabet, args.seed)
     n_train = 10_000
     dx, du, dz = x.shape[1], u.shape[1], args.dz
@@ -104,5 +125,5 @@ def run(args) -> int:
     print(f"MCL loss {first[2]:.4f} -> {last[2]:.4f}, reconstruction {first[0]:.4f} -> {last[0]:.4f} "
           f"({time.time() - t0:.1f} s)")
     print(f"MCC of posterior means vs true z on {len(mu)} held-out samples: "
-          f"{mcc(z_true[n_train:].numpy(), mu.cpu().numpy()):.3f}")
+          f"{mcc(z_true[n_train:].double().numpy(), mu.cpu().double().numpy())['mcc.mean']:.3f}")
     return 0
