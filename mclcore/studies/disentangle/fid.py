@@ -12,6 +12,12 @@
     These values are **not** comparable with Inception FIDs (different feature space and scale); they rank
     models on the same dataset.
 
+  Sanity (tests/studies/test_fid_sanity.py, Shapes3D twin, 100 training steps): it ranks real held-out images
+  < a lightly blurred copy < a heavily blurred copy < uniform noise (FID 12.8 / 15.3 / 57.0 / 1229.5; 2-core AMD
+  EPYC dev VM, 2026-12-06). Between two failure modes it is not to be trusted: the dataset's mean image repeated
+  scored 1754, *worse* than uniform noise (1229), which is how near-noise diffusion samples once scored better
+  than a beta-VAE's blurry ones. Its values rank models that produce recognisable images, nothing more.
+
 * **LPIPS column**: LPIPS needs learned AlexNet/VGG weights we do not have offline. We report
   ``feature_distance``, the LPIPS formula without its learned channel weights (unit-normalise each layer's
   activations over channels, squared difference, mean over space, sum over layers) on the same dataset-trained
