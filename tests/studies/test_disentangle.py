@@ -103,7 +103,17 @@ def test_stage_learning_rates_follow_the_batch_scaling_rule():
     assert opts[0].param_groups[0]["lr"] == pytest.approx(2e-7 * 128 / cfg.stages.warmup2)
 
 
-def test_evaluate_writes_metrics_and_figures(tmp_path):
+def test_evaluate_writes_metrics_and_figures(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    scales, imshow = [], matplotlib.axes.Axes.imshow
+
+    def record(self, X, *args, **kw):
+        if kw.get("cmap") == "magma":
+            scales.append((kw.get("vmin"), kw.get("vmax")))
+        return imshow(self, X, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", record)
     cfg = tiny("mddiff")
     model, _ = study.train(cfg, str(tmp_path / "run"), progress=False, log=False)
     # write=True: evaluate writes metrics.json itself (mcl train leaves that to run_seeds, after its timings)
@@ -116,6 +126,7 @@ def test_evaluate_writes_metrics_and_figures(tmp_path):
     assert saved["dci"] == res["dci"]
     for name in ("swap", "traversal", "attention"):
         assert os.path.getsize(res["figures"][name]) > 1000
+    assert len(scales) > 1 and len(set(scales)) == 1 and scales[0][1] is not None   # one colour scale for all maps
     assert any(f.startswith("featnet-mpi3d-twin") for f in os.listdir(tmp_path / "cache"))
 
 

@@ -151,17 +151,22 @@ def attention_maps(model, cfg, dataset, path: str, device, n_images: int = 4, se
     plt = _plt()
     k = s.shape[1]
     fig, axes = plt.subplots(n_images, k + 1, figsize=(0.75 * (k + 1), 0.8 * n_images + 0.4), squeeze=False)
+    # One colour scale for every panel: each panel on its own scale made noise look like structure.
+    vmax = float(acc.max()) if acc.numel() else 1.0
     for r in range(n_images):
         axes[r, 0].imshow(x[r].permute(1, 2, 0).cpu().numpy())
         for j in range(k):
-            axes[r, j + 1].imshow(acc[r, j].cpu().numpy(), cmap="magma")
+            im = axes[r, j + 1].imshow(acc[r, j].cpu().numpy(), cmap="magma", vmin=0.0, vmax=vmax)
             if r == 0:
                 axes[r, j + 1].set_title(f"tok {j}", fontsize=6)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0, 0].set_title("image", fontsize=6)
-    fig.suptitle(f"{cfg.model} on {cfg.data.dataset}: cross-attention per concept token (Fig. 9)", fontsize=8)
+    if k:
+        fig.colorbar(im, ax=axes[:, 1:].ravel().tolist(), fraction=0.02, pad=0.01).ax.tick_params(labelsize=5)
+    fig.suptitle(f"{cfg.model} on {cfg.data.dataset}: cross-attention per concept token (Fig. 9; one colour scale, "
+                 f"uniform = {1 / (64 * 64):.1e})", fontsize=8)
     save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path
