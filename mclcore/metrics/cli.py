@@ -28,7 +28,7 @@ __all__ = ["add_arguments", "run", "load_module", "write_json_atomic"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mclcore.metrics.dci import DCI_MODELS
+    from mclcore.metrics.dci import DCI_DEFAULT_MODEL, DCI_MODELS
     from mclcore.metrics.evaluate import METRICS
 
     parser.add_argument("--model", required=True, help="torch.save(nn.Module) or TorchScript file: float "
@@ -44,9 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of every metric's sampler (default 0)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    parser.add_argument("--dci-model", default="hist_gbt", choices=list(DCI_MODELS),
-                        help="DCI predictor: hist_gbt (default, fast), gbt (disentanglement_lib's "
-                             "GradientBoostingClassifier, ~6 min on 2 cores), lasso")
+    parser.add_argument("--dci-model", default=DCI_DEFAULT_MODEL, choices=list(DCI_MODELS),
+                        help=f"DCI predictor (default {DCI_DEFAULT_MODEL}): gbt (disentanglement_lib's "
+                             "GradientBoostingClassifier, minutes at the full protocol), hist_gbt (fast, but a "
+                             "redundant copy of a code gets no importance), lasso")
     parser.add_argument("--sample-scale", type=float, default=1.0,
                         help="multiply every protocol sample count (1.0 = disentanglement_lib protocol)")
     parser.add_argument("--no-cache", action="store_true", help="encode every sampled observation instead of each "

@@ -14,17 +14,32 @@ by definition (the entropy bases would be 1).
 
 Predictors (``model``):
 
-* ``"hist_gbt"`` (default): ``HistGradientBoostingClassifier`` configured like disentanglement_lib's
+* ``"gbt"`` (default, :data:`DCI_DEFAULT_MODEL`): ``sklearn.ensemble.GradientBoostingClassifier()`` with default
+  parameters and ``feature_importances_`` - exactly disentanglement_lib's choice, so scores are comparable with
+  published ones and pass disentanglement_lib's own DCI unit tests (``tests/metrics/test_conformance.py``). It is
+  slow: one exact-split tree per class and round, e.g. 5,700 trees for Shapes3D (see the timings below).
+* ``"hist_gbt"``: ``HistGradientBoostingClassifier`` configured like disentanglement_lib's
   ``GradientBoostingClassifier()`` defaults - 100 rounds, learning rate 0.1, depth-3 trees (max 8 leaves), no early
   stopping - with importances = total split gain per feature over all trees (the boosting analogue of the
-  impurity importances ``"gbt"`` reports). Measured with ``benchmarks/bench_metrics.py`` (20-dim code, Shapes3D,
-  default protocol, 2 cores shared with other jobs, load ~7): 23 s for DCI with ``"hist_gbt"`` against 1071 s with
-  ``"gbt"``, which alone would blow the 2-minute budget; disentanglement 0.166 vs 0.161 on that code.
-* ``"gbt"``: ``sklearn.ensemble.GradientBoostingClassifier()`` with default parameters and
-  ``feature_importances_`` - exactly disentanglement_lib's choice, for reproducing published numbers.
+  impurity importances ``"gbt"`` reports). Fast, but **biased against redundant codes**: when two code dimensions
+  tie on split gain it always keeps the first, so an exact copy of a dimension never gets importance. On
+  disentanglement_lib's duplicated-code test (10 factors, codes ``[z, z]``, 1,000 train / 1,000 test points)
+  completeness is 1.000 with ``"hist_gbt"`` against 0.770 with ``"gbt"`` (disentanglement_lib expects 0.60-0.80,
+  the even split gives 1 - log 2 / log 20 = 0.769), measured 2026-12-06 on the 2-core AMD EPYC VM. ``"gbt"``
+  randomises the feature order per split (seeded), so tied copies share the importance. Without exact ties the two
+  still differ by more than seed noise: on dense linear mixes of those 10 factors (codes ``(f + 1) @ (I + 0.3 N)``,
+  two seeds) ``"hist_gbt"`` gave disentanglement and completeness 0.024-0.029 higher and test informativeness
+  0.019-0.020 higher; on the 20-dim random encoder of Shapes3D at the full protocol 0.166 / 0.113 / 0.646 against
+  0.161 / 0.109 / 0.627 (same machine and date). Use it for quick looks and smoke runs, not for numbers compared
+  with disentanglement_lib or papers.
 * ``"lasso"``: Eastwood & Williams' linear option: per factor a ``Lasso(alpha=lasso_alpha)`` regression of the
   standardised factor class on standardised codes, importance |coef|; informativeness is then the R^2 (not an
   accuracy).
+
+Cost (``benchmarks/bench_metrics.py --dci-timing 0.02,1.0``: DCI fits only, one thread, 20-dim codes of the
+procedural Shapes3D (factor sizes 10, 10, 10, 8, 4, 15), 2-core AMD EPYC VM shared with other jobs, load 2-5,
+2026-12-06): the full protocol (10,000 train / 5,000 test) took 361 s with ``"gbt"`` against 12 s with
+``"hist_gbt"``; ``sample_scale`` 0.02 (200 / 100) 8.7 s against 3.3 s.
 """
 from __future__ import annotations
 
@@ -32,9 +47,12 @@ import numpy as np
 
 from mclcore.metrics.utils import as_generator, check_codes, check_factors, check_not_constant, train_test_codes
 
-__all__ = ["dci", "dci_from_codes", "importance_matrix", "disentanglement", "completeness", "DCI_MODELS"]
+__all__ = ["dci", "dci_from_codes", "importance_matrix", "disentanglement", "completeness", "DCI_MODELS",
+           "DCI_DEFAULT_MODEL"]
 
-DCI_MODELS = ("hist_gbt", "gbt", "lasso")
+DCI_MODELS = ("gbt", "hist_gbt", "lasso")
+# disentanglement_lib's predictor; every default in mclcore.metrics (functions, evaluate, `mcl eval`) reads this.
+DCI_DEFAULT_MODEL = "gbt"
 
 
 def _entropy(p: np.ndarray, base: int, axis: int) -> np.ndarray:
@@ -80,12 +98,12 @@ def _hist_gain_importance(model, k: int) -> np.ndarray:
     return imp / s if s > 0 else imp
 
 
-def importance_matrix(codes_train, factors_train, codes_test, factors_test, *, model: str = "hist_gbt",
+def importance_matrix(codes_train, factors_train, codes_test, factors_test, *, model: str = DCI_DEFAULT_MODEL,
                       seed: int = 0, lasso_alpha: float = 0.02, threads: int | None = 1):
     """(K, F) importances, per-factor train scores (F,), per-factor test scores (F,). See the module doc.
 
     ``threads`` caps OpenMP threads while the histogram GBT fits and predicts (None: scikit-learn's default,
-    all cores).
+    all cores); ``"gbt"`` and ``"lasso"`` run on one thread whatever it says.
     HistGradientBoosting synchronises threads at every split; on 2 shared cores under load we measured a fit
     (10,000 x 20 codes, 10 classes) at 3.1 s with one thread and 29 s with two, hence the default of 1.
     """
@@ -136,8 +154,9 @@ def importance_matrix(codes_train, factors_train, codes_test, factors_test, *, m
     return r, train_s, test_s
 
 
-def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, model: str = "hist_gbt", seed: int = 0,
-                   lasso_alpha: float = 0.02, threads: int | None = 1, return_importance: bool = False) -> dict:
+def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, model: str = DCI_DEFAULT_MODEL,
+                   seed: int = 0, lasso_alpha: float = 0.02, threads: int | None = 1,
+                   return_importance: bool = False) -> dict:
     """DCI from precomputed codes (N, K) and integer factor classes (N, F); see the module doc.
 
     Returns {"dci.disentanglement", "dci.completeness", "dci.informativeness_train", "dci.informativeness_test"}
@@ -161,9 +180,10 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, mode
     return out
 
 
-def dci(dataset, representation, rng=0, *, num_train: int = 10000, num_test: int = 5000, model: str = "hist_gbt",
-        lasso_alpha: float = 0.02, threads: int | None = 1, encode_batch_size: int = 256, cache: bool = True,
-        progress: bool = False, return_importance: bool = False) -> dict:
+def dci(dataset, representation, rng=0, *, num_train: int = 10000, num_test: int = 5000,
+        model: str = DCI_DEFAULT_MODEL, lasso_alpha: float = 0.02, threads: int | None = 1,
+        encode_batch_size: int = 256, cache: bool = True, progress: bool = False,
+        return_importance: bool = False) -> dict:
     """DCI of ``representation`` on ``dataset`` (factors with one value, e.g. dSprites' colour, are skipped).
 
     ``rng`` (int or Generator) draws the samples; the tree models are seeded from it too, so equal seeds give

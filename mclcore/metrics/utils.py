@@ -7,6 +7,12 @@ inf) and, by default, computes each grid point's code once: the benchmark grids 
 Shapes3D) while the FactorVAE protocol alone asks for 64 x 15,000 + 10,000 = 970,000 codes, about half of them
 repeats. Caching assumes the representation is deterministic (posterior means, eval mode); pass ``cache=False``
 to call it on every batch exactly as disentanglement_lib does.
+
+The cache is dense over the *whole grid* (a float64 row per grid point plus a one-byte "encoded" flag), which is
+right for the benchmark grids but not for synthetic grids such as disentanglement_lib's test data (10 factors of
+10 values: 10^10 points, 754 GiB for a 10-dim code). :class:`EncodedDataset` therefore computes the cache's size
+before allocating it and raises a ValueError naming ``dataset`` and the size when it exceeds ``max_cache_bytes``
+(default :data:`MAX_CACHE_BYTES`, 8 GiB), instead of a MemoryError from numpy half-way through a metric.
 """
 from __future__ import annotations
 
@@ -17,7 +23,23 @@ import numpy as np
 from mclcore.data.base import GroundTruthDataset, as_generator, to_float_nchw
 
 __all__ = ["EncodedDataset", "as_encoded", "train_test_codes", "torch_representation", "check_codes", "check_factors",
-           "as_generator", "histogram_discretize"]
+           "as_generator", "histogram_discretize", "MAX_CACHE_BYTES", "cache_bytes"]
+
+# Largest code cache EncodedDataset allocates by default. The real grids need far less (Shapes3D, 480,000 points x
+# 20 dims: 77 MB; MPI3D, 1,036,800 points x 64 dims: 0.5 GiB), and 8 GiB still fits the 2-core CI box (23 GiB).
+MAX_CACHE_BYTES = 8 * 2**30
+
+
+def cache_bytes(num_points: int, num_codes: int) -> int:
+    """Bytes of a dense code cache: float64 codes (``num_points`` x ``num_codes``) + a one-byte flag per point."""
+    return int(num_points) * (8 * int(num_codes) + 1)
+
+
+def _human_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
 
 
 def check_codes(codes, n: int | None = None, name: str = "codes") -> np.ndarray:
@@ -92,10 +114,13 @@ class EncodedDataset:
         batch_size: observations per representation call.
         cache: remember each grid point's code (float64, len(dataset) x K; 77 MB for Shapes3D with K = 20).
         progress: show a tqdm bar (stderr) while encoding.
+        max_cache_bytes: refuse (ValueError) a cache larger than this, see :func:`cache_bytes`. Checked twice:
+            here with one code dimension (a lower bound, so a hopeless grid fails before anything is encoded) and
+            with the real K before the first allocation.
     """
 
     def __init__(self, dataset: GroundTruthDataset, representation, *, batch_size: int = 256, cache: bool = True,
-                 progress: bool = False):
+                 progress: bool = False, max_cache_bytes: int = MAX_CACHE_BYTES):
         if not isinstance(dataset, GroundTruthDataset):
             raise TypeError(f"dataset: expected a mclcore.data.GroundTruthDataset, got {type(dataset).__name__}")
         if not callable(representation):
@@ -103,16 +128,37 @@ class EncodedDataset:
                             f"{type(representation).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if not max_cache_bytes >= 0:
+            raise ValueError(f"max_cache_bytes: expected >= 0, got {max_cache_bytes}")
         self.dataset = dataset
         self.representation = representation
         self.batch_size = int(batch_size)
         self.cache = bool(cache)
+        self.max_cache_bytes = max_cache_bytes
+        if self.cache:
+            self._check_cache_size(None)
         self.progress = progress
         self.num_codes: int | None = None
         self._store: np.ndarray | None = None
         self._have: np.ndarray | None = None
         self.calls = 0           # representation calls so far
         self.encoded = 0         # observations passed to the representation so far
+
+    def _check_cache_size(self, num_codes: int | None) -> None:
+        """Raise before allocating a cache over the grid that would exceed ``max_cache_bytes``."""
+        n = len(self.dataset)
+        need = cache_bytes(n, num_codes or 1)
+        if need <= self.max_cache_bytes:
+            return
+        dims = f"{num_codes} dims" if num_codes else "at least 1 dim"
+        width = "" if num_codes else "; the code width is not known yet"
+        size = f"{'' if num_codes else 'at least '}{_human_bytes(need)} ({need} bytes)"
+        raise ValueError(
+            f"dataset: a code cache of {n} points x {dims} (the whole grid of {self.dataset.name!r}; float64 codes "
+            f"+ a 1-byte flag per point{width}) would take {size}, over max_cache_bytes = "
+            f"{_human_bytes(self.max_cache_bytes)}; pass cache=False to encode every sampled observation instead (as "
+            f"disentanglement_lib does), or pass EncodedDataset(dataset, representation, max_cache_bytes=...) as "
+            f"the representation")
 
     def _encode(self, index: np.ndarray, desc: str) -> np.ndarray:
         bar = None
@@ -146,13 +192,13 @@ class EncodedDataset:
             return np.zeros((0, self.num_codes or 0))
         if not self.cache:
             return self._encode(index, desc)
-        if self._have is None:
-            self._have = np.zeros(len(self.dataset), dtype=bool)
-        missing = np.unique(index[~self._have[index]])
+        missing = np.unique(index) if self._have is None else np.unique(index[~self._have[index]])
         if missing.size:
             new = self._encode(missing, desc)
             if self._store is None:
+                self._check_cache_size(new.shape[1])       # K is known only now: the exact size, before allocating
                 self._store = np.zeros((len(self.dataset), new.shape[1]), dtype=np.float64)
+                self._have = np.zeros(len(self.dataset), dtype=bool)
             self._store[missing] = new
             self._have[missing] = True
         return self._store[index]

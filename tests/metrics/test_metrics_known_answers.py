@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from mclcore.data import GroundTruthDataset
-from mclcore.metrics import (EncodedDataset, dci, dci_from_codes, evaluate, factor_vae_score, mig, mig_from_codes,
-                             sap, sap_from_codes)
+from mclcore.metrics import (DCI_MODELS, EncodedDataset, dci, dci_from_codes, evaluate, factor_vae_score, mig,
+                             mig_from_codes, sap, sap_from_codes)
+from mclcore.metrics.dci import DCI_DEFAULT_MODEL
+from mclcore.metrics.utils import MAX_CACHE_BYTES, cache_bytes
 
 
 class IndexImages(GroundTruthDataset):
@@ -100,7 +102,8 @@ def test_dci_known_answers():
     perfect = dci(DS2, small_rep(lambda f: f), 0, **SMALL)
     assert perfect["dci.disentanglement"] > 0.95 and perfect["dci.completeness"] > 0.95
     assert perfect["dci.informativeness_test"] > 0.99
-    # permuted, monotonically rescaled codes: histogram trees see the same partitions, so the same scores
+    # permuted, monotonically rescaled codes: tree splits see only the order of values, so the same partitions
+    # and the same scores (with gbt, the default, as with hist_gbt)
     rescaled = dci(DS2, small_rep(lambda f: np.c_[np.exp(f[:, 2]), -3 * f[:, 0], f[:, 1] ** 3]), 0, **SMALL)
     assert rescaled["dci.disentanglement"] == pytest.approx(perfect["dci.disentanglement"], abs=1e-9)
     assert rescaled["dci.completeness"] == pytest.approx(perfect["dci.completeness"], abs=1e-9)
@@ -192,3 +195,81 @@ def test_clear_errors():
         mig(DS, factors_rep, np.random.RandomState(0))
     with pytest.raises(ValueError, match="metrics"):
         evaluate(DS, factors_rep, ("beta_vae",))
+
+
+def test_dci_default_is_disentanglement_libs_gbt():
+    # every default inside mclcore.metrics follows dci.DCI_DEFAULT_MODEL: the functions, evaluate and `mcl eval`
+    import argparse
+    import inspect
+
+    from mclcore.metrics.cli import add_arguments
+
+    assert DCI_DEFAULT_MODEL == "gbt" and set(DCI_MODELS) == {"gbt", "hist_gbt", "lasso"}
+    assert inspect.signature(evaluate).parameters["dci_model"].default == "gbt"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--model", "m.pt", "--dataset", "shapes3d"]).dci_model == "gbt"
+    a = dci(DS2, small_rep(lambda f: f), 0, num_train=300, num_test=200)
+    b = dci(DS2, small_rep(lambda f: f), 0, num_train=300, num_test=200, model="gbt")
+    assert a == b
+
+
+def test_dci_hist_gbt_gives_a_duplicated_code_no_importance():
+    # The documented bias of the fast option: on a tie in split gain HistGradientBoosting keeps the first feature,
+    # so the copy in codes [z, z] gets exactly zero importance and completeness is 1; gbt shares it between the two
+    # (disentanglement_lib's duplicated-code test, tests/metrics/test_conformance.py, expects 0.60-0.80).
+    f = DS2.sample_factors(600, 0)
+    z = f.astype(np.float64)
+    codes = np.hstack([z, z])
+    hist = dci_from_codes(codes[:400], f[:400], codes[400:], f[400:], model="hist_gbt", return_importance=True)
+    assert np.all(hist["dci.importance_matrix"][3:] == 0) and hist["dci.completeness"] == pytest.approx(1.0)
+    gbt = dci_from_codes(codes[:400], f[:400], codes[400:], f[400:], model="gbt", return_importance=True)
+    assert np.all(gbt["dci.importance_matrix"][3:].sum(axis=0) > 0.2 * gbt["dci.importance_matrix"].sum(axis=0))
+    assert gbt["dci.completeness"] < 0.9
+
+
+class HugeGrid(GroundTruthDataset):
+    """disentanglement_lib's test grid, 10 factors x 10 values = 10^10 points; never renders anything here."""
+
+    name = "huge_grid"
+
+    def __init__(self):
+        super().__init__([f"f{i}" for i in range(10)], [10] * 10)
+
+    def _observations(self, index):
+        out = np.zeros((index.size, 64, 64, 3), dtype=np.uint8)
+        out[:, 0, :10, 0] = self.index_to_factors(index)
+        return out
+
+
+def test_code_cache_size_guard():
+    huge = HugeGrid()
+    assert len(huge) == 10**10 and cache_bytes(10**10, 1) > MAX_CACHE_BYTES
+    calls = []
+
+    def rep(obs):
+        calls.append(len(obs))
+        return obs[:, 0, :10, 0].astype(np.float64)
+
+    # the lower bound (one code dim) fails at construction: nothing is encoded, nothing allocated
+    with pytest.raises(ValueError, match=r"^dataset: a code cache of 10000000000 points x at least 1 dim"
+                                         r".*at least 83.8 GiB.*cache=False"):
+        EncodedDataset(huge, rep)
+    for metric, kw in ((dci, dict(num_train=100, num_test=50)), (mig, dict(num_train=100)),
+                       (factor_vae_score, dict(num_train=10, num_eval=10, num_variance_estimate=100))):
+        with pytest.raises(ValueError, match="^dataset: a code cache"):
+            metric(huge, rep, 0, **kw)
+    with pytest.raises(ValueError, match="^dataset: a code cache"):
+        evaluate(huge, rep, ("mig",), sample_scale=0.01)
+    assert calls == []
+    # cache=False encodes every sample instead, as disentanglement_lib does: the metric runs
+    assert mig(huge, rep, 0, num_train=500, cache=False)["mig.score"] > 0.9 and sum(calls) == 500
+    # the exact size is checked once the code width K is known, before the cache is allocated
+    calls.clear()
+    enc = EncodedDataset(DS, factors_rep, max_cache_bytes=len(DS) * 9)       # passes the 1-dim bound (360 x 9 B)
+    with pytest.raises(ValueError, match=r"360 points x 4 dims.*11.6 KiB \(11880 bytes\)"):
+        enc.codes_at(np.arange(10))
+    assert enc._store is None and enc._have is None
+    assert EncodedDataset(DS, factors_rep, max_cache_bytes=len(DS) * 33).codes_at(np.arange(3)).shape == (3, 4)
+    with pytest.raises(ValueError, match="max_cache_bytes"):
+        EncodedDataset(DS, factors_rep, max_cache_bytes=-1)
