@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import typing
 from dataclasses import fields
 
 __all__ = ["to_dict", "from_dict", "merge", "apply_overrides", "config_diff", "coerce", "add_config_flags",
-           "flag_overrides", "leaf_paths"]
+           "flag_overrides", "leaf_paths", "check_numbers"]
 
 
 def to_dict(cfg) -> dict:
@@ -241,3 +242,35 @@ def flag_overrides(args: argparse.Namespace) -> dict:
             d = d.setdefault(p, {})
         d[path[-1]] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+# --------------------------------------------------------------------------------------------------- number checks
+_NONNEG_FLOAT = re.compile(r"(^|_)(lambda|lr|weight_decay|beta|gamma|tau|clip|noise|scale|var|std|eps|frac)")
+_NONNEG_INT = re.compile(r"(steps|every|epochs|batch_size|samples|seed|episodes|frames|horizon|^n_|_len$|dim|width|"
+                         r"depth|heads|hidden|ch$|channels|layers|patch|embed|concepts|num_|pool|blocks)")
+_POSITIVE = re.compile(r"(batch_size|^lr$|_lr$|lr\d$|^tau$|dim$|heads$|patch$|^ch$|channels$|width$)")
+
+
+def check_numbers(cfg, where: str = "") -> None:
+    """ValueError naming the dotted field of the first number a config cannot mean: NaN or inf anywhere; a
+    negative weight, rate, scale, variance, count or size (by the field's name: ``lambda_*``, ``*lr*``, ``beta``,
+    ``*steps``, ``*batch_size``, ...); a zero batch size, learning rate, temperature or width. Studies call it from
+    their ``validate`` so ``--set stages.lambda_mcl=-1`` is refused, not trained."""
+    import math
+
+    for path, _, _ in leaf_paths(type(cfg)):
+        obj = cfg
+        for p in path:
+            obj = getattr(obj, p)
+        name, dotted = path[-1], where + ".".join(path)
+        values = obj if isinstance(obj, tuple) else (obj,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{dotted}: expected a finite number, got {obj!r}")
+            positive = bool(_POSITIVE.search(name))
+            if (isinstance(v, float) and _NONNEG_FLOAT.search(name)) or (isinstance(v, int) and
+                                                                          _NONNEG_INT.search(name)):
+                if v < 0 or (positive and v == 0):
+                    raise ValueError(f"{dotted}: expected a number {'> 0' if positive else '>= 0'}, got {obj!r}")

@@ -182,7 +182,10 @@ def test_cli_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
     for extra, what in ((["--data-path", str(tmp_path / "missing.h5")], "--data-path"),
                         (["--set", "stages.lr=1"], "--set"), (["--set", "vae.steps"], "KEY=VALUE"),
                         (["--set", "mcl.tau=-1"], "mcl.tau"), (["--set", "stages.mcl_z=noisy"], "stages.mcl_z"),
-                        (["--fid-weights", str(tmp_path / "none.pt")], "--fid-weights")):
+                        (["--fid-weights", str(tmp_path / "none.pt")], "--fid-weights"),
+                        (["--set", "stages.lambda_mcl=-1"], "stages.lambda_mcl"),
+                        (["--set", "stages.base_lr1=nan"], "stages.base_lr1"), (["--set", "vae.steps=-3"], "vae.steps"),
+                        (["--set", "eval.dci_model=xgb"], "eval.dci_model")):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert what in err and len(err.splitlines()) == 1, err

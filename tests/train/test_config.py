@@ -90,3 +90,28 @@ def test_generated_flags_cover_every_leaf_and_read_back():
 def test_mcl_config_names_the_bad_field(field, value):
     with pytest.raises(ValueError, match=f"mcl.{field}"):
         MCLConfig(**{field: value}).validate()
+
+
+def test_check_numbers_names_what_a_config_cannot_mean():
+    from mclcore.train.config import check_numbers
+
+    @dataclasses.dataclass
+    class Stages:
+        lambda_mcl: float = 0.1
+        base_lr1: float = 1e-3
+        steps: int = 10
+        batch_size: int = 8
+        widths: tuple = (8, 8)
+
+    @dataclasses.dataclass
+    class Run:
+        seed: int = 0
+        stages: Stages = dataclasses.field(default_factory=Stages)
+
+    check_numbers(Run())
+    for key, value, msg in (("lambda_mcl", -1.0, ">= 0"), ("base_lr1", 0.0, "> 0"), ("base_lr1", float("inf"), "finite"),
+                            ("steps", -1, ">= 0"), ("batch_size", 0, "> 0")):
+        with pytest.raises(ValueError, match=f"stages.{key}: expected .*{msg}"):
+            check_numbers(Run(stages=Stages(**{key: value})))
+    with pytest.raises(ValueError, match="seed"):
+        check_numbers(Run(seed=-2))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mclcore.losses.mcl import MCLConfig
-from mclcore.train.config import merge
+from mclcore.train.config import check_numbers, merge
 
 __all__ = ["VARIANTS", "PRESETS", "PHASES", "DataConfig", "AutoencoderConfig", "ModelConfig", "DynamicsConfig",
            "EvalConfig", "RunConfig", "build_config", "run_dir_name", "method_name"]
@@ -141,8 +141,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "RunConfig":
-        """Raise ValueError naming the first bad choice (``section.key``) before anything is built or read; the
-        ``mcl`` section is checked when it is used. Returns self."""
+        """Raise ValueError naming the first bad choice or number (``section.key``) before anything is built or
+        read. Returns self."""
         for key, value, allowed in (("variant", self.variant, VARIANTS),
                                     ("data.source", self.data.source, ("tabletop", "random")),
                                     ("model.backbone", self.model.backbone, ("dit", "wan")),
@@ -151,8 +151,8 @@ class RunConfig:
                                     ("eval.lacg_actions", self.eval.lacg_actions, ("idm", "regressor"))):
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {allowed}, got {value!r}")
-        if self.use_mcl:
-            self.mcl.validate()
+        self.mcl.validate()                     # checked even when MCL is off: a bad value is never kept silently
+        check_numbers(self)
         return self
 
 
