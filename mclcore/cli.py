@@ -1,13 +1,16 @@
 """The ``mcl`` command line.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
-lists them, so adding a command touches one line here.
+lists them, so adding a command touches one line here. It also adds ``--debug`` to every command and turns a user's
+mistake that escapes a command (:data:`USER_ERRORS`) into one line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
 import sys
+import zipfile
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -20,6 +23,11 @@ COMMANDS = {
 }
 
 
+# What a user's mistake or a damaged input file raises (a missing or corrupt file, a bad value): one line on stderr
+# and exit code 2 instead of a traceback; ``--debug`` shows the traceback.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcl", description="Mechanistic Contrastive Learning tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -27,12 +35,21 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(p)
+        p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        kind = f"{type(err).__name__}: " if isinstance(err, (OSError, EOFError, pickle.UnpicklingError,
+                                                              zipfile.BadZipFile)) else ""
+        print(f"mcl {args.command}: {kind}{err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -66,7 +66,11 @@ def _load(args):
         raise ValueError("give a model file (saved with torch.save(generator)) or --synthetic")
     if not os.path.exists(args.model):
         raise ValueError(f"model: no such file {args.model!r}")
-    G = torch.load(args.model, map_location="cpu", weights_only=False)
+    try:
+        G = torch.load(args.model, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - pickle and zip errors of a damaged file take many forms
+        raise ValueError(f"model: {args.model!r} is not a readable torch.save file ({type(err).__name__}: {err})") \
+            from None
     if not isinstance(G, torch.nn.Module):
         raise ValueError(f"model: {args.model!r} holds a {type(G).__name__}, expected a whole nn.Module saved "
                          f"with torch.save(generator) (not a state_dict)")
@@ -75,7 +79,11 @@ def _load(args):
     if dz is None:
         raise ValueError("--dz: the model has no 'dz' attribute, so give the latent dimension")
     if args.alphabet_file:
-        alphabet = torch.load(args.alphabet_file, map_location="cpu", weights_only=True)
+        try:
+            alphabet = torch.load(args.alphabet_file, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(f"--alphabet-file: {args.alphabet_file!r} is not a readable tensor file "
+                             f"({type(err).__name__}: {err})") from None
         if not isinstance(alphabet, torch.Tensor) or alphabet.dim() != 2:
             raise ValueError(f"--alphabet-file: expected a tensor of shape (|U|, du), got "
                              f"{getattr(alphabet, 'shape', type(alphabet).__name__)}")

@@ -67,13 +67,32 @@ def load_module(path: str, device="cpu"):
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             scripted = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-    if scripted:
-        return torch.jit.load(path, map_location=device)
-    obj = torch.load(path, map_location=device, weights_only=False)
+    try:
+        if scripted:
+            return torch.jit.load(path, map_location=device)
+        obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and TorchScript errors of a damaged file take many forms
+        raise ValueError(f"--model: {path} is not a readable torch.save / TorchScript file ({type(err).__name__}: "
+                         f"{err})") from None
     if not isinstance(obj, torch.nn.Module):
-        raise TypeError(f"--model: {path} holds a {type(obj).__name__}, expected a whole nn.Module (save it with "
+        raise ValueError(f"--model: {path} holds a {type(obj).__name__}, expected a whole nn.Module (save it with "
                         f"torch.save(model, path), not model.state_dict()) or a TorchScript file")
     return obj
+
+
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written (checked before minutes of evaluation), or None."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return f"{path} is a folder; give a file name"
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is a file, so {path} cannot be created"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to write in {folder}"
+    return None
 
 
 def _jsonable(v):
@@ -111,6 +130,11 @@ def run(args) -> int:
             print("mcl eval: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    if args.out:
+        why = _unwritable(args.out)
+        if why:
+            print(f"mcl eval: --out: {why}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
     name = f"mpi3d_{args.mpi3d_variant}" if args.dataset == "mpi3d" and args.data_path else args.dataset
     kwargs = {"cache_dir": args.cache_dir} if args.data_path and args.cache_dir and args.dataset != "cars3d" else {}
@@ -133,8 +157,8 @@ def run(args) -> int:
         "versions": {"mclcore": mclcore.__version__, "torch": torch.__version__, "numpy": np.__version__,
                      "sklearn": sklearn.__version__, "python": platform.python_version()},
     }
+    print(json.dumps(result["scores"], indent=2, sort_keys=True), flush=True)   # printed first: a failed write loses nothing
     if args.out:
         write_json_atomic(result, args.out)
         print(f"mcl eval: wrote {args.out}", file=sys.stderr)
-    print(json.dumps(result["scores"], indent=2, sort_keys=True))
     return 0

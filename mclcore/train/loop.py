@@ -134,7 +134,6 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
     ckpt_every = cfg.ckpt_every if ckpt_every is None else ckpt_every
     ckpt_path = None
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
         ckpt_path = os.path.join(out_dir, checkpoint)
     else:
         write_config = log = False
@@ -153,6 +152,8 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
     torch.manual_seed(seed)
     model = study.build_model(cfg).to(device)
     data = study.setup(model, cfg, device)
+    if out_dir is not None:       # created once the data loaded: a bad --data-path leaves no empty run folder
+        os.makedirs(out_dir, exist_ok=True)
     done: list[str] = []
     cur_phase, cur_step, opt_states = None, 0, None
     if state is not None:

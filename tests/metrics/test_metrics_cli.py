@@ -58,7 +58,7 @@ def test_eval_torchscript_and_tuple_outputs(tmp_path):
 def test_eval_errors(tmp_path, capsys):
     sd = tmp_path / "state.pt"
     torch.save(_encoder().state_dict(), sd)
-    with pytest.raises(TypeError, match="state_dict"):
+    with pytest.raises(ValueError, match="state_dict"):
         load_module(str(sd))
     with pytest.raises(FileNotFoundError, match="--model"):
         load_module(str(tmp_path / "missing.pt"))
@@ -68,6 +68,36 @@ def test_eval_errors(tmp_path, capsys):
     assert "unknown" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(model), "--dataset", "celeba"])
+    # a user's mistake or a damaged file: one line naming it, exit code 2, no traceback, nothing written
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    base = ["eval", "--dataset", "mpi3d", "--metrics", "mig", "--sample-scale", "0.02", "--no-progress"]
+    for argv, needle in (([*base, "--model", str(tmp_path / "missing.pt")], "--model: no such file"),
+                         ([*base, "--model", str(junk)], "is not a readable torch.save"),
+                         ([*base, "--model", str(sd)], "state_dict"),
+                         ([*base, "--model", str(model), "--out", str(blocker / "r.json")], "--out:"),
+                         ([*base, "--model", str(model), "--data-path", str(tmp_path / "none.npz")], "none.npz")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert needle in err[-1] and "Traceback" not in "\n".join(err), err
+
+
+def test_eval_prints_the_scores_before_writing_them(tmp_path, capsys, monkeypatch):
+    from mclcore.metrics import cli
+
+    model = tmp_path / "enc.pt"
+    torch.save(_encoder(), model)
+
+    def refuse(obj, path, **kw):
+        raise PermissionError(f"[Errno 13] Permission denied: {path!r}")
+
+    monkeypatch.setattr(cli, "write_json_atomic", refuse)
+    rc = main(["eval", "--model", str(model), "--dataset", "mpi3d", "--metrics", "mig", "--sample-scale", "0.02",
+               "--no-progress", "--out", str(tmp_path / "r.json")])
+    captured = capsys.readouterr()
+    assert rc == 2 and "mig.score" in captured.out and "Permission denied" in captured.err
 
 
 def test_write_json_atomic_replaces(tmp_path):

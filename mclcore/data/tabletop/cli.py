@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import time
@@ -76,7 +77,8 @@ def _preview(args) -> int:
     from mclcore.data.tabletop.render import draw_trajectory
 
     if args.episodes < 1 or args.frames < 1 or args.scale < 1:
-        raise SystemExit("mcl tabletop preview: --episodes, --frames and --scale must be >= 1")
+        print("mcl tabletop preview: --episodes, --frames and --scale must be >= 1", file=sys.stderr)
+        return 2
     f, attrs = _open_checked(args.data)
     with f:
         n = min(args.episodes, f["frames"].shape[0])

@@ -33,7 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output directory (default runs/synthetic-<preset or custom>)")
     p.add_argument("--dump-config", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     add_config_flags(p, StudyConfig, flatten=("train",), skip=tuple(f"train.{k}" for k in PER_UNIT),
                      title="study (StudyConfig; see help(mclcore.studies.synthetic.config.StudyConfig))")
 
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         paths = run_study(study, out, progress=not args.no_progress)
     except (OutDirMismatch, ValueError, OSError, FloatingPointError) as err:   # a mistake or a damaged file: one line
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         kind = f"{type(err).__name__}: " if isinstance(err, OSError) else ""
         print(f"mcl synthetic: {kind}{err}", file=sys.stderr)
