@@ -18,15 +18,24 @@ def infonce_dense(q, k, tau, groups=None):
 
 
 def mcl_loss(decoder_G, z, u, *, critic, Pi_g, Pi_u, tau=0.1, create_graph=True, clip=None, u_key=None,
-             groups=None, eps=1e-12):
+             groups=None, eps=1e-12, critic_input="xzu", contrast="total"):
+    """``critic_input``: what the critic sees ("xzu" = c(x, z, u) as in Algorithm 1, "xz", "x"; a left-out input is
+    passed as a zero-width tensor). ``contrast``: "total" = grad_z c(G(z, u), z, u) (Algorithm 1) or "generator" =
+    J_G^T grad_x c (the critic's direct z-term left out)."""
     u_key = u if u_key is None else u_key
     if not z.requires_grad:
         z = z.detach().requires_grad_(True)
     x_hat = decoder_G(z, u)
-    s = critic(x_hat, z, u)
+    z_in = z if "z" in critic_input else z.new_zeros(z.shape[0], 0)
+    u_in = u if "u" in critic_input else u.new_zeros(u.shape[0], 0)
+    s = critic(x_hat, z_in, u_in)
 
-    # mechanism gradient w.r.t. the latent
-    g = torch.autograd.grad(s.sum(), z, create_graph=create_graph)[0].flatten(1)
+    # mechanism gradient w.r.t. the latent: all of it, or only the path through the generator
+    if contrast == "total":
+        g = torch.autograd.grad(s.sum(), z, create_graph=create_graph)[0].flatten(1)
+    else:
+        gx = torch.autograd.grad(s.sum(), x_hat, create_graph=True)[0]
+        g = torch.autograd.grad(x_hat, z, grad_outputs=gx, create_graph=create_graph)[0].flatten(1)
     if clip:
         g = g * (clip / g.norm(dim=1, keepdim=True).clamp_min(clip))
 

@@ -180,19 +180,36 @@ def _no_grad_path(x_hat: torch.Tensor, what: str) -> ValueError:
                       f"to be differentiable in z")
 
 
-def mechanism_gradient(
-    decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, critic: Callable, *, create_graph: bool = True,
-    validate: bool = True,
-) -> torch.Tensor:
-    """``g = grad_z c(G(z, u), z, u)`` flattened to (B, prod(z.shape[1:])).
+CRITIC_INPUTS = ("xzu", "xz", "x")
+CONTRASTS = ("total", "generator")
 
-    Uses the native ``critic_grad`` op for an :class:`MLPCritic`, plain autograd otherwise. With
-    ``validate`` (eager mode only), a generator whose Jacobian in ``z`` is exactly zero on the whole batch raises
-    (the output ignores z, or its activations are saturated there): its mechanism gradient would be the critic's
-    direct z-term only, and MCL could not shape the generator.
+
+def _critic_inputs(zg: torch.Tensor, u: torch.Tensor, critic_input: str):
+    """(z, u) as the critic sees them: zero-width where ``critic_input`` leaves them out."""
+    z_in = zg if "z" in critic_input else zg.new_zeros(zg.shape[0], 0)
+    u_in = u if "u" in critic_input else u.new_zeros(u.shape[0], 0)
+    return z_in, u_in
+
+
+def mechanism_terms(
+    decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, critic: Callable, *, create_graph: bool = True,
+    validate: bool = True, critic_input: str = "xzu",
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The two parts of the mechanism gradient ``grad_z c(G(z, u), z, u)``, each (B, prod(z.shape[1:])):
+
+    * ``direct = d c / d z`` through the critic's own z-input (None when the critic does not see z);
+    * ``generator = J_G(z, u)^T d c / d x``, the part that flows through the generator.
+
+    ``critic_input`` says what the critic sees: ``"xzu"`` (Algorithm 1), ``"xz"`` (u only in the key head) or
+    ``"x"`` (the generated sample alone); the generator always gets the real u. The MLP critic runs through the
+    native ``critic_grad`` op, any other critic through autograd. With ``validate`` (eager mode only), a generator
+    whose Jacobian in ``z`` is exactly zero on the whole batch raises (the output ignores z, or its activations are
+    saturated there): MCL could not shape it.
     """
+    if critic_input not in CRITIC_INPUTS:
+        raise ValueError(f"critic_input: expected one of {CRITIC_INPUTS}, got {critic_input!r}")
     if not _eager() and not z.requires_grad and isinstance(critic, MLPCritic):
-        return _mechanism_gradient_traced(decoder_G, z, u, critic, create_graph)
+        return _mechanism_terms_traced(decoder_G, z, u, critic, create_graph, critic_input)
     zg = z if z.requires_grad else z.detach().requires_grad_(True)
     x_hat = decoder_G(zg, u)
     if not isinstance(x_hat, torch.Tensor) or x_hat.shape[:1] != z.shape[:1]:
@@ -203,12 +220,13 @@ def mechanism_gradient(
     zero = ValueError("decoder_G: dG/dz is exactly zero on every sample of this batch (the output ignores z, or "
                       "its activations are saturated at these inputs); MCL cannot reach the generator")
     check = validate and _eager()
+    z_in, u_in = _critic_inputs(zg, u, critic_input)
     if isinstance(critic, MLPCritic):
-        dz, dx = zg[0].numel(), x_hat[0].numel()
-        if dz + dx + u[0].numel() != critic.in_dim:
+        dz, dx, du = z_in[0].numel(), x_hat[0].numel(), u_in[0].numel()
+        if dz + dx + du != critic.in_dim:
             raise ValueError(f"u: expected {critic.in_dim - dz - dx} features per sample (the critic takes "
-                             f"[z ({dz}), x ({dx}), u], {critic.in_dim} in all), got {u[0].numel()}")
-        v = MLPCritic.join(x_hat, zg, u).to(critic.layers[0].weight.dtype)
+                             f"[z ({dz}), x ({dx}), u], {critic.in_dim} in all), got {du}")
+        v = MLPCritic.join(x_hat, z_in, u_in).to(critic.layers[0].weight.dtype)
         gv = critic.input_grad(v)  # (B, dz + dx + du)
         gz, gx = gv[:, :dz], gv[:, dz : dz + dx]
         (jtg,) = torch.autograd.grad(x_hat, zg, grad_outputs=gx.reshape(x_hat.shape).to(x_hat.dtype),
@@ -217,9 +235,14 @@ def mechanism_gradient(
             raise _no_grad_path(x_hat, "no autograd path from z to x_hat")
         if check and not bool(jtg.any()):
             raise zero
-        g = gz.to(jtg.dtype) + jtg.flatten(1)
+        direct = gz.to(jtg.dtype) if dz else None
+        terms = direct, jtg.flatten(1)
     else:
-        s = critic(x_hat, zg, u)
+        # the critic's z-input is its own graph node (an alias of zg): the gradient with respect to it is the
+        # direct term alone, while the paths from zg through the generator stay separate (and both stay
+        # differentiable in zg for create_graph)
+        z_in = z_in.view_as(z_in)
+        s = critic(x_hat, z_in, u_in)
         if not isinstance(s, torch.Tensor) or s.shape != (z.shape[0],):
             got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
             raise ValueError(f"critic: expected one score per sample, shape ({z.shape[0]},), got {got}")
@@ -230,24 +253,49 @@ def mechanism_gradient(
                 raise _no_grad_path(x_hat, "no autograd path from z to x_hat")
             if not bool(probe.any()):
                 raise zero
-        (g,) = torch.autograd.grad(s.sum(), zg, create_graph=create_graph, allow_unused=True)
-        if g is None:
+        inputs = (x_hat, z_in) if z_in.shape[1] else (x_hat,)
+        grads = torch.autograd.grad(s.sum(), inputs, create_graph=True, allow_unused=True)
+        gx = grads[0] if grads[0] is not None else torch.zeros_like(x_hat)
+        (jtg,) = torch.autograd.grad(x_hat, zg, grad_outputs=gx, create_graph=create_graph, allow_unused=True)
+        if jtg is None:
             raise _no_grad_path(x_hat, "no autograd path from z to the critic's score")
-        g = g.flatten(1)
-    return g if create_graph else g.detach()
+        direct = None
+        if len(grads) > 1:
+            direct = (grads[1] if grads[1] is not None else torch.zeros_like(zg)).flatten(1)
+        terms = direct, jtg.flatten(1)
+    if create_graph:
+        return terms
+    return (None if terms[0] is None else terms[0].detach()), terms[1].detach()
 
 
-def _mechanism_gradient_traced(decoder_G, z, u, critic: "MLPCritic", create_graph: bool) -> torch.Tensor:
-    """The MLP-critic path of :func:`mechanism_gradient` for a ``z`` that does not require grad, as traced by
+def mechanism_gradient(
+    decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, critic: Callable, *, create_graph: bool = True,
+    validate: bool = True, critic_input: str = "xzu", contrast: str = "total",
+) -> torch.Tensor:
+    """The contrasted mechanism gradient, (B, prod(z.shape[1:])): ``contrast="total"`` is
+    ``grad_z c(G(z, u), z, u) = direct + generator`` (Algorithm 1); ``"generator"`` is the generator term alone,
+    ``J_G^T grad_x c`` (see :func:`mechanism_terms`)."""
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast: expected one of {CONTRASTS}, got {contrast!r}")
+    direct, gen = mechanism_terms(decoder_G, z, u, critic, create_graph=create_graph, validate=validate,
+                                  critic_input=critic_input)
+    return gen if contrast == "generator" or direct is None else direct + gen
+
+
+def _mechanism_terms_traced(decoder_G, z, u, critic: "MLPCritic", create_graph: bool, critic_input: str):
+    """The MLP-critic path of :func:`mechanism_terms` for a ``z`` that does not require grad, as traced by
     ``torch.compile``: ``torch.func.vjp`` gives ``J_G^T grad_x c`` without making ``z`` a leaf that requires grad
     (AOTAutograd cannot return such a leaf created inside the graph). Same values as the eager path."""
     x_hat, vjp = torch.func.vjp(lambda zz: decoder_G(zz, u), z)
-    dz, dx = z[0].numel(), x_hat[0].numel()
-    v = MLPCritic.join(x_hat, z, u).to(critic.layers[0].weight.dtype)
+    z_in, u_in = _critic_inputs(z, u, critic_input)
+    dz, dx = z_in[0].numel(), x_hat[0].numel()
+    v = MLPCritic.join(x_hat, z_in, u_in).to(critic.layers[0].weight.dtype)
     gv = critic.input_grad(v)                                                   # (B, dz + dx + du)
     (jtg,) = vjp(gv[:, dz:dz + dx].reshape(x_hat.shape).to(x_hat.dtype))
-    g = gv[:, :dz].to(jtg.dtype) + jtg.flatten(1)
-    return g if create_graph else g.detach()
+    direct = gv[:, :dz].to(jtg.dtype) if dz else None
+    if not create_graph:
+        return (None if direct is None else direct.detach()), jtg.flatten(1).detach()
+    return direct, jtg.flatten(1)
 
 
 def clip_rows(g: torch.Tensor, max_norm: float | None) -> torch.Tensor:
@@ -280,6 +328,8 @@ def mcl_loss(
     eps: float = 1e-12,
     validate: bool = True,
     check_finite: bool = True,
+    critic_input: str = "xzu",
+    contrast: str = "total",
 ) -> torch.Tensor:
     """MCL loss of Algorithm 1 (paper Eq. 18). Scalar.
 
@@ -300,6 +350,9 @@ def mcl_loss(
         validate: check that x_hat depends on z (one extra reduction, plus one vector-Jacobian product on the
             autograd critic path).
         check_finite: check z and u for NaN/inf first (a reduction and a host sync each).
+        critic_input: what the critic sees, ``"xzu"`` (Algorithm 1), ``"xz"`` or ``"x"`` (see :class:`MCLConfig`).
+        contrast: the contrasted term, ``"total"`` (Algorithm 1: ``grad_z c``) or ``"generator"``
+            (``J_G^T grad_x c`` only).
 
     Checks that synchronise with the host (finiteness, the generator check) run in eager mode only: inside
     ``torch.compile`` they are skipped (no graph break, no GPU stall) and the native ops' own checks remain.
@@ -307,7 +360,8 @@ def mcl_loss(
     """
     u_key = u if u_key is None else u_key
     _validate(z, u, u_key, tau, clip, groups, check_finite)
-    g = mechanism_gradient(decoder_G, z, u, critic, create_graph=create_graph, validate=validate)  # (B, dz)
+    g = mechanism_gradient(decoder_G, z, u, critic, create_graph=create_graph, validate=validate,
+                           critic_input=critic_input, contrast=contrast)                       # (B, dz)
     g = clip_rows(g, clip)
     if groups is None and multi_positive:
         groups = condition_groups(u_key)
@@ -358,9 +412,13 @@ class MCLConfig:
     * ``critic``: ``"mlp"`` (the paper's ``[z, x, u] -> 256 -> 256 -> 1``, native ``critic_grad`` op) or
       ``"image"`` (Algorithm 2's convolutional critic, plain autograd; only ``critic_hidden[0]`` is used).
     * ``critic_hidden``, ``activation``: the critic's hidden widths and activation (256, 256; GELU).
-    * ``critic_u``: the critic sees u, ``c(x, z, u)`` (Algorithm 1). False: ``c(x, z)`` with u only in the key
-      head. With u in the critic, ``grad_z c`` can vary with u through the critic alone, which solves the InfoNCE
-      without the generator (measured in experiments/synthetic/README.md).
+    * ``critic_input``: what the critic sees: ``"xzu"`` = ``c(x, z, u)`` (Algorithm 1), ``"xz"`` = ``c(x, z)``
+      (u only in the key head), ``"x"`` = ``c(x)``. With u in the critic, ``grad_z c`` can vary with u through
+      the critic alone, which solves the InfoNCE without the generator (measured in
+      experiments/synthetic/README.md).
+    * ``contrast``: which mechanism gradient is contrasted: ``"total"`` = ``grad_z c(G(z, u), z, u)`` (Algorithm
+      1) or ``"generator"`` = ``J_G(z, u)^T grad_x c``, the part that flows through the generator (the critic's
+      direct z-term is left out). With ``critic_input="x"`` the two are the same.
     * ``proj_dim``, ``proj_layernorm``: the projection heads (128; LayerNorm first as in Algorithm 2: off).
     * ``eps``: floor of the norms in the L2 normalisation.
     * ``check_finite``: check z and u for NaN/inf on every call (a reduction and a host sync each, eager mode
@@ -374,7 +432,8 @@ class MCLConfig:
     critic: str = "mlp"
     critic_hidden: tuple = (256, 256)
     activation: str = "gelu"
-    critic_u: bool = True
+    critic_input: str = "xzu"
+    contrast: str = "total"
     proj_dim: int = 128
     proj_layernorm: bool = False
     eps: float = 1e-12
@@ -392,11 +451,15 @@ class MCLConfig:
         if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
                                       or not math.isfinite(self.clip) or self.clip < 0):
             bad("clip", "a finite number >= 0 (0 or None: no clip)")
-        for name in ("create_graph", "multi_positive", "critic_u", "proj_layernorm", "check_finite"):
+        for name in ("create_graph", "multi_positive", "proj_layernorm", "check_finite"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
         if self.critic not in CRITICS:
             bad("critic", f"one of {CRITICS}")
+        if self.critic_input not in CRITIC_INPUTS:
+            bad("critic_input", f"one of {CRITIC_INPUTS}")
+        if self.contrast not in CONTRASTS:
+            bad("contrast", f"one of {CONTRASTS}")
         if self.activation not in ACTIVATIONS:
             bad("activation", f"one of {ACTIVATIONS}")
         hidden = self.critic_hidden
@@ -425,8 +488,8 @@ class MCL(nn.Module):
         critic_hidden, activation: widths and activation of the MLP critic (paper: (256, 256), GELU).
         proj_dim: projection dimension (paper: 128). proj_layernorm: LayerNorm first in each head (Algorithm 2).
         tau, create_graph, clip, multi_positive, eps: see :func:`mcl_loss`.
-        critic_u: the critic sees u (Algorithm 1); False gives it an empty u, so only the key head sees the
-            condition (see :class:`MCLConfig`).
+        critic_input, contrast: the mechanism-gradient choices (see :class:`MCLConfig`; Algorithm 1 is
+            ``"xzu"``, ``"total"``).
 
     ``MCL.from_config(cfg, z_dim=, x_dim=, u_dim=)`` builds it from an :class:`MCLConfig`.
     """
@@ -447,7 +510,8 @@ class MCL(nn.Module):
         create_graph: bool = True,
         clip: float | None = 10.0,
         multi_positive: bool = False,
-        critic_u: bool = True,
+        critic_input: str = "xzu",
+        contrast: str = "total",
         eps: float = 1e-12,
         check_finite: bool = True,
     ):
@@ -455,11 +519,16 @@ class MCL(nn.Module):
         z_shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)
         x_shape = (x_dim,) if isinstance(x_dim, int) else tuple(x_dim)
         dz, dx = math.prod(z_shape), math.prod(x_shape)
-        du_critic = u_dim if critic_u else 0
+        if critic_input not in CRITIC_INPUTS:
+            raise ValueError(f"critic_input: expected one of {CRITIC_INPUTS}, got {critic_input!r}")
+        if contrast not in CONTRASTS:
+            raise ValueError(f"contrast: expected one of {CONTRASTS}, got {contrast!r}")
+        du_critic = u_dim if "u" in critic_input else 0
+        dz_critic = dz if "z" in critic_input else 0
         if critic == "mlp":
-            critic = MLPCritic(dz + dx + du_critic, critic_hidden, activation)
+            critic = MLPCritic(dz_critic + dx + du_critic, critic_hidden, activation)
         elif critic == "image":
-            critic = ImageCritic(z_shape, du_critic, hidden=critic_hidden[0])
+            critic = ImageCritic(z_shape if dz_critic else (0,), du_critic, hidden=critic_hidden[0])
         elif not callable(critic):
             raise ValueError(f"critic: expected 'mlp', 'image' or a module (x_hat, z, u) -> (B,), got {critic!r}")
         self.critic = critic
@@ -469,7 +538,7 @@ class MCL(nn.Module):
         _check_clip(clip)
         self.create_graph, self.clip, self.multi_positive, self.eps = create_graph, clip, multi_positive, eps
         self.check_finite = bool(check_finite)
-        self.critic_u = bool(critic_u)
+        self.critic_input, self.contrast = critic_input, contrast
         self._validated = False
 
     @classmethod
@@ -482,7 +551,8 @@ class MCL(nn.Module):
         return cls(z_dim, x_dim, u_dim, u_key_dim=u_key_dim, critic=cfg.critic, critic_hidden=tuple(cfg.critic_hidden),
                    activation=cfg.activation, proj_dim=cfg.proj_dim, proj_layernorm=cfg.proj_layernorm, tau=cfg.tau,
                    create_graph=cfg.create_graph, clip=cfg.clip or None, multi_positive=cfg.multi_positive,
-                   critic_u=cfg.critic_u, eps=cfg.eps, check_finite=cfg.check_finite)
+                   critic_input=cfg.critic_input, contrast=cfg.contrast, eps=cfg.eps,
+                   check_finite=cfg.check_finite)
 
     def forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
                 groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -501,14 +571,12 @@ class MCL(nn.Module):
     def _forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
                  groups: torch.Tensor | None = None) -> torch.Tensor:
         self._check_widths(z, u, u_key)
-        if not self.critic_u:  # the critic gets an empty u (B, 0); G closes over the real one; the key head sees u
-            u_key = u if u_key is None else u_key
-            decoder_G, u = (lambda zz, _, G=decoder_G, uu=u: G(zz, uu)), u.new_zeros(u.shape[0], 0)
         # The generator check costs a reduction (and a VJP on the autograd path): do it on the first call only.
         loss = mcl_loss(decoder_G, z, u, critic=self.critic, Pi_g=self.Pi_g, Pi_u=self.Pi_u, tau=self.tau,
                         create_graph=self.create_graph, clip=self.clip, u_key=u_key,
                         multi_positive=self.multi_positive, groups=groups, eps=self.eps,
-                        validate=not self._validated, check_finite=self.check_finite)
+                        validate=not self._validated, check_finite=self.check_finite,
+                        critic_input=self.critic_input, contrast=self.contrast)
         self._validated = True
         return loss
 
@@ -527,4 +595,5 @@ class MCL(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, create_graph={self.create_graph}, clip={self.clip}, "
-                f"multi_positive={self.multi_positive}, critic_u={self.critic_u}")
+                f"multi_positive={self.multi_positive}, critic_input={self.critic_input!r}, "
+                f"contrast={self.contrast!r}")

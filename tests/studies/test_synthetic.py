@@ -196,8 +196,8 @@ def test_cli_overrides_and_presets_match_the_experiment_configs(capsys):
     assert study.dzs == (5, 10) and study.train.epochs == 7 and not study.tensorboard
     assert study.lambda_grid == (0.05,) and study.train.n == cli.PRESETS["quick"]["train"]["n"]
     study = cli.resolve(_parse(["--preset", "quick", "--mcl-tau", "0.2", "--set", "train.mcl.clip=3",
-                                "--no-mcl-critic-u", "--mcl-critic-hidden", "8", "8"]))
-    assert (study.train.mcl.tau, study.train.mcl.clip, study.train.mcl.critic_u) == (0.2, 3.0, False)
+                                "--mcl-critic-input", "xz", "--mcl-critic-hidden", "8", "8"]))
+    assert (study.train.mcl.tau, study.train.mcl.clip, study.train.mcl.critic_input) == (0.2, 3.0, "xz")
     assert study.train.mcl.critic_hidden == (8, 8) and study.train.mcl.multi_positive
     for name in ("quick", "paper"):
         with open(os.path.join(REPO, "experiments", "synthetic", "configs", f"{name}.json")) as f:

@@ -45,7 +45,7 @@ class TrainConfig:
     MCL (paper §4.2 / §5):
         lambda_mcl: weight of L_MCL (paper: in [0.01, 0.1], chosen on a validation split: see ``mcl synthetic``).
         mcl: the regulariser's options (:class:`mclcore.losses.mcl.MCLConfig`; here multi-positive). With u in the
-            critic (``mcl.critic_u``, the paper's), ``grad_z c`` can vary with u through the critic alone (e.g. a
+            critic (``mcl.critic_input="xzu"``, the paper's), ``grad_z c`` can vary with u through the critic alone (e.g. a
             ``z . A u`` term), which solves the InfoNCE without touching the generator: we measured L_MCL at 0.003
             after 100 steps while its decoder gradient stayed 1e-5..4e-4 of the ELBO's, before lambda (dz = 5,
             |U| = 8; experiments/synthetic/mcl_gradient_scale.py).
