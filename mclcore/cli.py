@@ -20,6 +20,8 @@ COMMANDS = {
     "train": ("mclcore.studies.train_cli", "train and evaluate a model of a study (mddiff, encdiff, VAE baselines, worldmodel)"),
     "certify": ("mclcore.mechanism.cli", "check the sufficient-GMD condition (Assumption 2) of a generator"),
     "tabletop": ("mclcore.data.tabletop.cli", "tabletop manipulation episodes (place_a2b_left/right, two arms)"),
+    "inspect-mcl": ("mclcore.studies.inspect_mcl", "what MCL did over a run: readout accuracies, shortcut share, "
+                                                   "gradient ratio"),
 }
 
 

@@ -421,6 +421,12 @@ class MCLConfig:
       direct z-term is left out). With ``critic_input="x"`` the two are the same.
     * ``proj_dim``, ``proj_layernorm``: the projection heads (128; LayerNorm first as in Algorithm 2: off).
     * ``eps``: floor of the norms in the L2 normalisation.
+    * ``weighting``: how a study weights L_MCL against its host loss: ``"absolute"`` (``lambda * L_MCL``, the
+      paper's) or ``"relative"`` (lambda relative to the host loss by gradient norm on the generator;
+      :class:`mclcore.losses.diagnostics.MCLWeight`).
+    * ``diagnose_every``: steps between the diagnostics a study logs (readout accuracies, shortcut share, gradient
+      ratio: :mod:`mclcore.losses.diagnostics`) and between the relative weight's measurements; 0: no diagnostics
+      (the relative mode then measures once, at the first step).
     * ``check_finite``: check z and u for NaN/inf on every call (a reduction and a host sync each, eager mode
       only: skipped inside ``torch.compile``); off saves them on a GPU where the inputs are known finite.
     """
@@ -438,6 +444,8 @@ class MCLConfig:
     proj_layernorm: bool = False
     eps: float = 1e-12
     check_finite: bool = True
+    weighting: str = "absolute"
+    diagnose_every: int = 50
 
     def validate(self) -> "MCLConfig":
         """Raise ValueError naming the first bad field (``mcl.<field>``); returns self."""
@@ -468,6 +476,10 @@ class MCLConfig:
             bad("critic_hidden", "a non-empty list of positive integers")
         if isinstance(self.proj_dim, bool) or not isinstance(self.proj_dim, int) or self.proj_dim < 1:
             bad("proj_dim", "a positive integer")
+        if self.weighting not in ("absolute", "relative"):
+            bad("weighting", "'absolute' or 'relative'")
+        if isinstance(self.diagnose_every, bool) or not isinstance(self.diagnose_every, int) or self.diagnose_every < 0:
+            bad("diagnose_every", "an integer >= 0")
         return self
 
 

@@ -310,3 +310,50 @@ def test_cli_mistakes_and_damaged_files_are_one_line_and_exit_code_2(tmp_path, c
     (out / "config.json").write_text("{")
     fails([*base, "--out", str(out)], "config.json is not a readable study config")
     fails([*base, "--epochs", "-1", "--out", str(tmp_path / "x")], "epochs")
+
+
+def test_mcl_diagnostics_are_recorded_and_change_nothing():
+    mcl = MCLConfig(multi_positive=True, critic_hidden=(16, 16), diagnose_every=3)
+    diag = []
+    rows = train(tiny(model="mdvae_mcl", mcl=mcl), [0, 1], diagnostics=diag)
+    steps = 2 * math.ceil(320 / 64)
+    assert [d["step"] for d in diag] == list(range(0, steps, 3))
+    for r in rows:
+        assert 0 <= r["mcl_acc"] <= 1 and 0 < r["mcl_chance"] < 1 and r["mcl_grad_ratio"] > 0
+    off = train(tiny(model="mdvae_mcl", mcl=dataclasses.replace(mcl, diagnose_every=0)), [0, 1])
+    assert _numbers(off) == _numbers(rows)                    # diagnosing never changes the training
+
+
+def test_relative_weighting_trains_deterministically_and_resumes(tmp_path):
+    mcl = MCLConfig(multi_positive=True, critic_hidden=(16, 16), weighting="relative", diagnose_every=2)
+    cfg = tiny(model="mdvae_mcl", mcl=mcl, epochs=3, lambda_mcl=1.0)
+    diag = []
+    ref = train(cfg, [0, 1], diagnostics=diag)
+    assert all(abs(r - 1.0) < 1e-6 for d in diag for r in d["grad_ratio"])  # |grad w L_MCL| = 1 x |grad -ELBO|
+    assert len({d["weight"][0] for d in diag}) > 1                              # the weight follows the ELBO
+    ck = str(tmp_path / "unit.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, means):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, [0, 1], checkpoint=ck, on_epoch=kill)
+    assert _numbers(train(cfg, [0, 1], checkpoint=ck)) == _numbers(ref)
+
+
+def test_inspect_mcl_prints_the_diagnostics_of_a_study(tmp_path, capsys):
+    from mclcore.cli import main
+
+    study = _tiny_study(certify_latents=0, models=("mdvae_mcl",), lambda_grid=(0.1,),
+                        train={"n": 400, "epochs": 2, "batch_size": 64, "hidden": 16,
+                               "mcl": {"critic_hidden": [16, 16], "diagnose_every": 4}})
+    study_run.run_study(study, str(tmp_path), progress=False)
+    assert main(["inspect-mcl", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gmd-leaky_relu-dz2-U3-mdvae_mcl" in out and "shortcut" in out and len(out.splitlines()) >= 5
+    assert main(["inspect-mcl", str(tmp_path), "--unit", "nope"]) == 2
+    assert main(["inspect-mcl", str(tmp_path / "missing")]) == 2

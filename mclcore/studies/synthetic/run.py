@@ -155,15 +155,21 @@ def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, wr
                     writer.add_scalar(f"median/{k}", float(v.median()), epoch)
 
     t0 = time.time()
+    diagnostics: list = []
     rows = train(cfg, unit.seeds, lambdas if unit.model == "mdvae_mcl" else None,
                  checkpoint=os.path.join(out, "checkpoints", f"{unit.uid}.pt"), on_step=on_step,
-                 on_epoch=on_epoch, device=device)
+                 on_epoch=on_epoch, device=device, diagnostics=diagnostics)
     seconds = time.time() - t0
     if writer is not None:
         writer.add_scalar("median/mcc", statistics.median(r["mcc"] for r in rows), cfg.epochs)
+        for rec in diagnostics:                                                 # MCL diagnostics, median of members
+            for k in ("acc", "acc_generator", "acc_direct", "shortcut_share", "grad_ratio", "weight"):
+                vals = [v for v in rec[k] if v == v]                            # NaN-free (acc_direct without z)
+                if vals:
+                    writer.add_scalar(f"mcl/{k}", statistics.median(vals), rec["step"])
         writer.close()
     record = {"uid": unit.uid, "tune": unit.tune, "config": cfg.to_dict(), "selection": selection,
-              "seconds": seconds, "rows": rows}
+              "seconds": seconds, "rows": rows, "mcl_diagnostics": diagnostics}
     write_text_atomic(_unit_path(out, unit), json.dumps(record, indent=1))
     return record
 

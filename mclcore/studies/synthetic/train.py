@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mclcore.data.synthetic import derive_seed, make_dataset
+from mclcore.losses.diagnostics import MCLWeight, gradient_norms, readout
 from mclcore.models.vae import StackedVAE
 from mclcore.studies.synthetic.config import MODELS, TrainConfig
 from mclcore.train import loop
@@ -82,6 +83,8 @@ class StackData:
     perm: torch.Tensor | None = None     # (M, n_train) this epoch's batch order
     sums: dict | None = None             # running sums of this epoch's losses, (M,) each
     history: list = field(default_factory=list)   # per finished epoch: {"loss": [M], "rec", "kl", "mcl"}
+    weight: MCLWeight | None = None      # the MCL weight per member (absolute lambda, or relative to the ELBO)
+    diagnostics: list = field(default_factory=list)   # per measurement: {"step", "acc": [M], ..., "grad_ratio"}
 
 
 class StackedStudy:
@@ -121,6 +124,8 @@ class StackedStudy:
             UI=torch.stack([d.u_index for d in datasets]).to(device), Z=torch.stack([d.z for d in datasets]),
             data_of=torch.tensor([uniq.index(s) for s in self.seeds], device=device),
             lam=torch.tensor(self.lambdas, device=device),
+            weight=MCLWeight(self.lambdas, cfg.mcl.weighting, cfg.mcl.diagnose_every or 1)
+            if cfg.model == "mdvae_mcl" else None,
             rngs=[torch.Generator().manual_seed(derive_seed(s, _BATCHES)) for s in self.seeds],
             n_train=n_train, steps_per_epoch=math.ceil(n_train / cfg.batch_size),
             members={"seeds": self.seeds, "lambdas": self.lambdas})
@@ -150,7 +155,11 @@ class StackedStudy:
             gids = d.UI[d.data_of[:, None], idx] if cfg.mcl.multi_positive else [None] * M   # (M, b)
             l_mcl = torch.stack([model.mcls[m](model.vae.decoder_member(m), out["z"][m], u[m], groups=gids[m])
                                  for m in range(M)])                            # (M,)
-            loss = loss + d.lam * l_mcl
+            every = cfg.mcl.diagnose_every
+            if d.weight.due(step) or (every and step % every == 0):
+                self._diagnose(model, cfg, step, d, out, u, gids, l_mcl)
+            w = d.lam if d.weight.weighting == "absolute" else d.weight.weight().to(l_mcl)   # (M,)
+            loss = loss + w * l_mcl
         else:
             l_mcl = torch.zeros(M, device=d.X.device)
         for k, v in (("loss", loss), ("rec", out["rec"]), ("kl", out["kl"]), ("mcl", l_mcl)):
@@ -165,9 +174,26 @@ class StackedStudy:
         # members are independent: d total / d theta_m = d loss_m / d theta_m
         return {"loss": loss.sum(), "hint": hint}
 
+    def _diagnose(self, model: Members, cfg: TrainConfig, step: int, d: StackData, out: dict, u, gids, l_mcl):
+        """Measure the MCL weight (relative mode) and the diagnostics of every member; appended to d.diagnostics.
+        Nothing here draws random numbers or changes the step's graph, so diagnostics never change results."""
+        M = len(self.seeds)
+        params = list(model.vae.decoder.parameters())
+        norms = d.weight.update(l_mcl.sum(), out["loss"].sum(), params, members=M) \
+            if d.weight.weighting == "relative" else gradient_norms(l_mcl.sum(), out["loss"].sum(), params, members=M)
+        w = d.weight.weight().double().cpu()
+        reads = [readout(model.mcls[m], model.vae.decoder_member(m), out["z"][m], u[m],
+                         groups=gids[m] if gids[m] is not None else None) for m in range(M)]
+        rec = {"step": step, "weight": w.tolist(), "mcl": l_mcl.detach().double().cpu().tolist(),
+               "grad_ratio": (w * norms["ratio"].cpu()).tolist()}            # |grad w L_MCL| / |grad -ELBO|
+        for k in ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share"):
+            rec[k] = [r[k] for r in reads]
+        d.diagnostics.append(rec)
+
     def extra_state(self, d: StackData) -> dict:
         return {"members": d.members, "rng": [g.get_state() for g in d.rngs], "perm": d.perm, "sums": d.sums,
-                "history": d.history}
+                "history": d.history, "weight": d.weight.state_dict() if d.weight else None,
+                "diagnostics": d.diagnostics}
 
     def load_extra_state(self, d: StackData, state: dict) -> None:
         if state["members"] != d.members:
@@ -178,6 +204,9 @@ class StackedStudy:
         d.perm = None if state["perm"] is None else state["perm"].to(d.X.device)
         d.sums = None if state["sums"] is None else {k: v.to(d.X.device) for k, v in state["sums"].items()}
         d.history = state["history"]
+        if d.weight is not None and state.get("weight"):
+            d.weight.load_state_dict(state["weight"])
+        d.diagnostics = state.get("diagnostics") or []
         self.resuming = True
 
 
@@ -192,7 +221,8 @@ def _mcc_rows(z_true: torch.Tensor, z_hat: torch.Tensor) -> tuple[float, float]:
 
 def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | None = None, *,
           checkpoint: str | None = None, on_step: Callable[[int], None] | None = None,
-          on_epoch: Callable[[int, dict], None] | None = None, device: str = "cpu") -> list[dict]:
+          on_epoch: Callable[[int, dict], None] | None = None, device: str = "cpu",
+          diagnostics: list | None = None) -> list[dict]:
     """Train one member per ``(seeds[m], lambdas[m])`` of the cell ``cfg`` at once; return one result row each.
 
     Args:
@@ -206,10 +236,15 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
         on_epoch: called with ``(epoch, {"loss": (M,), "rec": (M,), "kl": (M,), "mcl": (M,)})`` epoch means, after
             that epoch's checkpoint is written.
         device: torch device.
+        diagnostics: a list that receives the MCL diagnostics of ``mdvae_mcl`` (one dict per measurement, every
+            ``cfg.mcl.diagnose_every`` steps: step, weight, mcl, acc, acc_generator, acc_direct, chance,
+            shortcut_share, grad_ratio, each a list over members; :mod:`mclcore.losses.diagnostics`).
 
     Returns:
         one dict per member: cell fields, ``seed``, ``lambda_mcl``, ``split``, ``mcc`` (Pearson), ``mcc_spearman``,
-        final-epoch means ``neg_elbo``, ``rec``, ``kl``, ``mcl_loss``, and ``epochs``, ``steps``, ``members``.
+        final-epoch means ``neg_elbo``, ``rec``, ``kl``, ``mcl_loss``, and ``epochs``, ``steps``, ``members``; for
+        ``mdvae_mcl`` also the last diagnostics ``mcl_weight``, ``mcl_acc``, ``mcl_acc_generator``,
+        ``mcl_acc_direct``, ``mcl_chance``, ``mcl_shortcut_share``, ``mcl_grad_ratio``.
     """
     import os
 
@@ -272,4 +307,10 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
                      "neg_elbo": last["loss"][m] - (lambdas[m] * last["mcl"][m] if has_mcl else 0.0),
                      "rec": last["rec"][m], "kl": last["kl"][m], "mcl_loss": last["mcl"][m] if has_mcl else None,
                      "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M})
+        if has_mcl and d.diagnostics:      # the last measurement (the unit record keeps them all)
+            last_d = d.diagnostics[-1]
+            rows[-1].update({f"mcl_{k}": last_d[k][m] for k in ("weight", "acc", "acc_generator", "acc_direct",
+                                                                 "chance", "shortcut_share", "grad_ratio")})
+    if diagnostics is not None:
+        diagnostics.extend(d.diagnostics)
     return rows

@@ -1,0 +1,142 @@
+"""What MCL does inside a model: diagnostics and scale-free weighting (the MCL-as-an-instrument issue).
+
+MCL can be solved without the generator (the critic reads u and puts it into its own z-gradient) or drowned by the
+host loss (its gradient on the generator 1e-5 of the ELBO's). Neither shows in the loss value. These tools say
+which is happening, at any step:
+
+* :func:`readout` — InfoNCE top-1 accuracy of the condition read from the contrasted mechanism gradient, and the
+  same from each of its two terms alone: the generator term ``J_G^T grad_x c`` and the critic's direct term
+  ``grad_z c`` (:func:`mclcore.losses.mcl.mechanism_terms`). A row counts as correct when its most similar key has
+  the row's own condition (equal key rows), so chance is the mean share of a row's condition in the batch
+  (1/|U| for balanced conditions). ``shortcut_share`` = the direct term's accuracy above chance over the sum of
+  both terms' accuracies above chance: 1 when the critic alone carries the contrast, 0 when the generator does.
+* :func:`gradient_norms` — the norms of the MCL and host gradients on the generator's parameters and their ratio
+  (with lambda applied): how much MCL actually moves the generator.
+* :class:`MCLWeight` — ``weighting="relative"``: lambda is relative to the host loss. Every ``every`` steps the
+  weight becomes ``w = lambda * |grad_G L_host| / |grad_G L_MCL|``, so ``w L_MCL`` moves the generator's
+  parameters ``lambda`` times as much as the host loss (by gradient norm) whatever the host loss's scale: the
+  same lambda means the same on a summed ELBO of 10^3 nats and on a per-element diffusion loss. Between
+  measurements ``w`` is held. ``weighting="absolute"`` (the paper's) uses ``w = lambda``.
+
+Cost: a readout is one generator forward, one critic input-gradient and one VJP without a graph, plus the heads;
+gradient norms are two extra backward passes through the MCL and host terms. Both run every ``every`` steps
+(benchmarks/bench_mcl_diagnostics.py measures the overhead).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mclcore.losses.mcl import clip_rows, condition_groups, mechanism_terms
+
+__all__ = ["readout", "gradient_norms", "MCLWeight", "WEIGHTINGS"]
+
+WEIGHTINGS = ("absolute", "relative")
+
+
+def _head_input(head, x: torch.Tensor) -> torch.Tensor:
+    p = next(head.parameters(), None)
+    return x.to(p.dtype if p is not None else torch.promote_types(x.dtype, torch.float32))
+
+
+@torch.no_grad()
+def _accuracy(mcl, g: torch.Tensor, k: torch.Tensor, groups: torch.Tensor) -> float:
+    q = F.normalize(mcl.Pi_g(_head_input(mcl.Pi_g, clip_rows(g, mcl.clip))), dim=1, eps=mcl.eps)
+    pred = (q @ k.T).argmax(1)                                                 # (B,) most similar key
+    return float((groups[pred] == groups).double().mean())
+
+
+def readout(mcl, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
+            groups: torch.Tensor | None = None) -> dict:
+    """Top-1 accuracies of the condition read from the mechanism gradient of ``mcl`` (an :class:`mclcore.MCL`) at
+    (z, u): ``acc`` (the contrasted gradient), ``acc_generator``, ``acc_direct`` (NaN when the critic does not see
+    z), ``chance`` and ``shortcut_share`` (see the module doc). No training graph is built."""
+    key = u if u_key is None else u_key
+    groups = condition_groups(key) if groups is None else groups.to(key.device)
+    with torch.enable_grad():
+        direct, gen = mechanism_terms(decoder_G, z.detach(), u.detach(), mcl.critic, create_graph=False,
+                                      validate=False, critic_input=mcl.critic_input)
+    with torch.no_grad():
+        k = F.normalize(mcl.Pi_u(_head_input(mcl.Pi_u, key.flatten(1))), dim=1, eps=mcl.eps)
+        counts = torch.bincount(groups, minlength=int(groups.max()) + 1).double()
+        chance = float((counts[groups] / len(groups)).mean())
+        acc_gen = _accuracy(mcl, gen, k, groups)
+        acc_dir = _accuracy(mcl, direct, k, groups) if direct is not None else math.nan
+        contrasted = gen if mcl.contrast == "generator" or direct is None else direct + gen
+        acc = _accuracy(mcl, contrasted, k, groups)
+    above_dir = 0.0 if math.isnan(acc_dir) else max(0.0, acc_dir - chance)
+    above_gen = max(0.0, acc_gen - chance)
+    share = above_dir / (above_dir + above_gen) if above_dir + above_gen > 0 else math.nan
+    return {"acc": acc, "acc_generator": acc_gen, "acc_direct": acc_dir, "chance": chance, "shortcut_share": share}
+
+
+def gradient_norms(mcl_term: torch.Tensor, host_loss: torch.Tensor, params: Sequence[torch.Tensor], *,
+                   members: int | None = None) -> dict:
+    """Norms of ``grad mcl_term`` and ``grad host_loss`` on ``params`` (the generator's) and ``ratio`` = mcl / host.
+
+    ``mcl_term`` is the MCL loss as it enters the objective (lambda applied). Both graphs are kept
+    (``retain_graph``) for the step's own backward. ``members``: the params are stacks of M independent models
+    (leading dim M) and the losses sums over them: the norms are per member, (M,) tensors.
+    Raises ValueError when the host loss has no gradient on ``params`` (relative weighting would divide by 0)."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("params: none of the generator's parameters requires grad")
+    g_mcl = torch.autograd.grad(mcl_term, params, retain_graph=True, allow_unused=True)
+    g_host = torch.autograd.grad(host_loss, params, retain_graph=True, allow_unused=True)
+
+    def norm(grads):
+        sq = [g.detach().double().pow(2) for g in grads if g is not None]
+        if members is None:
+            return torch.stack([s.sum() for s in sq]).sum().sqrt() if sq else torch.zeros((), dtype=torch.float64)
+        return torch.stack([s.flatten(1).sum(1) for s in sq]).sum(0).sqrt() if sq else \
+            torch.zeros(members, dtype=torch.float64)
+
+    n_mcl, n_host = norm(g_mcl), norm(g_host)
+    if bool((n_host == 0).any()):
+        raise ValueError("host_loss: has no gradient on the generator's parameters, so MCL cannot be weighted "
+                         "relative to it (weighting='relative' needs a host loss that trains the generator)")
+    return {"grad_mcl": n_mcl, "grad_host": n_host, "ratio": n_mcl / n_host}
+
+
+class MCLWeight:
+    """The weight of L_MCL in the objective, ``absolute`` (``lambda``) or ``relative`` (see the module doc).
+
+    ``lam``: lambda, a finite number >= 0 (one, or one per member). ``every``: steps between measurements in the
+    relative mode. ``weight()`` gives the current weight (a float or a (M,) tensor); ``update(mcl_term, host, params)``
+    measures (call it on the steps where :meth:`due` is True, with the unweighted L_MCL as ``mcl_term``).
+    """
+
+    def __init__(self, lam, weighting: str = "absolute", every: int = 50):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+        vals = torch.as_tensor(lam, dtype=torch.float64).flatten()
+        if vals.numel() == 0 or not bool(torch.isfinite(vals).all()) or bool((vals < 0).any()):
+            raise ValueError(f"lambda: expected finite numbers >= 0, got {lam!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every: expected an integer >= 1, got {every!r}")
+        self.lam, self.weighting, self.every = torch.as_tensor(lam, dtype=torch.float64), weighting, every
+        self.scale: torch.Tensor | None = None     # |grad host| / |grad MCL| at the last measurement
+
+    def due(self, step: int) -> bool:
+        return self.weighting == "relative" and (self.scale is None or step % self.every == 0)
+
+    def update(self, mcl_term: torch.Tensor, host_loss: torch.Tensor, params, *, members: int | None = None) -> dict:
+        n = gradient_norms(mcl_term, host_loss, params, members=members)
+        self.scale = n["grad_host"] / n["grad_mcl"].clamp_min(1e-30)
+        return n
+
+    def weight(self):
+        if self.weighting == "absolute":
+            return self.lam
+        if self.scale is None:
+            raise RuntimeError("MCLWeight: the relative weight is measured first (call update on a due step)")
+        return self.lam * self.scale
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = state["scale"]

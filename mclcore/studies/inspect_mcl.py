@@ -1,0 +1,74 @@
+"""``mcl inspect-mcl RUN_DIR``: what MCL did over training, from the diagnostics a run logged.
+
+    mcl inspect-mcl runs/synthetic-quick            # every MD-VAE+MCL unit of a synthetic study
+    mcl inspect-mcl runs/synthetic-quick --unit gmd-leaky_relu-dz5-U8-mdvae_mcl
+
+Reads the ``mcl_diagnostics`` of a synthetic study's unit records (``units/*.json``) or the ``mcl_diagnostics.json``
+of an ``mcl train`` run folder, and prints per measurement: the MCL weight, L_MCL, the InfoNCE top-1 accuracy of
+the condition read from the contrasted mechanism gradient, from its generator term and from the critic's direct
+term, chance, the shortcut share and |grad w L_MCL| / |grad host| on the generator (medians over a unit's members;
+:mod:`mclcore.losses.diagnostics` defines each).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import statistics
+
+COLUMNS = (("step", "step", "{:>6}"), ("weight", "weight", "{:>9.3g}"), ("mcl", "L_MCL", "{:>7.3f}"),
+           ("acc", "acc", "{:>6.3f}"), ("acc_generator", "acc_gen", "{:>7.3f}"), ("acc_direct", "acc_dir", "{:>7.3f}"),
+           ("chance", "chance", "{:>6.3f}"), ("shortcut_share", "shortcut", "{:>8.2f}"),
+           ("grad_ratio", "|gMCL|/|ghost|", "{:>14.3g}"))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a synthetic study's --out, or an mcl train run folder")
+    p.add_argument("--unit", default=None, help="only this unit of a synthetic study")
+
+
+def _median(v) -> float:
+    if not isinstance(v, list):
+        return float("nan") if v is None else float(v)
+    vals = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def _sources(run_dir: str, unit: str | None) -> list[tuple[str, list]]:
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"run_dir: no such folder {run_dir!r}")
+    single = os.path.join(run_dir, "mcl_diagnostics.json")
+    paths = [single] if os.path.exists(single) else sorted(glob.glob(os.path.join(run_dir, "units", "*.json")))
+    out = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable record ({err})") from None
+        name = os.path.basename(run_dir.rstrip("/")) if path == single else data.get("uid", path)
+        records = data if path == single else data.get("mcl_diagnostics") or []
+        if records and (unit is None or name == unit):
+            out.append((name, records))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    sources = _sources(args.run_dir, args.unit)
+    if not sources:
+        what = f"unit {args.unit!r}" if args.unit else "any run"
+        print(f"mcl inspect-mcl: no MCL diagnostics for {what} in {args.run_dir} (only MCL runs log them, every "
+              f"mcl.diagnose_every steps)", file=sys.stderr)
+        return 2
+    head = " ".join(f"{title:>{len(fmt.format(1)) if key != 'step' else 6}}" for key, title, fmt in COLUMNS)
+    for name, records in sources:
+        print(f"{name}  ({len(records)} measurements; medians over members)")
+        print(head)
+        for r in records:
+            print(" ".join(fmt.format(r["step"] if key == "step" else _median(r.get(key))) for key, _, fmt in COLUMNS))
+        print()
+    return 0

@@ -1,0 +1,114 @@
+"""MCL diagnostics and scale-free weighting (mclcore.losses.diagnostics) on cases whose answer is known."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import mclcore
+from mclcore.losses.diagnostics import MCLWeight, gradient_norms, readout
+
+F64 = torch.float64
+
+
+def _data(B=96, n_u=4, dz=3, du=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    alphabet = torch.randn(n_u, du, generator=g, dtype=F64)
+    ids = torch.arange(B) % n_u
+    return torch.randn(B, dz, generator=g, dtype=F64), alphabet[ids], ids
+
+
+def _train_heads(mcl, G, z, u, ids, steps=150):
+    """Fit the projection heads only (create_graph=False: the generator and critic stay as they are)."""
+    opt = torch.optim.Adam([*mcl.Pi_g.parameters(), *mcl.Pi_u.parameters()], lr=1e-2)
+    for _ in range(steps):
+        loss = mcl(G, z, u, groups=ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+class ShortcutCritic(nn.Module):
+    """c(x, z, u) = z . (A u): its z-gradient is A u, a function of u alone; it ignores x, so the generator term
+    J^T grad_x c is zero. InfoNCE is solved entirely through the critic: a known shortcut."""
+
+    def __init__(self, dz, du):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(dz, du, dtype=F64))
+
+    def forward(self, x, z, u):
+        return (z * (u @ self.A.T)).sum(1) + 0 * x.flatten(1).sum(1)
+
+
+def test_readout_reports_a_known_shortcut():
+    torch.manual_seed(0)
+    z, u, ids = _data()
+    W = torch.randn(3, 8, dtype=F64)
+    G = lambda z, u: torch.tanh(z @ W)                                          # noqa: E731 - ignores u
+    mcl = mclcore.MCL(3, 8, 4, critic=ShortcutCritic(3, 4), proj_dim=8, create_graph=False).double()
+    _train_heads(mcl, G, z, u, ids)
+    r = readout(mcl, G, z, u, groups=ids)
+    assert r["chance"] == pytest.approx(0.25)
+    assert r["acc_direct"] > 0.9 and r["acc"] > 0.9                           # the critic alone solves it
+    assert r["acc_generator"] <= 0.3 and r["shortcut_share"] == pytest.approx(1.0)
+
+
+def test_readout_reports_a_generator_that_carries_the_contrast():
+    # the critic sees x only (c(x) = |x|^2-like); u reshapes the generator, so J^T grad_x c carries u
+    torch.manual_seed(0)
+    z, u, ids = _data()
+    W, V = torch.randn(3, 8, dtype=F64), torch.randn(4, 8, dtype=F64)
+    G = lambda z, u: torch.tanh(z @ W * (1 + u @ V))                            # noqa: E731
+    mcl = mclcore.MCL(3, 8, 4, critic_input="x", critic_hidden=(16, 16), proj_dim=8, create_graph=False).double()
+    _train_heads(mcl, G, z, u, ids)
+    r = readout(mcl, G, z, u, groups=ids)
+    assert math.isnan(r["acc_direct"]) and r["acc_generator"] == r["acc"] > 2 * r["chance"]
+    assert r["shortcut_share"] == 0.0
+
+
+def test_relative_weight_matches_the_host_gradient_norm():
+    torch.manual_seed(0)
+    z, u, ids = _data(B=32)
+    dec = nn.Sequential(nn.Linear(7, 16), nn.Tanh(), nn.Linear(16, 8)).double()
+    G = lambda z, u: dec(torch.cat([z, u], 1))                                  # noqa: E731
+    mcl = mclcore.MCL(3, 8, 4, critic_hidden=(16, 16), proj_dim=8).double()
+    host = 1e3 * (G(z, u) - 1).pow(2).sum()                                     # a host loss of a large scale
+    l_mcl = mcl(G, z, u, groups=ids)
+    params = list(dec.parameters())
+    for lam in (0.1, 1.0):
+        w = MCLWeight(lam, "relative", every=10)
+        assert w.due(0) and not MCLWeight(lam, "absolute").due(0)
+        w.update(l_mcl, host, params)
+        n = gradient_norms(w.weight() * l_mcl, host, params)
+        assert float(n["ratio"]) == pytest.approx(lam, rel=1e-9)                # |grad w L_MCL| = lam |grad host|
+        assert not w.due(5) and w.due(10)
+    assert float(MCLWeight(0.3, "absolute").weight()) == 0.3
+
+
+def test_stacked_members_get_their_own_norms():
+    torch.manual_seed(0)
+    p = torch.randn(3, 5, requires_grad=True)
+    host = (p * torch.tensor([[1.0], [2.0], [3.0]])).sum()                      # member m's host gradient: m + 1
+    mcl_term = (p ** 2).sum()
+    n = gradient_norms(mcl_term, host, [p], members=3)
+    assert n["grad_host"].tolist() == pytest.approx([math.sqrt(5) * k for k in (1, 2, 3)])
+    assert n["grad_mcl"].shape == (3,)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(lam=-1.0), "lambda"), (dict(lam=float("nan")), "lambda"),
+                                       (dict(lam=0.1, weighting="scaled"), "weighting"),
+                                       (dict(lam=0.1, every=0), "every")])
+def test_bad_weights_name_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MCLWeight(**kw)
+
+
+def test_relative_weight_needs_a_host_loss_that_trains_the_generator():
+    p = torch.randn(4, requires_grad=True)
+    q = torch.randn(4, requires_grad=True)
+    with pytest.raises(ValueError, match="host_loss: has no gradient on the generator"):
+        MCLWeight(1.0, "relative").update((p ** 2).sum(), (q ** 2).sum() + 0 * p.sum(), [p])
+    with pytest.raises(ValueError, match="mcl.weighting"):
+        mclcore.MCLConfig(weighting="scaled").validate()
+    with pytest.raises(ValueError, match="mcl.diagnose_every"):
+        mclcore.MCLConfig(diagnose_every=-1).validate()
