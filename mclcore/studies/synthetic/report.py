@@ -42,7 +42,8 @@ MODEL_NAMES = {"betavae": "β-VAE", "ivae": "iVAE", "mdvae": "MD-VAE", "mdvae_mc
 # --------------------------------------------------------------------------------------------------------------
 _CSV_COLUMNS = ["process", "mixing", "dz", "n_alphabet", "model", "seed", "lambda_mcl", "split", "mcc",
                 "mcc_spearman", "neg_elbo", "rec", "kl", "mcl_loss", "epochs", "steps", "members", "unit",
-                "unit_seconds"]
+                "unit_seconds", "mcl_weight", "mcl_acc", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance",
+                "mcl_shortcut_share", "mcl_grad_ratio"]
 
 
 def _csv_text(rows: list[dict]) -> str:
