@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_mcl_step import build  # noqa: E402
+from benchmarks.bench_mcl_step import add_shape_args, build  # noqa: E402
 from benchmarks.common import (add_device_args, add_paired_args, append_rows, paired_times,  # noqa: E402
                                print_table, setup_device)
 from mclcore.losses.diagnostics import gradient_norms, readout  # noqa: E402
@@ -60,10 +60,7 @@ def setup(B, dz, dx, du, device, lam):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, nargs="+", default=[256])
-    ap.add_argument("--dz", type=int, default=10)
-    ap.add_argument("--dx", type=int, default=64)
-    ap.add_argument("--du", type=int, default=16)
+    add_shape_args(ap)
     ap.add_argument("--lam", type=float, default=1.0, help="MCL weight lambda (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     add_paired_args(ap, reps_help="timed steps per round")

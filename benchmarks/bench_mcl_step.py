@@ -84,12 +84,17 @@ def phases(loss_fn, G, mcl, z, u, params):
             "forward+backward": lambda: grads(loss_fn(G, mcl, z, u), params)}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_shape_args(ap) -> None:
+    """The MCL-step shapes (--batch, --dz, --dx, --du), shared with bench_mcl_diagnostics.py."""
     ap.add_argument("--batch", type=int, nargs="+", default=[256])
     ap.add_argument("--dz", type=int, default=10)
     ap.add_argument("--dx", type=int, default=64)
     ap.add_argument("--du", type=int, default=16)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_shape_args(ap)
     add_paired_args(ap, reps_help="timed steps per round")
     add_device_args(ap)
     args = ap.parse_args(argv)

@@ -73,20 +73,24 @@ def test_batched_seeds_equal_one_by_one(model):
         assert batched[0]["mcl_loss"] != batched[1]["mcl_loss"]
 
 
+def _killed_after_epoch(cfg, ck: str, epoch: int, seeds=(0, 1)) -> None:
+    """Train members ``seeds`` of ``cfg`` with checkpoint ``ck`` and interrupt the run right after ``epoch``."""
+    class Killed(Exception):
+        pass
+
+    def kill(e, means):
+        if e == epoch:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, list(seeds), checkpoint=ck, on_epoch=kill)
+
+
 def test_resume_inside_a_unit_gives_the_same_numbers(tmp_path):
     cfg = tiny(model="mdvae_mcl", epochs=3)
     ref = train(cfg, [0, 1])
     ck = str(tmp_path / "unit.pt")
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_two(epoch, means):
-        if epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, [0, 1], checkpoint=ck, on_epoch=kill_after_two)
+    _killed_after_epoch(cfg, ck, 2)
     saved = load_checkpoint(ck)
     spe = math.ceil(320 / 64)
     assert saved["step"] == 2 * spe and saved["done"] == [] and saved["config"] == cfg.to_dict()
@@ -332,16 +336,7 @@ def test_relative_weighting_trains_deterministically_and_resumes(tmp_path):
     assert all(abs(r - 1.0) < 1e-6 for d in diag for r in d["grad_ratio"])  # |grad w L_MCL| = 1 x |grad -ELBO|
     assert len({d["weight"][0] for d in diag}) > 1                              # the weight follows the ELBO
     ck = str(tmp_path / "unit.pt")
-
-    class Killed(Exception):
-        pass
-
-    def kill(epoch, means):
-        if epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, [0, 1], checkpoint=ck, on_epoch=kill)
+    _killed_after_epoch(cfg, ck, 2)
     assert _numbers(train(cfg, [0, 1], checkpoint=ck)) == _numbers(ref)
 
 
