@@ -52,11 +52,12 @@ def build(B, dz, dx, du, device, dtype, seed=0):
 
 def loss_op(G, mcl, z, u):
     return mclcore.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, tau=mcl.tau, clip=mcl.clip,
-                            validate=False)
+                            validate=False, contrast="total")          # Algorithm 1, as the recorded rows
 
 
 def loss_ref(G, mcl, z, u):
-    return ref.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, tau=mcl.tau, clip=mcl.clip)
+    return ref.mcl_loss(G, z, u, critic=mcl.critic, Pi_g=mcl.Pi_g, Pi_u=mcl.Pi_u, tau=mcl.tau, clip=mcl.clip,
+                        contrast="total")
 
 
 def grads(loss, params, retain_graph=False):

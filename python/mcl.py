@@ -1,5 +1,5 @@
-"""Pure-autograd reference of the MCL loss: Algorithm 1 of the paper, line by line, plus the options mclcore
-exposes (per-sample gradient clip, separate key, multi-positive groups, norm floor). Used by tests (to 1e-10 in
+"""Pure-autograd reference of the MCL loss: Algorithm 1 of the paper, line by line (``contrast="total"``), plus the
+options mclcore exposes (per-sample gradient clip, separate key, multi-positive groups, norm floor). Used by tests (to 1e-10 in
 float64) and benchmarks as the baseline."""
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ def infonce_dense(q, k, tau, groups=None):
 
 
 def mcl_loss(decoder_G, z, u, *, critic, Pi_g, Pi_u, tau=0.1, create_graph=True, clip=None, u_key=None,
-             groups=None, eps=1e-12, critic_input="xzu", contrast="total"):
+             groups=None, eps=1e-12, critic_input="xzu", contrast="generator"):
     """``critic_input``: what the critic sees ("xzu" = c(x, z, u) as in Algorithm 1, "xz", "x"; a left-out input is
-    passed as a zero-width tensor). ``contrast``: "total" = grad_z c(G(z, u), z, u) (Algorithm 1) or "generator" =
-    J_G^T grad_x c (the critic's direct z-term left out)."""
+    passed as a zero-width tensor). ``contrast``: "generator" (mclcore's default) = J_G^T grad_x c (the critic's direct
+    z-term left out) or "total" = grad_z c(G(z, u), z, u) (Algorithm 1, line by line)."""
     u_key = u if u_key is None else u_key
     if not z.requires_grad:
         z = z.detach().requires_grad_(True)

@@ -45,7 +45,8 @@ def test_readout_reports_a_known_shortcut():
     z, u, ids = _data()
     W = torch.randn(3, 8, dtype=F64)
     G = lambda z, u: torch.tanh(z @ W)                                          # noqa: E731 - ignores u
-    mcl = mclcore.MCL(3, 8, 4, critic=ShortcutCritic(3, 4), proj_dim=8, create_graph=False).double()
+    mcl = mclcore.MCL(3, 8, 4, critic=ShortcutCritic(3, 4), proj_dim=8, create_graph=False,
+                      contrast="total").double()                                # Algorithm 1: the shortcut is open
     _train_heads(mcl, G, z, u, ids)
     r = readout(mcl, G, z, u, groups=ids)
     assert r["chance"] == pytest.approx(0.25)
@@ -112,3 +113,16 @@ def test_relative_weight_needs_a_host_loss_that_trains_the_generator():
         mclcore.MCLConfig(weighting="scaled").validate()
     with pytest.raises(ValueError, match="mcl.diagnose_every"):
         mclcore.MCLConfig(diagnose_every=-1).validate()
+
+
+def test_the_default_contrast_closes_the_shortcut():
+    # the same shortcut critic, but the default contrasts the generator term only: nothing left to read u from
+    torch.manual_seed(0)
+    z, u, ids = _data()
+    W = torch.randn(3, 8, dtype=F64)
+    G = lambda z, u: torch.tanh(z @ W)                                          # noqa: E731
+    mcl = mclcore.MCL(3, 8, 4, critic=ShortcutCritic(3, 4), proj_dim=8, create_graph=False).double()
+    assert mcl.contrast == "generator"
+    _train_heads(mcl, G, z, u, ids)
+    r = readout(mcl, G, z, u, groups=ids)
+    assert r["acc"] == r["acc_generator"] <= 0.3                               # not solvable through the critic

@@ -255,8 +255,8 @@ def test_choices_differ_where_they_should():
 
     direct, gen = mechanism_terms(G, z, u, mcl.critic, create_graph=False)
     assert direct is not None and direct.abs().max() > 0 and gen.abs().max() > 0
-    total = mclcore.losses.mcl.mechanism_gradient(G, z, u, mcl.critic, create_graph=False)
-    only = mclcore.losses.mcl.mechanism_gradient(G, z, u, mcl.critic, create_graph=False, contrast="generator")
+    total = mclcore.losses.mcl.mechanism_gradient(G, z, u, mcl.critic, create_graph=False, contrast="total")
+    only = mclcore.losses.mcl.mechanism_gradient(G, z, u, mcl.critic, create_graph=False)       # the default
     assert torch.allclose(total, direct + gen) and torch.equal(only, gen)
     _, mcl_x, _, _ = setup(critic_input="x")
     assert mcl_x.critic.in_dim == 12                                           # the critic sees x alone
