@@ -292,6 +292,16 @@ def available(op: str | Sequence[str], device: str | torch.device) -> tuple[bool
     return True, ""
 
 
+def host_checks(t: torch.Tensor) -> bool:
+    """Whether the public wrappers may run their eager checks that read a tensor's values on the host (e.g. "z holds
+    no NaN") for tensors on ``t``'s device: True on the CPU (no cost worth avoiding; the C++ kernels raise the same
+    errors anyway), False on CUDA, where each would be a host synchronisation per call and would break CUDA-graph
+    capture (the GPU kernels then return NaN for non-finite inputs instead of raising).
+
+    tests/ops/test_gpu_paths.py replaces it (``lambda t: False``) to run the wrappers' CUDA route on CPU tensors."""
+    return t.device.type != "cuda"
+
+
 # The registered CUDA kernels by op name (tests call them directly to check the routing without a GPU).
 CUDA_KERNELS: dict[str, Callable] = {}
 

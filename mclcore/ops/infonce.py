@@ -24,7 +24,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # float16 / bfloat16 are computed in float32 by the kernel; the loss and row statistics keep that dtype.
+    # float16 / bfloat16: the log-sum-exps and the loss are float32 (products accumulate in float32) on every backend.
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -168,16 +168,28 @@ def infonce(
         eps: rows with norm <= eps are divided by eps instead of their norm (no division by zero).
 
     Returns:
-        0-dim loss tensor, float64 for float64 inputs and float32 otherwise (float16 / bfloat16 inputs are
-        computed in float32). Differentiable w.r.t. ``p`` and ``k``; gradients come back in their dtypes.
+        0-dim loss tensor, float64 for float64 inputs and float32 otherwise. Differentiable w.r.t. ``p`` and
+        ``k``; gradients come back in their dtypes.
+
+    Precision. On the CPU (and with the CUDA C++ backend) float16 / bfloat16 inputs are computed in float32. With
+    the Triton backend (the default on CUDA) the tile products use tensor cores by default: 16-bit inputs are
+    multiplied as 16-bit operands with float32 accumulation (error at most twice that of the same computation done
+    by PyTorch in the 16-bit dtype; ``MCLCORE_TRITON_HALF_DOT=float32`` opts out to float32 products), and float32
+    inputs follow ``torch.backends.cuda.matmul.fp32_precision`` / ``allow_tf32`` like ``torch.mm`` (IEEE float32
+    unless TF32 is enabled; ``MCLCORE_TRITON_FP32_DOT=ieee|tf32|tf32x3`` overrides). See
+    mclcore/ops/triton/infonce.py.
 
     Memory is O(B d) whatever B: at B = 16384, d = 128 the op needs tens of MiB where the B x B logits of the
     reference alone take 1 GiB. Custom ops have no forward-mode AD and this one no double backward.
 
     When a gradient is needed (grad mode on, ``p`` or ``k`` requiring grad) the forward computes the gradients too
     (``mclcore::infonce_with_grad``, three matrix products in all instead of four), so the graph holds them, 2 B d
-    values, until the backward scales them; otherwise it runs the forward alone (``mclcore::infonce``). Non-finite
-    inputs raise ValueError (found by the kernel, which takes every row's norm).
+    values, until the backward scales them; otherwise it runs the forward alone (``mclcore::infonce``).
+
+    Non-finite inputs raise ValueError on the CPU (found by the kernel, which takes every row's norm). On CUDA the
+    Triton path never synchronises with the host (it can be captured in a CUDA graph), so it does not look: a NaN /
+    inf row makes the loss NaN (``MCLCORE_TRITON_CHECK_FINITE=1`` restores the ValueError at one synchronisation per
+    call); the CUDA C++ backend still checks, with a synchronisation, unless ``MCLCORE_CUDA_CHECK_FINITE=0``.
     """
     _checks.tensor(p, "p", ndim=2)
     _checks.tensor(k, "k", ndim=2)

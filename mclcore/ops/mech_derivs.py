@@ -138,6 +138,9 @@ def mech_derivs(
         ``(V, L)`` in z's dtype: ``V[:, :dz] = dL/dz_i``, ``V[:, dz:] = d^2L/dz_i^2``, ``L = 1/2 logdet(J^T J)``.
         A numerically rank-deficient J (a relative Cholesky pivot of J^T J below 1e-13, i.e. roughly
         cond(J) > 3e6) gives V = NaN and L = -inf for that sample. Not differentiable.
+
+    Non-finite z raises ValueError on the CPU. On CUDA the call never synchronises with the host (it can be captured
+    in a CUDA graph): z is not checked, and a sample with NaN / inf gets NaN V (and a NaN or infinite L).
     """
     _checks.tensor(z, "z", ndim=2)
     if z.dtype not in (torch.float32, torch.float64):
@@ -185,7 +188,8 @@ def mech_derivs(
     devices = {t.device for t in (z, *weights, *biases, in_bias, film_scale, film_shift) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"mech_derivs: all tensors must be on one device, got {sorted(map(str, devices))}")
-    _checks.finite(z, "z")
+    if _backend.host_checks(z):  # on CUDA: no host synchronisation (non-finite z gives NaN V and L instead)
+        _checks.finite(z, "z")
     if warn_degenerate and is_piecewise_linear(acts):
         warnings.warn(DEGENERATE_REASON, DegenerateGeneratorWarning, stacklevel=2)
     return torch.ops.mclcore.mech_derivs(z, weights, biases, in_bias, film_scale, film_shift, acts, params)

@@ -12,6 +12,8 @@ groups; gradients too.
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -114,13 +116,18 @@ def test_infonce_matches_float64(backend, path, dtype, B, d, n_groups, non_conti
     _within(_max_err(dk, rdk), _max_err(sdk, rdk), 16 * u * scale, "dk")
 
 
+@pytest.mark.parametrize("half_dot", [None, "input", "float32"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("B,d,n_groups", [(257, 67, None), (1000, 128, 8)])
-def test_infonce_triton_tensor_core_mode(monkeypatch, dtype, B, d, n_groups):
-    # MCLCORE_TRITON_HALF_DOT=input: products of the rows rounded to the input dtype (flash-attention convention).
+def test_infonce_triton_half_precision_paths(monkeypatch, half_dot, dtype, B, d, n_groups):
+    # Default (None) = "input": 16-bit tensor-core products of the rows rounded to the input dtype, float32
+    # accumulation (flash-attention convention); "float32": the exact opt-out, float32 products like the C++ op.
     if not _backend.triton_available():
         pytest.skip("triton does not import")
-    monkeypatch.setenv("MCLCORE_TRITON_HALF_DOT", "input")
+    if half_dot is None:
+        monkeypatch.delenv("MCLCORE_TRITON_HALF_DOT", raising=False)
+    else:
+        monkeypatch.setenv("MCLCORE_TRITON_HALF_DOT", half_dot)
     tau = 0.1
     with use_backend("triton"):
         p, k, groups = _make(B, d, dtype, seed=B + 2 * d, n_groups=n_groups, non_contiguous=True)
@@ -168,10 +175,18 @@ def test_infonce_matches_the_cpu_kernel(backend):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-6)
 
 
-def test_infonce_nonfinite_input_is_a_value_error(backend):
+def test_infonce_nonfinite_input(backend, monkeypatch):
+    # The CUDA C++ kernel checks (one synchronisation, unless MCLCORE_CUDA_CHECK_FINITE=0 at process start); the
+    # Triton path does not synchronise by default (the loss is NaN) and checks with MCLCORE_TRITON_CHECK_FINITE=1.
     _need(backend, "infonce_with_grad")
     p, k, _ = _make(9, 4, torch.float32, seed=6)
     p[4, 2] = float("inf")
+    if backend == "triton":
+        monkeypatch.delenv("MCLCORE_TRITON_CHECK_FINITE", raising=False)
+        assert torch.isnan(infonce(p, k))
+        monkeypatch.setenv("MCLCORE_TRITON_CHECK_FINITE", "1")
+    elif os.environ.get("MCLCORE_CUDA_CHECK_FINITE") == "0":
+        pytest.skip("MCLCORE_CUDA_CHECK_FINITE=0 turns the CUDA C++ check off")
     with pytest.raises(ValueError, match="p: contains NaN or infinite values"):
         infonce(p, k)
 

@@ -8,6 +8,17 @@ of the launchers exist for those small interpreted runs and for tuning.
 
 Importing this package imports triton: an ImportError here is what makes the backend "unavailable".
 
+Fast by construction: no launcher synchronises with the host or copies from it, so every op can be captured in a
+CUDA graph (tests/ops/test_gpu_paths.py), and InfoNCE's tile products use tensor cores by default. The switches,
+read at every call (mclcore/ops/triton/_launch.py, mclcore/ops/triton/infonce.py):
+
+* ``MCLCORE_TRITON_HALF_DOT``: ``input`` (default: float16 / bfloat16 rows as 16-bit tl.dot operands, float32
+  accumulation) or ``float32`` (the exact opt-out: float32 products, as the C++ op);
+* ``MCLCORE_TRITON_FP32_DOT``: ``auto`` (default: TF32 exactly when ``torch.backends.cuda.matmul`` allows it, as
+  torch.mm), ``ieee``, ``tf32`` or ``tf32x3``;
+* ``MCLCORE_TRITON_CHECK_FINITE=1``: InfoNCE raises on NaN / inf inputs like the C++ op, at one host
+  synchronisation per call (default: no check; the loss is NaN).
+
 The launchers are re-exported here under the op names (``__all__``: the Triton ops of
 ``mclcore.ops._backend.OPS``), so ``mclcore.ops.triton.infonce`` is the function; the
 submodule of the same name (kernels, tile tables, ``MCLCORE_TRITON_HALF_DOT``) is

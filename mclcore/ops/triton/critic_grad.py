@@ -15,6 +15,10 @@ Workspace ``saved`` (schema: 4 B sum(hidden widths) values) has the C++ kernel's
 contiguous (B, n_l) blocks h_l, s'(a_l), s''(a_l), m_l. The backward reads it and recomputes nothing; it is the
 hand-written reverse-over-reverse of csrc/critic_grad/critic_grad_cpu.cpp (the same GEMMs as autograd with
 create_graph=True, exact through s'').
+
+Launch path: no host synchronisation and no host-to-device copy (CUDA-graph capturable), under a device guard for
+v's device. Inputs of any strides (v and grad_out are made contiguous, the GEMMs take the others as they are); the
+workspace must be the contiguous one critic_grad returned (both backends raise otherwise).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import triton
 import triton.language as tl
 
 from mclcore.ops.triton._act import sigmoid_pair, softplus, tanh
+from mclcore.ops.triton._launch import device_guard
 
 ACTIVATIONS = {"gelu": 0, "relu": 1, "silu": 2, "tanh": 3, "softplus": 4}
 _BLOCK = 1024
@@ -145,6 +150,11 @@ def _views(saved, B, weights):
 def critic_grad(v, weights, biases, activation):
     """mclcore::critic_grad: (grad_v c (B, dv) contiguous, saved workspace (4 B sum(n_l),))."""
     _check_inputs(v, weights, biases, activation)
+    with device_guard(v):
+        return _critic_grad(v, weights, biases, activation)
+
+
+def _critic_grad(v, weights, biases, activation):
     v = v.contiguous()
     B = v.shape[0]
     H = len(weights) - 1
@@ -170,10 +180,16 @@ def critic_grad_backward(grad_out, v, weights, biases, saved, activation):
     if tuple(grad_out.shape) != tuple(v.shape):
         raise RuntimeError(f"critic_grad_backward: grad_out must be {list(v.shape)}, got {list(grad_out.shape)}")
     B = v.shape[0]
-    H = len(weights) - 1
     numel = 4 * B * sum(W.shape[0] for W in weights[:-1])
     if saved.dim() != 1 or saved.numel() != numel or not saved.is_contiguous() or saved.device != v.device:
         raise RuntimeError("critic_grad_backward: saved must be the workspace returned by critic_grad")
+    with device_guard(v):
+        return _critic_grad_backward(grad_out, v, weights, biases, saved, activation)
+
+
+def _critic_grad_backward(grad_out, v, weights, biases, saved, activation):
+    B = v.shape[0]
+    H = len(weights) - 1
     v = v.contiguous()
     G = grad_out.to(v.dtype).contiguous()
     ws = _views(saved, B, weights)

@@ -30,21 +30,35 @@ Flash-attention layout, no B x B tensor anywhere (memory O(B d)):
 ``infonce_with_grad`` is steps 1-3 with g = 1 (on a GPU the fused CPU trick of holding whole rows of S does not
 pay: S would not stay in registers; the forward pass is one product out of five).
 
-dtypes. float32 inputs: every product in IEEE float32 (``input_precision="ieee"``, no TF32, so results match the
-float32 PyTorch reference). float64: float64 throughout. float16 / bfloat16 inputs are computed in float32, as by
-the C++ op: the normalised rows are float32 and so are the products (IEEE, on the FMA units). Loss, lse_all and
-lse_pos come back in float32, dp and dk in the input dtype, like the C++ op.
+dtypes (the default is fast: every product on tensor cores where the input precision allows it).
 
-``MCLCORE_TRITON_HALF_DOT=input`` (read at every call) opts float16 / bfloat16 inputs into tensor-core products
-instead: the normalised rows are rounded to the input dtype for the products (float32 accumulation, as flash
-attention does); the log-sum-exps, dS (rounded only as an operand of the second product), the norms and the
-normalisation backward stay float32. Measured in float16 under the Triton interpreter, its loss and gradient
-errors against float64 were 1.5-9x smaller than those of the float16 PyTorch reference, which rounds S itself;
-not yet measured in bfloat16 or for speed on a GPU, hence opt-in. Its results differ from the C++ op's by the
-rounding of the rows (~2^-9 relative in bfloat16).
+* float16 / bfloat16 inputs: the normalised rows are rounded to the input dtype and multiplied as 16-bit tl.dot
+  operands with float32 accumulation (flash attention's convention); the log-sum-exps, dS (rounded only as the
+  operand of the second product), the norms and the normalisation backward stay float32. Error rule: at most twice
+  the error of python/infonce.py computed in the same 16-bit dtype, both against float64 (tests/ops/test_triton.py
+  checks it in float16 under the Triton interpreter, where bfloat16 tl.dot is wrong; tests/ops/test_gpu.py in both
+  on a GPU). Measured in float16 under the interpreter: loss and gradient errors 1.5-9x smaller than those of the
+  float16 reference, which rounds S itself. Results differ from the C++ op's (which computes half inputs in
+  float32) by the rounding of the rows (~2^-9 relative in bfloat16).
+  ``MCLCORE_TRITON_HALF_DOT=float32`` (read at every call; the default is ``input``) opts out to the old exact path:
+  float32 rows and float32 products, as the C++ op.
+* float32 inputs: products as PyTorch's own float32 matmuls, ``torch.backends.cuda.matmul.fp32_precision`` /
+  ``allow_tf32``: TF32 tensor cores when allowed, exact IEEE float32 otherwise (PyTorch's default, so results match
+  the float32 reference). ``MCLCORE_TRITON_FP32_DOT`` overrides: ``ieee``, ``tf32``, or ``tf32x3`` (three TF32
+  products, nearly float32 accuracy); ``auto`` is the default (see :mod:`mclcore.ops.triton._launch`).
+* float64: float64 throughout (input precision "ieee").
 
-Non-finite inputs raise ``RuntimeError("mclcore.infonce: p contains NaN or infinite values (row r)")`` as the C++
-op does (the public wrapper turns it into a ValueError): that check costs one host synchronisation per call.
+Loss, lse_all and lse_pos come back in float32 (float64 for float64 inputs), dp and dk in the input dtype, like the
+C++ op.
+
+No host synchronisation and no host-to-device copy per call (CUDA-graph capturable): 1/tau, eps and 1/B are float64
+kernel arguments, the upstream gradient is read on the device. Non-finite inputs are not looked for by default (that
+needs a synchronisation): a NaN / inf row of p or k makes the loss NaN, and the gradients that depend on that row
+(the normalisation turns the whole row into NaN). ``MCLCORE_TRITON_CHECK_FINITE=1`` restores the check of the C++ op,
+``RuntimeError("mclcore.infonce: p contains NaN or infinite values (row r)")`` (the public wrapper turns it into a
+ValueError), at one host synchronisation per call.
+
+Inputs of any strides: p and k are read through their strides, groups is made contiguous (a no-op when it is).
 """
 from __future__ import annotations
 
@@ -54,26 +68,33 @@ import torch
 import triton
 import triton.language as tl
 
+from mclcore.ops.triton._launch import (capturing, check_finite_enabled, device_guard, f64,
+                                        fp32_dot_precision)
+
 # Largest feature dimension: a program keeps a (BLOCK_M, next_pow2(d)) accumulator in registers.
 MAX_D = 512
-# tl.dot precision of float32 operands: "ieee" (exact float32 products, like torch.mm without TF32). "tf32x3"
-# (three TF32 tensor-core products) would be faster at nearly float32 accuracy; 16-bit and float64 ignore it.
-FP32_DOT_PRECISION = "ieee"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HALF_DOT_ENV = "MCLCORE_TRITON_HALF_DOT"
+HALF_DOT_CHOICES = ("input", "float32")
 
 
 def dot_dtype(dtype: torch.dtype) -> torch.dtype:
     """dtype of the normalised rows fed to tl.dot for inputs of ``dtype`` (see the module docstring)."""
     if dtype in (torch.float16, torch.bfloat16):
-        mode = os.environ.get(HALF_DOT_ENV, "float32").strip().lower()
-        if mode == "input":
-            return dtype
-        if mode != "float32":
-            raise ValueError(f"{HALF_DOT_ENV}={mode!r}: expected 'float32' (default: compute in float32 like the "
-                             f"C++ op) or 'input' (tensor-core products in the input dtype)")
-        return torch.float32
+        mode = os.environ.get(HALF_DOT_ENV, "input").strip().lower() or "input"
+        if mode not in HALF_DOT_CHOICES:
+            raise ValueError(f"{HALF_DOT_ENV}={mode!r}: expected 'input' (default: 16-bit tensor-core products with "
+                             f"float32 accumulation) or 'float32' (float32 products, like the C++ op)")
+        return dtype if mode == "input" else torch.float32
     return dtype
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of the kernels' tl.dot for inputs of ``dtype``: float32 inputs follow PyTorch's TF32
+    setting or ``MCLCORE_TRITON_FP32_DOT`` (:func:`mclcore.ops.triton._launch.fp32_dot_precision`); everything
+    else is "ieee" (16-bit operands ignore it; the float32 products of 16-bit inputs under
+    MCLCORE_TRITON_HALF_DOT=float32 are the exact opt-out; float64 is float64)."""
+    return fp32_dot_precision() if dtype == torch.float32 else "ieee"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -81,12 +102,14 @@ def dot_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @triton.jit
-def _normalize_kernel(x_ptr, out_ptr, norm_ptr, B, d, stride_b, stride_d, c_ptr, SCALED: tl.constexpr,
+def _normalize_kernel(x_ptr, out_ptr, norm_ptr, B, d, stride_b, stride_d, scale: tl.float64, eps: tl.float64,
                       BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     """out_i = x_i * scale / max(|x_i|, eps) (out contiguous, in out's dtype); norm_i = |x_i| in float64.
 
-    The norm is taken as amax * |x / amax| so that finite rows whose squares overflow stay finite; a row holding
-    NaN or inf gets a NaN norm (x / amax is NaN there), which the launcher reports.
+    scale: 1/tau for the queries, 1 for the keys. The norm is taken as amax * |x / amax| so that finite rows whose
+    squares overflow stay finite; a row holding NaN or inf gets a NaN norm (x / amax is NaN there), and the whole
+    row of ``out`` becomes NaN, so the loss is NaN (the launcher raises instead only when
+    MCLCORE_TRITON_CHECK_FINITE=1). Explicitly: the GPU's max ignores a NaN operand.
     """
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
@@ -97,8 +120,8 @@ def _normalize_kernel(x_ptr, out_ptr, norm_ptr, B, d, stride_b, stride_d, c_ptr,
     xs = x / safe[:, None]
     nrm = amax * tl.sqrt(tl.sum(xs * xs, axis=1))
     tl.store(norm_ptr + rows, nrm, mask=rows < B)
-    scale = tl.load(c_ptr + 0) if SCALED else 1.0  # 1 / tau for the queries
-    f = scale / tl.maximum(nrm, tl.load(c_ptr + 1))
+    f = f64(scale) / tl.maximum(nrm, f64(eps))
+    f = tl.where(nrm == nrm, f, nrm)  # NaN norm (non-finite row): NaN row
     tl.store(out_ptr + rows[:, None] * d + cols[None, :], (x * f[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -179,8 +202,9 @@ def _normalize_backward(G, x_ptr, rows, dcols, rmask, d, stride_b, stride_d, nor
 
 
 @triton.jit
-def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, c_ptr, p_ptr, p_stride_b, p_stride_d, pnorm_ptr,
-               dp_ptr, B, d, HAS_GROUPS: tl.constexpr, IS_F64: tl.constexpr,
+def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, inv_tau: tl.float64, eps: tl.float64,
+               inv_b: tl.float64, p_ptr, p_stride_b, p_stride_d, pnorm_ptr, dp_ptr, B, d,
+               HAS_GROUPS: tl.constexpr, IS_F64: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     """dp of one block of rows: dq_I = coef sum_J dS_IJ k^_J / tau, then through the normalisation of p."""
     acc_t = tl.float64 if IS_F64 else tl.float32
@@ -202,18 +226,18 @@ def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, c_ptr, p_ptr, p_st
         P = _ds_tile(S, la[:, None], lp[:, None], gi[:, None], gj[None, :], rows[:, None], cols[None, :],
                      cmask[None, :], HAS_GROUPS)
         acc += tl.dot(P.to(kb.dtype), kb, input_precision=PRECISION, out_dtype=acc_t)
-    # coef = g / B; the constants are float64 (inv_tau, eps, 1/B): a Python float argument would be float32.
-    coef = (tl.load(grad_ptr).to(tl.float64) * tl.load(c_ptr + 2) * tl.load(c_ptr + 0)).to(acc_t)
+    # coef = g / (B tau), formed in float64 (the scalar arguments are float64).
+    coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b) * f64(inv_tau)).to(acc_t)
     dq = acc * coef
     dp = _normalize_backward(dq, p_ptr, rows, dcols, rmask, d, p_stride_b, p_stride_d, pnorm_ptr,
-                             tl.load(c_ptr + 1).to(acc_t), acc_t)
+                             f64(eps).to(acc_t), acc_t)
     tl.store(dp_ptr + rows[:, None] * d + dcols[None, :], dp.to(dp_ptr.dtype.element_ty),
              mask=rmask[:, None] & (dcols[None, :] < d))
 
 
 @triton.jit
-def _dk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, c_ptr, kraw_ptr, k_stride_b, k_stride_d,
-               knorm_ptr, dk_ptr, B, d, HAS_GROUPS: tl.constexpr, IS_F64: tl.constexpr,
+def _dk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, eps: tl.float64, inv_b: tl.float64, kraw_ptr,
+               k_stride_b, k_stride_d, knorm_ptr, dk_ptr, B, d, HAS_GROUPS: tl.constexpr, IS_F64: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
     """dk of one block of BLOCK_N key rows: dk^_J = coef sum_I dS_IJ^T qs_I, then through the normalisation of k.
 
@@ -238,10 +262,10 @@ def _dk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, c_ptr, kraw_ptr, k
         Pt = _ds_tile(St, la[None, :], lp[None, :], gi[None, :], gj[:, None], rows[None, :], cols[:, None],
                       rmask[None, :], HAS_GROUPS)
         acc += tl.dot(Pt.to(qb.dtype), qb, input_precision=PRECISION, out_dtype=acc_t)
-    coef = (tl.load(grad_ptr).to(tl.float64) * tl.load(c_ptr + 2)).to(acc_t)
+    coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b)).to(acc_t)
     dkn = acc * coef  # qs already carries the 1/tau
     dk = _normalize_backward(dkn, kraw_ptr, cols, dcols, cmask, d, k_stride_b, k_stride_d, knorm_ptr,
-                             tl.load(c_ptr + 1).to(acc_t), acc_t)
+                             f64(eps).to(acc_t), acc_t)
     tl.store(dk_ptr + cols[:, None] * d + dcols[None, :], dk.to(dk_ptr.dtype.element_ty),
              mask=cmask[:, None] & (dcols[None, :] < d))
 
@@ -296,8 +320,9 @@ def _check_inputs(p, k, groups, tau, eps):
 # that do not spill, e.g. 16-bit "bwd" at (128, 64, 8 warps) spills 72-128 bytes per thread, (64, 64, 8) none.
 # float32 products run on FMA units (IEEE), which keeps both operands in registers: "fwd" spilled ~370 bytes per
 # thread even at (64, 32, 8) until its product went over 32 features at a time (_FWD_D_CHUNK; then 198 registers
-# at (64, 64, 8), no spill); "bwd" at (64, 32, 8): dq none, dk 32 bytes. Timings on a GPU have not been taken yet (bench_infonce.py
-# --device cuda is the place to tune these).
+# at (64, 64, 8), no spill); "bwd" at (64, 32, 8): dq none, dk 32 bytes. With TF32 allowed (or tf32x3) float32
+# products run on tensor cores instead; the tiles stay those of the IEEE path. Timings on a GPU have not been taken
+# yet (bench_infonce.py --device cuda is the place to tune these).
 _TILES = {
     "16bit": {"fwd": (128, 64, 8), "bwd": (64, 64, 8)},
     "float32": {"fwd": (64, 64, 8), "bwd": (64, 32, 8)},
@@ -325,44 +350,31 @@ def _fwd_d_chunk(operand_dtype: torch.dtype, block_d: int) -> int:
     return block_d if chunk is None else min(chunk, block_d)
 
 
-# Device copies of the float64 constants (1/tau, eps, 1/B), by value and device: building one is a host-to-device
-# copy, which a training loop calling with the same tau and batch size would otherwise pay at every step.
-_CONSTS: dict = {}
-
-
-def _constants(tau: float, eps: float, B: int, device: torch.device) -> torch.Tensor:
-    key = (tau, eps, B, str(device))
-    t = _CONSTS.get(key)
-    if t is None:
-        if len(_CONSTS) >= 64:
-            _CONSTS.clear()
-        t = torch.tensor([1.0 / tau, eps, 1.0 / B], dtype=torch.float64).to(device)
-        _CONSTS[key] = t
-    return t
-
-
 class _Prepared:
-    """qs = q / tau and k^ (contiguous, dot dtype), the float64 row norms of p and k, and the float64 constants
-    (1/tau, eps, 1/B) that the kernels read from memory (a Python float kernel argument would be float32)."""
+    """qs = q / tau and k^ (contiguous, dot dtype), the float64 row norms of p and k, and the scalars the kernels take
+    as float64 arguments (1/tau, eps, 1/B)."""
 
     def __init__(self, p, k, tau, eps, block_r=16):
         B, d = p.shape
-        self.dot_dtype = dot_dtype(p.dtype)  # float32 for half inputs unless MCLCORE_TRITON_HALF_DOT=input
-        self.consts = _constants(tau, eps, B, p.device)
+        self.dot_dtype = dot_dtype(p.dtype)  # the input dtype for half inputs unless MCLCORE_TRITON_HALF_DOT=float32
+        self.precision = dot_precision(p.dtype)
+        self.inv_tau, self.eps, self.inv_b = 1.0 / tau, eps, 1.0 / B
         self.qs = torch.empty((B, d), dtype=self.dot_dtype, device=p.device)
         self.kn = torch.empty((B, d), dtype=self.dot_dtype, device=p.device)
         norms = torch.empty((2, B), dtype=torch.float64, device=p.device)
         self.pnorm, self.knorm = norms[0], norms[1]
         block_d = max(16, triton.next_power_of_2(d))
         grid = (triton.cdiv(B, block_r),)
-        _normalize_kernel[grid](p, self.qs, self.pnorm, B, d, p.stride(0), p.stride(1), self.consts, SCALED=True,
+        _normalize_kernel[grid](p, self.qs, self.pnorm, B, d, p.stride(0), p.stride(1), self.inv_tau, eps,
                                 BLOCK_R=block_r, BLOCK_D=block_d)
-        _normalize_kernel[grid](k, self.kn, self.knorm, B, d, k.stride(0), k.stride(1), self.consts, SCALED=False,
+        _normalize_kernel[grid](k, self.kn, self.knorm, B, d, k.stride(0), k.stride(1), 1.0, eps,
                                 BLOCK_R=block_r, BLOCK_D=block_d)
-        bad = ~torch.isfinite(norms)
-        if bool(bad.any()):  # the one host synchronisation of the op
-            which, row = (int(v) for v in bad.nonzero()[0])
-            raise RuntimeError(f"mclcore.infonce: {'pk'[which]} contains NaN or infinite values (row {row})")
+        if check_finite_enabled() and not capturing(p):
+            # Opt-in (MCLCORE_TRITON_CHECK_FINITE=1): the one host synchronisation of the op.
+            bad = ~torch.isfinite(norms)
+            if bool(bad.any()):
+                which, row = (int(v) for v in bad.nonzero()[0])
+                raise RuntimeError(f"mclcore.infonce: {'pk'[which]} contains NaN or infinite values (row {row})")
 
 
 def _forward(prep, groups, B, d, ct, block_m, block_n):
@@ -373,14 +385,14 @@ def _forward(prep, groups, B, d, ct, block_m, block_n):
     # Without groups the kernels never read g_ptr; any tensor stands in for it.
     _forward_kernel[(triton.cdiv(B, bm),)](prep.qs, prep.kn, groups if has_groups else lse_all, lse_all, lse_pos,
                                            B, d, HAS_GROUPS=has_groups, IS_F64=ct == torch.float64,
-                                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=FP32_DOT_PRECISION,
+                                           BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=prep.precision,
                                            D_CHUNK=_fwd_d_chunk(prep.dot_dtype, bd), num_warps=warps)
     return lse_all, lse_pos
 
 
 def _loss(lse_all, lse_pos, ct):
     # max(0, .): two rounded log-sum-exps over nested sets can disagree in the last ulp (as in the C++ kernel).
-    # Summed in float64, like the C++ kernel.
+    # Summed in float64, like the C++ kernel. clamp_min keeps a NaN (a non-finite input) a NaN.
     return ((lse_all.double() - lse_pos.double()).clamp_min_(0.0).sum() / lse_all.shape[0]).to(ct)
 
 
@@ -394,52 +406,60 @@ def _gradients(prep, p, k, groups, lse_all, lse_pos, grad, block_m, block_n):
     has_groups = groups is not None
     g = groups if has_groups else lse_all
     common = dict(HAS_GROUPS=has_groups, IS_F64=ct == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
-                  PRECISION=FP32_DOT_PRECISION, num_warps=warps)
-    _dq_kernel[(triton.cdiv(B, bm),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.consts, p, p.stride(0),
-                                      p.stride(1), prep.pnorm, dp, B, d, **common)
-    _dk_kernel[(triton.cdiv(B, bn),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.consts, k, k.stride(0),
-                                      k.stride(1), prep.knorm, dk, B, d, **common)
+                  PRECISION=prep.precision, num_warps=warps)
+    _dq_kernel[(triton.cdiv(B, bm),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.inv_tau, prep.eps,
+                                      prep.inv_b, p, p.stride(0), p.stride(1), prep.pnorm, dp, B, d, **common)
+    _dk_kernel[(triton.cdiv(B, bn),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.eps, prep.inv_b, k,
+                                      k.stride(0), k.stride(1), prep.knorm, dk, B, d, **common)
     return dp, dk
 
 
 def _begin(p, k, groups, tau, eps):
-    """The checks and the normalisation pass every entry point starts with: (prep, B, d, compute dtype)."""
+    """The checks and the normalisation pass every entry point starts with: (prep, groups, B, d, compute dtype).
+
+    groups comes back contiguous: the kernels index it with stride 1 (a strided view such as ``groups[::2]`` read
+    that way gave a wrong loss without any error)."""
     tau, eps = float(tau), float(eps)
     _check_inputs(p, k, groups, tau, eps)
+    if groups is not None:
+        groups = groups.contiguous()
     B, d = p.shape
-    return _Prepared(p, k, tau, eps), B, d, _compute_dtype(p.dtype)
+    return _Prepared(p, k, tau, eps), groups, B, d, _compute_dtype(p.dtype)
 
 
 def infonce(p, k, groups, tau, eps, *, block_m=None, block_n=None):
     """mclcore::infonce: (loss (), lse_all (B,), lse_pos (B,)) in the compute dtype (float64 or float32)."""
-    prep, B, d, ct = _begin(p, k, groups, tau, eps)
-    lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
-    return _loss(lse_all, lse_pos, ct), lse_all, lse_pos
+    with device_guard(p):
+        prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
+        lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
+        return _loss(lse_all, lse_pos, ct), lse_all, lse_pos
 
 
 def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, *, block_m=None, block_n=None):
     """mclcore::infonce_backward: (dp, dk), contiguous, in the dtypes of p and k."""
-    prep, B, d, ct = _begin(p, k, groups, tau, eps)
-    if grad_loss.numel() != 1:
-        raise RuntimeError(f"mclcore.infonce_backward: grad_loss must hold one value, got shape "
-                           f"{tuple(grad_loss.shape)}")
-    for t in (lse_all, lse_pos):
-        if t.dim() != 1 or t.shape[0] != B:
-            raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must have shape ({B},), got "
-                               f"{tuple(t.shape)}")
-        if t.dtype != ct:
-            raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must be {ct}, got {t.dtype}")
-        if t.device != p.device:
-            raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must be on {p.device}")
-    # The upstream gradient stays on the device (read by the kernels): no host synchronisation for it.
-    grad = grad_loss.reshape(1).to(device=p.device)
-    return _gradients(prep, p, k, groups, lse_all.contiguous(), lse_pos.contiguous(), grad, block_m, block_n)
+    with device_guard(p):
+        prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
+        if grad_loss.numel() != 1:
+            raise RuntimeError(f"mclcore.infonce_backward: grad_loss must hold one value, got shape "
+                               f"{tuple(grad_loss.shape)}")
+        for t in (lse_all, lse_pos):
+            if t.dim() != 1 or t.shape[0] != B:
+                raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must have shape ({B},), got "
+                                   f"{tuple(t.shape)}")
+            if t.dtype != ct:
+                raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must be {ct}, got {t.dtype}")
+            if t.device != p.device:
+                raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must be on {p.device}")
+        # The upstream gradient stays on the device (read by the kernels): no host synchronisation for it.
+        grad = grad_loss.reshape(1).to(device=p.device)
+        return _gradients(prep, p, k, groups, lse_all.contiguous(), lse_pos.contiguous(), grad, block_m, block_n)
 
 
 def infonce_with_grad(p, k, groups, tau, eps, *, block_m=None, block_n=None):
     """mclcore::infonce_with_grad: (loss, dp, dk) for an upstream gradient of 1, one normalisation pass."""
-    prep, B, d, ct = _begin(p, k, groups, tau, eps)
-    lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
-    one = torch.ones((1,), dtype=ct, device=p.device)
-    dp, dk = _gradients(prep, p, k, groups, lse_all, lse_pos, one, block_m, block_n)
-    return _loss(lse_all, lse_pos, ct), dp, dk
+    with device_guard(p):
+        prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
+        lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
+        one = torch.ones((1,), dtype=ct, device=p.device)  # a fill on the device, no copy from the host
+        dp, dk = _gradients(prep, p, k, groups, lse_all, lse_pos, one, block_m, block_n)
+        return _loss(lse_all, lse_pos, ct), dp, dk

@@ -27,6 +27,12 @@ V = NaN, L = -inf), ``Y = A^-1 J^T``, ``E_i = Y H_i``, ``R_i = (I - J Y) H_i``::
 
 FiLM ``y = z * scale + shift``: ``V[:, :dz] = scale * m'``, ``V[:, dz:] = scale^2 * m''``.
 Outputs (V (B, 2dz), L (B,)) contiguous in z's dtype; float32 propagates in float32, the algebra is float64.
+
+Launch path: no host synchronisation and no host-to-device copy (CUDA-graph capturable), under a device guard for
+z's device. The activation parameters are float64 kernel arguments; the pair tables (i, j of each T2 row and the
+symmetric gather index) are built on the device once per (dz, device) and cached (never from inside a CUDA-graph
+capture); A^-1 comes from two triangular solves (``torch.cholesky_inverse`` checks its info array on the host).
+Inputs of any strides (every tensor goes through PyTorch ops before a kernel sees it).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ import triton
 import triton.language as tl
 
 from mclcore.ops.triton._act import sigmoid_pair, softplus, tanh
+from mclcore.ops.triton._launch import capturing, device_guard, f64
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "softplus": 2, "gelu": 3, "silu": 4, "smooth_leaky": 5, "relu": 6,
                "leaky_relu": 7, "identity": 8}
@@ -43,12 +50,13 @@ _CHUNK_BYTES = 256 << 20  # working memory per chunk of samples (stacks and floa
 
 
 @triton.jit
-def _coef_kernel(a_ptr, c_ptr, prm_ptr, N, ACT: tl.constexpr, BLOCK: tl.constexpr):
-    """c[k * N + e] = s^(k)(a[e]), k = 0..3, for N contiguous pre-activations (computed in float64)."""
+def _coef_kernel(a_ptr, c_ptr, prm: tl.float64, N, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    """c[k * N + e] = s^(k)(a[e]), k = 0..3, for N contiguous pre-activations (computed in float64); prm: softplus
+    beta / (smooth) leaky slope."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     a = tl.load(a_ptr + offs, mask=mask, other=0.0).to(tl.float64)
-    p = tl.load(prm_ptr).to(tl.float64)  # softplus beta / (smooth) leaky slope
+    p = f64(prm)
     zero = tl.zeros_like(a)
     if ACT == 0:  # tanh
         t = tanh(a)
@@ -214,10 +222,8 @@ class _Propagation:
         self.weights = [w.detach() for w in weights]
         self.biases = [b.detach() for b in biases]
         self.acts = [ACTIVATIONS[a] for a in activations]
-        self.params = torch.tensor([float(x) for x in act_params] or [0.0], dtype=torch.float64).to(z.device)
-        iu = torch.triu_indices(self.dz, self.dz)
-        self.pi = iu[0].to(device=z.device, dtype=torch.int32).contiguous()
-        self.pj = iu[1].to(device=z.device, dtype=torch.int32).contiguous()
+        self.params = [float(x) for x in act_params]  # kernel arguments (float64), no device copy
+        self.pi, self.pj, self.full = _pair_tables(self.dz, z.device)
         self.block = block
         self.rows_per_sample = 1 + self.dz + self.P + self.dz * self.dz
 
@@ -227,7 +233,7 @@ class _Propagation:
         prim = a[:bc]
         coef = torch.empty((4, bc, n), dtype=a.dtype, device=a.device)
         N = bc * n
-        _coef_kernel[(triton.cdiv(N, self.block),)](prim, coef, self.params[l:], N, ACT=self.acts[l],
+        _coef_kernel[(triton.cdiv(N, self.block),)](prim, coef, self.params[l], N, ACT=self.acts[l],
                                                      BLOCK=self.block)
         out[:bc] = coef[0]
         nb = triton.cdiv(n, self.block)
@@ -257,15 +263,33 @@ class _Propagation:
         return st
 
 
-def _output_algebra(st, bc, dz, P, scale, dtype):
-    """V (bc, 2dz), L (bc,) from the output stack, in float64, cast to ``dtype``."""
+# (dz, device) -> (pi, pj, full): the row i, j of each stored T2 pair (int32, (P,)) and the pair of every (i, j)
+# (int64, (dz, dz)), built on the device: per call they were a host-to-device copy (triu_indices(...).to(device)).
+_PAIR_TABLES: dict = {}
+
+
+def _pair_tables(dz: int, device: torch.device):
+    key = (dz, str(device))
+    tables = _PAIR_TABLES.get(key)
+    if tables is None:
+        ar = torch.arange(dz, device=device)
+        i, j = ar[:, None].expand(dz, dz), ar[None, :].expand(dz, dz)
+        upper = torch.triu_indices(dz, dz, device=device)              # row-major i <= j: the T2 row order
+        lo, hi = torch.minimum(i, j), torch.maximum(i, j)
+        full = lo * dz - lo * (lo - 1) // 2 + (hi - lo)                 # _pair(min, max) for every (i, j)
+        tables = (upper[0].to(torch.int32).contiguous(), upper[1].to(torch.int32).contiguous(), full.contiguous())
+        # Never cached from inside a capture (such a table holds its values only once the graph replays), and never
+        # evicted (a captured graph may read a cached table; there is one per latent size in use, a few KiB).
+        if not capturing(ar):
+            _PAIR_TABLES[key] = tables
+    return tables
+
+
+def _output_algebra(st, bc, dz, P, full, dtype):
+    """V (bc, 2dz), L (bc,) from the output stack, in float64, cast to ``dtype``. full: the pair of every (i, j)."""
     dx = st.shape[1]
     t1, t2, t3 = bc, bc + bc * dz, bc + bc * dz + bc * P
     Jt = st[t1:t2].view(bc, dz, dx).double()                           # rows T1_j: J^T
-    iu = torch.triu_indices(dz, dz, device=st.device)
-    full = torch.empty((dz, dz), dtype=torch.long, device=st.device)
-    full[iu[0], iu[1]] = torch.arange(P, device=st.device)
-    full[iu[1], iu[0]] = torch.arange(P, device=st.device)
     H = st[t2:t3].view(bc, P, dx).double()[:, full]                    # (bc, dz, dz, dx): H[b, i, j] = T2_ij
     T3 = st[t3:].view(bc, dz, dz, dx).double()                          # T3[b, i, j] = d3x / dz_i^2 dz_j
     A = Jt @ Jt.transpose(1, 2)                                         # J^T J
@@ -277,7 +301,10 @@ def _output_algebra(st, bc, dz, P, scale, dtype):
     eye = torch.eye(dz, dtype=A.dtype, device=A.device).expand(bc, dz, dz)
     Lc = torch.where(ok[:, None, None], Lc, eye)                        # keep the algebra finite on bad samples
     half_logdet = torch.log(torch.diagonal(Lc, dim1=1, dim2=2)).sum(1)
-    Ainv = torch.cholesky_inverse(Lc)
+    # A^-1 = Lc^-T Lc^-1 by a triangular solve (cuBLAS trsm, no host synchronisation; cholesky_inverse would check
+    # an info array on the host).
+    Linv = torch.linalg.solve_triangular(Lc, eye, upper=False)
+    Ainv = Linv.transpose(1, 2) @ Linv
     Y = Ainv @ torch.where(ok[:, None, None], Jt, 0.0)                 # (bc, dz, dx): rows y_k
     E = torch.einsum("bkx,bijx->bikj", Y, H)                            # E_i[k, j] = y_k . T2_ij
     m1 = torch.einsum("bikk->bi", E)
@@ -295,6 +322,12 @@ def mech_derivs(z, weights, biases, in_bias, film_scale, film_shift, activations
     as many as fit a 256 MiB working set)."""
     activations, act_params = list(activations), list(act_params)
     _check(z, weights, biases, in_bias, film_scale, film_shift, activations, act_params)
+    with device_guard(z):
+        return _mech_derivs(z, weights, biases, in_bias, film_scale, film_shift, activations, act_params, block,
+                            chunk)
+
+
+def _mech_derivs(z, weights, biases, in_bias, film_scale, film_shift, activations, act_params, block, chunk):
     B, dz = z.shape
     dtype = z.dtype
     prop = _Propagation(z, weights, biases, activations, act_params, block)
@@ -315,7 +348,7 @@ def mech_derivs(z, weights, biases, in_bias, film_scale, film_shift, activations
         b1 = min(B, b0 + bc)
         ib = None if in_bias is None else in_bias.detach()[b0:b1]
         st = prop.run(y[b0:b1].contiguous(), ib)
-        m1, m2, lv, ok = _output_algebra(st, b1 - b0, dz, prop.P, film_scale, dtype)
+        m1, m2, lv, ok = _output_algebra(st, b1 - b0, dz, prop.P, prop.full, dtype)
         if film_scale is not None:
             s = film_scale.detach()[b0:b1].double()
             m1, m2 = s * m1, s * s * m2
