@@ -28,7 +28,7 @@ tiled loss ``cal_flash_loss`` is timed as a peer (diagonal mode only, on F.norma
 multi-positive mode and no normalisation of its own; it computes in float32 whatever the input dtype).
 
     python benchmarks/bench_infonce.py --device cuda [--backend triton] [--dtype bfloat16] [--quick]
-    python benchmarks/bench_infonce.py --device cuda --half-dot input   # Triton: bf16 tensor-core products
+    python benchmarks/bench_infonce.py --device cuda --half-dot float32   # Triton: the old exact fp32 products
 """
 from __future__ import annotations
 
@@ -129,8 +129,9 @@ def main(argv=None):
     ap.add_argument("--no-large-ref", action="store_true", help="never run the reference at the large size")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--half-dot", default=None, choices=["float32", "input"],
-                    help="Triton backend, float16/bfloat16 inputs: products in float32 (default, like the C++ op) or "
-                         "on tensor cores in the input dtype (sets MCLCORE_TRITON_HALF_DOT)")
+                    help="Triton backend, float16/bfloat16 inputs: products on tensor cores in the input dtype with "
+                         "float32 accumulation (default since 2026-12-06) or exact float32 products like the C++ op "
+                         "(sets MCLCORE_TRITON_HALF_DOT)")
     add_device_args(ap)
     args = ap.parse_args(argv)
     backend = setup_device(args)
@@ -168,7 +169,7 @@ def main(argv=None):
                                m_ref=peak_extra_bytes(ref_ph[phase], device=device) if t_ref is not None else "skipped")
                 gpu = None
                 if on_gpu:
-                    gpu = dict(backend=backend, half_dot=os.environ.get("MCLCORE_TRITON_HALF_DOT", "float32"),
+                    gpu = dict(backend=backend, half_dot=os.environ.get("MCLCORE_TRITON_HALF_DOT", "input"),
                                peer="inf_cl" if peer_ph is not None else ("inf_cl: no multi-positive mode"
                                                                           if peer is not None else "inf_cl not installed"),
                                peer_ms="" if peer_ph is None or t_peer is None else t_peer * 1e3)
