@@ -105,7 +105,7 @@ class MCLWeight:
     """The weight of L_MCL in the objective, ``absolute`` (``lambda``) or ``relative`` (see the module doc).
 
     ``lam``: lambda, a finite number >= 0 (one, or one per member). ``every``: steps between measurements in the
-    relative mode. ``weight()`` gives the current weight (a float or a (M,) tensor); ``update(mcl_term, host, params)``
+    relative mode (0: one measurement, at the first step). ``weight()`` gives the current weight (a float or a (M,) tensor); ``update(mcl_term, host, params)``
     measures (call it on the steps where :meth:`due` is True, with the unweighted L_MCL as ``mcl_term``).
     """
 
@@ -115,13 +115,13 @@ class MCLWeight:
         vals = torch.as_tensor(lam, dtype=torch.float64).flatten()
         if vals.numel() == 0 or not bool(torch.isfinite(vals).all()) or bool((vals < 0).any()):
             raise ValueError(f"lambda: expected finite numbers >= 0, got {lam!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every: expected an integer >= 1, got {every!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"every: expected an integer >= 0 (0: measure once, at the first step), got {every!r}")
         self.lam, self.weighting, self.every = torch.as_tensor(lam, dtype=torch.float64), weighting, every
         self.scale: torch.Tensor | None = None     # |grad host| / |grad MCL| at the last measurement
 
     def due(self, step: int) -> bool:
-        return self.weighting == "relative" and (self.scale is None or step % self.every == 0)
+        return self.weighting == "relative" and (self.scale is None or (self.every > 0 and step % self.every == 0))
 
     def update(self, mcl_term: torch.Tensor, host_loss: torch.Tensor, params, *, members: int | None = None) -> dict:
         n = gradient_norms(mcl_term, host_loss, params, members=members)

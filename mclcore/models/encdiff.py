@@ -210,9 +210,22 @@ class MDDiff(EncDiff):
         """g(z, u) = D(z, T(u)): diffusion latent (B, 3, 16, 16), concepts (B, K) -> x_hat (B, 3, 64, 64)."""
         return self.decode(z, u)
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the u-decoder the MCL term regularises: the first stage's decoder (with its u-fusion
+        layers) and post_quant_conv. The MCL gradient also reaches the tokenizer T (g(z, u) = D(z, T(u))) and the
+        concept encoder (through u = s), but both are shared with the diffusion path (the U-Net's conditioning),
+        so the host loss's gradient on them is not the generator's: gradient norms and the relative weight are
+        measured on the decoder alone."""
+        return list(self.first_stage.decoder.parameters()) + list(self.first_stage.post_quant_conv.parameters())
+
     def losses(self, x: torch.Tensor, *, generator: torch.Generator | None = None, lambda_recon: float = 0.0,
-               lambda_mcl: float = 0.0, mcl_z: str = "clean", **_) -> dict:
-        """Eq. (19): L_diffusion + lambda_recon L_recon + lambda_MCL L_MCL (terms with weight 0 are skipped)."""
+               lambda_mcl: float = 0.0, mcl_z: str = "clean", mcl_weight=None, **_) -> dict:
+        """Eq. (19): L_diffusion + lambda_recon L_recon + lambda_MCL L_MCL (terms with weight 0 are skipped).
+
+        ``mcl_weight``: None (the weight is ``lambda_mcl``) or a callable that gets the step's MCL terms
+        ``{"mcl": L_MCL, "host": L_diffusion + lambda_recon L_recon, "generator", "z", "u", "params"}`` (both losses
+        with their graphs; :meth:`generator_parameters`) and returns the weight of L_MCL (diagnostics and relative
+        weighting: :mod:`mclcore.losses.monitor`). Only computed when ``lambda_mcl`` is nonzero."""
         if mcl_z not in MCL_Z:
             raise ValueError(f"mcl_z: expected one of {MCL_Z}, got {mcl_z!r}")
         out = super().losses(x, generator=generator)
@@ -226,7 +239,10 @@ class MDDiff(EncDiff):
         if lambda_mcl:
             z = out["z0"] if mcl_z == "clean" else out["x0_pred"]
             l_mcl = self.mcl(self.generator, z, out["s"])                         # InfoNCE, scalar
-            loss = loss + lambda_mcl * l_mcl
+            w = lambda_mcl if mcl_weight is None else mcl_weight(
+                {"mcl": l_mcl, "host": loss, "generator": self.generator, "z": z, "u": out["s"],
+                 "params": self.generator_parameters()})
+            loss = loss + w * l_mcl
             out["mcl"] = l_mcl.detach()
         out["loss"] = loss
         return out

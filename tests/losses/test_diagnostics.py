@@ -83,6 +83,10 @@ def test_relative_weight_matches_the_host_gradient_norm():
         n = gradient_norms(w.weight() * l_mcl, host, params)
         assert float(n["ratio"]) == pytest.approx(lam, rel=1e-9)                # |grad w L_MCL| = lam |grad host|
         assert not w.due(5) and w.due(10)
+    once = MCLWeight(1.0, "relative", every=0)
+    assert once.due(0)
+    once.update(l_mcl, host, params)
+    assert not any(once.due(s) for s in (1, 50, 100))                       # every=0: measured once
     assert float(MCLWeight(0.3, "absolute").weight()) == 0.3
 
 
@@ -98,7 +102,7 @@ def test_stacked_members_get_their_own_norms():
 
 @pytest.mark.parametrize("kw, match", [(dict(lam=-1.0), "lambda"), (dict(lam=float("nan")), "lambda"),
                                        (dict(lam=0.1, weighting="scaled"), "weighting"),
-                                       (dict(lam=0.1, every=0), "every")])
+                                       (dict(lam=0.1, every=-1), "every")])
 def test_bad_weights_name_the_argument(kw, match):
     with pytest.raises(ValueError, match=match):
         MCLWeight(**kw)

@@ -72,7 +72,9 @@ def test_mcl_gradient_reaches_the_u_conditioned_decoder():
     fuse = m.first_stage.decoder.fuses[0]
     assert fuse.fuse.weight.grad is not None and fuse.fuse.weight.grad.abs().sum() > 0
     assert m.first_stage.decoder.conv_in.weight.grad.abs().sum() > 0      # z-path of g(z, u)
-    assert m.mcl.critic.z_fc.weight.grad.abs().sum() > 0                  # critic (create_graph=True)
+    # critic (create_graph=True): its x-path; the z-input is not contrasted by default (contrast="generator")
+    assert m.mcl.critic.img[0].weight.grad.abs().sum() > 0
+    assert m.mcl.critic.z_fc.weight.grad is None or m.mcl.critic.z_fc.weight.grad.abs().sum() == 0
     assert m.mcl.Pi_u.net[0].weight.grad.abs().sum() > 0
     assert m.concept_encoder.fc[-1].weight.grad.abs().sum() > 0           # through u = s
     assert m.unet.conv_in.weight.grad is None or m.unet.conv_in.weight.grad.abs().sum() == 0

@@ -13,7 +13,7 @@ import torch
 from mclcore._io import load_checkpoint
 from mclcore.studies.disentangle import report
 from mclcore.studies.disentangle import run as study
-from mclcore.studies.disentangle.config import MODELS, RunConfig, build_config
+from mclcore.studies.disentangle.config import MODELS, RunConfig, build_config, validate
 from mclcore.studies.disentangle.evaluate import evaluate
 from mclcore.studies.disentangle.fid import frechet_distance
 from mclcore.train.config import apply_overrides, from_dict, to_dict
@@ -128,6 +128,8 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, monkeypatch):
         assert os.path.getsize(res["figures"][name]) > 1000
     assert len(scales) > 1 and len(set(scales)) == 1 and scales[0][1] is not None   # one colour scale for all maps
     assert any(f.startswith("featnet-mpi3d-twin") for f in os.listdir(tmp_path / "cache"))
+    # the last MCL measurement of training (stage-2 step 0 at the default mcl.diagnose_every = 50)
+    assert saved["mcl_step"] == 0 and 0 <= saved["mcl_acc_generator"] <= 1 and saved["mcl_weight"] == 1e-4
 
 
 def test_frechet_distance():
@@ -243,3 +245,58 @@ def test_report_builds_the_tables_without_training_code(tmp_path):
             "bad = [m for m in ('mclcore.train.loop', 'mclcore.studies.disentangle.run', 'mclcore.models.encdiff') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _diagnostics(run, text=False):
+    with open(os.path.join(run, "mcl_diagnostics.json")) as f:
+        return f.read() if text else json.load(f)
+
+
+def test_mcl_diagnostics_are_logged_and_change_nothing(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mclcore.cli import main
+    from mclcore.losses.monitor import RECORD_KEYS
+
+    run = str(tmp_path / "diag")
+    diag, _ = study.train(tiny("mddiff", extra=["mcl.diagnose_every=1"]), run, progress=False, log=True)
+    off, _ = study.train(tiny("mddiff", extra=["mcl.diagnose_every=0"]), str(tmp_path / "off"), progress=False,
+                         log=False)
+    assert states_equal(diag, off)                                  # diagnosing never changes the training
+    assert _diagnostics(str(tmp_path / "off")) == []
+    records = _diagnostics(run)
+    assert [r["step"] for r in records] == [0, 1, 2] and all(tuple(r) == RECORD_KEYS for r in records)
+    for r in records:
+        assert r["weight"] == 1e-4 and r["chance"] == 0.25 and r["grad_ratio"] > 0      # 4 distinct codes s
+        assert all(0 <= r[k] <= 1 for k in ("acc", "acc_generator", "acc_direct"))
+    ea = EventAccumulator(os.path.join(run, "tb"))
+    ea.Reload()
+    assert {"stage2/mcl/acc_generator", "stage2/mcl/grad_ratio", "stage2/mcl/shortcut_share"} <= \
+        set(ea.Tags()["scalars"])
+    capsys.readouterr()
+    assert main(["inspect-mcl", run]) == 0
+    out = capsys.readouterr().out
+    assert "(3 measurements" in out and "acc_gen" in out and "shortcut" in out and len(out.splitlines()) >= 5
+
+
+def test_relative_mcl_weighting_resumes_equal_to_uninterrupted(tmp_path):
+    extra = ["mcl.weighting=relative", "mcl.diagnose_every=2", "stages.lambda_mcl=0.5"]
+    full, _ = study.train(tiny("mddiff", extra=extra), str(tmp_path / "full"), progress=False, log=False)
+    records = _diagnostics(str(tmp_path / "full"))
+    text = _diagnostics(str(tmp_path / "full"), text=True)
+    assert [r["step"] for r in records] == [0, 2]
+    assert all(r["grad_ratio"] == pytest.approx(0.5) for r in records)     # |grad w L_MCL| = 0.5 |grad host|
+    assert records[0]["weight"] != records[1]["weight"] and records[0]["weight"] > 0.5
+    absolute, _ = study.train(tiny("mddiff", extra=extra[1:]), str(tmp_path / "abs"), progress=False, log=False)
+    assert not states_equal(full, absolute)
+    run = str(tmp_path / "cut")
+    # stop after stage 2's first step (the weight measured there must come back from the checkpoint)
+    _, done = study.train(tiny("mddiff", extra=extra), run, stop_after=6, progress=False, log=False)
+    ck = load_checkpoint(os.path.join(run, "checkpoint.pt"))
+    assert not done and (ck["phase"], ck["step"]) == ("stage2", 1) and len(ck["extra"]["mcl"]["records"]) == 1
+    resumed, done = study.train(tiny("mddiff", extra=extra), run, progress=False, log=False)
+    assert done and states_equal(full, resumed) and _diagnostics(run, text=True) == text
+    with pytest.raises(ValueError, match="stages.lambda_recon"):          # relative to L_recon's gradient
+        validate(tiny("mddiff", extra=[*extra, "stages.lambda_recon=0"]))
+    with pytest.raises(ValueError, match="mcl.create_graph"):               # no gradient on the decoder to weigh
+        validate(tiny("mddiff", extra=[*extra, "mcl.create_graph=false"]))

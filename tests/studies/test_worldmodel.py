@@ -95,7 +95,11 @@ def test_evaluation_writes_metrics_table_figure_and_report(tmp_path):
         assert os.path.exists(os.path.join(out, "rollouts.npz"))
         assert os.listdir(os.path.join(out, "tb"))
         with open(os.path.join(out, "metrics.json")) as f:
-            assert json.load(f)["method"] == ("ACG+MCL" if mcl else "ACG")
+            saved = json.load(f)
+        assert saved["method"] == ("ACG+MCL" if mcl else "ACG")
+        # --mcl: the last MCL measurement of training (dynamics step 0 at the default mcl.diagnose_every = 50)
+        assert (saved.get("mcl_step"), os.path.exists(os.path.join(out, "mcl_diagnostics.json"))) == \
+            ((0, True) if mcl else (None, False))
     table = open(os.path.join(dirs[1], "table.md")).read()
     assert "Wan-ACG+MCL (paper) | 0.765 | 18.73 | 0.0134 | 0.737 | 0.765 | 18.58 | 0.0138 | 0.739 |" in table
     assert f"{res['target']['ssim']:.3f}" in table
@@ -251,3 +255,54 @@ def test_episode_files_are_read_through_the_validating_reader(tmp_path):
         f.attrs["format_version"] = 99
     with pytest.raises(EpisodeFileError, match="arm_b.h5.*format_version"):
         load_splits(one_file, str(tmp_path / "cache"))
+
+
+def _diagnostics(run, text=False):
+    with open(os.path.join(run, "mcl_diagnostics.json")) as f:
+        return f.read() if text else json.load(f)
+
+
+@pytest.mark.parametrize("variant", ["acg", "lacg"])
+def test_mcl_diagnostics_are_logged_and_change_nothing(variant, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mclcore.cli import main
+    from mclcore.losses.monitor import RECORD_KEYS
+
+    run = str(tmp_path / "diag")
+    diag, _ = train(tiny(variant, True, extra=["mcl.diagnose_every=1"]), run, progress=False, log=True)
+    off, _ = train(tiny(variant, True, extra=["mcl.diagnose_every=0"]), str(tmp_path / "off"), progress=False,
+                   log=False)
+    assert states_equal(diag, off)                                  # diagnosing never changes the training
+    assert _diagnostics(str(tmp_path / "off")) == []
+    records = _diagnostics(run)
+    assert [r["step"] for r in records] == [0, 1, 2, 3] and all(tuple(r) == RECORD_KEYS for r in records)
+    for r in records:
+        assert r["weight"] == 0.5 and r["chance"] == 0.25 and r["grad_ratio"] > 0    # 4 distinct actions
+        assert all(0 <= r[k] <= 1 for k in ("acc", "acc_generator", "acc_direct"))
+    ea = EventAccumulator(os.path.join(run, "tb"))
+    ea.Reload()
+    assert {"dynamics/mcl/acc_generator", "dynamics/mcl/grad_ratio"} <= set(ea.Tags()["scalars"])
+    capsys.readouterr()
+    assert main(["inspect-mcl", run]) == 0
+    out = capsys.readouterr().out
+    assert "(4 measurements" in out and "acc_gen" in out and len(out.splitlines()) >= 6
+
+
+def test_relative_mcl_weighting_resumes_equal_to_uninterrupted(tmp_path):
+    cfg = tiny("lacg", True, extra=["mcl.weighting=relative", "mcl.diagnose_every=2"])
+    full, _ = train(cfg, str(tmp_path / "full"), progress=False, log=False)
+    records, text = _diagnostics(str(tmp_path / "full")), _diagnostics(str(tmp_path / "full"), text=True)
+    assert [r["step"] for r in records] == [0, 2]
+    assert all(r["grad_ratio"] == pytest.approx(0.5) for r in records)     # |grad w L_MCL| = 0.5 |grad host|
+    assert records[0]["weight"] != records[1]["weight"]
+    absolute, _ = train(tiny("lacg", True, extra=["mcl.diagnose_every=2"]), str(tmp_path / "abs"), progress=False,
+                        log=False)
+    assert not states_equal(full, absolute)
+    for k in (2, 2, 2):        # 3 + 4 steps: stops inside stage 1, after dynamics step 0 (measured), at step 3
+        _, finished = train(cfg, str(tmp_path / "part"), stop_after=k, progress=False, log=False)
+        assert not finished
+    part, finished = train(cfg, str(tmp_path / "part"), progress=False, log=False)
+    assert finished and states_equal(full, part) and _diagnostics(str(tmp_path / "part"), text=True) == text
+    with pytest.raises(ValueError, match="mcl.create_graph"):               # no gradient on the generator to weigh
+        apply_overrides(tiny("acg", True), ["mcl.weighting=relative", "mcl.create_graph=false"]).validate()

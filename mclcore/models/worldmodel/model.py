@@ -158,6 +158,11 @@ class WorldModel(nn.Module):
             return self.from_flow(self.predict_x0(z, tau, context, u), context)
         return g
 
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the MCL generator :meth:`one_step_generator`: the forward dynamics model and the
+        action interface (the MCL gradient also reaches the IDM through u in LACG, which is not part of g)."""
+        return list(self.fdm.parameters()) + list(self.interface.parameters())
+
     def to_flow(self, v_next: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
         """The flow's data x_0 for the transition v_t -> v_next: s (v_next - v_t) (residual) or v_next."""
         return (v_next - v_t) * self.delta_scale if self.residual else v_next
@@ -169,13 +174,17 @@ class WorldModel(nn.Module):
     # ---------------------------------------------------------------------------------------------- losses
     def losses(self, v_t: torch.Tensor, v_next: torch.Tensor, actions: torch.Tensor, embodiment: torch.Tensor, *,
                beta: float = 1e-3, lambda_adv: float = 0.1, lambda_mcl: float = 0.0, context_noise: float = 0.0,
-               generator: torch.Generator | None = None) -> dict:
+               generator: torch.Generator | None = None, mcl_weight=None) -> dict:
         """Stage-2 loss terms on a batch of transitions. Scalars in the returned dict; ``loss`` is L_total.
 
         v_t, v_next: (B, C, H, W) latent frames t and t+1 (frozen AE); actions: (B, 4) recorded a_t;
         embodiment: (B,) int ids. context_noise: the forward model's context is ``v_t + sigma n`` with
         ``sigma ~ U(0, context_noise)`` per sample and the residual target is taken from that noisy context, so the
         model learns to correct a drifting context (its own predictions in a rollout); the IDM sees clean frames.
+        mcl_weight: None (L_MCL weighted by ``lambda_mcl``) or a callable that gets the step's MCL terms
+        ``{"mcl": L_MCL, "host": the loss without it, "generator", "z", "u", "params"}`` (both losses with their
+        graphs; :meth:`generator_parameters`) and returns the weight of L_MCL (diagnostics and relative weighting:
+        :mod:`mclcore.losses.monitor`). Only called when ``lambda_mcl`` > 0.
         """
         b, dev = v_t.shape[0], v_t.device
         u, mu, logvar = self.condition(v_t, v_next, actions, generator=generator)          # (B, d_u)
@@ -207,10 +216,13 @@ class WorldModel(nn.Module):
             tau_m = torch.rand(b, generator=generator, device=dev).clamp(0.05, 1.0)
             eps_m = torch.randn(v_next.shape, generator=generator, device=dev, dtype=v_next.dtype)
             z, _ = flow_matching_pair(x0, tau_m, eps_m)                                     # (B, C, H, W)
+            g = self.one_step_generator(tau_m, ctx)
             # the math attention kernel: the fused CPU/flash kernels have no double backward (create_graph=True)
             with sdpa_kernel([SDPBackend.MATH]):
-                mcl = self.mcl(self.one_step_generator(tau_m, ctx), z, u)                   # L_MCL, u_key = u
-            loss = loss + lambda_mcl * mcl
+                mcl = self.mcl(g, z, u)                                                     # L_MCL, u_key = u
+            w = lambda_mcl if mcl_weight is None else mcl_weight(
+                {"mcl": mcl, "host": loss, "generator": g, "z": z, "u": u, "params": self.generator_parameters()})
+            loss = loss + w * mcl
             out["mcl"] = mcl
         out["loss"] = loss
         return out

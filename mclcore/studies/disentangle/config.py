@@ -199,7 +199,8 @@ def build_config(model: str, dataset: str, preset: str, seed: int = 0, data_path
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """ValueError naming the first bad choice (model, dataset, preset, ``stages.mcl_z``, ``mcl.*``); returns cfg.
+    """ValueError naming the first bad choice (model, dataset, preset, ``stages.mcl_z``, ``mcl.*``, relative MCL
+    weighting without L_recon); returns cfg.
 
     Called on a config after ``--set`` so a mistake is reported before any training starts."""
     from mclcore.models.encdiff import MCL_Z
@@ -208,6 +209,13 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.stages.mcl_z not in MCL_Z:
         raise ValueError(f"stages.mcl_z: expected one of {MCL_Z}, got {cfg.stages.mcl_z!r}")
     cfg.mcl.validate()
+    if cfg.model == "mddiff" and cfg.mcl.weighting == "relative":
+        if not cfg.stages.lambda_recon:
+            raise ValueError("mcl.weighting: 'relative' weighs L_MCL against the host loss's gradient on the "
+                             "u-decoder, which comes from L_recon; it needs stages.lambda_recon > 0")
+        if not cfg.mcl.create_graph:
+            raise ValueError("mcl.weighting: 'relative' needs mcl.create_graph=true (without it L_MCL has no "
+                             "gradient on the u-decoder to weigh)")
     if cfg.eval.dci_model not in DCI_MODELS:
         raise ValueError(f"eval.dci_model: expected one of {DCI_MODELS}, got {cfg.eval.dci_model!r}")
     check_numbers(cfg)

@@ -16,6 +16,7 @@ import torch
 
 from mclcore._io import write_json_atomic
 from mclcore.studies.disentangle.config import DIFFUSION_MODELS, RunConfig
+from mclcore.losses.monitor import last_measurement
 from mclcore.studies.disentangle.run import autocast, load_dataset
 from mclcore.train.loop import resolve_device
 
@@ -33,7 +34,9 @@ def representation(model, cfg: RunConfig, device):
 def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = None, progress: bool = True,
              write: bool = False) -> dict:
     """Disentanglement metrics, FID, the LPIPS stand-in and figures (into ``out_dir/figures``). Returns the dict
-    that becomes ``metrics.json`` (written here only with ``write=True``).
+    that becomes ``metrics.json`` (written here only with ``write=True``); for MDDiff also the last MCL measurement
+    of training (``mcl_weight``, ``mcl_loss``, ``mcl_acc``, ``mcl_acc_generator``, ``mcl_acc_direct``,
+    ``mcl_chance``, ``mcl_shortcut_share``, ``mcl_grad_ratio``, ``mcl_step``) when the run logged one.
 
     ``cache_dir``: where the dataset-trained feature network is cached (default ``out_dir/../cache``, shared by
     the runs of one ``--out``)."""
@@ -48,6 +51,8 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
     e = cfg.eval
     res: dict = {"model": cfg.model, "dataset": cfg.data.dataset, "preset": cfg.preset, "seed": cfg.seed,
                  "data": cfg.data.data_path or "procedural twin", "device": str(device), "seconds": {}}
+    if cfg.model == "mddiff":       # the last MCL measurement of training (mcl_diagnostics.json has them all)
+        res.update(last_measurement(out_dir))
     t0 = time.perf_counter()
     scores, _ = eval_metrics(dataset, representation(model, cfg, device), ("factorvae", "dci"), seed=cfg.seed,
                              sample_scale=e.sample_scale, dci_model=e.dci_model, progress=progress)

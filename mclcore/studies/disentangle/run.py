@@ -12,6 +12,13 @@ Models (``MODELS``): ``mddiff`` (EncDiff + u-conditioned decoder + MCL), ``encdi
   steps with the diffusion loss only, so both models see the same optimisation budget);
 * VAEs: ``vae`` (Adam; FactorVAE's discriminator has its own Adam, stepped in :func:`after_update`).
 
+MCL in MDDiff's stage 2 is weighted and watched by an :class:`~mclcore.losses.monitor.MCLMonitor`
+(``StudyData.mcl``): the weight is ``stages.lambda_mcl`` (``mcl.weighting="absolute"``, the paper's) or relative to
+the host loss ``L_diffusion + lambda_recon L_recon`` by gradient norm on the u-decoder (``"relative"``), and every
+``mcl.diagnose_every`` stage-2 steps the readout accuracies, shortcut share and gradient ratio are measured on the
+step's (z, u), logged to TensorBoard (``stage2/mcl/...``), kept in the checkpoint (:func:`extra_state`) and written
+to ``<run_dir>/mcl_diagnostics.json`` when :func:`train` returns (``mcl inspect-mcl RUN_DIR`` prints them).
+
 Randomness: the batch of a step comes from the loop's ``ctx.rng`` and the diffusion/VAE noise from
 ``ctx.generator``, both seeded by ``(seed, PHASES.index(phase), step)``; FactorVAE's discriminator step draws from the
 same generator after the VAE loss, as it always has. ``PHASES`` therefore never changes order.
@@ -26,11 +33,12 @@ import numpy as np
 import torch
 
 from mclcore.studies.disentangle.config import DIFFUSION_MODELS, MODELS, RunConfig, run_dir_name
+from mclcore.losses.monitor import MCLMonitor
 from mclcore.train import loop
 
 __all__ = ["PHASES", "MODELS", "build_model", "phases", "load_dataset", "Batches", "StudyData", "setup",
-           "trainable", "optimizers", "train_step", "after_update", "end_phase", "autocast", "train",
-           "run_dir_name"]
+           "trainable", "optimizers", "train_step", "after_update", "end_phase", "extra_state", "load_extra_state",
+           "autocast", "train", "run_dir_name"]
 
 PHASES = ("first_stage", "stage1", "stage2", "vae")   # a phase's index seeds its steps: never reorder
 
@@ -106,15 +114,28 @@ class Batches:
 
 @dataclass
 class StudyData:
-    """What :func:`setup` gives the loop: the dataset and its deterministic batches."""
+    """What :func:`setup` gives the loop: the dataset and its deterministic batches, and (MDDiff) the MCL term's
+    weight and diagnostics."""
     dataset: object
     batches: Batches
     device: torch.device
+    mcl: MCLMonitor | None = None
 
 
 def setup(model, cfg: RunConfig, device: torch.device) -> StudyData:
     dataset = load_dataset(cfg)
-    return StudyData(dataset, Batches(dataset, cfg, device), device)
+    monitor = MCLMonitor(cfg.stages.lambda_mcl, cfg.mcl) if cfg.model == "mddiff" else None
+    return StudyData(dataset, Batches(dataset, cfg, device), device, monitor)
+
+
+def extra_state(data: StudyData) -> dict:
+    """What a checkpoint keeps beyond the weights: the MCL weight's last scale and the diagnostics so far."""
+    return {"mcl": data.mcl.state_dict() if data.mcl is not None else None}
+
+
+def load_extra_state(data: StudyData, state: dict | None) -> None:
+    if data.mcl is not None and state:
+        data.mcl.load_state_dict(state.get("mcl"))
 
 
 # ---------------------------------------------------------------------------------------------------- phases
@@ -177,10 +198,14 @@ def train_step(model, cfg: RunConfig, phase: str, step: int, data: StudyData, ct
     if phase in ("stage1", "stage2"):
         st = cfg.stages
         x = data.batches.get(ctx.rng, st.batch_size)                        # (B, 3, 64, 64)
-        extra = dict(lambda_recon=st.lambda_recon, lambda_mcl=st.lambda_mcl, mcl_z=st.mcl_z) \
-            if phase == "stage2" and cfg.model == "mddiff" else {}
+        extra, logs = {}, {}
+        if phase == "stage2" and cfg.model == "mddiff":
+            extra = dict(lambda_recon=st.lambda_recon, lambda_mcl=st.lambda_mcl, mcl_z=st.mcl_z,
+                         mcl_weight=data.mcl.weigher(step, model.mcl, logs))
         with autocast(device, cfg):
-            return model.losses(x, generator=ctx.generator, **extra)        # Eq. (19) terms
+            out = model.losses(x, generator=ctx.generator, **extra)         # Eq. (19) terms
+        out.update(logs)                                                    # MCL diagnostics on measured steps
+        return out
     x = data.batches.get(ctx.rng, cfg.vae.batch_size)
     with autocast(device, cfg):
         return model.losses(x, generator=ctx.generator)
@@ -209,7 +234,16 @@ def end_phase(model, cfg: RunConfig, phase: str, data: StudyData) -> None:
 
 # --------------------------------------------------------------------------------------------------- training
 def train(cfg: RunConfig, out_dir: str, **kw):
-    """Train ``cfg`` into ``out_dir`` (checkpoint.pt, config.json, tb/) with :func:`mclcore.train.loop.train`;
-    ``kw``: its ``resume``, ``stop_after``, ``progress``, ``log``. Returns ``(model, finished)``."""
-    model, _, _, finished = loop.train(sys.modules[__name__], cfg, out_dir, label=cfg.model, **kw)
+    """Train ``cfg`` into ``out_dir`` (checkpoint.pt, config.json, tb/; MDDiff: mcl_diagnostics.json) with
+    :func:`mclcore.train.loop.train`; ``kw``: its ``resume``, ``stop_after``, ``progress``, ``log``. Returns
+    ``(model, finished)``."""
+    model, _, data, finished = loop.train(sys.modules[__name__], cfg, out_dir, label=cfg.model, **kw)
+    _write_diagnostics(data, out_dir)
     return model, finished
+
+
+def _write_diagnostics(data: StudyData, out_dir: str) -> None:
+    """MDDiff: ``<out_dir>/mcl_diagnostics.json`` holds the measurements so far (also after a stop: they are
+    restored on resume; [] before any, which also replaces the file of an earlier run retrained in the folder)."""
+    if data.mcl is not None and out_dir is not None:
+        data.mcl.write(out_dir)

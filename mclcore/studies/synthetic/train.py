@@ -124,7 +124,7 @@ class StackedStudy:
             UI=torch.stack([d.u_index for d in datasets]).to(device), Z=torch.stack([d.z for d in datasets]),
             data_of=torch.tensor([uniq.index(s) for s in self.seeds], device=device),
             lam=torch.tensor(self.lambdas, device=device),
-            weight=MCLWeight(self.lambdas, cfg.mcl.weighting, cfg.mcl.diagnose_every or 1)
+            weight=MCLWeight(self.lambdas, cfg.mcl.weighting, cfg.mcl.diagnose_every)
             if cfg.model == "mdvae_mcl" else None,
             rngs=[torch.Generator().manual_seed(derive_seed(s, _BATCHES)) for s in self.seeds],
             n_train=n_train, steps_per_epoch=math.ceil(n_train / cfg.batch_size),

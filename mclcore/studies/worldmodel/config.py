@@ -152,6 +152,9 @@ class RunConfig:
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {allowed}, got {value!r}")
         self.mcl.validate()                     # checked even when MCL is off: a bad value is never kept silently
+        if self.use_mcl and self.mcl.weighting == "relative" and not self.mcl.create_graph:
+            raise ValueError("mcl.weighting: 'relative' needs mcl.create_graph=true (without it L_MCL has no gradient "
+                             "on the forward model to weigh)")
         check_numbers(self)
         return self
 

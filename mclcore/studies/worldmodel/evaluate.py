@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mclcore._io import write_text_atomic
+from mclcore.losses.monitor import last_measurement
 from mclcore.studies.worldmodel.config import RunConfig, method_name
 from mclcore.studies.worldmodel.data import Episodes, load_splits
 from mclcore.studies.worldmodel.report import SPLITS, rollout_figure, table_markdown
@@ -60,7 +61,9 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
     Keys: ``target``/``transfer`` (the table's rows; LACG with ``eval.lacg_actions``), for LACG also
     ``<split>_<other source>`` (e.g. ``target_regressor``) for the other latent-action source,
     ``<split>_shuffled_actions`` (action-following check), ``<split>_ae_recon`` and ``<split>_copy_first_frame``
-    (references), ``<split>_success`` (with ``eval.success_probe_steps`` > 0 on simulator data), and ``seconds``.
+    (references), ``<split>_success`` (with ``eval.success_probe_steps`` > 0 on simulator data), and ``seconds``;
+    with ``--mcl`` the last MCL measurement of training (``mcl_acc``, ``mcl_acc_generator``, ``mcl_grad_ratio``, ...:
+    :func:`mclcore.losses.monitor.last_measurement`) when the run logged one.
     """
     from mclcore.metrics.video import video_metrics
 
@@ -71,6 +74,8 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
                  "seed": cfg.seed, "device": str(device), "horizon": min(cfg.eval.horizon, cfg.data.episode_len),
                  "sample_steps": cfg.eval.sample_steps, "sampler": cfg.eval.sampler,
                  "data": cfg.data.path or f"{cfg.data.source} (generated)", "seconds": {}}
+    if cfg.use_mcl:                 # the last MCL measurement of training (mcl_diagnostics.json has them all)
+        res.update(last_measurement(out_dir))
     sources = [cfg.eval.lacg_actions] if cfg.variant == "acg" else ["idm", "regressor"]
     keep, probe = {}, None
     if cfg.eval.success_probe_steps > 0 and cfg.data.source == "tabletop":

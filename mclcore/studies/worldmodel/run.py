@@ -14,6 +14,13 @@ Phases (``PHASES``, in this order; the loop resumes each from ``checkpoint.pt`` 
   frozen AE's latents of every training frame are computed once when the phase begins -- also after a resume, from
   the saved weights -- and fix the scale of the frame changes (``delta_scale``).
 
+With ``--mcl`` the MCL term of the ``dynamics`` phase is weighted and watched by an
+:class:`~mclcore.losses.monitor.MCLMonitor` (``TrainData.mcl``): weight ``dynamics.lambda_mcl``
+(``mcl.weighting="absolute"``) or relative to the rest of the stage-2 loss by gradient norm on the generator's
+parameters (forward dynamics model + action interface; ``"relative"``); every ``mcl.diagnose_every`` steps the
+readout accuracies, shortcut share and gradient ratio are logged (TensorBoard ``dynamics/mcl/...``), kept in the
+checkpoint and written to ``<run_dir>/mcl_diagnostics.json`` (``mcl inspect-mcl RUN_DIR``).
+
 Every step's randomness comes from the loop's :class:`~mclcore.train.loop.StepContext` (seeded by
 ``(seed, phase, step)``), so a resumed run equals an uninterrupted one and a seed fixes the result.
 """
@@ -25,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mclcore.losses.monitor import MCLMonitor
 from mclcore.studies.worldmodel.config import PHASES, VARIANTS, RunConfig
 from mclcore.studies.worldmodel.data import Episodes, encode_episodes, load_splits
 from mclcore.train import loop
@@ -71,6 +79,7 @@ class TrainData:
     embodiment: torch.Tensor       # (N,) on device
     device: torch.device
     latents: torch.Tensor | None = None   # (N, T+1, C, 16, 16) frozen-AE latents, set when "dynamics" begins
+    mcl: MCLMonitor | None = None          # --mcl: the MCL term's weight and diagnostics
 
     @property
     def n_eps(self) -> int:
@@ -109,7 +118,18 @@ class WorldModelStudy:
         model.action_mean.copy_(acts.mean(0))
         model.action_std.copy_(acts.std(0).clamp_min(1e-3))
         return TrainData(train_eps, torch.from_numpy(train_eps.frames), torch.from_numpy(train_eps.actions).to(device),
-                         torch.from_numpy(train_eps.embodiment).to(device), torch.device(device))
+                         torch.from_numpy(train_eps.embodiment).to(device), torch.device(device),
+                         mcl=MCLMonitor(cfg.dynamics.lambda_mcl, cfg.mcl) if cfg.use_mcl else None)
+
+    @staticmethod
+    def extra_state(data: TrainData) -> dict:
+        """What a checkpoint keeps beyond the weights: the MCL weight's last scale and the diagnostics so far."""
+        return {"mcl": data.mcl.state_dict() if data.mcl is not None else None}
+
+    @staticmethod
+    def load_extra_state(data: TrainData, state: dict | None) -> None:
+        if data.mcl is not None and state:
+            data.mcl.load_state_dict(state.get("mcl"))
 
     @staticmethod
     def begin_phase(model, cfg: RunConfig, phase: str, data: TrainData) -> None:
@@ -160,9 +180,14 @@ class WorldModelStudy:
         ei, ti = rng.integers(0, data.n_eps, dy.batch_size), rng.integers(0, data.T, dy.batch_size)
         ei_t, ti_t = torch.from_numpy(ei).to(data.device), torch.from_numpy(ti).to(data.device)
         v_t, v_next = data.latents[ei_t, ti_t], data.latents[ei_t, ti_t + 1]            # (B, C, 16, 16) x 2
-        return model.losses(v_t, v_next, data.actions[ei_t, ti_t], data.embodiment[ei_t],  # App. D.5 terms
-                            beta=dy.beta, lambda_adv=dy.lambda_adv, context_noise=dy.context_noise,
-                            lambda_mcl=dy.lambda_mcl if cfg.use_mcl else 0.0, generator=ctx.generator)
+        logs: dict = {}
+        weigh = data.mcl.weigher(step, model.mcl, logs) if data.mcl is not None else None
+        out = model.losses(v_t, v_next, data.actions[ei_t, ti_t], data.embodiment[ei_t],   # App. D.5 terms
+                           beta=dy.beta, lambda_adv=dy.lambda_adv, context_noise=dy.context_noise,
+                           lambda_mcl=dy.lambda_mcl if cfg.use_mcl else 0.0, generator=ctx.generator,
+                           mcl_weight=weigh)
+        out.update(logs)                                                                 # measured steps only
+        return out
 
     @staticmethod
     def end_phase(model, cfg: RunConfig, phase: str, data: TrainData) -> None:
@@ -176,11 +201,14 @@ class WorldModelStudy:
 
 
 def train(cfg: RunConfig, out_dir: str, *, cache_dir: str | None = None, **kw):
-    """Train ``cfg`` into ``out_dir`` (checkpoint.pt, config.json, tb/); returns ``(model, finished)``.
+    """Train ``cfg`` into ``out_dir`` (checkpoint.pt, config.json, tb/; ``--mcl``: mcl_diagnostics.json); returns
+    ``(model, finished)``.
 
     ``kw``: :func:`mclcore.train.loop.train`'s options (``resume``, ``stop_after``, ``progress``, ``log``, ...).
     On resume the checkpoint's config wins. ``cache_dir``: generated episodes (default ``<out>/../cache/tabletop``).
     """
     study = WorldModelStudy(cache_dir or default_cache_dir(out_dir))
-    model, _cfg, _data, finished = loop.train(study, cfg, out_dir, label=f"worldmodel-{cfg.variant}", **kw)
+    model, _cfg, data, finished = loop.train(study, cfg, out_dir, label=f"worldmodel-{cfg.variant}", **kw)
+    if data.mcl is not None:            # the measurements so far (restored on resume): mcl inspect-mcl RUN_DIR
+        data.mcl.write(out_dir)
     return model, finished
