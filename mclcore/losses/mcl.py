@@ -421,9 +421,10 @@ class MCLConfig:
       ``grad_z c(G(z, u), z, u)``, **Algorithm 1** (``contrast="total"`` with ``critic_input="xzu"``). With
       ``critic_input="x"`` the two are the same. Why the default differs from the paper (measured, 10 seeds,
       experiments/synthetic/README.md "Does MCL help?"): with Algorithm 1 the critic's direct term alone reads the
-      condition at 99-100% top-1 accuracy (chance 13%) and carries the contrast (shortcut share 0.5-0.9), so MCL
-      can be solved without the generator; contrasting the generator term gives that term 97-100% accuracy and a
-      shortcut share of 0, i.e. the contrast is carried by the generator, which is what MCL is meant to shape.
+      condition at 99-100% top-1 accuracy (chance 7-25%) and carries the contrast (shortcut share 0.5-0.94), so
+      MCL can be solved without the generator; contrasting the generator term gives that term 90-100% accuracy and
+      a shortcut share of 0-0.01, i.e. the contrast is carried by the generator, which is what MCL is meant to
+      shape. (Whether that helps identifiability is a separate question: in our synthetic cells it did not.)
     * ``proj_dim``, ``proj_layernorm``: the projection heads (128; LayerNorm first as in Algorithm 2: off).
     * ``eps``: floor of the norms in the L2 normalisation.
     * ``weighting``: how a study weights L_MCL against its host loss: ``"absolute"`` (``lambda * L_MCL``, the
