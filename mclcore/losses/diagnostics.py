@@ -16,7 +16,10 @@ which is happening, at any step:
   weight becomes ``w = lambda * |grad_G L_host| / |grad_G L_MCL|``, so ``w L_MCL`` moves the generator's
   parameters ``lambda`` times as much as the host loss (by gradient norm) whatever the host loss's scale: the
   same lambda means the same on a summed ELBO of 10^3 nats and on a per-element diffusion loss. Between
-  measurements ``w`` is held. ``weighting="absolute"`` (the paper's) uses ``w = lambda``.
+  measurements ``w`` is held. ``weighting="absolute"`` (the paper's) uses ``w = lambda``. The mapping: relative
+  lambda r is the absolute weight ``r |grad_G L_host| / |grad_G L_MCL|`` of the moment; on the synthetic MD-VAE
+  (dz = 5, |U| = 8) relative 1 meant absolute weights from 8e4 at the first step down to ~1e3 after 50 steps, and
+  the paper's absolute 0.1 meant relative ~1e-6 (experiments/synthetic/README.md, "Does MCL help?").
 
 Cost: a readout is one generator forward, one critic input-gradient and one VJP without a graph, plus the heads;
 gradient norms are two extra backward passes through the MCL and host terms. Both run every ``every`` steps
