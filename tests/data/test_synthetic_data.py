@@ -124,3 +124,80 @@ def test_bad_process_and_lrd_bounds():
         make_lrd(2, 3, n=100, std_bounds=(3.0, 0.5))
     with pytest.raises(ValueError, match="mean_bound"):
         make_lrd(2, 3, n=100, mean_bound=float("nan"))
+
+
+# Recorded from the code before the modulation axes and the orthonormal family existed (make_dataset(process, 3, 4,
+# n=200, seed=11)): sha256 of the RNG-only tensors (z, u_index, alphabet, prior_mean, prior_std; platform-free) and
+# sums of x (matmuls: equal to float rounding across BLAS builds). On the recording machine the full bytes of every
+# tensor, x and x_clean included, were identical before and after.
+_DEFAULT_DATA = {"gmd": ("b2b092a9809c5456", 1379.3115335786715, 7664.916106885299, [-0.126902, 1.100114, 0.474223]),
+                 "lrd": ("f878d93ee912b343", 398.14160414773505, 10464.249908573809, [-0.651538, 0.106963, -0.910003])}
+
+
+@pytest.mark.parametrize("process", ["gmd", "lrd"])
+def test_default_axes_reproduce_the_old_data(process):
+    import hashlib
+
+    d = make_dataset(process, 3, 4, n=200, seed=11)
+    h = hashlib.sha256()
+    for k in ("z", "u_index", "alphabet", "prior_mean", "prior_std"):
+        h.update(getattr(d, k).contiguous().numpy().tobytes())
+    digest, total, abs_total, row0 = _DEFAULT_DATA[process]
+    assert h.hexdigest()[:16] == digest
+    assert float(d.x.double().sum()) == pytest.approx(total, rel=1e-6)
+    assert float(d.x.double().abs().sum()) == pytest.approx(abs_total, rel=1e-6)
+    assert d.x[0, :3].tolist() == pytest.approx(row0, abs=1e-5)
+    explicit = make_dataset(process, 3, 4, n=200, seed=11, mixing="leaky_relu", modulation_range=1.0,
+                            shift_scale=1.0)
+    for k in ("z", "u", "u_index", "x", "x_clean", "alphabet", "prior_mean", "prior_std"):
+        assert torch.equal(getattr(d, k), getattr(explicit, k)), k      # the documented defaults are today's
+
+
+@torch.no_grad()
+def test_orthonormal_mixing_changes_only_h():
+    a = make_gmd(3, 4, n=300, seed=2)
+    b = make_gmd(3, 4, n=300, seed=2, mixing="orthonormal")
+    lins = [m for m in b.generator.h if isinstance(m, torch.nn.Linear)]
+    assert [tuple(m.weight.shape) for m in lins] == [(64, 3), (64, 64), (64, 64)]
+    for m in lins:
+        w = m.weight.double()
+        assert torch.allclose(w.T @ w, torch.eye(w.shape[1], dtype=torch.float64), atol=1e-5)
+    assert not any(isinstance(m, SmoothLeakyReLU) for m in b.generator.h)          # leaky ReLU between layers
+    for k in ("z", "u", "u_index", "alphabet"):
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    u = a.alphabet
+    for fa, fb in zip(a.generator.film(u), b.generator.film(u)):
+        assert torch.equal(fa, fb)                                                 # same m(u), b(u)
+    assert not torch.equal(a.x, b.x)
+    assert torch.allclose(b.x_clean, b.generator(b.z, b.u), atol=1e-5)
+
+
+@torch.no_grad()
+def test_modulation_range_and_shift_scale():
+    base = make_gmd(3, 4, n=300, seed=2)
+    scale0, shift0 = base.generator.film(base.alphabet)
+    for r in (0.5, 2.0):
+        d = make_gmd(3, 4, n=300, seed=2, modulation_range=r)
+        scale, shift = d.generator.film(d.alphabet)
+        assert torch.allclose(scale.log(), r * scale0.log(), atol=1e-5) and torch.equal(shift, shift0)
+        assert float(scale.log().abs().max()) <= r + 1e-6
+    d = make_gmd(3, 4, n=300, seed=2, shift_scale=3.0)
+    assert torch.allclose(d.generator.film(d.alphabet)[1], 3 * shift0, atol=1e-5)
+    flat = make_gmd(3, 4, n=300, seed=2, modulation_range=0.0, shift_scale=0.0)   # u has no effect at all
+    assert torch.equal(flat.u_blind(), flat.z.double())
+    assert torch.equal(flat.generator(flat.z, flat.alphabet[flat.u_index * 0]), flat.x_clean)
+    lrd = make_dataset("lrd", 3, 4, n=300, seed=2, modulation_range=3.0, shift_scale=0.0)   # ignored by LRD
+    assert torch.equal(lrd.x, make_dataset("lrd", 3, 4, n=300, seed=2).x)
+    for name in ("modulation_range", "shift_scale"):
+        with pytest.raises(ValueError, match=name):
+            make_gmd(2, 3, n=100, **{name: -1.0})
+
+
+@torch.no_grad()
+def test_snr_and_u_blind(gmd, lrd):
+    assert gmd.snr(0.01) == pytest.approx(float(gmd.x_clean.double().var(0).mean()) / 0.01)
+    assert gmd.snr(0.0) == math.inf
+    rows = slice(100, 200)
+    scale, shift = gmd.generator.film(gmd.u[rows])
+    assert torch.allclose(gmd.u_blind(rows), (gmd.z[rows] * scale + shift).double(), atol=1e-6)
+    assert torch.equal(lrd.u_blind(rows), lrd.z[rows].double())                  # LRD: y = z

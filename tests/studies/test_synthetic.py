@@ -73,6 +73,52 @@ def test_batched_seeds_equal_one_by_one(model):
         assert batched[0]["mcl_loss"] != batched[1]["mcl_loss"]
 
 
+@pytest.mark.parametrize("process", ["gmd", "lrd"])
+def test_ceiling_collapse_and_snr_in_every_row(process):
+    rows = train(tiny(model="betavae", process=process), [0, 1])
+    for r in rows:
+        if process == "lrd":
+            assert r["mcc_ceiling"] == pytest.approx(1.0, abs=1e-6)        # y = z: nothing to undo
+        else:
+            assert 0.0 < r["mcc_ceiling"] <= 1.0
+        assert len(r["kl_per_dim"]) == 2 and all(v >= 0 for v in r["kl_per_dim"])
+        assert 0 <= r["active_dims"] <= 2 and r["active_dims"] == sum(v > 0.01 for v in r["kl_per_dim"])
+        assert r["snr"] > 1 and math.isfinite(r["snr"])
+    assert rows[0]["mcc_ceiling"] != rows[1]["mcc_ceiling"] or process == "lrd"   # a ceiling per seed's data
+    # the evaluation KL is the final model's on the test split; the training "kl" is the last epoch's mean on the
+    # training split: same order of magnitude
+    assert sum(rows[0]["kl_per_dim"]) == pytest.approx(rows[0]["kl"], rel=1.0)
+
+
+@pytest.mark.parametrize("model", ["ivae", "mdvae_mcl"])
+def test_evaluation_extras_change_no_number(model, monkeypatch):
+    from mclcore.studies.synthetic import train as train_mod
+
+    cfg = tiny(model=model)
+    rows = train(cfg, [0, 1])
+    assert all("mcc_ceiling" in r for r in rows)
+    monkeypatch.setattr(train_mod, "_evaluation_extras", lambda cfg, vae, seeds, *a, **k: [{} for _ in seeds])
+    bare = train(cfg, [0, 1])
+    assert "mcc_ceiling" not in bare[0]
+    assert _numbers(rows) == _numbers(bare)                  # bit-identical MCC, ELBO, KL
+
+
+def test_data_axes_are_in_the_dataset_cache_key():
+    from mclcore.studies.synthetic.train import _DATA_KEYS
+
+    data_fields = {"process", "dz", "n_alphabet", "n", "du", "noise_var", "mixing", "test_frac", "lrd_mean_bound",
+                   "lrd_std_low", "lrd_std_high", "modulation_range", "shift_scale"}
+    assert data_fields <= set(_DATA_KEYS)
+    base = train(tiny(model="betavae", epochs=1), [0])[0]
+    for kw in (dict(modulation_range=2.0), dict(shift_scale=0.0), dict(mixing="orthonormal"), dict(noise_var=0.1)):
+        r = train(tiny(model="betavae", epochs=1, **kw), [0])[0]
+        assert (r["mcc_ceiling"], r["snr"]) != (base["mcc_ceiling"], base["snr"]), kw
+    flat = train(tiny(model="betavae", epochs=1, modulation_range=0.0, shift_scale=0.0), [0])[0]
+    assert flat["mcc_ceiling"] == pytest.approx(1.0, abs=1e-6)              # no modulation: y = z
+    with pytest.raises(ValueError, match="modulation_range"):
+        train(tiny(modulation_range=-1.0), [0])
+
+
 def _killed_after_epoch(cfg, ck: str, epoch: int, seeds=(0, 1)) -> None:
     """Train members ``seeds`` of ``cfg`` with checkpoint ``ck`` and interrupt the run right after ``epoch``."""
     class Killed(Exception):
@@ -158,6 +204,12 @@ def test_study_resume_after_a_killed_unit_gives_the_same_csv(tmp_path):
         assert os.path.getsize(paths[key]) > 0, key
     table = open(paths["table"]).read()
     assert "MD-VAE+MCL" in table and "λ_MCL selection" in table
+    assert "| u-blind ceiling | 0." in table and "Active latent dimensions" in table and "| β-VAE | " in table
+    with open(paths["csv"]) as f:
+        csv_rows = list(csv.DictReader(f))
+    for r in csv_rows:
+        assert 0 < float(r["mcc_ceiling"]) <= 1 and 0 <= int(r["active_dims"]) <= 2 and float(r["snr"]) > 0
+        assert len(r["kl_per_dim"].split(";")) == 2
 
     part = tmp_path / "part"
 

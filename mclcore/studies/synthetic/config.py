@@ -32,16 +32,24 @@ class TrainConfig:
 
     Data (App. D.3; :mod:`mclcore.data.synthetic`):
         process: ``"gmd"`` (the paper's mechanism-diverse process) or ``"lrd"`` (iVAE's: u shifts p(z|u)).
-        mixing: ``"leaky_relu"`` (the paper's) or ``"smooth_leaky"`` (smooth, Theorem 1's regularity holds).
+        mixing: the mixing family h: ``"leaky_relu"`` (the paper's), ``"smooth_leaky"`` (smooth, Theorem 1's
+            regularity holds), both with iVAE/TCL well-conditioned layers, or ``"orthonormal"`` (leaky ReLU with
+            random orthonormal layers). Default ``"leaky_relu"``.
         dz: latent dimension (paper: 5, 10, 20). n_alphabet: |U| (paper: 8; Table 5: 2..32). du: dim of u (16).
-        n: samples per dataset (50,000). noise_var: observation noise variance (0.01).
+        n: samples per dataset (50,000). noise_var: observation noise variance (0.01); each result row records the
+            cell's ``snr = mean_j var(x_clean_j) / noise_var``.
+        modulation_range: r in the GMD scale ``m(u) = exp(r tanh(.))``, i.e. log m in [-r, r]. Default 1.0 (the
+            paper's [1/e, e]); 0 removes the scale. shift_scale: factor on the GMD shift b(u). Default 1.0; 0
+            removes it. Both are ignored by ``"lrd"`` (u never reaches its generator). The defaults give the data
+            of the paper's process bit for bit.
         test_frac: test fraction (0.2). val_frac: fraction of n held out of the *training* split for validation
             (0 except when choosing lambda_mcl). eval_split: ``"test"`` or ``"val"``: where MCC is measured.
         lrd_mean_bound, lrd_std_low, lrd_std_high: LRD prior mu_n ~ U(-b, b), s_n ~ U(low, high) (iVAE: 0.5, 3).
     Model (:mod:`mclcore.models.vae`):
         model: ``"betavae"``, ``"ivae"``, ``"mdvae"`` or ``"mdvae_mcl"``.
         hidden: hidden width, 0 for App. D.3's ``max(64, 4 dz)``. slope: leaky-ReLU slope of the networks (0.2).
-        beta: beta-VAE's KL weight (4; iVAE and MD-VAE use 1). decoder_var: Gaussian decoder variance (0.01).
+        beta: beta-VAE's KL weight (4; iVAE and MD-VAE use 1). decoder_var: Gaussian decoder variance (0.01),
+            fixed (a learnt decoder variance would need :class:`mclcore.models.vae.StackedVAE` to carry one).
     MCL (paper §4.2 / §5):
         lambda_mcl: weight of L_MCL (paper: in [0.01, 0.1], chosen on a validation split: see ``mcl synthetic``).
         mcl: the regulariser's options (:class:`mclcore.losses.mcl.MCLConfig`; here multi-positive). With u in the
@@ -60,6 +68,8 @@ class TrainConfig:
     du: int = 16
     n: int = 50_000
     noise_var: float = 0.01
+    modulation_range: float = 1.0
+    shift_scale: float = 1.0
     test_frac: float = 0.2
     val_frac: float = 0.0
     eval_split: str = "test"
@@ -96,7 +106,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 bad(name, "a positive finite number")
-        for name in ("noise_var", "beta", "lambda_mcl", "lrd_mean_bound", "slope", "val_frac"):
+        for name in ("noise_var", "beta", "lambda_mcl", "lrd_mean_bound", "slope", "val_frac", "modulation_range",
+                     "shift_scale"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "a finite number >= 0")

@@ -43,7 +43,15 @@ MODEL_NAMES = {"betavae": "β-VAE", "ivae": "iVAE", "mdvae": "MD-VAE", "mdvae_mc
 _CSV_COLUMNS = ["process", "mixing", "dz", "n_alphabet", "model", "seed", "lambda_mcl", "split", "mcc",
                 "mcc_spearman", "neg_elbo", "rec", "kl", "mcl_loss", "epochs", "steps", "members", "unit",
                 "unit_seconds", "mcl_weight", "mcl_acc", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance",
-                "mcl_shortcut_share", "mcl_grad_ratio"]
+                "mcl_shortcut_share", "mcl_grad_ratio", "mcc_ceiling", "active_dims", "kl_per_dim", "snr"]
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (list, tuple)):        # kl_per_dim: ";"-joined
+        return ";".join(_cell(x) for x in v)
+    return f"{v:.6g}" if isinstance(v, float) else v
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -51,9 +59,22 @@ def _csv_text(rows: list[dict]) -> str:
     w = csv.DictWriter(buf, fieldnames=_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]))
-                    for k in _CSV_COLUMNS})
+        w.writerow({k: _cell(r.get(k)) for k in _CSV_COLUMNS})
     return buf.getvalue()
+
+
+def _ceilings(runs: list[dict]) -> dict:
+    """(process, dz, |U|) -> the u-blind ceiling of each seed (the data of a seed is shared by every model of the
+    cell, so each seed counts once). Rows from before the ceiling existed are skipped."""
+    per: dict = {}
+    for r in runs:
+        if r.get("mcc_ceiling") is not None:
+            per.setdefault((r["process"], r["dz"], r["n_alphabet"]), {})[r["seed"]] = r["mcc_ceiling"]
+    return {k: list(v.values()) for k, v in per.items()}
+
+
+def _median_str(v: list | None, fmt: str = "{:.2f}") -> str:
+    return fmt.format(statistics.median(v)) if v else "–"
 
 
 def _quantiles(v: list[float]) -> tuple[float, float, float]:
@@ -89,8 +110,12 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
         write_text_atomic(paths["tuning"], _csv_text(tunes))
 
     vals: dict = {}
+    active: dict = {}
     for r in runs:
         vals.setdefault((r["process"], r["dz"], r["n_alphabet"], r["model"]), []).append(r[key])
+        if r.get("active_dims") is not None:
+            active.setdefault((r["process"], r["dz"], r["n_alphabet"], r["model"]), []).append(r["active_dims"])
+    ceil = _ceilings(runs)
     tcfg = study.train_config(dz=study.dzs[0])
     U0 = _main_alphabet(study)
     lines = ["# Synthetic identifiability study: median MCC (paper §5.1 Fig. 5, App. F.1 Table 5)", "",
@@ -100,6 +125,15 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
              f"{study.seeds} seed(s) per cell from {study.first_seed}.",
              "Paper numbers: Fig. 5 values as quoted in the text of §5.1 (dz = 10 for iVAE / β-VAE is not given "
              "there); Table 5 of App. F.1. The paper never ran MD-VAE+MCL on synthetic data.", ""]
+    axes = [f"{k} {getattr(tcfg, k):g}" for k in ("modulation_range", "shift_scale")
+            if getattr(tcfg, k) != getattr(type(tcfg)(), k)]
+    if axes:
+        lines[-2] += " Non-default data axes: " + ", ".join(axes) + "."
+    if ceil:
+        lines += ["u-blind ceiling: median over seeds of the oracle MCC of y = z ⊙ m(u) + b(u) (the true "
+                  "generator's FiLM maps) against z on the same split, the best a model blind to u in the mixing "
+                  "can reach (1 for LRD, where y = z). Active dims: median number of latent dimensions with mean "
+                  "KL(q || prior) > 0.01 nats on that split, of dz.", ""]
     if wall is not None:
         lines += [f"Wall time of this invocation: {wall / 60:.1f} min.", ""]
     for process in study.processes:
@@ -117,6 +151,20 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
                     p = PAPER["fig5"].get((model, dz)) if U0 == 8 else None
                     cells.append(f"{p:.2f}" if p is not None else "–")
             lines.append(f"| {MODEL_NAMES[model]} | " + " | ".join(cells) + " |")
+        if any((process, dz, U0) in ceil for dz in study.dzs):
+            cells = []
+            for dz in study.dzs:
+                cells.append(_median_str(ceil.get((process, dz, U0))))
+                if process == "gmd":
+                    cells.append("–")
+            lines.append("| u-blind ceiling | " + " | ".join(cells) + " |")
+        if any((process, dz, U0, model) in active for dz in study.dzs for model in study.models):
+            lines += ["", "Active latent dimensions (KL > 0.01 nats), median over seeds:", "",
+                      "| model | " + " | ".join(f"dz = {dz}" for dz in study.dzs) + " |",
+                      "|" + "---|" * (1 + len(study.dzs))]
+            for model in study.models:
+                lines.append(f"| {MODEL_NAMES[model]} | " + " | ".join(
+                    _median_str(active.get((process, dz, U0, model)), "{:g}") + f" / {dz}" for dz in study.dzs) + " |")
         lines.append("")
     sweep = [a for a in study.alphabets]
     if len(sweep) > 1:
@@ -138,6 +186,14 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
                             s += f" ({PAPER['table5'][(dz, a)]:.2f})"
                         cells.append(s)
                     lines.append(f"| {dz} | " + " | ".join(cells) + " |")
+                lines.append("")
+            if any((process, dz, a) in ceil for dz in study.dzs for a in sweep):
+                lines += [f"## Effect of |U| ({process.upper()} process): u-blind ceiling (median over seeds)", "",
+                          "| dz | " + " | ".join(f"|U| = {a}" for a in sweep) + " |",
+                          "|" + "---|" * (1 + len(sweep))]
+                for dz in study.dzs:
+                    lines.append(f"| {dz} | " + " | ".join(_median_str(ceil.get((process, dz, a))) for a in sweep)
+                                 + " |")
                 lines.append("")
     sel = [rec for rec in records if rec.get("selection")]
     if sel:
@@ -171,15 +227,16 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
         write_text_atomic(paths["certificates"], "\n".join(cert_lines))
     write_text_atomic(paths["table"], "\n".join(lines))
     if runs:
-        _violin(study, vals, U0, paths["violin"])
+        _violin(study, vals, U0, paths["violin"], ceil)
         if len(sweep) > 1:
             paths["table5_plot"] = os.path.join(out, "table5.png")
             _sweep_plot(study, vals, paths["table5_plot"])
     return paths
 
 
-def _violin(study: StudyConfig, vals: dict, U0: int, path: str) -> None:
-    """Fig. 5 style: per process a panel, x = dz, one violin per model (median marked), |U| = U0."""
+def _violin(study: StudyConfig, vals: dict, U0: int, path: str, ceil: dict | None = None) -> None:
+    """Fig. 5 style: per process a panel, x = dz, one violin per model (median marked), |U| = U0; dashed per dz:
+    the u-blind ceiling (median over seeds) when ``ceil`` has it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,14 +260,21 @@ def _violin(study: StudyConfig, vals: dict, U0: int, path: str) -> None:
                 ax.scatter([pos] * len(v), v, s=6, color=colors[model], alpha=0.8, zorder=3)
                 ax.plot([pos - width * 0.35, pos + width * 0.35], [statistics.median(v)] * 2, color="k", lw=1.5,
                         zorder=4)
+        for i, dz in enumerate(study.dzs):
+            c = (ceil or {}).get((process, dz, U0))
+            if c:
+                ax.plot([i - 0.45, i + 0.45], [statistics.median(c)] * 2, color="k", ls="--", lw=1.0, zorder=5)
         ax.set_xticks(range(len(study.dzs)), [f"$d_z$={dz}" for dz in study.dzs])
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("MCC" if study.mcc_method == "pearson" else "MCC (Spearman)")
         ax.set_title(f"{process.upper()} process, |U| = {U0}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[m], alpha=0.6) for m in study.models]
-    fig.legend(handles, [MODEL_NAMES[m] for m in study.models], loc="lower center", ncol=len(study.models),
-               fontsize=8, frameon=False)
+    names = [MODEL_NAMES[m] for m in study.models]
+    if ceil:
+        handles.append(plt.Line2D([0, 1], [0, 0], color="k", ls="--", lw=1.0))
+        names.append("u-blind ceiling")
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     save_figure(fig, path, dpi=130)
     plt.close(fig)

@@ -52,11 +52,14 @@ def _dataset(cfg_items: tuple, seed: int):
     c = dict(cfg_items)
     return make_dataset(c["process"], c["dz"], c["n_alphabet"], n=c["n"], du=c["du"], noise_var=c["noise_var"],
                         mixing=c["mixing"], test_frac=c["test_frac"], seed=seed, mean_bound=c["lrd_mean_bound"],
-                        std_bounds=(c["lrd_std_low"], c["lrd_std_high"]))
+                        std_bounds=(c["lrd_std_low"], c["lrd_std_high"]), modulation_range=c["modulation_range"],
+                        shift_scale=c["shift_scale"])
 
 
+# Every TrainConfig field that make_dataset reads (the dataset cache key).
 _DATA_KEYS = ("process", "dz", "n_alphabet", "n", "du", "noise_var", "mixing", "test_frac", "lrd_mean_bound",
-              "lrd_std_low", "lrd_std_high")
+              "lrd_std_low", "lrd_std_high", "modulation_range", "shift_scale")
+ACTIVE_KL = 0.01        # nats: a latent dimension whose mean KL on the evaluation split exceeds it is active
 
 
 class Members(torch.nn.Module):
@@ -219,6 +222,40 @@ def _mcc_rows(z_true: torch.Tensor, z_hat: torch.Tensor) -> tuple[float, float]:
     return mcc(zt, zh, "pearson")["mcc.mean"], mcc(zt, zh, "spearman")["mcc.mean"]
 
 
+def _evaluation_extras(cfg: TrainConfig, vae: StackedVAE, seeds: list[int], x_ev: torch.Tensor,
+                       u_ev: torch.Tensor, rows: slice, chunk: int = 8192) -> list[dict]:
+    """Per member, beside the MCC (no random numbers drawn, no state changed): ``mcc_ceiling``, the Pearson MCC of
+    ``y = z * m(u) + b(u)`` (true FiLM maps) against z on the evaluation rows, the oracle of the best u-blind
+    recovery (1 for ``"lrd"``: y = z); ``kl_per_dim``, the mean over those rows of KL(q(z_i|.) || p(z_i|.)) per
+    dimension in closed form against the model's prior (N(0, 1), or iVAE's u-conditional one), unweighted by beta;
+    ``active_dims``, the dimensions above ``ACTIVE_KL`` nats (collapse shows as few); ``snr`` of the dataset."""
+    from mclcore.metrics import mcc
+
+    key = tuple((k, getattr(cfg, k)) for k in _DATA_KEYS)
+    kl_sum = torch.zeros(x_ev.shape[0], cfg.dz, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(0, x_ev.shape[1], chunk):
+            x, u = x_ev[:, i:i + chunk], u_ev[:, i:i + chunk]
+            mu, logvar = vae.encode(x, u)                                        # (M, b, dz)
+            mu, logvar = mu.double(), logvar.double()
+            prior = vae.prior_params(u)
+            if prior is None:
+                kl = 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar)
+            else:
+                mu_p, logvar_p = (t.double() for t in prior)
+                kl = 0.5 * (logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) / logvar_p.exp() - 1.0)
+            kl_sum += kl.sum(1).cpu()
+    kl_dim = kl_sum / x_ev.shape[1]                                              # (M, dz)
+    out = []
+    for m, seed in enumerate(seeds):
+        data = _dataset(key, seed)
+        ceiling = mcc(data.z[rows].double().numpy(), data.u_blind(rows).numpy(), "pearson")["mcc.mean"]
+        kl_m = kl_dim[m].tolist()
+        out.append({"mcc_ceiling": ceiling, "kl_per_dim": kl_m,
+                    "active_dims": int(sum(v > ACTIVE_KL for v in kl_m)), "snr": data.snr(cfg.noise_var)})
+    return out
+
+
 def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | None = None, *,
           checkpoint: str | None = None, on_step: Callable[[int], None] | None = None,
           on_epoch: Callable[[int, dict], None] | None = None, device: str = "cpu",
@@ -244,7 +281,9 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
         one dict per member: cell fields, ``seed``, ``lambda_mcl``, ``split``, ``mcc`` (Pearson), ``mcc_spearman``,
         final-epoch means ``neg_elbo``, ``rec``, ``kl``, ``mcl_loss``, and ``epochs``, ``steps``, ``members``; for
         ``mdvae_mcl`` also the last diagnostics ``mcl_weight``, ``mcl_acc``, ``mcl_acc_generator``,
-        ``mcl_acc_direct``, ``mcl_chance``, ``mcl_shortcut_share``, ``mcl_grad_ratio``.
+        ``mcl_acc_direct``, ``mcl_chance``, ``mcl_shortcut_share``, ``mcl_grad_ratio``. Every row also has
+        ``mcc_ceiling`` (the oracle MCC of the best u-blind recovery y = z * m(u) + b(u)), ``kl_per_dim`` (list,
+        dz), ``active_dims`` and ``snr`` (:func:`_evaluation_extras`; they change none of the other numbers).
     """
     import os
 
@@ -298,6 +337,7 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
     with torch.no_grad():
         z_hat = vae.posterior_mean(x_ev, u_ev).cpu()                            # (M, Ne, dz)
     last, has_mcl = d.history[-1], cfg.model == "mdvae_mcl"
+    extras = _evaluation_extras(cfg, vae, seeds, x_ev, u_ev, slice(lo, hi))
     rows = []
     for m in range(M):
         pearson, spearman = _mcc_rows(d.Z[d.data_of[m].item(), lo:hi], z_hat[m])
@@ -306,7 +346,7 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
                      "split": cfg.eval_split, "mcc": pearson, "mcc_spearman": spearman,
                      "neg_elbo": last["loss"][m] - (lambdas[m] * last["mcl"][m] if has_mcl else 0.0),
                      "rec": last["rec"][m], "kl": last["kl"][m], "mcl_loss": last["mcl"][m] if has_mcl else None,
-                     "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M})
+                     "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M, **extras[m]})
         if has_mcl and d.diagnostics:      # the last measurement (the unit record keeps them all)
             last_d = d.diagnostics[-1]
             rows[-1].update({f"mcl_{k}": last_d[k][m] for k in ("weight", "acc", "acc_generator", "acc_direct",
