@@ -14,6 +14,11 @@ op's module, that picks the backend at call time:
   (csrc/<op>/<op>_cuda.cu). A CPU-only build declares them without kernels, and ``critic_grad`` /
   ``critic_grad_backward`` have no CUDA C++ twin at all.
 
+For speed, use ``"triton"`` (the default). The CUDA C++ ``infonce`` (csrc/infonce/infonce_cuda.cu) is the reference
+fallback: its tile products are shared-memory FMA GEMMs in float32 / float64, without tensor cores (no mma / WMMA),
+for machines without Triton and as an independent check of the Triton kernels, whose 16-bit (and, where TF32 is
+allowed, float32) products run on tensor cores. It is not offered as the fast choice.
+
 The choice, first match wins: :func:`use_backend` (a setter and a context manager), the environment variable
 ``MCLCORE_BACKEND`` (``triton`` or ``cuda``, read at every call), else the default: ``triton`` if it imports, else
 ``cuda``. An explicitly requested backend that cannot run the op raises RuntimeError naming the backend, the op and

@@ -20,12 +20,23 @@ Flash-attention layout, no B x B tensor anywhere (memory O(B d)):
    columns and, in multi-positive mode, for the positive columns. An online maximum rather than the fixed shift
    1/tau that |S| <= 1/tau allows: with a fixed shift every exp argument lies in [-2/tau, 0], which underflows
    float32 for tau < 0.023, and the rescale costs one exp per row and tile, nothing next to the tile product.
+   The diagonal S_ii is extracted only on the tiles that hold part of the diagonal (a block-index test), not on
+   every tile. Multi-positive mode still takes a second exp per positive-masked element here: the one-exp form
+   (each element shifted by the maximum of its own set, the positives' share of the all-columns sum rescaled by one
+   exp per row) spilled 12 B per thread on sm_80 in 16-bit at the (128, 64, 8 warps) tiles.
 3. ``_dq_kernel`` (row blocks, walks the columns) and ``_dk_kernel`` (column blocks, walks the rows) recompute
    S tile by tile from the row statistics, form dS and accumulate ``dS k^`` resp. ``dS^T qs`` in registers, then
    apply the normalisation backward to the raw rows of p resp. k (reloaded in float32/float64, so the projection
    uses the exact unit vector, not its rounded dot-dtype copy). Two kernels instead of one with atomic adds into
    dk: deterministic, and no B/BLOCK_M-way contention on every dk element, at the cost of computing S twice
-   (five B x B x d products for forward + backward instead of four).
+   (five B x B x d products for forward + backward instead of four; a fused dq/dk kernel with float32 atomic adds
+   into dq would save one, and has not been built: it needs a GPU to measure whether the saved product pays for
+   the contention and the extra pass, and it gives up bitwise-reproducible gradients).
+   In diagonal mode dS carries no -[i == j] on any tile: its contribution, -k^_I to dq resp. -qs_J to dk, is
+   subtracted once per row after the tile loop. In multi-positive mode _dq_kernel takes one exp per element: a
+   positive's exp(S - lse_all) is exp(S - lse_pos) exp(lse_pos - lse_all) (one exp per row), so
+   dS = exp(S - lse_pos) (exp(lse_pos - lse_all) - 1) there; _dk_kernel keeps the two-exp form (the extra row vector
+   spilled 32-40 B per thread in float32 on sm_90 at (64, 32, 8 warps)).
 
 ``infonce_with_grad`` is steps 1-3 with g = 1 (on a GPU the fused CPU trick of holding whole rows of S does not
 pay: S would not stay in registers; the forward pass is one product out of five).
@@ -136,7 +147,8 @@ def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, d, HAS_GROUPS: tl.co
     thread at 64 x 32 tiles on sm_90, where 32-feature chunks compile without spills even at 64 x 64.
     """
     acc_t = tl.float64 if IS_F64 else tl.float32
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    r0 = tl.program_id(0) * BLOCK_M
+    rows = r0 + tl.arange(0, BLOCK_M)
     rmask = rows < B
     m = tl.full([BLOCK_M], float("-inf"), acc_t)
     s = tl.zeros([BLOCK_M], acc_t)
@@ -159,8 +171,11 @@ def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, d, HAS_GROUPS: tl.co
         S = tl.where(cmask[None, :], S, float("-inf"))
         m_new = tl.maximum(m, tl.max(S, axis=1))                                    # finite: column j0 is valid
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(S - m_new[:, None]), axis=1)
-        m = m_new
         if HAS_GROUPS:
+            # Two exps per element here (positives again, shifted by their own maximum): the one-exp form (each
+            # element shifted by the maximum of its own set, the positives' share of s rescaled per row) spilled
+            # 12 B per thread on sm_80 in 16-bit at (128, 64, 8 warps); the exps are not the bottleneck next to
+            # the tile product on tensor cores.
             gj = tl.load(g_ptr + cols, mask=cmask, other=0)
             Sp = tl.where((gi[:, None] == gj[None, :]) & cmask[None, :], S, float("-inf"))
             mp_new = tl.maximum(mp, tl.max(Sp, axis=1))
@@ -169,8 +184,11 @@ def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, d, HAS_GROUPS: tl.co
             sp = sp * tl.exp(mp - mp_safe) + tl.sum(tl.exp(Sp - mp_safe[:, None]), axis=1)
             mp = mp_new
         else:
-            # S_ii from the same product the log-sum-exp sees (so lse_all_i >= S_ii holds after rounding).
-            diag += tl.sum(tl.where(rows[:, None] == cols[None, :], S, 0.0), axis=1)
+            # S_ii from the same product the log-sum-exp sees (so lse_all_i >= S_ii holds after rounding), only
+            # on the tiles that hold part of the diagonal.
+            if (j0 < r0 + BLOCK_M) & (r0 < j0 + BLOCK_N):
+                diag += tl.sum(tl.where(rows[:, None] == cols[None, :], S, 0.0), axis=1)
+        m = m_new
     tl.store(la_ptr + rows, m + tl.log(s), mask=rmask)
     if HAS_GROUPS:
         tl.store(lp_ptr + rows, mp + tl.log(sp), mask=rmask)
@@ -179,13 +197,22 @@ def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, d, HAS_GROUPS: tl.co
 
 
 @triton.jit
-def _ds_tile(S, la, lp, gi, gj, ri, cj, valid, HAS_GROUPS: tl.constexpr):
-    """dS / coef on a tile: exp(S - la) - [positive] exp(S - lp); ri, cj: row and column indices; 0 off ``valid``."""
-    P = tl.exp(S - la)
+def _ds_tile(S, la, lp, rm1, gi, gj, valid, HAS_GROUPS: tl.constexpr, ONE_EXP: tl.constexpr):
+    """dS / coef on a tile without the diagonal mode's -[i == j] (applied once per row by the callers, outside the
+    tile loop): exp(S - la) - [positive] exp(S - lp); 0 off ``valid``.
+
+    Groups mode, ``ONE_EXP``: one exp per element; a positive is shifted by lp (exp(S - lp) <= 1) and its exp(S - la) is
+    exp(S - lp) exp(lp - la), so dS = exp(S - lp) (exp(lp - la) - 1) with ``rm1`` = exp(lp - la) - 1 per row;
+    the others are shifted by la. ``ONE_EXP`` False: the two-exp form (_dk_kernel, where the third row vector
+    ``rm1`` spilled 32-40 B per thread in float32 on sm_90 at (64, 32, 8 warps))."""
     if HAS_GROUPS:
-        P = P - tl.where(gi == gj, tl.exp(S - lp), 0.0)
+        pos = gi == gj
+        if ONE_EXP:
+            P = tl.exp(S - tl.where(pos, lp, la)) * tl.where(pos, rm1, 1.0)
+        else:
+            P = tl.exp(S - la) - tl.where(pos, tl.exp(S - lp), 0.0)
     else:
-        P = P - tl.where(ri == cj, 1.0, 0.0)  # exp(S_ii - lse_pos_i) = 1 exactly in diagonal mode
+        P = tl.exp(S - la)
     return tl.where(valid, P, 0.0)
 
 
@@ -215,6 +242,7 @@ def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, inv_tau: tl.float6
     la = tl.load(la_ptr + rows, mask=rmask, other=0.0).to(acc_t)
     lp = tl.load(lp_ptr + rows, mask=rmask, other=0.0).to(acc_t)
     gi = tl.load(g_ptr + rows, mask=rmask, other=0) if HAS_GROUPS else rows
+    rm1 = tl.exp(lp - la) - 1.0 if HAS_GROUPS else la  # (unused in diagonal mode)
     acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
     for j0 in range(0, B, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
@@ -223,9 +251,13 @@ def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, inv_tau: tl.float6
                      other=0.0)                                                     # (BLOCK_N, BLOCK_D)
         S = tl.dot(q, tl.trans(kb), input_precision=PRECISION, out_dtype=acc_t)
         gj = tl.load(g_ptr + cols, mask=cmask, other=0) if HAS_GROUPS else cols
-        P = _ds_tile(S, la[:, None], lp[:, None], gi[:, None], gj[None, :], rows[:, None], cols[None, :],
-                     cmask[None, :], HAS_GROUPS)
+        P = _ds_tile(S, la[:, None], lp[:, None], rm1[:, None], gi[:, None], gj[None, :], cmask[None, :],
+                     HAS_GROUPS, True)
         acc += tl.dot(P.to(kb.dtype), kb, input_precision=PRECISION, out_dtype=acc_t)
+    if not HAS_GROUPS:
+        # Diagonal mode: dS_ii carries -1, so dq_I gets -k^_I: one row load per row instead of a test per element.
+        acc -= tl.load(k_ptr + rows[:, None] * d + dcols[None, :], mask=rmask[:, None] & (dcols[None, :] < d),
+                       other=0.0).to(acc_t)
     # coef = g / (B tau), formed in float64 (the scalar arguments are float64).
     coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b) * f64(inv_tau)).to(acc_t)
     dq = acc * coef
@@ -259,9 +291,13 @@ def _dk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, eps: tl.float64, i
         la = tl.load(la_ptr + rows, mask=rmask, other=0.0).to(acc_t)
         lp = tl.load(lp_ptr + rows, mask=rmask, other=0.0).to(acc_t)
         gi = tl.load(g_ptr + rows, mask=rmask, other=0) if HAS_GROUPS else rows
-        Pt = _ds_tile(St, la[None, :], lp[None, :], gi[None, :], gj[:, None], rows[None, :], cols[:, None],
-                      rmask[None, :], HAS_GROUPS)
+        Pt = _ds_tile(St, la[None, :], lp[None, :], la[None, :], gi[None, :], gj[:, None], rmask[None, :],
+                      HAS_GROUPS, False)
         acc += tl.dot(Pt.to(qb.dtype), qb, input_precision=PRECISION, out_dtype=acc_t)
+    if not HAS_GROUPS:
+        # Diagonal mode: dS_jj carries -1, so dk^_J gets -qs_J (one row load per row, no test per element).
+        acc -= tl.load(q_ptr + cols[:, None] * d + dcols[None, :], mask=cmask[:, None] & (dcols[None, :] < d),
+                       other=0.0).to(acc_t)
     coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b)).to(acc_t)
     dkn = acc * coef  # qs already carries the 1/tau
     dk = _normalize_backward(dkn, kraw_ptr, cols, dcols, cmask, d, k_stride_b, k_stride_d, knorm_ptr,
