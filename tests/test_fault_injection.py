@@ -83,7 +83,8 @@ def _run(argv, out, **env):
 
 def _weights(out, folder):
     path = os.path.join(out, folder)
-    name = "checkpoint.pt" if folder != "checkpoints" else os.listdir(path)[0]
+    # a write killed halfway leaves its hidden temporary file (".<name>.tmp<pid>-...") beside the checkpoints
+    name = "checkpoint.pt" if folder != "checkpoints" else [f for f in os.listdir(path) if not f.startswith(".")][0]
     state = torch.load(os.path.join(path, name), map_location="cpu", weights_only=False)
     return state["model"], state["done"]
 
