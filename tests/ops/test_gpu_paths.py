@@ -33,11 +33,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -48,6 +45,7 @@ if ROOT not in sys.path:  # run as a script (the interpreter subprocess)
 
 import mclcore.ops  # noqa: E402  (registers torch.ops.mclcore)
 from mclcore.ops import _backend  # noqa: E402
+from tests.ops._interpreter import run_checks, run_file  # noqa: E402
 
 TILES = dict(block_m=16, block_n=16)
 KINDS = ("strided", "transposed")
@@ -639,35 +637,15 @@ CHECKS = {
 
 
 def _worker() -> None:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1 (set before importing triton)"
-    import warnings
-
-    warnings.simplefilter("ignore")  # numpy's warnings from masked lanes of the interpreter
-    results, seconds = {}, {}
-    for name, check in CHECKS.items():
-        t0 = time.time()
-        try:
-            check()
-            results[name] = None
-        except BaseException as err:  # reported per check (pytest.raises failures are BaseException)
-            results[name] = f"{type(err).__name__}: {err}"[:3000]
-        seconds[name] = round(time.time() - t0, 2)
-    if os.environ.get("MCLCORE_TRITON_TIMES"):
-        print(json.dumps(seconds), file=sys.stderr)
-    print("JSON:" + json.dumps(results))
+    # pytest.raises failures are BaseException: catch those too, so each check reports its own
+    run_checks(CHECKS, catch=BaseException, limit=3000)
 
 
 @pytest.fixture(scope="module")
 def interpreted():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    for var in ("MCLCORE_BACKEND", "MCLCORE_TRITON_HALF_DOT", "MCLCORE_TRITON_FP32_DOT", "MCLCORE_TRITON_CHECK_FINITE"):
-        env.pop(var, None)
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
-    assert proc.returncode == 0 and lines, f"worker failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(lines[-1][5:])
+    return run_file(__file__, drop_env=("MCLCORE_BACKEND", "MCLCORE_TRITON_HALF_DOT", "MCLCORE_TRITON_FP32_DOT",
+                                        "MCLCORE_TRITON_CHECK_FINITE"))
 
 
 @pytest.mark.parametrize("name", list(CHECKS))

@@ -378,37 +378,19 @@ CHECKS = {
 
 def _worker() -> None:
     """Run every check (this process has TRITON_INTERPRET=1) and print {name: None or message} as JSON."""
-    assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1 (set before importing triton)"
-    import warnings
-
-    warnings.simplefilter("ignore")  # numpy's divide/overflow warnings from masked lanes of the interpreter
     import mclcore.ops  # noqa: F401  (registers torch.ops.mclcore)
+    from tests.ops._interpreter import run_checks
 
-    results, seconds = {}, {}
-    for name, check in CHECKS.items():
-        t0 = time.time()
-        try:
-            check()
-            results[name] = None
-        except Exception as err:  # reported per check by the test cases
-            results[name] = f"{type(err).__name__}: {err}"[:2000]
-        seconds[name] = round(time.time() - t0, 2)
-    if os.environ.get("MCLCORE_TRITON_TIMES"):
-        print(json.dumps(seconds), file=sys.stderr)
-    print("JSON:" + json.dumps(results))
+    run_checks(CHECKS)
 
 
 @pytest.fixture(scope="module")
 def interpreted():
+    from tests.ops._interpreter import run_file
+
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env.pop("MCLCORE_BACKEND", None)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON:")]
-    assert proc.returncode == 0 and lines, f"worker failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    results = json.loads(lines[-1][5:])
+    results = run_file(__file__)
     results["_seconds"] = time.time() - t0
     return results
 
