@@ -19,7 +19,11 @@ Objective (per sample; MD-VAE's is the conditional ELBO of the paper's Eq. 1)::
     KL = 1/2 sum_i [ logvar_p - logvar + (exp(logvar) + (mu - mu_p)^2) / exp(logvar_p) - 1 ]
 
 (one reparameterised sample ``z = mu + exp(logvar / 2) * eps``; the KL in closed form). ``decoder_var`` defaults
-to 0.01, the true noise variance of the simulation (iVAE's code also fixes the decoder variance).
+to 0.01, the true noise variance of the simulation (iVAE's code also fixes the decoder variance). App. D.3 does not
+give it, and it is the main lever of the synthetic results (experiments/synthetic/README.md, "landscape"), so
+``learn_decoder_var=True`` offers the other reading: one isotropic variance per member, learnt by the ELBO as a
+log-variance parameter initialised at ``decoder_var`` (a scalar, not per pixel: the simulation's noise is
+isotropic).
 
 **Stacked seeds.** Every weight carries a leading member axis M: one :class:`StackedVAE` holds M independent
 models (different seeds, possibly different data) and runs them with batched matmuls (``torch.baddbmm``):
@@ -115,13 +119,16 @@ class StackedVAE(nn.Module):
         hidden: hidden width (default ``max(64, 4 dz)``).
         slope: leaky-ReLU slope (0.2).
         beta: KL weight (the paper's beta-VAE: 4; iVAE / MD-VAE: 1).
-        decoder_var: variance of the Gaussian decoder (0.01 = the simulation's noise variance).
+        decoder_var: variance of the Gaussian decoder (0.01 = the simulation's noise variance); with
+            ``learn_decoder_var`` its initial value.
+        learn_decoder_var: learn one decoder variance per member (``log_decoder_var``, shape (M,)).
 
     Shapes: x (M, B, dx), u (M, B, du), eps (M, B, dz).
     """
 
     def __init__(self, model: str, dx: int, du: int, dz: int, init_seeds: Sequence[int], *,
-                 hidden: int | None = None, slope: float = 0.2, beta: float = 1.0, decoder_var: float = 0.01):
+                 hidden: int | None = None, slope: float = 0.2, beta: float = 1.0, decoder_var: float = 0.01,
+                 learn_decoder_var: bool = False):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
@@ -145,6 +152,16 @@ class StackedVAE(nn.Module):
         self.decoder = StackedMLP([dz + du * self.u_dec, w, w, dx], gens, slope)
         # iVAE's u-conditional Gaussian prior: a 2-layer MLP u -> w -> (mean, log-variance).
         self.prior = StackedMLP([du, w, 2 * dz], gens, slope) if self.u_prior else None
+        self.learn_decoder_var = bool(learn_decoder_var)
+        # (M,) log-variances; a parameter only when learnt, so fixed-variance checkpoints keep their keys
+        self.log_decoder_var = nn.Parameter(torch.full((len(init_seeds),), math.log(decoder_var))) \
+            if self.learn_decoder_var else None
+
+    def decoder_variance(self) -> torch.Tensor:
+        """The decoder variance of each member, (M,) (the fixed ``decoder_var`` repeated when not learnt)."""
+        if self.log_decoder_var is None:
+            return torch.full((self.members,), self.decoder_var)
+        return self.log_decoder_var.detach().exp().cpu()
 
     @property
     def members(self) -> int:
@@ -180,8 +197,13 @@ class StackedVAE(nn.Module):
         mu, logvar = self.encode(x, u)                                     # (M, B, dz) each
         z = mu + torch.exp(0.5 * logvar) * eps                             # (M, B, dz)
         x_hat = self.decode(z, u)                                          # (M, B, dx)
-        rec = (-0.5 / self.decoder_var) * (x - x_hat).pow(2).sum(-1) \
-            - 0.5 * self.dx * math.log(2 * math.pi * self.decoder_var)      # (M, B)
+        if self.log_decoder_var is None:
+            rec = (-0.5 / self.decoder_var) * (x - x_hat).pow(2).sum(-1) \
+                - 0.5 * self.dx * math.log(2 * math.pi * self.decoder_var)  # (M, B)
+        else:
+            lv = self.log_decoder_var[:, None]                               # (M, 1)
+            rec = -0.5 * (x - x_hat).pow(2).sum(-1) * torch.exp(-lv) \
+                - 0.5 * self.dx * (math.log(2 * math.pi) + lv)               # (M, B)
         prior = self.prior_params(u)
         if prior is None:
             kl = 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)  # (M, B)
@@ -199,4 +221,5 @@ class StackedVAE(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"model={self.model!r}, members={self.members}, dx={self.dx}, du={self.du}, dz={self.dz}, "
-                f"hidden={self.hidden}, beta={self.beta}, decoder_var={self.decoder_var}")
+                f"hidden={self.hidden}, beta={self.beta}, decoder_var={self.decoder_var}"
+                + (", learnt" if self.learn_decoder_var else ""))

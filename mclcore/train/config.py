@@ -221,7 +221,7 @@ def add_config_flags(parser, cls, *, flatten: tuple = (), skip: tuple = (), titl
         if isinstance(default, bool):
             group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(default, tuple):
-            elem = type(default[0]) if default else str
+            elem = type(default[0]) if default else next(iter(_hint_types(f.type)), str)   # () : the hint's type
             group.add_argument(flag, dest=dest, nargs="+", type=elem, default=None, metavar=elem.__name__.upper(),
                                help=help_text)
         else:

@@ -73,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
         kind = f"{type(err).__name__}: " if isinstance(err, OSError) else ""
         print(f"mcl synthetic: {kind}{err}", file=sys.stderr)
         return 2
-    print(f"mcl synthetic: done. Median-MCC table: {paths['table']}")
-    print(f"  violin plot (Fig. 5 style): {paths['violin']}")
+    print(f"mcl synthetic: done. MCC table: {paths['table']}")
+    if "violin" in paths:
+        print(f"  violin plot (Fig. 5 style): {paths['violin']}")
+    if "landscape_plot" in paths:
+        print(f"  heat maps of paired differences: {paths['landscape_plot']}")
     if "table5_plot" in paths:
         print(f"  |U| sweep plot (Table 5): {paths['table5_plot']}")
     print(f"  every run: {paths['csv']}" + (f"; certificates: {paths['certificates']}" if "certificates" in paths

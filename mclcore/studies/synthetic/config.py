@@ -14,7 +14,7 @@ from mclcore.losses.mcl import MCLConfig
 from mclcore.models.vae import MODELS as VAE_MODELS
 from mclcore.train.config import from_dict, merge, to_dict
 
-__all__ = ["MODELS", "TrainConfig", "StudyConfig", "PRESETS", "PER_UNIT", "preset", "synthetic_mcl"]
+__all__ = ["MODELS", "TrainConfig", "StudyConfig", "PRESETS", "PER_UNIT", "AXES", "preset", "synthetic_mcl"]
 
 MODELS = (*VAE_MODELS, "mdvae_mcl")
 MIN_EVAL_ROWS = 20      # fewest rows an MCC is computed on (see TrainConfig.splits)
@@ -48,8 +48,11 @@ class TrainConfig:
     Model (:mod:`mclcore.models.vae`):
         model: ``"betavae"``, ``"ivae"``, ``"mdvae"`` or ``"mdvae_mcl"``.
         hidden: hidden width, 0 for App. D.3's ``max(64, 4 dz)``. slope: leaky-ReLU slope of the networks (0.2).
-        beta: beta-VAE's KL weight (4; iVAE and MD-VAE use 1). decoder_var: Gaussian decoder variance (0.01),
-            fixed (a learnt decoder variance would need :class:`mclcore.models.vae.StackedVAE` to carry one).
+        beta: beta-VAE's KL weight (4; iVAE and MD-VAE use 1). decoder_var: Gaussian decoder variance (0.01, the
+            simulation's noise variance; App. D.3 does not give it, and it is the main lever of the results, see
+            the landscape in experiments/synthetic/README.md). decoder_var_learned: learn one decoder variance per
+            model instead, starting at ``decoder_var`` (default False: fixed, as iVAE's code does); each result
+            row records the final value as ``decoder_var_final``.
     MCL (paper §4.2 / §5):
         lambda_mcl: weight of L_MCL (paper: in [0.01, 0.1], chosen on a validation split: see ``mcl synthetic``).
         mcl: the regulariser's options (:class:`mclcore.losses.mcl.MCLConfig`; here multi-positive). With u in the
@@ -81,6 +84,7 @@ class TrainConfig:
     slope: float = 0.2
     beta: float = 4.0
     decoder_var: float = 0.01
+    decoder_var_learned: bool = False
     lambda_mcl: float = 0.1
     mcl: MCLConfig = dataclasses.field(default_factory=synthetic_mcl)
     lr: float = 1e-3
@@ -111,6 +115,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "a finite number >= 0")
+        if not isinstance(self.decoder_var_learned, bool):
+            bad("decoder_var_learned", "true or false")
         if not 0 < self.test_frac < 1:
             bad("test_frac", "a number in (0, 1)")
         if self.test_frac + self.val_frac >= 1:
@@ -149,6 +155,8 @@ class TrainConfig:
 
 # TrainConfig fields that the study sets per unit (not overridable globally).
 PER_UNIT = ("process", "dz", "n_alphabet", "model", "val_frac", "eval_split", "lambda_mcl")
+# StudyConfig axis -> the TrainConfig field it sweeps (the levers the paper leaves open; empty axis: train's value).
+AXES = {"mixings": "mixing", "decoder_vars": "decoder_var", "shift_scales": "shift_scale"}
 
 
 @dataclasses.dataclass
@@ -159,6 +167,10 @@ class StudyConfig:
 
     processes: data processes, ``gmd`` (the paper's) and/or ``lrd`` (iVAE's, u shifts p(z|u)).
     dzs: latent dimensions (paper: 5, 10, 20). alphabets: |U| values (paper Fig. 5: 8; Table 5: 2..32).
+    mixings, decoder_vars, shift_scales: optional axes over the protocol choices the paper leaves open (the
+        TrainConfig fields ``mixing``, ``decoder_var``, ``shift_scale``); empty (default): one value, the train
+        section's. When an axis is given, its train field must stay at its default. Every combination is a cell
+        (``--preset landscape``); the report then adds the landscape table and heat maps of paired differences.
     models: among ``betavae``, ``ivae``, ``mdvae``, ``mdvae_mcl``.
     seeds: seeds per unit (paper: 30), ``first_seed``, ``first_seed + 1``, ... Seed s draws the dataset and the
         model's initialisation, so the seeds of a cell are independent replications (iVAE's protocol).
@@ -170,6 +182,9 @@ class StudyConfig:
     threads: torch CPU threads (0: torch's default). 1 is the default because on the 2-core AMD EPYC VM
         (2026-11) a step of these small MLPs took 1.0 ms with 1 thread and 11 ms with 2 while other processes
         held the cores.
+    workers: processes that train units in parallel (default 1), each with ``threads`` threads; a unit is one
+        model on one cell with all its seeds, so the results do not depend on it (tested). On the 2-core VM use
+        ``workers=2, threads=1``.
     device: ``auto`` (cuda if available; MD-VAE+MCL units then run on the CPU when the MCL ops have no usable
         CUDA backend, and say so), ``cpu``, ``cuda``, ...
     tensorboard: write per-epoch losses to ``<out>/tensorboard``.
@@ -178,6 +193,9 @@ class StudyConfig:
     processes: tuple = ("gmd",)
     dzs: tuple = (5, 10, 20)
     alphabets: tuple = (8,)
+    mixings: tuple[str, ...] = ()
+    decoder_vars: tuple[float, ...] = ()
+    shift_scales: tuple[float, ...] = ()
     models: tuple = ("betavae", "ivae", "mdvae", "mdvae_mcl")
     seeds: int = 30
     first_seed: int = 0
@@ -188,6 +206,7 @@ class StudyConfig:
     certify_latents: int = 64
     mcc_method: str = "pearson"
     threads: int = 1
+    workers: int = 1
     device: str = "auto"
     tensorboard: bool = True
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -195,6 +214,14 @@ class StudyConfig:
     def train_config(self, **per_unit) -> TrainConfig:
         """The TrainConfig of one unit: ``self.train`` with the grid's ``per_unit`` fields."""
         return dataclasses.replace(self.train, mcl=dataclasses.replace(self.train.mcl), **per_unit)
+
+    def axis_cells(self) -> list[tuple]:
+        """Every combination of the given axes as ``((train field, value), ...)`` in grid order; ``[()]`` when no
+        axis is given."""
+        import itertools
+
+        given = [(AXES[a], getattr(self, a)) for a in AXES if getattr(self, a)]
+        return [tuple(zip([f for f, _ in given], combo)) for combo in itertools.product(*[v for _, v in given])]
 
     def validate(self) -> "StudyConfig":
         def bad(name, expected):
@@ -204,6 +231,14 @@ class StudyConfig:
             v = getattr(self, name)
             if not v or any(x not in allowed for x in v) or len(set(v)) != len(v):
                 bad(name, f"a non-empty list of distinct values from {allowed}")
+        if self.mixings and (any(m not in MIXINGS for m in self.mixings) or len(set(self.mixings)) != len(self.mixings)):
+            bad("mixings", f"a list of distinct values from {MIXINGS} (empty: train.mixing)")
+        for name in ("decoder_vars", "shift_scales"):
+            v = getattr(self, name)
+            if v and (any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0
+                          or (name == "decoder_vars" and x == 0) for x in v) or len(set(v)) != len(v)):
+                bad(name, "a list of distinct finite numbers" + (" > 0" if name == "decoder_vars" else " >= 0")
+                    + f" (empty: train.{AXES[name]})")
         for name in ("dzs", "alphabets"):
             v = getattr(self, name)
             if not v or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v) or len(set(v)) != len(v):
@@ -212,7 +247,7 @@ class StudyConfig:
                                                                    and x >= 0) for x in self.lambda_grid):
             bad("lambda_grid", "a non-empty list of finite numbers >= 0")
         for name, lo in (("seeds", 1), ("first_seed", 0), ("tune_seeds", 1), ("tune_epochs", 0),
-                         ("certify_latents", 0), ("threads", 0)):
+                         ("certify_latents", 0), ("threads", 0), ("workers", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 bad(name, f"an integer >= {lo}")
@@ -227,8 +262,13 @@ class StudyConfig:
         if set_per_unit:
             raise ValueError(f"train: {set_per_unit} are set per unit by the grid; use the study fields "
                              f"(processes, dzs, alphabets, models, lambda_grid) instead")
+        for axis, name in AXES.items():
+            if getattr(self, axis) and getattr(self.train, name) != getattr(default, name):
+                raise ValueError(f"train.{name}: set by the axis {axis} = {list(getattr(self, axis))}; leave "
+                                 f"train.{name} at its default ({getattr(default, name)!r}) or drop the axis")
         for dz in self.dzs:                           # bad train fields and too small splits fail here, before any work
-            self.train_config(dz=dz).validate()
+            for axes in self.axis_cells():
+                self.train_config(dz=dz, **dict(axes)).validate()
             if "mdvae_mcl" in self.models and len(self.lambda_grid) > 1:
                 self.train_config(dz=dz, val_frac=self.tune_val_frac, eval_split="val").validate()
         return self
@@ -241,10 +281,25 @@ class StudyConfig:
         return from_dict(cls, d, where="config")
 
 
-# Presets, nested dicts over the defaults (experiments/synthetic/configs/<name>.json hold the same, tested).
-# quick: the README demo, sized for minutes on 2 CPU cores (measured wall time in experiments/synthetic/README.md);
+# Presets, nested dicts over the defaults (experiments/synthetic/configs/<name>.json hold the same, tested). Each
+# grid is pre-registered: written here and committed before its reported run (wall times in
+# experiments/synthetic/README.md, 2-core AMD EPYC VM).
+# demo: the README demo, the principle in minutes: one setting where the GMD certificate of the true generator
+#   passes (smooth mixing, |U| = 8 >= 2 dz + 1 = 7) against the paper's leaky-ReLU mixing where it fails (V is
+#   degenerate: piecewise-linear layers have no second derivatives), 10 seeds, u-blind ceiling drawn.
+# quick: both processes, all four models and the lambda_MCL tuning, minutes on a CPU.
+# landscape: the levers the paper leaves open (mixing x decoder variance x shift scale, dz = 5, |U| = 8), 8 seeds
+#   per cell, 60 epochs of N = 20,000 (the paper's 200 epochs of 50,000 do not fit 60 CPU minutes).
 # paper: the paper's grid (§5.1 + Table 5) with its protocol, plus MCL.
 PRESETS = {
+    "demo": {"processes": ["gmd"], "dzs": [3], "alphabets": [8], "mixings": ["smooth_leaky", "leaky_relu"],
+             "models": ["betavae", "ivae", "mdvae"], "seeds": 10, "lambda_grid": [0.1], "certify_latents": 64,
+             "workers": 2, "train": {"epochs": 40, "n": 20_000, "checkpoint_every": 10}},
+    "landscape": {"processes": ["gmd"], "dzs": [5], "alphabets": [8],
+                  "mixings": ["leaky_relu", "orthonormal", "smooth_leaky"],
+                  "decoder_vars": [0.01, 0.03, 0.1, 0.3, 1.0], "shift_scales": [0.0, 1.0],
+                  "models": ["betavae", "ivae", "mdvae"], "seeds": 8, "lambda_grid": [0.1], "certify_latents": 64,
+                  "workers": 2, "train": {"epochs": 60, "n": 20_000, "checkpoint_every": 10}},
     "quick": {"processes": ["gmd", "lrd"], "dzs": [5], "alphabets": [8],
               "models": ["betavae", "ivae", "mdvae", "mdvae_mcl"], "seeds": 5, "lambda_grid": [0.01, 0.1],
               "tune_seeds": 2, "tune_epochs": 4, "certify_latents": 64,

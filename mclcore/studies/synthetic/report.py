@@ -10,6 +10,8 @@ import os
 import statistics
 
 from mclcore._io import save_figure, write_text_atomic
+from mclcore.metrics.stats import summarize
+from mclcore.studies.synthetic.compare import MODEL_NAMES, PAIRS, fmt_ci, landscape, paired
 from mclcore.studies.synthetic.config import StudyConfig
 
 __all__ = ["PAPER", "MODEL_NAMES", "write_report"]
@@ -35,7 +37,6 @@ PAPER = {
         (20, 2): 0.39, (20, 4): 0.51, (20, 8): 0.71, (20, 16): 0.86, (20, 32): 0.92,
     },
 }
-MODEL_NAMES = {"betavae": "β-VAE", "ivae": "iVAE", "mdvae": "MD-VAE", "mdvae_mcl": "MD-VAE+MCL"}
 
 # --------------------------------------------------------------------------------------------------------------
 # Reports: CSV, markdown tables, violin plot
@@ -43,7 +44,8 @@ MODEL_NAMES = {"betavae": "β-VAE", "ivae": "iVAE", "mdvae": "MD-VAE", "mdvae_mc
 _CSV_COLUMNS = ["process", "mixing", "dz", "n_alphabet", "model", "seed", "lambda_mcl", "split", "mcc",
                 "mcc_spearman", "neg_elbo", "rec", "kl", "mcl_loss", "epochs", "steps", "members", "unit",
                 "unit_seconds", "mcl_weight", "mcl_acc", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance",
-                "mcl_shortcut_share", "mcl_grad_ratio", "mcc_ceiling", "active_dims", "kl_per_dim", "snr"]
+                "mcl_shortcut_share", "mcl_grad_ratio", "mcc_ceiling", "active_dims", "kl_per_dim", "snr",
+                "decoder_var", "decoder_var_learned", "decoder_var_final", "shift_scale", "modulation_range"]
 
 
 def _cell(v) -> str:
@@ -85,10 +87,12 @@ def _quantiles(v: list[float]) -> tuple[float, float, float]:
 
 
 def _fmt(v: list[float] | None) -> str:
+    """``**median** [q1, q3]; mean 0.58 [0.55, 0.61] (n=5)``: the paper's statistic (median, quartiles) and the
+    mean with its 95% bootstrap interval over seeds."""
     if not v:
         return "–"
     q1, med, q3 = _quantiles(v)
-    return f"**{med:.2f}** [{q1:.2f}, {q3:.2f}] (n={len(v)})"
+    return f"**{med:.2f}** [{q1:.2f}, {q3:.2f}]; mean {fmt_ci(summarize(v))}"
 
 
 def _main_alphabet(study: StudyConfig) -> int:
@@ -109,18 +113,31 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
         paths["tuning"] = os.path.join(out, "tuning.csv")
         write_text_atomic(paths["tuning"], _csv_text(tunes))
 
+    if study.axis_cells() != [()]:          # a landscape: its own table and heat maps (cells differ by the axes)
+        paths = {"csv": paths["csv"], **landscape(study, runs, out, key, certs)}
+        paths["table"] = paths["landscape"]
+        if certs:
+            paths["certificates"] = _write_certificates(certs, out)
+        if wall is not None:
+            with open(paths["table"]) as f:
+                text = f.read()
+            write_text_atomic(paths["table"], text + f"\nWall time of this invocation: {wall / 60:.1f} min.\n")
+        return paths
     vals: dict = {}
+    byseed: dict = {}
     active: dict = {}
     for r in runs:
         vals.setdefault((r["process"], r["dz"], r["n_alphabet"], r["model"]), []).append(r[key])
+        byseed.setdefault((r["process"], r["dz"], r["n_alphabet"], r["model"]), {})[r["seed"]] = r[key]
         if r.get("active_dims") is not None:
             active.setdefault((r["process"], r["dz"], r["n_alphabet"], r["model"]), []).append(r["active_dims"])
     ceil = _ceilings(runs)
     tcfg = study.train_config(dz=study.dzs[0])
     U0 = _main_alphabet(study)
     lines = ["# Synthetic identifiability study: median MCC (paper §5.1 Fig. 5, App. F.1 Table 5)", "",
-             f"Median {study.mcc_method} MCC of posterior means vs true z on the test split (20%), "
-             f"**median** [25th, 75th percentile] (n = seeds). Protocol: N = {tcfg.n}, {tcfg.epochs} epochs, "
+             f"{study.mcc_method.capitalize()} MCC of posterior means vs true z on the test split (20%): "
+             f"**median** [25th, 75th percentile]; mean [95% bootstrap interval] (n = seeds). Differences are "
+             f"paired by seed (the same dataset on both sides). Protocol: N = {tcfg.n}, {tcfg.epochs} epochs, "
              f"batch {tcfg.batch_size}, Adam {tcfg.lr:g}, mixing {tcfg.mixing}, noise variance {tcfg.noise_var:g}; "
              f"{study.seeds} seed(s) per cell from {study.first_seed}.",
              "Paper numbers: Fig. 5 values as quoted in the text of §5.1 (dz = 10 for iVAE / β-VAE is not given "
@@ -151,6 +168,11 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
                     p = PAPER["fig5"].get((model, dz)) if U0 == 8 else None
                     cells.append(f"{p:.2f}" if p is not None else "–")
             lines.append(f"| {MODEL_NAMES[model]} | " + " | ".join(cells) + " |")
+        for a, b in PAIRS:
+            if a in study.models and b in study.models:
+                lines.append(f"| {MODEL_NAMES[a]} − {MODEL_NAMES[b]} (paired by seed: mean [95% CI]) | " + " | ".join(
+                    fmt_ci(paired(byseed.get((process, dz, U0, a), {}), byseed.get((process, dz, U0, b), {})),
+                           signed=True) + (" | –" if process == "gmd" else "") for dz in study.dzs) + " |")
         if any((process, dz, U0) in ceil for dz in study.dzs):
             cells = []
             for dz in study.dzs:
@@ -217,14 +239,7 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
                          f"{2 * c['dz']}) | {'yes' if c['gmd_degenerate'] else 'no'} | {100 * c['lrd_pass']:.0f}% "
                          f"(median rank {c['lrd_rank_median']:g} of {2 * c['dz']}) |")
         lines.append("")
-        cert_lines = ["# Certificates of each cell's true data process", "",
-                      "Assumption 2 (sufficient GMD) of the true generator x = g(z, u) and Assumption 1 (sufficient "
-                      "LRD) of the true prior p(z | u), at latents z ~ N(0, I), over the cell's alphabet "
-                      "(mclcore.mechanism.certify / certify_lrd).", ""]
-        for cid, c in certs.items():
-            cert_lines += [f"## {cid} (seed {c['seed']})", "", "```", c["gmd_summary"], c["lrd_summary"], "```", ""]
-        paths["certificates"] = os.path.join(out, "certificates.md")
-        write_text_atomic(paths["certificates"], "\n".join(cert_lines))
+        paths["certificates"] = _write_certificates(certs, out)
     write_text_atomic(paths["table"], "\n".join(lines))
     if runs:
         _violin(study, vals, U0, paths["violin"], ceil)
@@ -232,6 +247,19 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
             paths["table5_plot"] = os.path.join(out, "table5.png")
             _sweep_plot(study, vals, paths["table5_plot"])
     return paths
+
+
+def _write_certificates(certs: dict, out: str) -> str:
+    """certificates.md: every cell's certificate summaries; returns its path."""
+    cert_lines = ["# Certificates of each cell's true data process", "",
+                  "Assumption 2 (sufficient GMD) of the true generator x = g(z, u) and Assumption 1 (sufficient "
+                  "LRD) of the true prior p(z | u), at latents z ~ N(0, I), over the cell's alphabet "
+                  "(mclcore.mechanism.certify / certify_lrd).", ""]
+    for cid, c in certs.items():
+        cert_lines += [f"## {cid} (seed {c['seed']})", "", "```", c["gmd_summary"], c["lrd_summary"], "```", ""]
+    path = os.path.join(out, "certificates.md")
+    write_text_atomic(path, "\n".join(cert_lines))
+    return path
 
 
 def _violin(study: StudyConfig, vals: dict, U0: int, path: str, ceil: dict | None = None) -> None:

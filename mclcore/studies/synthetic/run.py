@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -29,77 +28,14 @@ import time
 from mclcore._io import write_text_atomic
 from mclcore.train.config import config_diff
 from mclcore.studies.synthetic.config import StudyConfig
+from mclcore.studies.synthetic.parallel import run_parallel
+from mclcore.studies.synthetic.units import _MCL_STEP_COST, Unit, _cell_id, build_units, cells, select_lambda
 from mclcore.studies.synthetic.report import write_report
 
 __all__ = ["Unit", "build_units", "run_study", "choose_devices", "OutDirMismatch", "select_lambda"]
 
-# the 2-core AMD EPYC dev VM (2026-11) (benchmarks/bench_synthetic.py, 10 members, 1 thread: 62 vs 876 model-steps/s at dz = 5,
-# 57 vs 535 at dz = 20).
-_MCL_STEP_COST = 12.0
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Units
-# --------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Unit:
-    """One model on one cell: ``seeds`` x ``lambdas`` members trained together."""
-
-    uid: str
-    cell: tuple          # (process, dz, n_alphabet)
-    model: str
-    tune: bool           # lambda-selection unit (validation split) or a final unit
-    seeds: list
-    lambdas: list | None  # per member; None: the final MCL unit's lambda is chosen after its tuning unit
-
-    def cost(self, study: StudyConfig) -> float:
-        cfg = study.train_config(dz=self.cell[1])
-        epochs = (study.tune_epochs or cfg.epochs) if self.tune else cfg.epochs
-        n_train = cfg.n - round(cfg.n * cfg.test_frac) - (round(cfg.n * study.tune_val_frac) if self.tune else 0)
-        members = len(self.seeds) if self.lambdas is None else len(self.lambdas)
-        return epochs * math.ceil(n_train / cfg.batch_size) * members * (
-            _MCL_STEP_COST if self.model == "mdvae_mcl" else 1.0)
-
-
-def _cell_id(study: StudyConfig, cell) -> str:
-    process, dz, n_alphabet = cell
-    return f"{process}-{study.train_config(dz=dz).mixing}-dz{dz}-U{n_alphabet}"
-
-
-def build_units(study: StudyConfig) -> list[Unit]:
-    """The units of ``study`` in run order (cells in grid order; a tuning unit right before its MCL unit)."""
-    seeds = list(range(study.first_seed, study.first_seed + study.seeds))
-    tune_seeds = list(range(study.first_seed, study.first_seed + study.tune_seeds))
-    units = []
-    for process in study.processes:
-        for dz in study.dzs:
-            for n_alphabet in study.alphabets:
-                cell = (process, dz, n_alphabet)
-                cid = _cell_id(study, cell)
-                for model in study.models:
-                    if model == "mdvae_mcl" and len(study.lambda_grid) > 1:
-                        grid = [float(v) for v in study.lambda_grid]
-                        units.append(Unit(f"{cid}-{model}-tune", cell, model, True,
-                                          [s for s in tune_seeds for _ in grid], [v for _ in tune_seeds for v in grid]))
-                        units.append(Unit(f"{cid}-{model}", cell, model, False, seeds, None))
-                    elif model == "mdvae_mcl":
-                        units.append(Unit(f"{cid}-{model}", cell, model, False, seeds,
-                                          [float(study.lambda_grid[0])] * len(seeds)))
-                    else:
-                        units.append(Unit(f"{cid}-{model}", cell, model, False, seeds, None))
-    return units
-
-
-
-
-def select_lambda(tune_rows: list[dict]) -> tuple[float, dict]:
-    """lambda with the best median validation MCC (ties: the smaller lambda); also the medians per lambda."""
-    by = {}
-    for r in tune_rows:
-        by.setdefault(r["lambda_mcl"], []).append(r["mcc"])
-    medians = {lam: statistics.median(v) for lam, v in sorted(by.items())}
-    best = max(medians, key=lambda lam: (medians[lam], -lam))
-    return best, medians
+# StudyConfig fields a resumed study may change: they say how the units are spread over processes and threads.
+_EXECUTION_ONLY = ("workers", "threads")
 
 
 def _unit_path(out: str, unit: Unit) -> str:
@@ -129,7 +65,7 @@ def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, wr
     """Train one unit (resuming its checkpoint if any) and write ``units/<uid>.json``."""
     from mclcore.studies.synthetic.train import train
 
-    process, dz, n_alphabet = unit.cell
+    process, dz, n_alphabet, axes = unit.cell
     lambdas, selection = unit.lambdas, None
     if unit.model == "mdvae_mcl" and lambdas is None:  # final MCL unit: lambda from its tuning unit
         tuned = _load_unit(out, dataclasses.replace(unit, uid=unit.uid + "-tune"))
@@ -138,7 +74,7 @@ def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, wr
         lam, medians = select_lambda(tuned["rows"])
         selection = {"lambda": lam, "val_mcc_median": {str(k): v for k, v in medians.items()}}
         lambdas = [lam] * len(unit.seeds)
-    per_unit = dict(process=process, dz=dz, n_alphabet=n_alphabet, model=unit.model)
+    per_unit = dict(process=process, dz=dz, n_alphabet=n_alphabet, model=unit.model, **dict(axes))
     if unit.tune:
         per_unit.update(val_frac=study.tune_val_frac, eval_split="val")
         if study.tune_epochs:
@@ -194,30 +130,32 @@ def _certificates(study: StudyConfig, out: str) -> dict:
     from mclcore.mechanism import certify, certify_lrd
 
     changed = False
-    for process in study.processes:
-        for dz in study.dzs:
-            for n_alphabet in study.alphabets:
-                cid = _cell_id(study, (process, dz, n_alphabet))
-                if cid in cache:
-                    continue
-                cfg = study.train_config(process=process, dz=dz, n_alphabet=n_alphabet)
-                # The generator and the prior do not depend on n; a tiny sample keeps this cheap.
-                data = make_dataset(process, dz, n_alphabet, n=64, du=cfg.du, noise_var=cfg.noise_var,
-                                    mixing=cfg.mixing, seed=study.first_seed, mean_bound=cfg.lrd_mean_bound,
-                                    std_bounds=(cfg.lrd_std_low, cfg.lrd_std_high))
-                z = torch.randn(study.certify_latents, dz, dtype=torch.float64,
-                                generator=torch.Generator().manual_seed(study.first_seed))
-                alphabet = data.alphabet.double()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # degeneracy is reported in the certificate itself
-                    gmd = certify(data.generator, z, alphabet)
-                    lrd = certify_lrd(data.log_prior, z, alphabet)
-                cache[cid] = {"process": process, "dz": dz, "n_alphabet": n_alphabet, "seed": study.first_seed,
-                              "gmd_pass": gmd.pass_fraction, "gmd_degenerate": gmd.degenerate,
-                              "gmd_rank_median": float(gmd.rank.double().median()),
-                              "gmd_summary": gmd.summary(), "lrd_pass": lrd.pass_fraction,
-                              "lrd_rank_median": float(lrd.rank.double().median()), "lrd_summary": lrd.summary()}
-                changed = True
+    for cell in cells(study):
+        process, dz, n_alphabet, axes = cell
+        cid = _cell_id(study, cell)
+        if cid in cache:
+            continue
+        cfg = study.train_config(process=process, dz=dz, n_alphabet=n_alphabet, **dict(axes))
+        # The generator and the prior do not depend on n; a tiny sample keeps this cheap.
+        data = make_dataset(process, dz, n_alphabet, n=64, du=cfg.du, noise_var=cfg.noise_var,
+                            mixing=cfg.mixing, seed=study.first_seed, mean_bound=cfg.lrd_mean_bound,
+                            std_bounds=(cfg.lrd_std_low, cfg.lrd_std_high),
+                            modulation_range=cfg.modulation_range, shift_scale=cfg.shift_scale)
+        z = torch.randn(study.certify_latents, dz, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(study.first_seed))
+        alphabet = data.alphabet.double()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degeneracy is reported in the certificate itself
+            gmd = certify(data.generator, z, alphabet)
+            lrd = certify_lrd(data.log_prior, z, alphabet)
+        cache[cid] = {"process": process, "dz": dz, "n_alphabet": n_alphabet, "seed": study.first_seed,
+                      "mixing": cfg.mixing, "shift_scale": cfg.shift_scale,
+                      "modulation_range": cfg.modulation_range,
+                      "gmd_pass": gmd.pass_fraction, "gmd_degenerate": gmd.degenerate,
+                      "gmd_rank_median": float(gmd.rank.double().median()),
+                      "gmd_summary": gmd.summary(), "lrd_pass": lrd.pass_fraction,
+                      "lrd_rank_median": float(lrd.rank.double().median()), "lrd_summary": lrd.summary()}
+        changed = True
     if changed:
         write_text_atomic(path, json.dumps(cache, indent=1))
     return cache
@@ -226,6 +164,33 @@ def _certificates(study: StudyConfig, out: str) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 # The study
 # --------------------------------------------------------------------------------------------------------------
+def _weight(u: Unit) -> float:
+    """Progress-bar weight of one step of unit ``u`` (members x the MCL step's relative cost)."""
+    members = len(u.seeds) if u.lambdas is None else len(u.lambdas)
+    return (_MCL_STEP_COST if u.model == "mdvae_mcl" else 1.0) * members
+
+
+def _writer_factory(study: StudyConfig, out: str):
+    """uid -> a TensorBoard SummaryWriter under ``out/tensorboard/<uid>`` (None when off or unavailable)."""
+    if not study.tensorboard:
+        return lambda uid: None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:  # tensorboard is a declared dependency; say so rather than fail the study
+        print(f"mcl synthetic: TensorBoard logging off ({err})", file=sys.stderr)
+        return lambda uid: None
+    return lambda uid: SummaryWriter(os.path.join(out, "tensorboard", uid))
+
+
+def _unit_job(study: StudyConfig, unit: Unit, out: str, device: str) -> dict:
+    """One unit in a worker process (``workers > 1``): the same :func:`_run_unit`, with its own threads."""
+    import torch
+
+    if study.threads:
+        torch.set_num_threads(study.threads)
+    return _run_unit(study, unit, out, device, lambda n: None, _writer_factory(study, out))
+
+
 class OutDirMismatch(ValueError):
     """``--out`` already holds results of a study with a different config."""
 
@@ -234,8 +199,6 @@ def choose_devices(study: StudyConfig) -> tuple[str, str]:
     """(device of the VAE units, device of the MD-VAE+MCL units). With ``device="auto"`` on a GPU machine whose
     MCL ops cannot run on CUDA (no usable backend), the MCL units fall back to the CPU and this says so on stderr;
     an explicit device that cannot run them is a ValueError before any work (``mclcore.ops.available``)."""
-    import torch
-
     from mclcore.ops import available
     from mclcore.studies.synthetic.train import MCL_OPS
 
@@ -274,6 +237,12 @@ def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit
             except json.JSONDecodeError as err:
                 raise OutDirMismatch(f"--out: {cfg_path} is not a readable study config ({err}); use a fresh --out "
                                      f"directory, or delete it and the results beside it") from None
+        if isinstance(old, dict):       # how the work is spread over processes does not change a result
+            old = {**old, **{k: v for k, v in json.loads(cfg_text).items() if k in _EXECUTION_ONLY}}
+            try:                        # fields added since it was written take their defaults (= what it ran)
+                old = StudyConfig.from_dict(old).to_dict()
+            except (ValueError, TypeError):
+                pass                    # not a config of this version: the comparison below names the difference
         if old != json.loads(cfg_text):
             diff = config_diff(old, study.to_dict()) if isinstance(old, dict) else ["(not a JSON object)"]
             raise OutDirMismatch(f"--out: {out} holds a study with a different config ({'; '.join(diff)}); "
@@ -284,14 +253,6 @@ def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit
     t0 = time.time()
     units = build_units(study)
     certs = _certificates(study, out)
-    writer_factory = lambda uid: None  # noqa: E731
-    if study.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer_factory = lambda uid: SummaryWriter(os.path.join(out, "tensorboard", uid))  # noqa: E731
-        except ImportError as err:  # tensorboard is a declared dependency; say so rather than fail the study
-            print(f"mcl synthetic: TensorBoard logging off ({err})", file=sys.stderr)
     records, todo = [], []
     for u in units:
         rec = _load_unit(out, u)
@@ -301,21 +262,28 @@ def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit
     total = sum(u.cost(study) for u in units)
     done = total - sum(u.cost(study) for u in todo)
     print(f"mcl synthetic: {len(units)} units ({len(units) - len(todo)} already done) on {device}, "
-          f"{torch.get_num_threads()} thread(s); results in {out}", file=sys.stderr)
+          f"{study.workers} worker(s) x {study.threads or torch.get_num_threads()} thread(s); results in {out}",
+          file=sys.stderr)
     bar = tqdm(total=round(total), initial=round(done), unit="w", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
     try:
-        for i, u in enumerate(units):
-            if records[i] is not None:
-                continue
-            bar.set_postfix_str(u.uid)
-            members = len(u.seeds) if u.lambdas is None else len(u.lambdas)
-            w = (_MCL_STEP_COST if u.model == "mdvae_mcl" else 1.0) * members
-            dev = mcl_device if u.model == "mdvae_mcl" else device
-            records[i] = _run_unit(study, u, out, dev, lambda n: bar.update(n * w), writer_factory)
-            write_report(study, out, [r for r in records if r is not None], certs, None)
-            if after_unit is not None:
-                after_unit(records[i])
+        if study.workers == 1:
+            for i, u in enumerate(units):
+                if records[i] is not None:
+                    continue
+                bar.set_postfix_str(u.uid)
+                w = _weight(u)
+                dev = mcl_device if u.model == "mdvae_mcl" else device
+                records[i] = _run_unit(study, u, out, dev, lambda n: bar.update(n * w), _writer_factory(study, out))
+                write_report(study, out, [r for r in records if r is not None], certs, None)
+                if after_unit is not None:
+                    after_unit(records[i])
+        else:
+            def finished(i: int) -> None:
+                write_report(study, out, [r for r in records if r is not None], certs, None)
+                if after_unit is not None:
+                    after_unit(records[i])
+            run_parallel(study, units, records, _unit_job, out, device, mcl_device, bar, finished)
     finally:
         bar.close()
     return write_report(study, out, records, certs, time.time() - t0)

@@ -106,7 +106,8 @@ class StackedStudy:
         dx = _dataset(tuple((k, getattr(cfg, k)) for k in _DATA_KEYS), self.seeds[0]).x.shape[1]
         vae = StackedVAE("mdvae" if cfg.model == "mdvae_mcl" else cfg.model, dx, cfg.du, cfg.dz,
                          [derive_seed(s, _INIT) for s in self.seeds], hidden=cfg.hidden or None, slope=cfg.slope,
-                         beta=cfg.beta if cfg.model == "betavae" else 1.0, decoder_var=cfg.decoder_var)
+                         beta=cfg.beta if cfg.model == "betavae" else 1.0, decoder_var=cfg.decoder_var,
+                         learn_decoder_var=cfg.decoder_var_learned)
         mcls = torch.nn.ModuleList()
         if cfg.model == "mdvae_mcl":
             for s in self.seeds:
@@ -338,7 +339,7 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
         z_hat = vae.posterior_mean(x_ev, u_ev).cpu()                            # (M, Ne, dz)
     last, has_mcl = d.history[-1], cfg.model == "mdvae_mcl"
     extras = _evaluation_extras(cfg, vae, seeds, x_ev, u_ev, slice(lo, hi))
-    rows = []
+    dec_var, rows = vae.decoder_variance().tolist(), []                         # (M,): learnt, or the fixed one
     for m in range(M):
         pearson, spearman = _mcc_rows(d.Z[d.data_of[m].item(), lo:hi], z_hat[m])
         rows.append({"process": cfg.process, "mixing": cfg.mixing, "dz": cfg.dz, "n_alphabet": cfg.n_alphabet,
@@ -346,7 +347,9 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
                      "split": cfg.eval_split, "mcc": pearson, "mcc_spearman": spearman,
                      "neg_elbo": last["loss"][m] - (lambdas[m] * last["mcl"][m] if has_mcl else 0.0),
                      "rec": last["rec"][m], "kl": last["kl"][m], "mcl_loss": last["mcl"][m] if has_mcl else None,
-                     "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M, **extras[m]})
+                     "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M, "decoder_var_final": dec_var[m],
+                     **{k: getattr(cfg, k) for k in ("decoder_var", "decoder_var_learned", "shift_scale",
+                                                     "modulation_range")}, **extras[m]})
         if has_mcl and d.diagnostics:      # the last measurement (the unit record keeps them all)
             last_d = d.diagnostics[-1]
             rows[-1].update({f"mcl_{k}": last_d[k][m] for k in ("weight", "acc", "acc_generator", "acc_direct",
