@@ -255,7 +255,7 @@ def test_cli_overrides_and_presets_match_the_experiment_configs(capsys):
                                 "--mcl-critic-input", "xz", "--mcl-critic-hidden", "8", "8"]))
     assert (study.train.mcl.tau, study.train.mcl.clip, study.train.mcl.critic_input) == (0.2, 3.0, "xz")
     assert study.train.mcl.critic_hidden == (8, 8) and study.train.mcl.multi_positive
-    for name in ("quick", "paper", "demo", "landscape"):        # the pre-registered grids, committed
+    for name in ("quick", "paper", "demo", "landscape", "cpu-paper"):        # the pre-registered grids, committed
         with open(os.path.join(REPO, "experiments", "synthetic", "configs", f"{name}.json")) as f:
             assert json.load(f) == cli.preset(name).to_dict(), name
     assert cli.run(_parse(["--preset", "paper", "--dump-config"])) == 0

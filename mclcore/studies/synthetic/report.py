@@ -196,14 +196,15 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
                     continue
                 paper_t5 = process == "gmd" and model == "mdvae"
                 lines += [f"## Effect of |U| ({'Table 5, ' if paper_t5 else ''}{MODEL_NAMES[model]}, "
-                          f"{process.upper()} process): median MCC" + (" — ours (paper)" if paper_t5 else ""), "",
+                          f"{process.upper()} process): **median**; mean [95% CI] of MCC over {study.seeds} "
+                          f"seeds" + (" — ours (paper's median)" if paper_t5 else ""), "",
                           "| dz | " + " | ".join(f"|U| = {a}" for a in sweep) + " |",
                           "|" + "---|" * (1 + len(sweep))]
                 for dz in study.dzs:
                     cells = []
                     for a in sweep:
                         v = vals.get((process, dz, a, model))
-                        s = f"{statistics.median(v):.2f}" if v else "–"
+                        s = f"**{statistics.median(v):.2f}**; {fmt_ci(summarize(v), n=False)}" if v else "–"
                         if paper_t5 and (dz, a) in PAPER["table5"]:
                             s += f" ({PAPER['table5'][(dz, a)]:.2f})"
                         cells.append(s)
