@@ -1,9 +1,11 @@
-"""Frame metrics of Table 2 (mclcore.metrics.video): known answers and a direct reference implementation."""
+"""Frame metrics of Table 2 (mclcore.metrics.video): known answers, a direct reference implementation and the
+previous (grouped conv2d) formulation of the SSIM filter."""
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mclcore.metrics.video import gaussian_window, mse, psnr, ssim, video_metrics
 
@@ -31,6 +33,22 @@ def reference_ssim(x: np.ndarray, y: np.ndarray, win: int = 11, sigma: float = 1
     return float(np.mean(per_channel))
 
 
+def conv_ssim(pred: torch.Tensor, target: torch.Tensor, win: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The previous formulation of :func:`ssim` (slow: grouped float64 conv2d, one Gaussian pass per axis)."""
+    lead, (c, h, w) = pred.shape[:-3], pred.shape[-3:]
+    x, y = pred.reshape(-1, c, h, w).double(), target.reshape(-1, c, h, w).double()
+    g = gaussian_window(win, sigma)
+    kh, kw = g.view(1, 1, win, 1).expand(c, 1, win, 1), g.view(1, 1, 1, win).expand(c, 1, 1, win)
+
+    def filt(t):
+        return F.conv2d(F.conv2d(t, kh, groups=c), kw, groups=c)
+
+    mu_x, mu_y = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mu_x ** 2, filt(y * y) - mu_y ** 2, filt(x * y) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + C1) * (2 * sxy + C2)) / ((mu_x ** 2 + mu_y ** 2 + C1) * (sxx + syy + C2))
+    return s.mean(dim=(-2, -1)).mean(dim=-1).reshape(lead)
+
+
 def test_identical_images_have_ssim_one_and_zero_mse():
     x = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(ssim(x, x), torch.ones(2, 3), atol=1e-6)
@@ -56,6 +74,19 @@ def test_matches_reference_implementation():
     ours = float(ssim(torch.from_numpy(x)[None], torch.from_numpy(y)[None]))
     assert ours == pytest.approx(reference_ssim(x, y), abs=1e-10)
     assert 0.0 < ours < 0.99
+
+
+@pytest.mark.parametrize("shape", [(50, 3, 64, 64), (2, 4, 1, 23, 11), (3, 17, 40)])
+def test_banded_matmul_filter_matches_the_conv2d_formulation(shape):
+    # 50 RGB 64x64 frames cross a CPU chunk boundary; also non-square, one channel, several leading dims, no batch
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    y = (x + 0.15 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ours, prev = ssim(x, y), conv_ssim(x, y)
+    assert ours.shape == prev.shape == shape[:-3] and ours.dtype == torch.float64
+    torch.testing.assert_close(ours, prev, rtol=0, atol=1e-9)
+    # float32 input: computed in float64 all the same, returned in float32
+    torch.testing.assert_close(ssim(x.float(), y.float()), prev.float(), rtol=0, atol=1e-6)
 
 
 def test_window_and_noise_monotonicity():

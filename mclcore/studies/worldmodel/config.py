@@ -109,6 +109,20 @@ class EvalConfig:
     figure_frames: int = 8
     success_probe_steps: int = 0  # > 0: train the frame->state probe this long and report task success (see
                                   # mclcore.studies.worldmodel.probe; needs horizon = episode_len and the simulator)
+    # action following (mclcore.studies.worldmodel.following): one-step and open-loop predictions with right /
+    # shuffled / zero actions, metrics on the moving region (pixels changing by > moving_threshold, in [0, 1]
+    # units, on any channel between consecutive GT frames, grown by moving_dilate px)
+    following: bool = True
+    moving_threshold: float = 0.05
+    moving_dilate: int = 1
+
+    def validate(self) -> "EvalConfig":
+        """ValueError naming the field for the action-following settings ``check_numbers`` cannot judge by name."""
+        if not (isinstance(self.moving_threshold, (int, float)) and 0 <= self.moving_threshold < 1):
+            raise ValueError(f"eval.moving_threshold: expected a number in [0, 1), got {self.moving_threshold!r}")
+        if isinstance(self.moving_dilate, bool) or not isinstance(self.moving_dilate, int) or self.moving_dilate < 0:
+            raise ValueError(f"eval.moving_dilate: expected an integer >= 0, got {self.moving_dilate!r}")
+        return self
 
 
 def worldmodel_mcl() -> MCLConfig:
@@ -152,6 +166,7 @@ class RunConfig:
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {allowed}, got {value!r}")
         self.mcl.validate()                     # checked even when MCL is off: a bad value is never kept silently
+        self.eval.validate()
         if self.use_mcl and self.mcl.weighting == "relative" and not self.mcl.create_graph:
             raise ValueError("mcl.weighting: 'relative' needs mcl.create_graph=true (without it L_MCL has no gradient "
                              "on the forward model to weigh)")

@@ -5,6 +5,12 @@ reference rows) and writes ``table.md`` (Table 2's layout, the paper's row besid
 episodes' frames, for :mod:`~mclcore.studies.worldmodel.report`) and ``figures/rollout.png``. It does not write
 ``metrics.json``: :func:`mclcore.train.loop.run_seeds` adds the call's timings, prints the summary and then writes
 it, so a ``metrics.json`` always belongs to a finished, completely evaluated run.
+
+With ``eval.following`` (default) it also runs the action-following evaluation of
+:mod:`~mclcore.studies.worldmodel.following` (one-step and open-loop predictions with right / shuffled / zero actions
+and copy baselines, whole-frame and moving-region metrics per episode, paired gaps with bootstrap intervals):
+``metrics["following"]``, ``following.json``, ``following.md``, ``figures/following_rollout.png`` and
+``figures/per_frame.png``.
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ import torch
 from mclcore._io import write_text_atomic
 from mclcore.losses.monitor import last_measurement
 from mclcore.studies.worldmodel.config import RunConfig, method_name
+from mclcore.studies.worldmodel import following as fol
+from mclcore.studies.worldmodel import following_eval as fev
 from mclcore.studies.worldmodel.data import Episodes, load_splits
 from mclcore.studies.worldmodel.report import SPLITS, rollout_figure, table_markdown
 from mclcore.studies.worldmodel.run import default_cache_dir
@@ -25,18 +33,29 @@ from mclcore.train.loop import resolve_device
 __all__ = ["rollouts", "evaluate"]
 
 
+ROLLOUT_MODES = ("right", "shuffled", "zero")
+
+
 @torch.no_grad()
 def rollouts(model, cfg: RunConfig, eps: Episodes, device, lacg_source: str,
-             shuffle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pred, gt), each (N, H, 3, 64, 64) in [0, 1]; the sampling noise is seeded by ``cfg.seed``.
+             shuffle: bool = False, mode: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, gt), each (N, H, 3, 64, 64) in [0, 1]; the sampling noise is seeded by ``cfg.seed`` (the same noise
+    whatever drives the rollout).
 
-    ``shuffle``: drive episode i with the actions of episode i+1 (mod N) -- for LACG/idm, the IDM reads episode
-    i+1's frames -- while starting from episode i's first frame (an action-following check)."""
+    ``mode`` (default "right"): "shuffled" (also ``shuffle=True``) drives episode i with the actions of episode i+1
+    (mod N) -- for LACG/idm, the IDM reads episode i+1's frames -- while starting from episode i's first frame (an
+    action-following check); "zero" drives it with the zero action (ACG: the recorded action 0; LACG: the zero
+    latent action, through :func:`~mclcore.studies.worldmodel.following_eval.open_loop`, as the model's rollout computes
+    its latent actions itself)."""
+    mode = mode or ("shuffled" if shuffle else "right")
+    if mode not in ROLLOUT_MODES or (shuffle and mode != "shuffled"):
+        raise ValueError(f"mode: expected one of {ROLLOUT_MODES} (shuffle=True means 'shuffled'), got {mode!r}")
+    shuffle = mode == "shuffled"
     if shuffle:
         other = eps.subset(np.roll(np.arange(len(eps)), -1))
     e = cfg.eval
     horizon = min(e.horizon, eps.actions.shape[1])
-    g = torch.Generator(device=device).manual_seed(cfg.seed + 4321)
+    g = torch.Generator(device=device).manual_seed(cfg.seed + fol.NOISE_SEED_OFFSET)
     preds, gts = [], []
     for i in range(0, len(eps), e.batch_size):
         sl = slice(i, i + e.batch_size)
@@ -44,8 +63,15 @@ def rollouts(model, cfg: RunConfig, eps: Episodes, device, lacg_source: str,
         actions = torch.from_numpy((other if shuffle else eps).actions[sl]).to(device)   # (b, T, 4)
         emb = torch.from_numpy(eps.embodiment[sl]).to(device)
         idm_frames = other.float_frames(sl).to(device) if shuffle else None
-        preds.append(model.rollout(frames, actions, emb, horizon, steps=e.sample_steps, method=e.sampler,
-                                   lacg_source=lacg_source, generator=g, idm_frames=idm_frames).cpu())
+        if mode == "zero" and model.variant != "acg":
+            lat = fev._encode(model, frames, horizon)                            # (b, H+1, C, h, w)
+            u = fev.conditioning(model, lat, actions, emb, "zero")               # (b, H, d_u) zeros
+            preds.append(fev.open_loop(model, lat, u, steps=e.sample_steps, method=e.sampler, generator=g).cpu())
+        else:
+            if mode == "zero":
+                actions = torch.zeros_like(actions)
+            preds.append(model.rollout(frames, actions, emb, horizon, steps=e.sample_steps, method=e.sampler,
+                                       lacg_source=lacg_source, generator=g, idm_frames=idm_frames).cpu())
         gts.append(frames[:, 1: horizon + 1].cpu())
     return torch.cat(preds), torch.cat(gts)
 
@@ -77,7 +103,7 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
     if cfg.use_mcl:                 # the last MCL measurement of training (mcl_diagnostics.json has them all)
         res.update(last_measurement(out_dir))
     sources = [cfg.eval.lacg_actions] if cfg.variant == "acg" else ["idm", "regressor"]
-    keep, probe = {}, None
+    keep, probe, follow = {}, None, {}
     if cfg.eval.success_probe_steps > 0 and cfg.data.source == "tabletop":
         from mclcore.studies.worldmodel.probe import train_probe
 
@@ -97,6 +123,7 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
             if key == split:
                 k = cfg.eval.figure_episodes
                 keep[split] = (pred[:k], gt[:k], eps.states[:k])
+                right = pred
             if probe is not None and pred.shape[1] == eps.actions.shape[1]:     # the rollout reaches the episode end
                 from mclcore.studies.worldmodel.probe import success_report
 
@@ -104,8 +131,8 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
                 res[f"{key}_success"] = success_report(probe, pred[:, -1], gt[:, -1], eps.states[:, -1], task)
         # action-following: the same start frames driven by another episode's actions (worse metrics = the model
         # follows the actions; equal metrics = it ignores them)
-        pred, gt = rollouts(model, cfg, eps, device, cfg.eval.lacg_actions, shuffle=True)
-        res[f"{split}_shuffled_actions"] = video_metrics(pred, gt)
+        shuffled, gt = rollouts(model, cfg, eps, device, cfg.eval.lacg_actions, shuffle=True)
+        res[f"{split}_shuffled_actions"] = video_metrics(shuffled, gt)
         # reference: the autoencoder's own reconstruction of the GT frames (an upper bound on what the model can reach)
         gt_frames = eps.float_frames()[:, 1: res["horizon"] + 1].to(device)
         with torch.no_grad():       # (--eval-only loads a model whose parameters all require grad)
@@ -115,6 +142,12 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
         first = eps.float_frames()[:, :1].expand_as(gt_frames)
         res[f"{split}_copy_first_frame"] = video_metrics(first.contiguous(), gt_frames.cpu())
         res["seconds"][split] = time.perf_counter() - t0
+        if cfg.eval.following:      # action following: one-step and open-loop, right / shuffled / zero, moving region
+            t0 = time.perf_counter()
+            follow[split] = fev.split_following(model, cfg, eps, device, ae_recon=rec,
+                                                open_loop_preds={"right": right, "shuffled": shuffled})
+            res["seconds"][f"{split}_following"] = time.perf_counter() - t0
+        del right, shuffled
     os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
     np.savez_compressed(os.path.join(out_dir, "rollouts.npz"), **{
         f"{s}_{n}": a for s, (p, g, st) in keep.items() for n, a in
@@ -124,5 +157,18 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
                                    keep["target"][2], os.path.join(out_dir, "figures", "rollout.png"),
                                    cfg.eval.figure_frames)
     res["seconds"]["figure"] = time.perf_counter() - t0
+    if follow:
+        t0 = time.perf_counter()
+        res.update(moving_threshold=cfg.eval.moving_threshold, moving_dilate=cfg.eval.moving_dilate,
+                   lacg_actions=cfg.eval.lacg_actions)
+        res["following"] = fol.summarize_following(follow)
+        fol.write_following(out_dir, res, follow, res["following"])
+        fr = follow["target"]["_frames"]
+        rollout_figure({"GT": fr["gt"], "right actions": fr["right"], "other episode's actions": fr["shuffled"]},
+                       splits["target"].states[: len(fr["gt"])],
+                       os.path.join(out_dir, "figures", "following_rollout.png"), cfg.eval.figure_frames)
+        fol.per_frame_figure({s: r["per_frame"] for s, r in follow.items()},
+                             os.path.join(out_dir, "figures", "per_frame.png"))
+        res["seconds"]["following_outputs"] = time.perf_counter() - t0
     write_text_atomic(os.path.join(out_dir, "table.md"), table_markdown([res]))
     return res

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from mclcore._io import save_figure, write_text_atomic
+from mclcore.studies.worldmodel.following import following_markdown, load_following, pool_runs
 
 __all__ = ["PAPER_TABLE2", "SPLITS", "METRIC_KEYS", "table_markdown", "details_markdown", "rollout_figure",
-           "report", "main"]
+           "following_report_markdown", "report", "main"]
 
 SPLITS = ("target", "transfer")
 METRIC_KEYS = ("ssim", "psnr", "mse", "ssim_l")
@@ -88,6 +89,30 @@ def details_markdown(results: list[dict]) -> str:
     return out
 
 
+def following_report_markdown(runs: list[tuple[dict, dict]]) -> str:
+    """The action-following table across runs: (metrics.json dict, :func:`load_following` data) pairs grouped by
+    method and preset, each group's seeds pooled (:func:`~mclcore.studies.worldmodel.following.pool_runs`,
+    hierarchical bootstrap: seeds, then episodes within seeds), with n (episodes) and 95% intervals; the rows,
+    the paired gaps and the copy baselines of every split and mode."""
+    groups: dict = {}
+    for r, f in runs:
+        groups.setdefault((r["method"], r["preset"]), []).append((r["seed"], f))
+    out = ("# Action following, runs pooled over seeds\n\n"
+           "Per method: per-episode metrics of every run (one per seed) pooled by a hierarchical bootstrap (seeds "
+           "resampled, then episodes within each seed; the estimate is the mean of the per-seed means; one seed = "
+           "the episode bootstrap); mean [95% interval], n = episodes of all seeds (moving-region columns leave out "
+           "episodes without motion). **gap** a − b: paired per-episode differences (right − shuffled = the "
+           "action-following gap: > 0 in SSIM/PSNR and < 0 in MSE when the model follows its actions). One-step: "
+           "frame t+1 from GT frame t; open-loop: from frame 0 (copy-last = copy-first there).\n\n")
+    first = True
+    for (method, preset), members in sorted(groups.items(), key=lambda kv: (_ORDER.get(kv[0][0], 9), kv[0][1])):
+        members.sort(key=lambda m: m[0])
+        lead = {"Method": method, "preset": preset, "seeds": ",".join(str(s) for s, _ in members)}
+        out += following_markdown(pool_runs([f for _, f in members]), lead, header=first)
+        first = False
+    return out
+
+
 def _gripper_pixels(states: np.ndarray):
     """(T+1, S) states -> (T+1, 2) pixel coordinates of the end-effector, or None without the simulator."""
     try:
@@ -138,20 +163,28 @@ def rollout_figure(rows: dict, states: np.ndarray, path: str, n_frames: int = 8,
 
 
 def report(run_dirs: list[str], out_dir: str) -> dict:
-    """Combine finished runs: ``table.md`` (all runs, the paper beside), ``details.md`` and ``rollout_acg.png`` /
-    ``rollout_lacg.png`` (GT / X / X+MCL on the same target-task episodes). Returns {name: path}."""
-    results, rolls = [], {}
+    """Combine finished runs: ``table.md`` (all runs, the paper beside), ``details.md``, ``following.md`` (the
+    action-following table pooled over the seeds of each method, from the runs' ``following.json``; only when some
+    run has one) and ``rollout_acg.png`` / ``rollout_lacg.png`` (GT / X / X+MCL on the same target-task episodes).
+    Returns {name: path}."""
+    results, rolls, follows = [], {}, []
     for d in run_dirs:
         with open(os.path.join(d, "metrics.json")) as f:
             r = json.load(f)
         results.append(r)
         rolls[r["method"]] = np.load(os.path.join(d, "rollouts.npz"))
+        f = load_following(d)       # None: evaluated before the action-following evaluation, or with it off
+        if f is not None:
+            follows.append((r, f))
     if not results:
         raise ValueError("run_dirs: no finished runs given")
     os.makedirs(out_dir, exist_ok=True)
     out = {"table": os.path.join(out_dir, "table.md"), "details": os.path.join(out_dir, "details.md")}
     write_text_atomic(out["table"], table_markdown(results))
     write_text_atomic(out["details"], details_markdown(results))
+    if follows:
+        out["following"] = os.path.join(out_dir, "following.md")
+        write_text_atomic(out["following"], following_report_markdown(follows))
     for v in ("ACG", "LACG"):
         have = [m for m in (v, f"{v}+MCL") if m in rolls]
         if not have:
@@ -168,7 +201,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mclcore.studies.worldmodel.report",
                                 description="combine finished world-model runs into Table 2 and the rollout figures")
     p.add_argument("runs", nargs="+", help="run folders (with metrics.json and rollouts.npz)")
-    p.add_argument("--out", required=True, help="folder for table.md, details.md and rollout_*.png")
+    p.add_argument("--out", required=True, help="folder for table.md, details.md, following.md and rollout_*.png")
     a = p.parse_args(argv)
     missing = [os.path.join(d, f) for d in a.runs for f in ("metrics.json", "rollouts.npz")
                if not os.path.exists(os.path.join(d, f))]
