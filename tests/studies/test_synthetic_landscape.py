@@ -130,3 +130,13 @@ def test_a_folder_written_before_the_axes_existed_still_resumes(tmp_path):
     with pytest.raises(study_run.OutDirMismatch, match="seeds"):
         study_run.run_study(_tiny_study(mixings=(), decoder_vars=(), models=("mdvae",), seeds=3), str(tmp_path),
                             progress=False)
+
+
+def test_unpaired_contrast_of_two_cells():
+    from mclcore.studies.synthetic.compare import unpaired
+
+    s = unpaired([0.7, 0.8, 0.75, 0.85], [0.5, 0.6, 0.55])
+    assert math.isclose(s["mean"], 0.775 - 0.55) and s["lo"] <= s["mean"] <= s["hi"] and s["lo"] > 0
+    assert unpaired([0.7], [0.5, 0.6]) is None
+    wide = unpaired([0.1, 0.9, 0.5], [0.2, 0.8, 0.4])
+    assert wide["lo"] < 0 < wide["hi"]

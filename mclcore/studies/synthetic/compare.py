@@ -21,7 +21,7 @@ import numpy as np
 from mclcore._io import save_figure, write_text_atomic
 from mclcore.metrics.stats import summarize
 
-__all__ = ["PAIRS", "cell_key", "paired", "fmt_ci", "landscape"]
+__all__ = ["PAIRS", "cell_key", "paired", "unpaired", "fmt_ci", "landscape"]
 
 MODEL_NAMES = {"betavae": "β-VAE", "ivae": "iVAE", "mdvae": "MD-VAE", "mdvae_mcl": "MD-VAE+MCL"}
 # (a, b): report a - b, paired by seed, where both models ran
@@ -43,6 +43,19 @@ def paired(by_seed_a: dict, by_seed_b: dict) -> dict | None:
     if not seeds:
         return None
     return summarize([by_seed_a[s] - by_seed_b[s] for s in seeds])
+
+
+def unpaired(a: list, b: list, level: float = 0.95, n_boot: int = 10_000, seed: int = 0) -> dict | None:
+    """Summary of ``mean(a) - mean(b)`` for two independent groups (two cells: different data), its percentile
+    bootstrap interval resampling each group on its own; None when a group has fewer than 2 values."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.size < 2 or b.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    d = a[rng.integers(0, a.size, (n_boot, a.size))].mean(1) - b[rng.integers(0, b.size, (n_boot, b.size))].mean(1)
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return {"n": int(min(a.size, b.size)), "mean": float(a.mean() - b.mean()), "median": float("nan"),
+            "lo": float(lo), "hi": float(hi)}
 
 
 def fmt_ci(s: dict | None, signed: bool = False, n: bool = True) -> str:
@@ -147,6 +160,21 @@ def landscape(study, runs: list[dict], out: str, key: str = "mcc", certs: dict |
             + " | " + " / ".join(f"{med(active, m):g}" for m in models) + " | "
             + " / ".join(f"{med(kl, m):.1f}" for m in models) + f" | {order} | {dpaper} |")
     lines += ["", "Bold: the paired interval excludes 0."]
+    if len(cells) == 2:              # a two-cell contrast (the demo): the second cell against the first
+        c1, c0 = cells[0], cells[1]
+        what = ", ".join(f"{n} {c1[k]} vs {c0[k]}" for k, n in enumerate(
+            ("process", "dz", "|U|", "mixing", "decoder var", "learnt", "shift")) if c1[k] != c0[k])
+        lines += ["", f"## Contrast between the two cells ({what})", "",
+                  "Difference of means, first cell − second, 95% bootstrap interval resampling each cell's seeds "
+                  "independently (different data in the two cells).", "",
+                  "| quantity | first − second |", "|---|---|"]
+        for m in models:
+            lines.append(f"| {MODEL_NAMES[m]} MCC | " + fmt_ci(unpaired(list(vals[c1].get(m, {}).values()),
+                                                                   list(vals[c0].get(m, {}).values())), True) + " |")
+        for a_, b_ in pairs:
+            d1 = [vals[c1][a_][s] - vals[c1][b_][s] for s in sorted(set(vals[c1].get(a_, {})) & set(vals[c1].get(b_, {})))]
+            d0 = [vals[c0][a_][s] - vals[c0][b_][s] for s in sorted(set(vals[c0].get(a_, {})) & set(vals[c0].get(b_, {})))]
+            lines.append(f"| ({MODEL_NAMES[a_]} − {MODEL_NAMES[b_]}) advantage | {fmt_ci(unpaired(d1, d0), True)} |")
     paths = {"landscape": os.path.join(out, "landscape.md"), "landscape_csv": os.path.join(out, "landscape.csv")}
     write_text_atomic(paths["landscape"], "\n".join(lines) + "\n")
     write_text_atomic(paths["landscape_csv"], "\n".join(csv_lines) + "\n")
