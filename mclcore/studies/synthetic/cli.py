@@ -1,6 +1,8 @@
 """``mcl synthetic``: the synthetic identifiability study of the paper's §5.1 and App. F.1 (Fig. 5, Table 5).
 
-    mcl synthetic --preset quick --out runs/synthetic-quick          # minutes on a CPU (the README demo)
+    mcl synthetic --preset demo --out runs/synthetic-demo            # the README demo: a few minutes on a CPU
+    mcl synthetic --preset quick --out runs/synthetic-quick          # both processes, all four models + MCL
+    mcl synthetic --preset landscape --out runs/synthetic-landscape  # the protocol levers, ~1 h on 2 cores
     mcl synthetic --preset paper --out runs/synthetic-paper          # 30 seeds x 200 epochs x 15 cells: a GPU job
     mcl synthetic --preset quick --dzs 5 10 --epochs 40 --out DIR    # any field from the command line
     mcl synthetic --preset quick --set train.mcl.tau=0.07 --out DIR  # or any field by its dotted path
@@ -26,7 +28,9 @@ __all__ = ["add_arguments", "resolve", "run"]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="quick: minutes on a CPU (README demo); paper: the paper's grid (a GPU job)")
+                   help="demo: the README demo (minutes); quick: all models + MCL (minutes); landscape: the "
+                        "protocol levers (about an hour on 2 cores); cpu-paper: Fig. 5 / Table 5 at a CPU budget; "
+                        "paper: the paper's grid (a GPU job)")
     p.add_argument("--config", default=None, help="JSON file of StudyConfig fields (applied after --preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field by its dotted path, e.g. train.mcl.tau=0.07 or seeds=10 (repeatable)")
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"mcl synthetic: done. MCC table: {paths['table']}")
     if "violin" in paths:
         print(f"  violin plot (Fig. 5 style): {paths['violin']}")
+    if "cells_plot" in paths:
+        print(f"  every seed, means and 95% intervals per cell, u-blind ceilings: {paths['cells_plot']}")
     if "landscape_plot" in paths:
         print(f"  heat maps of paired differences: {paths['landscape_plot']}")
     if "table5_plot" in paths:
