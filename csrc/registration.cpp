@@ -17,6 +17,9 @@ TORCH_LIBRARY(mclcore, m) {
   // when given, every j with groups[j] == groups[i] is a positive of row i ("multi-positive", SupCon's L_in form:
   // loss_i = logsumexp_j S_ij - logsumexp_{j in P(i)} S_ij). Returns (loss: scalar, lse_all: (B,), lse_pos: (B,)),
   // both row statistics in float32/float64; memory O(B d), never a B x B tensor.
+  // Member-stacked (all three infonce ops, csrc/infonce/infonce_members.h): p, k (M, B, d), groups (M, B) give M
+  // independent losses in one call, every output with a leading member axis (loss (M,), lse_all / lse_pos (M, B),
+  // dp / dk (M, B, d)) and infonce_backward's grad_loss (M,); member m equals an unstacked call on its slices.
   m.def("infonce(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> (Tensor, Tensor, Tensor)");
   // Gradient of infonce's loss w.r.t. p and k, recomputing S tile by tile from the saved row statistics.
   m.def(
@@ -36,6 +39,9 @@ TORCH_LIBRARY(mclcore, m) {
   // activation: gelu | relu | silu | tanh | softplus. Returns (grad_v c: (B, dv), saved: 1-D workspace of
   // 4 B sum(hidden widths) values holding s(a_l), s'(a_l), s''(a_l) and the gradient-chain rows, read by the
   // backward so it recomputes nothing; not differentiable).
+  // Member-stacked (both critic_grad ops): M independent critics in one call, v (M, B, dv), weights[l] (M, out_l, in_l),
+  // biases[l] (M, out_l); grad_v c (M, B, dv), the workspace M per-member workspaces end to end, and the backward's
+  // gradients stacked the same way. Member m equals an unstacked call on its slices.
   m.def("critic_grad(Tensor v, Tensor[] weights, Tensor[] biases, str activation) -> (Tensor, Tensor)");
   // Backward of critic_grad: given G = dL/d(grad_v c), returns dL/dv, dL/dW_l, dL/db_l. Exact (uses s''), so
   // training through the mechanism gradient equals autograd with create_graph=True.

@@ -9,7 +9,7 @@ The native ops live in ``torch.ops.mclcore`` (see ``mclcore.ops``).
 from mclcore import ops  # noqa: F401  (registers torch.ops.mclcore)
 
 __version__ = "0.1.0"
-_LOSSES = ("MCL", "MCLConfig", "MLPCritic", "ImageCritic", "MLPProj", "mcl_loss")
+_LOSSES = ("MCL", "MCLConfig", "MLPCritic", "ImageCritic", "MLPProj", "StackedMCL", "mcl_loss")
 __all__ = [*_LOSSES, "ops", "__version__"]
 
 

@@ -75,3 +75,10 @@ def sample_inputs(batch: int = 8, dim: int = 16, *, hidden: Sequence[int] = (16,
         for t in (v, *ws, *bs):
             t.requires_grad_()
     return CriticGradInputs(v, ws, bs, activation)
+
+
+def critic_grad_stacked(v, weights, biases, activation="gelu", create_graph=True):
+    """Member-stacked reference: v (M, B, dv), weights[l] (M, out_l, in_l), biases[l] (M, out_l) -> (M, B, dv),
+    the unstacked reference applied member by member."""
+    return torch.stack([critic_grad(v[m], [w[m] for w in weights], [b[m] for b in biases], activation, create_graph)
+                        for m in range(v.shape[0])])

@@ -69,3 +69,10 @@ def sample_inputs(batch: int = 8, dim: int = 16, *, n_groups: int | None = None,
     if requires_grad:
         p, k = p.requires_grad_(), k.requires_grad_()
     return InfoNCEInputs(p, k, groups)
+
+
+def infonce_stacked(p: torch.Tensor, k: torch.Tensor, tau: float = 0.1, *, groups: torch.Tensor | None = None,
+                    eps: float = 1e-12) -> torch.Tensor:
+    """Member-stacked reference: p, k (M, B, d), groups optional (M, B) -> (M,) losses, member by member."""
+    return torch.stack([infonce(p[m], k[m], tau, groups=None if groups is None else groups[m], eps=eps)
+                        for m in range(p.shape[0])])

@@ -325,16 +325,13 @@ void sum_acc(at::Tensor out, const at::Tensor& x, bool first) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> critic_grad_cpu(const at::Tensor& v_in, at::TensorList weights,
-                                                   at::TensorList biases, c10::string_view activation) {
-  check_inputs(v_in, weights, biases);
-  const Act act = parse_act(activation);
+// One critic (checked inputs): grad_v c into gv (B, dv), the workspace into saved (both contiguous, written whole).
+void critic_grad_into(const at::Tensor& v_in, at::TensorList weights, at::TensorList biases, Act act,
+                      const at::Tensor& saved, at::Tensor gv) {
   const at::Tensor v = v_in.contiguous();
   const int64_t B = v.size(0);
   const int64_t H = static_cast<int64_t>(weights.size()) - 1;
-  at::Tensor saved = workspace_empty(workspace_numel(B, weights), v.options());
   const Workspace w = views(saved, B, weights);
-  at::Tensor gv = at::empty({B, v.size(1)}, v.options());  // grad_v c: (B, dv)
 
   for_row_blocks(B, n_chunks(B), [&](int64_t, int64_t r0, int64_t r, bool) {
     auto rows = [&](const at::Tensor& t) { return t.narrow(0, r0, r); };
@@ -353,16 +350,12 @@ std::tuple<at::Tensor, at::Tensor> critic_grad_cpu(const at::Tensor& v_in, at::T
     }
     mm_into(rows(gv), delta, weights[0]);
   });
-  return {gv, saved};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> critic_grad_backward_cpu(
+// One critic (checked inputs): dL/dv, dL/dW_l, dL/db_l.
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> critic_grad_backward_one(
     const at::Tensor& grad_out_in, const at::Tensor& v_in, at::TensorList weights, at::TensorList biases,
-    const at::Tensor& saved, c10::string_view activation) {
-  check_inputs(v_in, weights, biases);
-  TORCH_CHECK(grad_out_in.sizes() == v_in.sizes(), "critic_grad_backward: grad_out must be ", v_in.sizes(),
-              ", got ", grad_out_in.sizes());
-  parse_act(activation);
+    const at::Tensor& saved) {
   const at::Tensor v = v_in.contiguous();
   const at::Tensor G = grad_out_in.to(v.scalar_type()).contiguous();
   const int64_t B = v.size(0);
@@ -426,6 +419,97 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> critic_
     }
   }
   return {gv, gW[0], gb[0]};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Entry points. Unstacked: v (B, dv), weights[l] (out_l, in_l), biases[l] (out_l,). Member-stacked (a leading member
+// axis on every tensor: M independent critics, e.g. one per seed of a stack of models): v (M, B, dv), weights[l]
+// (M, out_l, in_l), biases[l] (M, out_l); grad_v c is (M, B, dv) and the workspace M unstacked workspaces end to
+// end, member m's at [m n, (m + 1) n). The members run one after the other through the unstacked kernel (each with
+// its own row-block parallelism), on views of the stacked tensors: the arithmetic of M separate calls (MKL may round
+// the last bit differently on a view at another memory alignment: 1e-16 seen in float64).
+
+bool stacked(const at::Tensor& v) { return v.dim() == 3; }
+
+// Member m's views of the stacked weights or biases.
+std::vector<at::Tensor> member_list(at::TensorList ts, int64_t m) {
+  std::vector<at::Tensor> out;
+  out.reserve(ts.size());
+  for (const auto& t : ts) out.push_back(t.select(0, m));
+  return out;
+}
+
+// Stacked inputs: leading axes agree, then member 0's views pass the unstacked checks (all members share shapes).
+void check_stacked(const at::Tensor& v, at::TensorList weights, at::TensorList biases) {
+  const int64_t M = v.size(0);
+  TORCH_CHECK(static_cast<int64_t>(biases.size()) == static_cast<int64_t>(weights.size()),
+              "critic_grad: weights and biases must have equal length");
+  for (size_t l = 0; l < weights.size(); ++l) {
+    TORCH_CHECK(weights[l].dim() == 3 && weights[l].size(0) == M, "critic_grad: member-stacked v (M, B, dv) with M = ",
+                M, " needs weights[", l, "] of shape (M, out, in), got ", weights[l].sizes());
+    TORCH_CHECK(biases[l].dim() == 2 && biases[l].size(0) == M, "critic_grad: member-stacked v (M, B, dv) with M = ",
+                M, " needs biases[", l, "] of shape (M, out), got ", biases[l].sizes());
+  }
+  TORCH_CHECK(M >= 1, "critic_grad: member-stacked v needs at least one member, got shape ", v.sizes());
+  check_inputs(v.select(0, 0), member_list(weights, 0), member_list(biases, 0));
+}
+
+std::tuple<at::Tensor, at::Tensor> critic_grad_cpu(const at::Tensor& v, at::TensorList weights,
+                                                   at::TensorList biases, c10::string_view activation) {
+  const Act act = parse_act(activation);
+  if (!stacked(v)) {
+    check_inputs(v, weights, biases);
+    const int64_t B = v.size(0);
+    at::Tensor saved = workspace_empty(workspace_numel(B, weights), v.options());
+    at::Tensor gv = at::empty({B, v.size(1)}, v.options());  // grad_v c: (B, dv)
+    critic_grad_into(v, weights, biases, act, saved, gv);
+    return {gv, saved};
+  }
+  TORCH_CHECK(v.dim() == 3, "critic_grad: v must be (B, dv) or member-stacked (M, B, dv), got ", v.sizes());
+  check_stacked(v, weights, biases);
+  const int64_t M = v.size(0), B = v.size(1);
+  const std::vector<at::Tensor> w0 = member_list(weights, 0);
+  const int64_t n = workspace_numel(B, w0);
+  at::Tensor saved = workspace_empty(M * n, v.options());
+  at::Tensor gv = at::empty({M, B, v.size(2)}, v.options());
+  for (int64_t m = 0; m < M; ++m)
+    critic_grad_into(v.select(0, m), member_list(weights, m), member_list(biases, m), act, saved.narrow(0, m * n, n),
+                     gv.select(0, m));
+  return {gv, saved};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> critic_grad_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& v, at::TensorList weights, at::TensorList biases,
+    const at::Tensor& saved, c10::string_view activation) {
+  parse_act(activation);
+  TORCH_CHECK(grad_out.sizes() == v.sizes(), "critic_grad_backward: grad_out must be ", v.sizes(), ", got ",
+              grad_out.sizes());
+  if (!stacked(v)) {
+    check_inputs(v, weights, biases);
+    return critic_grad_backward_one(grad_out, v, weights, biases, saved);
+  }
+  TORCH_CHECK(v.dim() == 3, "critic_grad_backward: v must be (B, dv) or member-stacked (M, B, dv), got ", v.sizes());
+  check_stacked(v, weights, biases);
+  const int64_t M = v.size(0), B = v.size(1);
+  const int64_t n = workspace_numel(B, member_list(weights, 0));
+  TORCH_CHECK(saved.dim() == 1 && saved.numel() == M * n && saved.is_contiguous(),
+              "critic_grad_backward: saved must be the workspace returned by critic_grad");
+  at::Tensor gv = at::empty(v.sizes(), v.options());
+  std::vector<at::Tensor> gW, gb;
+  for (size_t l = 0; l < weights.size(); ++l) {
+    gW.push_back(at::empty(weights[l].sizes(), v.options()));
+    gb.push_back(at::empty(biases[l].sizes(), v.options()));
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    auto [gvm, gWm, gbm] = critic_grad_backward_one(grad_out.select(0, m), v.select(0, m), member_list(weights, m),
+                                                     member_list(biases, m), saved.narrow(0, m * n, n));
+    gv.select(0, m).copy_(gvm);
+    for (size_t l = 0; l < weights.size(); ++l) {
+      gW[l].select(0, m).copy_(gWm[l]);
+      gb[l].select(0, m).copy_(gbm[l]);
+    }
+  }
+  return {gv, gW, gb};
 }
 
 }  // namespace

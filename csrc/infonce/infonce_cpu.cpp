@@ -44,6 +44,7 @@
 #include "../parallel.h"
 #include "../simd.h"
 #include "infonce_checks.h"
+#include "infonce_members.h"
 
 #include <algorithm>
 #include <cmath>
@@ -862,8 +863,8 @@ void check_inputs(const Tensor& p, const Tensor& k, const std::optional<Tensor>&
   mclcore::infonce_checks::check_inputs(p, k, groups, tau, eps, c10::DeviceType::CPU);
 }
 
-std::tuple<Tensor, Tensor, Tensor> infonce_cpu(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups,
-                                               double tau, double eps) {
+std::tuple<Tensor, Tensor, Tensor> infonce_cpu_one(const Tensor& p, const Tensor& k,
+                                                   const std::optional<Tensor>& groups, double tau, double eps) {
   check_inputs(p, k, groups, tau, eps);
   const int64_t B = p.size(0);
   const auto ct = compute_dtype(p.scalar_type());
@@ -887,9 +888,9 @@ std::tuple<Tensor, Tensor, Tensor> infonce_cpu(const Tensor& p, const Tensor& k,
   return {loss, lse_all, lse_pos};
 }
 
-std::tuple<Tensor, Tensor> infonce_backward_cpu(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
-                                                const std::optional<Tensor>& groups, const Tensor& lse_all,
-                                                const Tensor& lse_pos, double tau, double eps) {
+std::tuple<Tensor, Tensor> infonce_backward_cpu_one(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
+                                                    const std::optional<Tensor>& groups, const Tensor& lse_all,
+                                                    const Tensor& lse_pos, double tau, double eps) {
   check_inputs(p, k, groups, tau, eps);
   const int64_t B = p.size(0), d = p.size(1);
   const auto ct = compute_dtype(p.scalar_type());
@@ -919,8 +920,9 @@ std::tuple<Tensor, Tensor> infonce_backward_cpu(const Tensor& grad_loss, const T
 }
 
 // Loss and its gradients in one call, for an upstream gradient of 1 (the autograd formula scales them).
-std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cpu(const Tensor& p, const Tensor& k,
-                                                         const std::optional<Tensor>& groups, double tau, double eps) {
+std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cpu_one(const Tensor& p, const Tensor& k,
+                                                             const std::optional<Tensor>& groups, double tau,
+                                                             double eps) {
   check_inputs(p, k, groups, tau, eps);
   const int64_t B = p.size(0), d = p.size(1);
   const auto ct = compute_dtype(p.scalar_type());
@@ -951,6 +953,28 @@ std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cpu(const Tensor& p, const 
     dk = k.scalar_type() == ct ? dkh : dkh.to(k.scalar_type());
   });
   return {loss, dp, dk};
+}
+
+// Unstacked (p (B, d)) or member-stacked (p (M, B, d): csrc/infonce/infonce_members.h) entry points.
+namespace members = mclcore::infonce_members;
+
+std::tuple<Tensor, Tensor, Tensor> infonce_cpu(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups,
+                                               double tau, double eps) {
+  if (!members::stacked(p)) return infonce_cpu_one(p, k, groups, tau, eps);
+  return members::forward(infonce_cpu_one, p, k, groups, tau, eps);
+}
+
+std::tuple<Tensor, Tensor> infonce_backward_cpu(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
+                                                const std::optional<Tensor>& groups, const Tensor& lse_all,
+                                                const Tensor& lse_pos, double tau, double eps) {
+  if (!members::stacked(p)) return infonce_backward_cpu_one(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
+  return members::backward(infonce_backward_cpu_one, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
+}
+
+std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cpu(const Tensor& p, const Tensor& k,
+                                                         const std::optional<Tensor>& groups, double tau, double eps) {
+  if (!members::stacked(p)) return infonce_with_grad_cpu_one(p, k, groups, tau, eps);
+  return members::forward(infonce_with_grad_cpu_one, p, k, groups, tau, eps);
 }
 
 }  // namespace

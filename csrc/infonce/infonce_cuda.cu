@@ -62,6 +62,7 @@
 #include <torch/library.h>
 
 #include "infonce_checks.h"
+#include "infonce_members.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -680,8 +681,8 @@ std::tuple<Tensor, Tensor> backward(const Prepared& in, const T* la, const T* lp
   return {dp, dk};
 }
 
-std::tuple<Tensor, Tensor, Tensor> infonce_cuda(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups,
-                                                double tau, double eps) {
+std::tuple<Tensor, Tensor, Tensor> infonce_cuda_one(const Tensor& p, const Tensor& k,
+                                                    const std::optional<Tensor>& groups, double tau, double eps) {
   check_inputs(p, k, groups, tau, eps);
   const c10::cuda::CUDAGuard guard(p.device());
   const int device = p.get_device();
@@ -699,9 +700,9 @@ std::tuple<Tensor, Tensor, Tensor> infonce_cuda(const Tensor& p, const Tensor& k
   return {loss, lse_all, lse_pos};
 }
 
-std::tuple<Tensor, Tensor> infonce_backward_cuda(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
-                                                 const std::optional<Tensor>& groups, const Tensor& lse_all,
-                                                 const Tensor& lse_pos, double tau, double eps) {
+std::tuple<Tensor, Tensor> infonce_backward_cuda_one(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
+                                                     const std::optional<Tensor>& groups, const Tensor& lse_all,
+                                                     const Tensor& lse_pos, double tau, double eps) {
   check_inputs(p, k, groups, tau, eps);
   const c10::cuda::CUDAGuard guard(p.device());
   const int device = p.get_device();
@@ -730,9 +731,9 @@ std::tuple<Tensor, Tensor> infonce_backward_cuda(const Tensor& grad_loss, const 
   return {dp, dk};
 }
 
-std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda(const Tensor& p, const Tensor& k,
-                                                          const std::optional<Tensor>& groups, double tau,
-                                                          double eps) {
+std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda_one(const Tensor& p, const Tensor& k,
+                                                              const std::optional<Tensor>& groups, double tau,
+                                                              double eps) {
   check_inputs(p, k, groups, tau, eps);
   const c10::cuda::CUDAGuard guard(p.device());
   const int device = p.get_device();
@@ -751,6 +752,29 @@ std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda(const Tensor& p, const
                                              p.scalar_type(), device, stream);
   });
   return {loss, dp, dk};
+}
+
+
+// Unstacked (p (B, d)) or member-stacked (p (M, B, d): csrc/infonce/infonce_members.h) entry points.
+std::tuple<Tensor, Tensor, Tensor> infonce_cuda(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups,
+                                                double tau, double eps) {
+  if (!infonce_members::stacked(p)) return infonce_cuda_one(p, k, groups, tau, eps);
+  return infonce_members::forward(infonce_cuda_one, p, k, groups, tau, eps);
+}
+
+std::tuple<Tensor, Tensor> infonce_backward_cuda(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
+                                                 const std::optional<Tensor>& groups, const Tensor& lse_all,
+                                                 const Tensor& lse_pos, double tau, double eps) {
+  if (!infonce_members::stacked(p))
+    return infonce_backward_cuda_one(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
+  return infonce_members::backward(infonce_backward_cuda_one, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
+}
+
+std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda(const Tensor& p, const Tensor& k,
+                                                          const std::optional<Tensor>& groups, double tau,
+                                                          double eps) {
+  if (!infonce_members::stacked(p)) return infonce_with_grad_cuda_one(p, k, groups, tau, eps);
+  return infonce_members::forward(infonce_with_grad_cuda_one, p, k, groups, tau, eps);
 }
 
 }  // namespace

@@ -615,3 +615,229 @@ class MCL(nn.Module):
         return (f"tau={self.tau}, create_graph={self.create_graph}, clip={self.clip}, "
                 f"multi_positive={self.multi_positive}, critic_input={self.critic_input!r}, "
                 f"contrast={self.contrast!r}")
+
+
+class StackedMCL(nn.Module):
+    """M independent MCL regularisers in one module, one per member of a stack of models (e.g. the seeds of
+    :class:`mclcore.models.vae.StackedVAE`): stacked parameters, one call of each native op for all members.
+
+    Built from M :class:`MCL` modules with the MLP critic (:meth:`from_members`), whose parameters it copies into
+    stacked tensors: member m starts exactly as ``members[m]`` and computes what ``members[m]`` would (float64:
+    equal to ~1e-15; float32: to rounding, the batched products sum in another order). Parameters, in the per-member
+    order of :class:`MCL` with a leading member axis: ``critic[l].weight`` (M, out_l, in_l), ``critic[l].bias``
+    (M, out_l), then per head (``Pi_g``, ``Pi_u``) ``<head>[i].weight`` / ``.bias`` for its LayerNorm (when built
+    with one; (M, in)) and its two linear layers ((M, out, in), (M, out)). Member m's slice of every parameter is
+    the same-numbered parameter of ``members[m]``.
+
+    ``forward(decoder_G, z, u, groups=None, u_key=None)``: ``decoder_G`` maps stacked (M, B, dz), (M, B, du) to
+    (M, B, ...) (e.g. ``StackedVAE.decode``); returns the (M,) losses, member m that of ``members[m]`` on
+    ``decoder_G``'s member m. Members never interact: the gradient of the sum is each member's own.
+    """
+
+    def __init__(self, members: int, *, dz: int, dx: int, du: int, du_key: int, critic_hidden: Sequence[int],
+                 activation: str, proj_dim: int, proj_layernorm: bool, tau: float, create_graph: bool,
+                 clip: float | None, multi_positive: bool, critic_input: str, contrast: str, eps: float,
+                 check_finite: bool, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if members < 1:
+            raise ValueError(f"members: expected at least 1, got {members}")
+        if critic_input not in CRITIC_INPUTS:
+            raise ValueError(f"critic_input: expected one of {CRITIC_INPUTS}, got {critic_input!r}")
+        if contrast not in CONTRASTS:
+            raise ValueError(f"contrast: expected one of {CONTRASTS}, got {contrast!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        M = int(members)
+        self.members, self.dz, self.dx, self.du = M, int(dz), int(dx), int(du)
+        dv = dz * ("z" in critic_input) + dx + du * ("u" in critic_input)
+        dims = [dv, *map(int, critic_hidden), 1]
+        self.critic = nn.ModuleList(_StackedAffine((M, b, a), dtype) for a, b in zip(dims[:-1], dims[1:]))
+        for name, din in (("Pi_g", dz), ("Pi_u", du_key)):
+            layers = [_StackedAffine((M, din), dtype)] if proj_layernorm else []
+            layers += [_StackedAffine((M, proj_dim, din), dtype), _StackedAffine((M, proj_dim, proj_dim), dtype)]
+            setattr(self, name, nn.ModuleList(layers))
+        self.activation, self.proj_layernorm = activation, bool(proj_layernorm)
+        self.tau = _check_tau(tau)
+        _check_clip(clip)
+        self.create_graph, self.clip, self.multi_positive, self.eps = create_graph, clip, multi_positive, eps
+        self.check_finite = bool(check_finite)
+        self.critic_input, self.contrast = critic_input, contrast
+        self._validated = False
+
+    @classmethod
+    def from_members(cls, members: Sequence["MCL"]) -> "StackedMCL":
+        """The stack of ``members`` (MCL modules with the MLP critic, built alike: same options and sizes), their
+        parameters copied (the first module is kept, unregistered, as the template of :meth:`member`)."""
+        members = list(members)
+        if not members:
+            raise ValueError("members: expected at least one MCL module")
+        first = members[0]
+        if not all(isinstance(m, MCL) and isinstance(m.critic, MLPCritic) for m in members):
+            raise ValueError("members: StackedMCL stacks MCL modules with the MLP critic (critic='mlp') only")
+        lin_g = [l for l in first.Pi_g.net if isinstance(l, nn.Linear)]
+        lin_u = [l for l in first.Pi_u.net if isinstance(l, nn.Linear)]
+        ln = isinstance(first.Pi_g.net[0], nn.LayerNorm)
+        dv = first.critic.in_dim
+        du_key = lin_u[0].in_features
+        dz = lin_g[0].in_features
+        dzc = dz if "z" in first.critic_input else 0
+        # The critic's width dv = dz_c + dx + du_c fixes the parameters; the split of dx and du_c (read here with
+        # du_c = the key width) only names them (forward checks the actual widths against the critic's).
+        du = du_key if "u" in first.critic_input else 0
+        dx = dv - dzc - du
+        out = cls(len(members), dz=dz, dx=dx, du=du, du_key=du_key,
+                  critic_hidden=[l.out_features for l in first.critic.layers[:-1]], activation=first.critic.activation,
+                  proj_dim=lin_g[-1].out_features, proj_layernorm=ln, tau=first.tau, create_graph=first.create_graph,
+                  clip=first.clip, multi_positive=first.multi_positive, critic_input=first.critic_input,
+                  contrast=first.contrast, eps=first.eps, check_finite=first.check_finite,
+                  dtype=first.critic.layers[0].weight.dtype)
+        opts = lambda m: (m.tau, m.create_graph, m.clip, m.multi_positive, m.critic_input, m.contrast, m.eps,  # noqa
+                          m.critic.activation, [tuple(p.shape) for p in m.parameters()])
+        if any(opts(m) != opts(first) for m in members):
+            raise ValueError("members: the MCL modules differ in options or sizes; StackedMCL stacks alike members")
+        with torch.no_grad():
+            for i, m in enumerate(members):
+                for mine, theirs in zip(out.parameters(), m.parameters()):
+                    mine[i].copy_(theirs)
+        out.__dict__["_template"] = members[0]  # a plain attribute, not a submodule: its parameters are not ours
+        return out
+
+    def member(self, m: int) -> "MCL":
+        """Member m as a plain :class:`MCL` module holding copies of its current parameters (detached: for
+        measurements such as :func:`mclcore.losses.diagnostics.readout`, not for training)."""
+        import copy
+
+        mcl = copy.deepcopy(self.__dict__["_template"])
+        with torch.no_grad():
+            for mine, theirs in zip(self.parameters(), mcl.parameters()):
+                theirs.copy_(mine[m])
+        return mcl
+
+    def _head(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Projection head ``name`` on (M, B, in) -> (M, B, proj_dim): [LayerNorm] -> Linear -> ReLU -> Linear."""
+        layers = list(getattr(self, name))
+        if self.proj_layernorm:
+            ln = layers.pop(0)
+            x = F.layer_norm(x, x.shape[-1:]) * ln.weight[:, None, :] + ln.bias[:, None, :]
+        x = torch.baddbmm(layers[0].bias[:, None, :], x, layers[0].weight.transpose(1, 2)).relu()
+        return torch.baddbmm(layers[1].bias[:, None, :], x, layers[1].weight.transpose(1, 2))
+
+    def forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
+                groups: torch.Tensor | None = None) -> torch.Tensor:
+        """(M,) MCL losses. z (M, B, dz), u (M, B, du), u_key (M, B, du_key) (default u), groups (M, B) ids."""
+        u_key = u if u_key is None else u_key
+        M = self.members
+        for name, t, width in (("z", z, self.dz), ("u", u, None), ("u_key", u_key, self.Pi_u[-2].weight.shape[-1])):
+            _checks.tensor(t, name, ndim=3, floating=name == "z")
+            if t.shape[0] != M or t.shape[1] != z.shape[1]:
+                raise ValueError(f"{name}: expected shape ({M}, {z.shape[1]}, ...) (members, batch, features), got "
+                                 f"{tuple(t.shape)}")
+            if width is not None and t.shape[2] != width:
+                raise ValueError(f"{name}: expected {width} features per sample, got {t.shape[2]}")
+        if z.shape[1] < 2:
+            raise ValueError(f"z: InfoNCE needs a batch of at least 2 samples, got batch size {z.shape[1]}")
+        if groups is not None and (not isinstance(groups, torch.Tensor) or groups.is_floating_point()
+                                   or tuple(groups.shape) != tuple(z.shape[:2])):
+            got = tuple(groups.shape) if isinstance(groups, torch.Tensor) else type(groups).__name__
+            raise ValueError(f"groups: expected an integer tensor of shape {tuple(z.shape[:2])}, got {got}")
+        if self.check_finite and _eager():
+            _checks.finite(z, "z")
+            if u.is_floating_point():
+                _checks.finite(u, "u")
+        zg = z if z.requires_grad else z.detach().requires_grad_(True)
+        x_hat = decoder_G(zg, u)                                                   # (M, B, dx)
+        if not isinstance(x_hat, torch.Tensor) or tuple(x_hat.shape[:2]) != tuple(z.shape[:2]):
+            got = tuple(x_hat.shape) if isinstance(x_hat, torch.Tensor) else type(x_hat).__name__
+            raise ValueError(f"decoder_G: expected a tensor of shape ({M}, {z.shape[1]}, ...), got {got}")
+        if not x_hat.requires_grad:
+            raise _no_grad_path(x_hat, "its output does not require grad")
+        z_in = zg if "z" in self.critic_input else zg.new_zeros(*zg.shape[:2], 0)
+        u_in = u if "u" in self.critic_input else u.new_zeros(*u.shape[:2], 0)
+        dzc, dx = z_in.shape[2], x_hat[0, 0].numel()
+        v = torch.cat([z_in, x_hat.flatten(2), u_in.flatten(2).to(x_hat.dtype)], dim=2)  # (M, B, dv)
+        weights, biases = [l.weight for l in self.critic], [l.bias for l in self.critic]
+        if v.shape[2] != weights[0].shape[2]:
+            raise ValueError(f"u: expected {weights[0].shape[2] - dzc - dx} features per sample (the "
+                             f"critic takes [z ({dzc}), x ({dx}), u]), got {u_in.flatten(2).shape[2]}")
+        gv = critic_grad(v.to(weights[0].dtype), weights, biases, self.activation)  # (M, B, dv)
+        gx = gv[:, :, dzc:dzc + dx]
+        (jtg,) = torch.autograd.grad(x_hat, zg, grad_outputs=gx.reshape(x_hat.shape).to(x_hat.dtype),
+                                     create_graph=self.create_graph, allow_unused=True)
+        if jtg is None:
+            raise _no_grad_path(x_hat, "no autograd path from z to x_hat")
+        if not self._validated and _eager() and not bool(jtg.flatten(1).any(1).all()):
+            raise ValueError("decoder_G: dG/dz is exactly zero on every sample of a member's batch (its output "
+                             "ignores z, or its activations are saturated at these inputs); MCL cannot reach the "
+                             "generator")
+        self._validated = True
+        g = jtg.flatten(2)                                                         # (M, B, dz)
+        if self.contrast == "total" and dzc:
+            g = g + gv[:, :, :dzc].to(g.dtype)
+        if not self.create_graph:
+            g = g.detach()
+        if self.clip:
+            g = g * (self.clip / g.norm(dim=2, keepdim=True).clamp_min(self.clip))
+        if groups is None and self.multi_positive:
+            groups = torch.stack([condition_groups(u_key[m]) for m in range(M)])
+        dtype = torch.promote_types(g.dtype, self.Pi_g[-1].weight.dtype)
+        with torch.autocast(device_type=g.device.type, enabled=False):
+            q = self._head("Pi_g", g.to(dtype))                                     # (M, B, d)
+            k = self._head("Pi_u", u_key.flatten(2).to(dtype))                      # (M, B, d)
+            return infonce(q, k, self.tau, groups=groups, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"members={self.members}, tau={self.tau}, create_graph={self.create_graph}, clip={self.clip}, "
+                f"multi_positive={self.multi_positive}, critic_input={self.critic_input!r}, "
+                f"contrast={self.contrast!r}")
+
+
+class _StackedAffine(nn.Module):
+    """M layers' ``weight`` (``shape``: (M, out, in) as nn.Linear's, or (M, n) for a LayerNorm) and ``bias`` (M, out),
+    zero-initialised (StackedMCL.from_members copies the members' values in)."""
+
+    def __init__(self, shape: tuple, dtype: torch.dtype):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(shape[:2], dtype=dtype))
+
+
+def stack_member_state(state: dict, old: str, new: str) -> None:
+    """In place: the state dicts of M :class:`MCL` modules under ``<old><m>.`` (e.g. the ``mcls.<m>.`` of a
+    ModuleList) become the state of their :class:`StackedMCL` under ``<new>`` (each tensor stacked over the members,
+    ``critic.layers.<l>.*`` -> ``critic.<l>.*``, ``<head>.net.<i>.*`` -> ``<head>.<j>.*`` with j counting the head's
+    parametrised layers). Nothing happens when no key starts with ``old``."""
+    keys = [k for k in state if k.startswith(old)]
+    if not keys:
+        return
+    M = 1 + max(int(k[len(old):].split(".", 1)[0]) for k in keys)
+    names = [k[len(f"{old}0."):] for k in keys if k.startswith(f"{old}0.")]
+    layers: dict = {}
+    for name in names:
+        group, _, layer, leaf = name.split(".")          # critic.layers.<l>.weight, Pi_g.net.<i>.bias, ...
+        seen = layers.setdefault(group, [])
+        if int(layer) not in seen:
+            seen.append(int(layer))
+        state[f"{new}{group}.{seen.index(int(layer))}.{leaf}"] = torch.stack([state.pop(f"{old}{m}.{name}")
+                                                                              for m in range(M)])
+
+
+def stack_member_optimizer_state(state_dict: dict, params: Sequence[torch.Tensor], n_mcl: int, members: int) -> dict:
+    """An optimiser state dict (one parameter group, e.g. Adam's) written for ``params[:-n_mcl]`` followed by M
+    per-member MCL modules' parameters, rewritten for ``params`` whose last ``n_mcl`` are a :class:`StackedMCL`'s
+    (in :class:`MCL`'s parameter order): each per-parameter tensor state (moments) stacked over the members, scalar
+    state (``step``) taken from member 0. Any other state dict comes back unchanged."""
+    groups = state_dict["param_groups"]
+    ids = groups[0]["params"] if len(groups) == 1 else []
+    nv, P, old = len(params) - n_mcl, n_mcl, state_dict["state"]
+    first = old.get(ids[nv]) if P and len(ids) > nv else None          # the first MCL parameter's state
+    per_member = (isinstance(first, dict) and torch.is_tensor(first.get("exp_avg"))
+                  and first["exp_avg"].shape != params[nv].shape)       # per-member moments lack the member axis
+    if not per_member or len(ids) != len(params) + (members - 1) * P:
+        return state_dict
+    state = {i: old[ids[i]] for i in range(nv) if ids[i] in old}
+    for j in range(P):
+        per = [old.get(ids[nv + m * P + j]) for m in range(members)]
+        if all(s is not None for s in per):
+            state[nv + j] = {k: torch.stack([s[k] for s in per]) if torch.is_tensor(v) and v.dim() else v
+                             for k, v in per[0].items()}
+    return {"state": state, "param_groups": [dict(groups[0], params=list(range(len(params))))]}

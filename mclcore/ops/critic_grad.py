@@ -18,7 +18,8 @@ ACTIVATIONS = ("gelu", "relu", "silu", "tanh", "softplus")
 
 
 def _workspace_numel(v, weights):
-    return 4 * v.shape[0] * sum(w.shape[0] for w in weights[:-1])
+    # rows = B, or M B for member-stacked inputs (v (M, B, dv), weights[l] (M, out_l, in_l))
+    return 4 * v.shape[:-1].numel() * sum(w.shape[-2] for w in weights[:-1])
 
 
 @torch.library.register_fake("mclcore::critic_grad")
@@ -75,6 +76,10 @@ def critic_grad(
         activation: one of ``gelu`` (the paper's default, exact erf form), ``relu``, ``silu``, ``tanh``,
             ``softplus`` (beta 1, threshold 20 as ``nn.Softplus``).
 
+    Member-stacked (M independent critics in one call, e.g. one per seed of a stack of models): ``v`` (M, B, dv),
+    ``weights[l]`` (M, out_l, in_l), ``biases[l]`` (M, out_l) give (M, B, dv), member m equal to the call on its
+    slices (the kernels loop over the members; one dispatch and one autograd node for all of them).
+
     Returns:
         (B, dv) ``grad_v c``; differentiable w.r.t. ``v``, ``weights`` and ``biases`` (exact second order).
         float16/bfloat16 inputs are computed in float32 and the result is returned in float32.
@@ -89,7 +94,9 @@ def critic_grad(
     float32 sums over the batch therefore depend on the thread count (as MKL's products already do), at rounding
     level.
     """
-    _checks.tensor(v, "v", ndim=2)
+    stacked = isinstance(v, torch.Tensor) and v.dim() == 3  # member-stacked; weights (M, out, in), biases (M, out)
+    _checks.tensor(v, "v", ndim=2 + stacked)
+    lead = (v.shape[0],) if stacked else ()
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
     weights, biases = list(weights), list(biases)
@@ -97,15 +104,16 @@ def critic_grad(
         raise ValueError(f"weights: expected at least 2 layers (one hidden layer and the output), got {len(weights)}")
     if len(biases) != len(weights):
         raise ValueError(f"biases: expected {len(weights)} tensors (one per layer), got {len(biases)}")
-    dim = v.shape[1]
+    dim = v.shape[-1]
     for i, (w, b) in enumerate(zip(weights, biases)):
-        _checks.tensor(w, f"weights[{i}]", ndim=2)
-        _checks.tensor(b, f"biases[{i}]", ndim=1)
-        if w.shape[1] != dim:
-            raise ValueError(f"weights[{i}]: expected {dim} input features, got shape {tuple(w.shape)}")
-        if b.shape[0] != w.shape[0]:
-            raise ValueError(f"biases[{i}]: expected shape ({w.shape[0]},), got {tuple(b.shape)}")
-        dim = w.shape[0]
+        _checks.tensor(w, f"weights[{i}]", ndim=2 + stacked)
+        _checks.tensor(b, f"biases[{i}]", ndim=1 + stacked)
+        if tuple(w.shape[:-2]) != lead or w.shape[-1] != dim:
+            want = f"({lead[0]}, out, {dim})" if stacked else f"{dim} input features"
+            raise ValueError(f"weights[{i}]: expected {want}, got shape {tuple(w.shape)}")
+        if tuple(b.shape) != (*lead, w.shape[-2]):
+            raise ValueError(f"biases[{i}]: expected shape {(*lead, w.shape[-2])}, got {tuple(b.shape)}")
+        dim = w.shape[-2]
     if dim != 1:
         raise ValueError(f"weights[-1]: the critic must output one scalar per sample, got {dim} outputs")
     dtype = torch.promote_types(v.dtype, weights[0].dtype)

@@ -29,8 +29,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _check_fake_inputs(p, k, op: str) -> None:
-    torch._check(p.dim() == 2 and k.dim() == 2, lambda: f"mclcore.{op}: p and k must be 2-D")
-    torch._check(p.shape[0] == k.shape[0] and p.shape[1] == k.shape[1],
+    # 2-D (B, d), or 3-D (M, B, d) member-stacked: every output gains the leading member axis.
+    torch._check(p.dim() in (2, 3) and k.dim() == p.dim(),
+                 lambda: f"mclcore.{op}: p and k must be 2-D (B, d) or 3-D (M, B, d) member-stacked")
+    torch._check(all(a == b for a, b in zip(p.shape, k.shape)),
                  lambda: f"mclcore.{op}: p and k must have the same shape")
     torch._check(k.dtype == p.dtype, lambda: f"mclcore.{op}: p and k must have the same dtype")
 
@@ -39,9 +41,9 @@ def _check_fake_inputs(p, k, op: str) -> None:
 def _infonce_fake(p, k, groups, tau, eps):
     _check_fake_inputs(p, k, "infonce")
     ct = _compute_dtype(p.dtype)
-    B = p.shape[0]
-    # The C++ kernel returns fresh contiguous tensors: a 0-dim loss and two (B,) row statistics.
-    return p.new_empty((), dtype=ct), p.new_empty((B,), dtype=ct), p.new_empty((B,), dtype=ct)
+    rows = p.shape[:-1]  # (B,), or (M, B) member-stacked
+    # The C++ kernel returns fresh contiguous tensors: a 0-dim (or (M,)) loss and two (B,) (or (M, B)) row statistics.
+    return p.new_empty(p.shape[:-2], dtype=ct), p.new_empty(rows, dtype=ct), p.new_empty(rows, dtype=ct)
 
 
 @torch.library.register_fake("mclcore::infonce_backward")
@@ -83,7 +85,7 @@ for _op in ("infonce", "infonce_backward", "infonce_with_grad"):
 def _infonce_with_grad_fake(p, k, groups, tau, eps):
     _check_fake_inputs(p, k, "infonce_with_grad")
     # A 0-dim loss in the compute dtype; dp, dk contiguous in the input dtype (new_empty, as the kernel returns).
-    return p.new_empty((), dtype=_compute_dtype(p.dtype)), p.new_empty(p.shape), k.new_empty(k.shape)
+    return p.new_empty(p.shape[:-2], dtype=_compute_dtype(p.dtype)), p.new_empty(p.shape), k.new_empty(k.shape)
 
 
 def _setup_context_with_grad(ctx, inputs, output):
@@ -97,8 +99,9 @@ def _setup_context_with_grad(ctx, inputs, output):
 
 
 def _scaled(grad_loss, g):
-    # grad_loss is 0-dim, so the product keeps the dtype of g (the input's) unless type promotion says otherwise.
-    out = grad_loss * g
+    # grad_loss is 0-dim (or (M,) member-stacked: one per member, broadcast over that member's (B, d)), so the
+    # product keeps the dtype of g (the input's) unless type promotion says otherwise.
+    out = (grad_loss if grad_loss.dim() == 0 else grad_loss[:, None, None]) * g
     return out if out.dtype == g.dtype else out.to(g.dtype)
 
 
@@ -119,13 +122,16 @@ torch.library.register_autograd("mclcore::infonce_with_grad", _backward_with_gra
                                 setup_context=_setup_context_with_grad)
 
 
-def _check_groups(groups, B: int, device: torch.device) -> torch.Tensor:
+def _check_groups(groups, rows: tuple, device: torch.device) -> torch.Tensor:
+    def shape() -> str:  # "(B,)" or "(M, B)"; built only for a message (str of symbolic sizes does not trace)
+        return "(" + ", ".join(map(str, rows)) + ("," if len(rows) == 1 else "") + ")"
+
     if not isinstance(groups, torch.Tensor):
-        raise TypeError(f"groups: expected a ({B},) integer tensor of condition ids, got {type(groups).__name__}")
+        raise TypeError(f"groups: expected a {shape()} integer tensor of condition ids, got {type(groups).__name__}")
     if groups.dtype.is_floating_point or groups.dtype.is_complex or groups.dtype == torch.bool:
         raise TypeError(f"groups: expected an integer dtype (condition ids, int64 preferred), got {groups.dtype}")
-    if groups.dim() != 1 or groups.shape[0] != B:
-        raise ValueError(f"groups: expected shape ({B},), one id per row of p, got {tuple(groups.shape)}")
+    if groups.dim() != len(rows) or any(a != b for a, b in zip(groups.shape, rows)):
+        raise ValueError(f"groups: expected shape {shape()}, one id per row of p, got {tuple(groups.shape)}")
     if groups.device != device:
         raise ValueError(f"groups: expected a tensor on {device} (the device of p), got {groups.device}")
     return groups.to(torch.int64)
@@ -167,8 +173,12 @@ def infonce(
         groups: optional (B,) integer condition ids (converted to int64) for the multi-positive mode.
         eps: rows with norm <= eps are divided by eps instead of their norm (no division by zero).
 
+    Member-stacked (M independent losses in one call, e.g. one per seed of a stack of models): ``p``, ``k``
+    (M, B, d) and ``groups`` (M, B) give an (M,) loss, member m equal to the call on its slices (the kernels loop
+    over the members; one dispatch and one autograd node for all of them).
+
     Returns:
-        0-dim loss tensor, float64 for float64 inputs and float32 otherwise. Differentiable w.r.t. ``p`` and
+        0-dim loss tensor ((M,) member-stacked), float64 for float64 inputs and float32 otherwise. Differentiable w.r.t. ``p`` and
         ``k``; gradients come back in their dtypes.
 
     Precision. On the CPU (and with the CUDA C++ backend) float16 / bfloat16 inputs are computed in float32. With
@@ -191,8 +201,9 @@ def infonce(
     inf row makes the loss NaN (``MCLCORE_TRITON_CHECK_FINITE=1`` restores the ValueError at one synchronisation per
     call); the CUDA C++ backend still checks, with a synchronisation, unless ``MCLCORE_CUDA_CHECK_FINITE=0``.
     """
-    _checks.tensor(p, "p", ndim=2)
-    _checks.tensor(k, "k", ndim=2)
+    stacked = isinstance(p, torch.Tensor) and p.dim() == 3  # member-stacked: p, k (M, B, d), groups (M, B)
+    _checks.tensor(p, "p", ndim=2 + stacked)
+    _checks.tensor(k, "k", ndim=2 + stacked)
     if p.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"p: expected float16, bfloat16, float32 or float64, got {p.dtype}")
     if k.dtype != p.dtype:
@@ -201,13 +212,15 @@ def infonce(
         raise ValueError(f"k: expected the shape of p {tuple(p.shape)}, got {tuple(k.shape)}")
     if k.device != p.device:
         raise ValueError(f"k: expected a tensor on {p.device} (the device of p), got {k.device}")
-    B, d = p.shape
+    B, d = p.shape[-2:]
     if B < 2:
         raise ValueError(f"p: expected a batch of at least 2 rows (in-batch negatives), got shape {tuple(p.shape)}")
     if d < 1:
         raise ValueError(f"p: expected at least 1 feature column, got shape {tuple(p.shape)}")
+    if stacked and p.shape[0] < 1:
+        raise ValueError(f"p: expected at least one member (M >= 1), got shape {tuple(p.shape)}")
     if groups is not None:
-        groups = _check_groups(groups, B, p.device)
+        groups = _check_groups(groups, tuple(p.shape[:-1]), p.device)
     if torch.compiler.is_compiling():
         # Under torch.compile(dynamic=True) tau and eps can be symbolic floats, which math.isfinite cannot take, and
         # a data-dependent finiteness test would break the graph: check what traces; the kernel's TORCH_CHECKs

@@ -170,6 +170,52 @@ def _check_infonce_matches_cpu_op():
         assert a.dtype == b.dtype and a.shape == b.shape
 
 
+def _check_infonce_stacked_matches_cpu_op():
+    # Member-stacked inputs (M = 3, mclcore/ops/_members.py): the launchers' member loop returns the C++ op's stacked
+    # outputs (shapes (M,), (M, B), (M, B, d)), float64, multi-positive and diagonal, non-contiguous p.
+    tk = _tk()
+    for n_groups in (3, None):
+        ms = [_make(17, 5, torch.float64, 30 + m, n_groups) for m in range(3)]
+        p, k = torch.stack([x[0] for x in ms]), torch.stack([x[1] for x in ms])
+        p = p.transpose(1, 2).contiguous().transpose(1, 2)
+        groups = None if n_groups is None else torch.stack([x[2] for x in ms])
+        tol = dict(rtol=1e-10, atol=1e-12)
+        fwd = tk.infonce(p, k, groups, 0.2, 1e-12, **TILES)
+        for a, b in zip(fwd, torch.ops.mclcore.infonce(p, k, groups, 0.2, 1e-12)):
+            torch.testing.assert_close(a, b, **tol)
+            assert a.dtype == b.dtype and a.shape == b.shape
+        for a, b in zip(tk.infonce_with_grad(p, k, groups, 0.2, 1e-12, **TILES),
+                        torch.ops.mclcore.infonce_with_grad(p, k, groups, 0.2, 1e-12)):
+            torch.testing.assert_close(a, b, **tol)
+            assert a.dtype == b.dtype and a.shape == b.shape
+        g = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+        for a, b in zip(tk.infonce_backward(g, p, k, groups, fwd[1], fwd[2], 0.2, 1e-12, **TILES),
+                        torch.ops.mclcore.infonce_backward(g, p, k, groups, fwd[1], fwd[2], 0.2, 1e-12)):
+            torch.testing.assert_close(a, b, **tol)
+            assert a.shape == b.shape
+
+
+def _check_critic_stacked_matches_cpu_op():
+    # Member-stacked critic (M = 3): v (M, B, dv), weights (M, out, in); forward, workspace and backward as the C++ op.
+    tk = _tk()
+    cases = [_critic_params(torch.float64, seed=40 + m) for m in range(3)]
+    v = torch.stack([c[0] for c in cases])
+    ws = [torch.stack([c[1][l] for c in cases]) for l in range(len(cases[0][1]))]
+    bs = [torch.stack([c[2][l] for c in cases]) for l in range(len(cases[0][2]))]
+    G = torch.stack([c[3] for c in cases])
+    tol = dict(rtol=1e-10, atol=1e-10)
+    out, saved = tk.critic_grad(v, ws, bs, "gelu")
+    cpu_out, cpu_saved = torch.ops.mclcore.critic_grad(v, ws, bs, "gelu")
+    assert out.shape == cpu_out.shape and saved.shape == cpu_saved.shape
+    torch.testing.assert_close(out, cpu_out, **tol)
+    torch.testing.assert_close(saved, cpu_saved, **tol)
+    got = tk.critic_grad_backward(G, v, ws, bs, saved, "gelu")
+    want = torch.ops.mclcore.critic_grad_backward(G, v, ws, bs, cpu_saved, "gelu")
+    for a, b in zip([got[0], *got[1], *got[2]], [want[0], *want[1], *want[2]]):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
 def _check_infonce_nonfinite():
     # Opt-in check (one host synchronisation): MCLCORE_TRITON_CHECK_FINITE=1 raises as the C++ op does.
     tk = _tk()
@@ -358,6 +404,8 @@ CHECKS = {
                                                             floors=False),
     "infonce-f16-2x-default-tiles-B100": lambda: _check_infonce(100, 32, torch.float16, None, 23, tiles={},
                                                                floors=False),
+    "infonce-stacked-matches-cpu-op": _check_infonce_stacked_matches_cpu_op,
+    "critic-stacked-matches-cpu-op": _check_critic_stacked_matches_cpu_op,
     "infonce-nonfinite": _check_infonce_nonfinite,
     "infonce-nonfinite-is-nan": _check_infonce_nonfinite_is_nan,
     "infonce-bad-arguments": _check_infonce_bad_arguments,

@@ -73,6 +73,37 @@ def test_batched_seeds_equal_one_by_one(model):
         assert batched[0]["mcl_loss"] != batched[1]["mcl_loss"]
 
 
+def test_stacked_mcl_equals_the_per_member_loop(monkeypatch):
+    # The trainer's StackedMCL (one call of each op for all members) against its former path, a loop over per-member
+    # MCL modules (members.STACK_MCL = False): the same initialisation, the same numbers to float32 rounding.
+    from mclcore.studies.synthetic import members as members_module
+
+    cfg = tiny(model="mdvae_mcl")
+    stacked = train(cfg, [0, 1, 0], [0.5, 0.05, 0.5])
+    monkeypatch.setattr(members_module, "STACK_MCL", False)
+    loop = train(cfg, [0, 1, 0], [0.5, 0.05, 0.5])
+    for rs, rl in zip(stacked, loop):
+        for k in ("mcc", "neg_elbo", "rec", "kl", "mcl_loss"):
+            assert rs[k] == pytest.approx(rl[k], rel=1e-5, abs=1e-6), k
+
+
+def test_checkpoint_of_per_member_mcl_modules_resumes_stacked(tmp_path, monkeypatch):
+    # A checkpoint written with one MCL module per member (mcls.<m>.* weights, per-member Adam moments: the layout
+    # before the stacked MCL) resumes with the stacked MCL, which stacks its weights and moments on load.
+    from mclcore.studies.synthetic import members as members_module
+
+    cfg = tiny(model="mdvae_mcl", epochs=3)
+    ref = train(cfg, [0, 1])
+    ck = str(tmp_path / "unit.pt")
+    monkeypatch.setattr(members_module, "STACK_MCL", False)
+    _killed_after_epoch(cfg, ck, 2)
+    assert any(k.startswith("mcls.1.") for k in torch.load(ck, weights_only=False)["model"])
+    monkeypatch.setattr(members_module, "STACK_MCL", True)
+    for rr, rs in zip(ref, train(cfg, [0, 1], checkpoint=ck)):
+        for k in ("mcc", "neg_elbo", "mcl_loss"):
+            assert rr[k] == pytest.approx(rs[k], rel=1e-5, abs=1e-6), k
+
+
 @pytest.mark.parametrize("process", ["gmd", "lrd"])
 def test_ceiling_collapse_and_snr_in_every_row(process):
     rows = train(tiny(model="betavae", process=process), [0, 1])

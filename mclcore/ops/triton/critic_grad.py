@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mclcore.ops import _members
 from mclcore.ops.triton._act import sigmoid_pair, softplus, tanh
 from mclcore.ops.triton._launch import device_guard
 
@@ -148,7 +149,10 @@ def _views(saved, B, weights):
 
 
 def critic_grad(v, weights, biases, activation):
-    """mclcore::critic_grad: (grad_v c (B, dv) contiguous, saved workspace (4 B sum(n_l),))."""
+    """mclcore::critic_grad: (grad_v c (B, dv) contiguous, saved workspace (4 B sum(n_l),)); member-stacked v
+    (M, B, dv) runs member by member (mclcore/ops/_members.py)."""
+    if v.dim() == 3:
+        return _members.critic_grad(critic_grad, v, weights, biases, activation)
     _check_inputs(v, weights, biases, activation)
     with device_guard(v):
         return _critic_grad(v, weights, biases, activation)
@@ -175,7 +179,10 @@ def _critic_grad(v, weights, biases, activation):
 
 
 def critic_grad_backward(grad_out, v, weights, biases, saved, activation):
-    """mclcore::critic_grad_backward: (dL/dv (B, dv), [dL/dW_l], [dL/db_l]) given G = dL/d(grad_v c)."""
+    """mclcore::critic_grad_backward: (dL/dv (B, dv), [dL/dW_l], [dL/db_l]) given G = dL/d(grad_v c); member-stacked
+    v (M, B, dv) runs member by member."""
+    if v.dim() == 3:
+        return _members.critic_grad_backward(critic_grad_backward, grad_out, v, weights, biases, saved, activation)
     _check_inputs(v, weights, biases, activation)
     if tuple(grad_out.shape) != tuple(v.shape):
         raise RuntimeError(f"critic_grad_backward: grad_out must be {list(v.shape)}, got {list(grad_out.shape)}")

@@ -79,6 +79,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mclcore.ops import _members
 from mclcore.ops.triton._launch import (capturing, check_finite_enabled, device_guard, f64,
                                         fp32_dot_precision)
 
@@ -464,7 +465,10 @@ def _begin(p, k, groups, tau, eps):
 
 
 def infonce(p, k, groups, tau, eps, *, block_m=None, block_n=None):
-    """mclcore::infonce: (loss (), lse_all (B,), lse_pos (B,)) in the compute dtype (float64 or float32)."""
+    """mclcore::infonce: (loss (), lse_all (B,), lse_pos (B,)) in the compute dtype (float64 or float32); member-stacked
+    p, k (M, B, d) run member by member (mclcore/ops/_members.py)."""
+    if p.dim() == 3:
+        return _members.infonce(infonce, p, k, groups, tau, eps, block_m=block_m, block_n=block_n)
     with device_guard(p):
         prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
         lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
@@ -472,7 +476,11 @@ def infonce(p, k, groups, tau, eps, *, block_m=None, block_n=None):
 
 
 def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, *, block_m=None, block_n=None):
-    """mclcore::infonce_backward: (dp, dk), contiguous, in the dtypes of p and k."""
+    """mclcore::infonce_backward: (dp, dk), contiguous, in the dtypes of p and k; member-stacked p, k (M, B, d) with
+    grad_loss (M,) run member by member."""
+    if p.dim() == 3:
+        return _members.infonce_backward(infonce_backward, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps,
+                                         block_m=block_m, block_n=block_n)
     with device_guard(p):
         prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
         if grad_loss.numel() != 1:
@@ -492,7 +500,10 @@ def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, *, blo
 
 
 def infonce_with_grad(p, k, groups, tau, eps, *, block_m=None, block_n=None):
-    """mclcore::infonce_with_grad: (loss, dp, dk) for an upstream gradient of 1, one normalisation pass."""
+    """mclcore::infonce_with_grad: (loss, dp, dk) for an upstream gradient of 1, one normalisation pass; member-stacked
+    p, k (M, B, d) run member by member."""
+    if p.dim() == 3:
+        return _members.infonce(infonce_with_grad, p, k, groups, tau, eps, block_m=block_m, block_n=block_n)
     with device_guard(p):
         prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
         lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)

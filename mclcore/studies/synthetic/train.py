@@ -11,13 +11,9 @@ members share the stack. Objective per member (paper Eq. 1 and §4.2)::
     L = -ELBO(x, u) + lambda_mcl * L_MCL(G, z, u)    mdvae_mcl: mclcore.MCL on the MD-VAE decoder G(z, u),
                                                       z the encoder's reparameterised sample
 
-**MCL under stacking.** The MCL ops (``torch.ops.mclcore.critic_grad``, ``infonce``) are custom ops without vmap
-rules, and the critic MLP is a single network per call. We therefore run the MCL term *per member inside the
-batched step*: the ELBO of all members is one batched computation, then a loop adds each member's MCL loss, with
-its own :class:`mclcore.MCL` module (critic and heads) applied to that member's decoder (``decoder_member(m)``:
-views of the stacked weights, so the gradients land in the stack). The critic's second-order pass is
-compute-bound (~16 ms per member-step at dz = 5, B = 256, 1 thread, vs ~1 ms per member-step for the batched
-ELBO with 10 members; 2-core AMD EPYC VM, 2026-11, benchmarks/bench_synthetic.py), so the loop costs little.
+**MCL under stacking.** Each member's MCL regulariser is its own :class:`mclcore.MCL` module at initialisation;
+the members' modules run stacked (:class:`mclcore.losses.mcl.StackedMCL`: one call of each native op for the
+whole stack, on the batched decoder), with the numbers of a loop over them (mclcore/studies/synthetic/members.py).
 """
 from __future__ import annotations
 
@@ -33,6 +29,7 @@ from mclcore.data.synthetic import derive_seed, make_dataset
 from mclcore.losses.diagnostics import MCLWeight, gradient_norms, readout
 from mclcore.models.vae import StackedVAE
 from mclcore.studies.synthetic.config import MODELS, TrainConfig
+from mclcore.studies.synthetic.members import Members
 from mclcore.train import loop
 
 __all__ = ["MODELS", "TrainConfig", "train", "load_checkpoint", "MCL_OPS"]
@@ -60,14 +57,6 @@ def _dataset(cfg_items: tuple, seed: int):
 _DATA_KEYS = ("process", "dz", "n_alphabet", "n", "du", "noise_var", "mixing", "test_frac", "lrd_mean_bound",
               "lrd_std_low", "lrd_std_high", "modulation_range", "shift_scale")
 ACTIVE_KL = 0.01        # nats: a latent dimension whose mean KL on the evaluation split exceeds it is active
-
-
-class Members(torch.nn.Module):
-    """M stacked VAEs and (MD-VAE+MCL) one MCL module per member."""
-
-    def __init__(self, vae: StackedVAE, mcls: torch.nn.ModuleList):
-        super().__init__()
-        self.vae, self.mcls = vae, mcls
 
 
 @dataclass
@@ -108,13 +97,11 @@ class StackedStudy:
                          [derive_seed(s, _INIT) for s in self.seeds], hidden=cfg.hidden or None, slope=cfg.slope,
                          beta=cfg.beta if cfg.model == "betavae" else 1.0, decoder_var=cfg.decoder_var,
                          learn_decoder_var=cfg.decoder_var_learned)
-        mcls = torch.nn.ModuleList()
-        if cfg.model == "mdvae_mcl":
-            for s in self.seeds:
-                with torch.random.fork_rng(devices=[]):                 # MCL draws its init from the global RNG
-                    torch.manual_seed(derive_seed(s, _MCL_INIT))
-                    mcls.append(mclcore.MCL.from_config(cfg.mcl, z_dim=cfg.dz, x_dim=dx, u_dim=cfg.du))
-        return Members(vae, mcls)
+        def make_mcl(m: int):
+            with torch.random.fork_rng(devices=[]):                     # MCL draws its init from the global RNG
+                torch.manual_seed(derive_seed(self.seeds[m], _MCL_INIT))
+                return mclcore.MCL.from_config(cfg.mcl, z_dim=cfg.dz, x_dim=dx, u_dim=cfg.du)
+        return Members.build(vae, make_mcl if cfg.model == "mdvae_mcl" else None)
 
     def phases(self, cfg: TrainConfig) -> list[tuple[str, int]]:
         return [("train", cfg.epochs * math.ceil(cfg.splits()[0] / cfg.batch_size))]
@@ -139,8 +126,7 @@ class StackedStudy:
         return list(model.parameters())
 
     def optimizers(self, model: Members, cfg: TrainConfig, phase: str, params) -> tuple[list, list]:
-        # Adam is elementwise: one optimiser over the stacked tensors = M independent Adams.
-        return [torch.optim.Adam(params, lr=cfg.lr)], []
+        return [model.adam(params, cfg.lr)], []                          # M independent Adams (elementwise)
 
     def train_step(self, model: Members, cfg: TrainConfig, phase: str, step: int, d: StackData, ctx) -> dict:
         M, B, dz = len(self.seeds), cfg.batch_size, cfg.dz
@@ -155,10 +141,9 @@ class StackedStudy:
         eps = torch.stack([torch.randn(b, dz, generator=g) for g in d.rngs]).to(d.X.device)  # (M, b, dz)
         out = model.vae(x, u, eps)                                              # per member (M,)
         loss = out["loss"]                                                      # (M,) -ELBO
-        if len(model.mcls):
-            gids = d.UI[d.data_of[:, None], idx] if cfg.mcl.multi_positive else [None] * M   # (M, b)
-            l_mcl = torch.stack([model.mcls[m](model.vae.decoder_member(m), out["z"][m], u[m], groups=gids[m])
-                                 for m in range(M)])                            # (M,)
+        if model.has_mcl:
+            gids = d.UI[d.data_of[:, None], idx] if cfg.mcl.multi_positive else None       # (M, b)
+            l_mcl = model.mcl_losses(out["z"], u, gids)                         # (M,)
             every = cfg.mcl.diagnose_every
             if d.weight.due(step) or (every and step % every == 0):
                 self._diagnose(model, cfg, step, d, out, u, gids, l_mcl)
@@ -186,8 +171,8 @@ class StackedStudy:
         norms = d.weight.update(l_mcl.sum(), out["loss"].sum(), params, members=M) \
             if d.weight.weighting == "relative" else gradient_norms(l_mcl.sum(), out["loss"].sum(), params, members=M)
         w = d.weight.weight().double().cpu()
-        reads = [readout(model.mcls[m], model.vae.decoder_member(m), out["z"][m], u[m],
-                         groups=gids[m] if gids[m] is not None else None) for m in range(M)]
+        reads = [readout(model.mcl_member(m), model.vae.decoder_member(m), out["z"][m], u[m],
+                         groups=None if gids is None else gids[m]) for m in range(M)]
         rec = {"step": step, "weight": w.tolist(), "mcl": l_mcl.detach().double().cpu().tolist(),
                "grad_ratio": (w * norms["ratio"].cpu()).tolist()}            # |grad w L_MCL| / |grad -ELBO|
         for k in ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share"):
