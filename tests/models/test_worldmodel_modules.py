@@ -1,5 +1,6 @@
 """World-model modules (mclcore.models.worldmodel): shapes, the KL term, the gradient-reversal sign, flow matching,
 MCL reaching the intended parameters, the Wan adapter with a tiny config, and input errors."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +9,7 @@ from mclcore.losses.mcl import MCLConfig
 from mclcore.models.worldmodel import (ActionInterface, EmbodimentClassifier, ForwardDynamics, FrameAutoencoder,
                                        InverseDynamics, WorldModel, flow_matching_pair, grad_reverse,
                                        kl_standard_normal, sample_flow)
+from mclcore.models.worldmodel.modules import kl_per_dim
 
 LAT = (4, 16, 16)
 
@@ -66,6 +68,41 @@ def test_kl_term_known_values():
     # per dim: 0.5 * (mu^2 + s^2 - log s^2 - 1) = 0.5 * (4 + 0.5 + log 2 - 1)
     expected = 3 * 0.5 * (4 + 0.5 + torch.log(torch.tensor(2.0)).item() - 1)
     assert float(kl_standard_normal(mu, logvar)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_free_bits_values_and_gradient():
+    """Free bits: sum_d max(KL_d, floor) with KL_d the batch mean; 0 = the plain KL; no gradient below the floor."""
+    mu = torch.tensor([[2.0, 0.1, 0.0], [2.0, -0.1, 0.0]], requires_grad=True)
+    logvar = torch.zeros(2, 3)
+    per = kl_per_dim(mu, logvar)
+    assert per.tolist() == pytest.approx([2.0, 0.005, 0.0])
+    assert float(kl_standard_normal(mu, logvar, 0.0)) == pytest.approx(float(per.sum()))
+    kl = kl_standard_normal(mu, logvar, 0.5)
+    assert float(kl) == pytest.approx(2.0 + 0.5 + 0.5)
+    kl.backward()
+    assert mu.grad[:, 0].abs().min() > 0 and float(mu.grad[:, 1:].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="free_bits"):
+        kl_standard_normal(mu, logvar, -0.1)
+
+
+def test_kl_free_bits_keep_every_dimension_above_the_floor():
+    """A posterior that only the KL term trains: the plain KL drives every dimension to the prior (KL_d -> 0), free
+    bits stop each dimension at the floor (within the step size)."""
+    floor = 0.3
+    results = {}
+    for fb in (0.0, floor):
+        torch.manual_seed(0)
+        mu = torch.nn.Parameter(torch.randn(64, 4) * 2)
+        logvar = torch.nn.Parameter(torch.full((64, 4), -2.0))
+        opt = torch.optim.SGD([mu, logvar], lr=10.0)      # (Adam's momentum would coast past the floor)
+        for _ in range(200):
+            opt.zero_grad()
+            kl_standard_normal(mu, logvar, fb).backward()
+            opt.step()
+        results[fb] = kl_per_dim(mu, logvar).detach()
+    assert float(results[0.0].max()) < 0.01                         # collapsed
+    assert float(results[floor].min()) > floor - 0.05                # held at the floor (one step's overshoot)
+    assert float(results[floor].max()) < floor + 0.05
 
 
 def test_gradient_reversal_sign():
@@ -211,3 +248,110 @@ def test_wan_adapter_errors():
     z = torch.randn(2, *LAT)
     with pytest.raises(ValueError, match="cond"):
         wan(z, torch.rand(2), z, torch.randn(2, 7))
+
+
+def test_ridge_probe_recovers_a_known_r2():
+    """y = x w + noise with Var(x w) = 4 and Var(noise) = 1: R^2 = 0.8 per target; features unrelated to y: R^2 ~ 0."""
+    from mclcore.studies.worldmodel.latent_probe import ridge_probe
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6000, 5))
+    w = np.zeros((5, 2))
+    w[0, 0], w[1, 1], w[2, 1] = 2.0, 2.0 * np.sqrt(0.5), 2.0 * np.sqrt(0.5)     # Var(x w) = 4 per column
+    y = x @ w + rng.normal(size=(6000, 2))
+    res = ridge_probe(x[:4000], y[:4000], x[4000:], y[4000:])
+    assert res["r2"] == pytest.approx(0.8, abs=0.02) and len(res["r2_per_dim"]) == 2
+    assert (res["n_train"], res["n_eval"]) == (4000, 2000)
+    junk = ridge_probe(rng.normal(size=(4000, 5)), y[:4000], rng.normal(size=(2000, 5)), y[4000:])
+    assert abs(junk["r2"]) < 0.02
+    with pytest.raises(ValueError, match="alpha"):
+        ridge_probe(x[:10], y[:10], x[10:20], y[10:20], alpha=-1)
+    with pytest.raises(ValueError, match="x_train"):
+        ridge_probe(x[:10, 0], y[:10], x[10:20], y[10:20])
+
+
+def test_latent_action_probe_on_a_lacg_model():
+    """The probe reads the IDM mean of every transition; ACG (no IDM) is refused."""
+    from mclcore.studies.worldmodel.data import Episodes
+    from mclcore.studies.worldmodel.latent_probe import latent_action_probe
+
+    rng = np.random.default_rng(0)
+
+    def eps(n):
+        return Episodes(rng.integers(0, 256, (n, 4, 64, 64, 3), dtype=np.uint8),
+                        rng.normal(size=(n, 3, 4)).astype(np.float32), np.zeros((n, 4, 11), np.float32),
+                        np.zeros(n, np.int64), np.zeros(n, np.int64))
+    res = latent_action_probe(small_model("lacg", mcl=False), eps(6), eps(3))
+    assert {"r2", "r2_per_dim", "r2_displacement", "kl_per_dim", "kl_total", "n_train", "n_eval"} <= set(res)
+    assert (res["n_train"], res["n_eval"], len(res["kl_per_dim"]), len(res["r2_per_dim"])) == (18, 9, 6, 4)
+    with pytest.raises(ValueError, match="LACG"):
+        latent_action_probe(small_model("acg", mcl=False), eps(2), eps(2))
+
+
+@pytest.mark.parametrize("variant", ["acg", "lacg"])
+def test_self_context_feeds_the_models_own_prediction(variant):
+    """``self_context``: where ``use``, the context is the model's one-step prediction of frame t from frame t-1 (no
+    gradient through it); the loss changes with the mask and stays finite; free bits reach the KL (LACG)."""
+    model = small_model(variant, mcl=False)
+    v_t, v_n, a, e = batch()
+    v_prev = torch.randn_like(v_t)
+    out = {}
+    for name, use in (("none", torch.zeros(6, dtype=torch.bool)), ("all", torch.ones(6, dtype=torch.bool))):
+        g = torch.Generator().manual_seed(1)
+        out[name] = model.losses(v_t, v_n, a, e, self_context=(v_prev, a, use), kl_free_bits=0.5, generator=g)
+        assert torch.isfinite(out[name]["loss"])
+    assert float(out["none"]["flow"]) != float(out["all"]["flow"])
+    out["all"]["loss"].backward()
+    assert all(p.grad is not None for p in model.fdm.parameters() if p.requires_grad)
+    if variant == "lacg":
+        assert float(out["all"]["kl"]) >= 0.5 * model.latent_action_dim - 1e-6 and "kl_raw" in out["all"]
+
+
+def test_new_config_fields_are_validated_by_name():
+    from mclcore.studies.worldmodel.config import PRESETS, build_config
+    from mclcore.train.config import apply_overrides
+
+    for key, bad in (("dynamics.kl_free_bits", "-0.1"), ("dynamics.self_context", "1.5"),
+                     ("dynamics.self_context", "-0.2"), ("model.idm_logvar_init", "-20"),
+                     ("model.idm_inputs", "pixels")):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            apply_overrides(build_config("lacg", False, "cpu-smoke"), [f"{key}={bad}"]).validate()
+    cfg = build_config("lacg", False, "cpu-smoke")
+    assert (cfg.dynamics.kl_free_bits, cfg.dynamics.self_context) == (0.0, 0.0)      # defaults: the old objective
+    assert (cfg.model.idm_logvar_init, cfg.model.idm_norm, cfg.model.idm_inputs) == (None, False, "frames")
+    assert "cpu" in PRESETS
+    build_config("lacg", True, "cpu").validate()
+
+
+def test_idm_options_norm_logvar_init_and_delta_inputs():
+    """``logvar_init`` sets the initial log-variance; ``norm`` gives the mean unit spread over a batch (train mode);
+    ``inputs="delta"`` reads only the scaled change (identical frames -> the same output whatever the scene);
+    the world model keeps the IDM's scale equal to its own, also after loading a state dict (not saved twice)."""
+    torch.manual_seed(0)
+    v_t, v_n = torch.randn(16, *LAT), torch.randn(16, *LAT)
+    idm = InverseDynamics(4, 6, ch=8, hidden=16, logvar_init=-6.0)
+    assert torch.allclose(idm(v_t, v_n, sample=False)[2], torch.full((16, 6), -6.0), atol=0.5)
+    torch.manual_seed(0)
+    plain = InverseDynamics(4, 6, ch=8, hidden=16).train()
+    torch.manual_seed(0)
+    idm = InverseDynamics(4, 6, ch=8, hidden=16, norm=True).train()
+    spread_plain = plain(v_t, v_n, sample=False)[1].std(0, unbiased=False)
+    spread = idm(v_t, v_n, sample=False)[1].std(0, unbiased=False)   # <= 1: BatchNorm's eps against a tiny variance
+    assert float(spread.min()) > 0.3 and float(spread.max()) <= 1.0 + 1e-4 and float(spread_plain.max()) < 0.1
+    idm = InverseDynamics(4, 6, ch=8, hidden=16, inputs="delta").eval()
+    assert torch.equal(idm(v_t, v_t, sample=False)[1], idm(v_n, v_n, sample=False)[1])
+    with pytest.raises(ValueError, match="inputs"):
+        InverseDynamics(4, 6, inputs="pixels")
+    torch.manual_seed(0)
+    wm = WorldModel("lacg", latent_action_dim=6, ae=FrameAutoencoder(4, ch=8),
+                    fdm=ForwardDynamics(LAT, dim=32, depth=1, heads=2, patch=4), idm_ch=8, idm_hidden=16,
+                    idm_norm=True, idm_inputs="delta", idm_logvar_init=-6.0)
+    wm.set_delta_scale(5.0)
+    sd = wm.state_dict()
+    assert "idm.delta_scale" not in sd and float(sd["delta_scale"]) == 5.0
+    torch.manual_seed(1)
+    other = WorldModel("lacg", latent_action_dim=6, ae=FrameAutoencoder(4, ch=8),
+                       fdm=ForwardDynamics(LAT, dim=32, depth=1, heads=2, patch=4), idm_ch=8, idm_hidden=16,
+                       idm_norm=True, idm_inputs="delta", idm_logvar_init=-6.0)
+    other.load_state_dict(sd)
+    assert float(other.idm.delta_scale) == 5.0

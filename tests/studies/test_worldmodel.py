@@ -127,6 +127,11 @@ def test_lacg_reports_both_test_time_latent_action_sources(tmp_path):
     res = evaluate(model, cfg, out)
     assert {"target", "target_regressor", "transfer", "transfer_regressor", "target_shuffled_actions"} <= set(res)
     assert res["target_shuffled_actions"] != res["target"]
+    for split in ("target", "transfer"):        # the latent-action probe: R^2 per action dimension and the KL
+        p = res["latent_action_probe"][split]
+        assert len(p["r2_per_dim"]) == 4 and p["n_eval"] > 0 and len(p["kl_per_dim"]) == cfg.model.latent_action_dim
+        assert p["r2"] <= 1.0 and p["kl_total"] >= 0
+    json.dumps(res["latent_action_probe"])      # goes into metrics.json
 
 
 def test_overrides_and_presets():
@@ -163,7 +168,7 @@ def test_presets_reproduce_the_study_defaults():
     assert gpu.eval.success_probe_steps == 3000 and smoke.eval.success_probe_steps == 0
     assert (smoke.preset, smoke.seed, smoke.use_mcl, smoke.autoencoder.steps, smoke.dynamics.steps) == \
         ("cpu-smoke", 3, True, 500, 1000)
-    assert set(PRESETS) == {"gpu", "cpu-smoke"} and all(isinstance(p, dict) for p in PRESETS.values())
+    assert set(PRESETS) == {"gpu", "cpu-smoke", "cpu"} and all(isinstance(p, dict) for p in PRESETS.values())
     for cfg in (gpu, smoke):
         assert from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
     assert run_dir_name(smoke) == "worldmodel-lacg-mcl-cpu-smoke-seed3"

@@ -63,7 +63,9 @@ class WorldModel(nn.Module):
     Args:
         variant: ``"acg"`` (recorded actions) or ``"lacg"`` (IDM latent actions).
         action_dim: size of the recorded action (4). latent_action_dim: d_a of the IDM.
-        num_embodiments: classes of the GRL classifier.
+        num_embodiments: classes of the GRL classifier. idm_logvar_init: the IDM's initial log-variance bias
+            (None: default init); idm_norm: BatchNorm on the IDM's mean; idm_inputs: "frames" or "delta" (see
+            :class:`InverseDynamics`; its ``delta_scale`` follows :meth:`set_delta_scale`).
         fdm: a forward model with ``forward(x_tau, tau, context, cond)`` and ``cond_dim`` (:class:`ForwardDynamics`
             or :class:`mclcore.models.worldmodel.wan_adapter.WanForwardModel`); default: a small DiT.
         mcl: the MCL options (:class:`mclcore.losses.mcl.MCLConfig`; ``None``: no MCL heads). The critic and heads
@@ -74,7 +76,8 @@ class WorldModel(nn.Module):
     def __init__(self, variant: str = "acg", *, action_dim: int = 4, latent_action_dim: int = 8,
                  num_embodiments: int = 2, ae: FrameAutoencoder | None = None, fdm: nn.Module | None = None,
                  idm_ch: int = 32, idm_hidden: int = 128, grl_scale: float = 1.0, mcl: MCLConfig | None = None,
-                 residual: bool = True, prediction: str = "x0"):
+                 residual: bool = True, prediction: str = "x0", idm_logvar_init: float | None = None,
+                 idm_norm: bool = False, idm_inputs: str = "frames"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
@@ -95,12 +98,15 @@ class WorldModel(nn.Module):
         self.prediction = prediction
         self.register_buffer("delta_scale", torch.ones(()))
         if variant == "lacg":
-            self.idm = InverseDynamics(c[0], latent_action_dim, idm_ch, idm_hidden)
+            self.idm = InverseDynamics(c[0], latent_action_dim, idm_ch, idm_hidden, idm_logvar_init, idm_norm,
+                                       idm_inputs)
             self.embodiment_clf = EmbodimentClassifier(latent_action_dim, num_embodiments, grl_scale=grl_scale)
             self.regressor = nn.Sequential(nn.Linear(action_dim + num_embodiments, idm_hidden), nn.SiLU(),
                                            nn.Linear(idm_hidden, idm_hidden), nn.SiLU(),
                                            nn.Linear(idm_hidden, latent_action_dim))
         self.num_embodiments = int(num_embodiments)
+        # the IDM's delta_scale is not saved (old checkpoints load unchanged): copy the saved one after a load
+        self.register_load_state_dict_post_hook(lambda module, keys: module.set_delta_scale(module.delta_scale))
         self.mcl = None
         if mcl is not None:
             n = int(torch.tensor(c).prod())
@@ -163,6 +169,13 @@ class WorldModel(nn.Module):
         action interface (the MCL gradient also reaches the IDM through u in LACG, which is not part of g)."""
         return list(self.fdm.parameters()) + list(self.interface.parameters())
 
+    @torch.no_grad()
+    def set_delta_scale(self, scale: float) -> None:
+        """s = 1 / std of the training frame changes: the residual flow's scale and the delta-input IDM's."""
+        self.delta_scale.fill_(float(scale))
+        if getattr(self, "idm", None) is not None:
+            self.idm.delta_scale.fill_(float(scale))
+
     def to_flow(self, v_next: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
         """The flow's data x_0 for the transition v_t -> v_next: s (v_next - v_t) (residual) or v_next."""
         return (v_next - v_t) * self.delta_scale if self.residual else v_next
@@ -174,11 +187,19 @@ class WorldModel(nn.Module):
     # ---------------------------------------------------------------------------------------------- losses
     def losses(self, v_t: torch.Tensor, v_next: torch.Tensor, actions: torch.Tensor, embodiment: torch.Tensor, *,
                beta: float = 1e-3, lambda_adv: float = 0.1, lambda_mcl: float = 0.0, context_noise: float = 0.0,
-               generator: torch.Generator | None = None, mcl_weight=None) -> dict:
+               kl_free_bits: float = 0.0, self_context=None, generator: torch.Generator | None = None,
+               mcl_weight=None) -> dict:
         """Stage-2 loss terms on a batch of transitions. Scalars in the returned dict; ``loss`` is L_total.
 
         v_t, v_next: (B, C, H, W) latent frames t and t+1 (frozen AE); actions: (B, 4) recorded a_t;
-        embodiment: (B,) int ids. context_noise: the forward model's context is ``v_t + sigma n`` with
+        embodiment: (B,) int ids. kl_free_bits: LACG's KL floor per latent dimension (nats; free bits,
+        :func:`~mclcore.models.worldmodel.modules.kl_standard_normal`), 0 = the plain KL (logged as ``kl_raw``
+        when > 0). self_context: None, or ``(v_prev, actions_prev, use)`` -- latent frame t-1 (B, C, H, W), action
+        a_{t-1} (B, 4) and a (B,) bool mask: where ``use``, the forward model's context is its own one-step
+        prediction of frame t from frame t-1 (the flow's x0 estimate at tau = 1, no gradient) instead of the GT frame
+        t, and the target is the GT frame t+1 (residual: taken from that context), so the model learns to continue
+        from -- and correct -- the kind of frame a rollout feeds it (scheduled sampling). context_noise: the forward
+        model's context is ``v_t + sigma n`` with
         ``sigma ~ U(0, context_noise)`` per sample and the residual target is taken from that noisy context, so the
         model learns to correct a drifting context (its own predictions in a rollout); the IDM sees clean frames.
         mcl_weight: None (L_MCL weighted by ``lambda_mcl``) or a callable that gets the step's MCL terms
@@ -191,9 +212,16 @@ class WorldModel(nn.Module):
         tau = torch.rand(b, generator=generator, device=dev)                                # (B,)
         eps = torch.randn(v_next.shape, generator=generator, device=dev, dtype=v_next.dtype)
         ctx = v_t
+        if self_context is not None:
+            v_prev, a_prev, use = self_context
+            with torch.no_grad():
+                u_prev = self.latent_actions(v_prev, v_t, a_prev, embodiment, "idm")         # (B, d_u)
+                x1 = torch.randn(v_t.shape, generator=generator, device=dev, dtype=v_t.dtype)
+                pred = self.from_flow(self.predict_x0(x1, torch.ones(b, device=dev), v_prev, u_prev), v_prev)
+            ctx = torch.where(use.view(-1, 1, 1, 1), pred, v_t)
         if context_noise > 0:
             sigma = context_noise * torch.rand(b, 1, 1, 1, generator=generator, device=dev)
-            ctx = v_t + sigma * torch.randn(v_t.shape, generator=generator, device=dev, dtype=v_t.dtype)
+            ctx = ctx + sigma * torch.randn(v_t.shape, generator=generator, device=dev, dtype=v_t.dtype)
         x0 = self.to_flow(v_next, ctx)                                                      # (B, C, H, W)
         x_tau, target = flow_matching_pair(x0, tau, eps)                                    # (B, C, H, W) x 2
         if self.prediction == "x0":                                                         # L_rec
@@ -203,12 +231,14 @@ class WorldModel(nn.Module):
         out = {"flow": flow}
         loss = flow
         if self.variant == "lacg":
-            kl = kl_standard_normal(mu, logvar)                                             # L_KL
+            kl = kl_standard_normal(mu, logvar, kl_free_bits)                               # L_KL
             logits = self.embodiment_clf(u)                                                 # GRL inside
             grl = F.cross_entropy(logits, embodiment.long())                                # L_GRL
             reg = F.mse_loss(self.regressor(self._regressor_input(actions, embodiment)), mu.detach())
             loss = loss + beta * kl + lambda_adv * grl + reg
             out.update(kl=kl, grl=grl, grl_acc=(logits.argmax(1) == embodiment).float().mean(), regressor=reg)
+            if kl_free_bits > 0:                                                            # the KL itself
+                out["kl_raw"] = kl_standard_normal(mu, logvar).detach()
         if lambda_mcl > 0:
             if self.mcl is None:
                 raise ValueError("lambda_mcl: > 0 but the model was built without MCL heads (mcl=None)")

@@ -31,8 +31,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["FrameAutoencoder", "InverseDynamics", "ActionInterface", "ForwardDynamics", "GradReverse",
-           "grad_reverse", "EmbodimentClassifier", "kl_standard_normal", "flow_matching_pair", "timestep_embedding",
-           "sample_flow"]
+           "grad_reverse", "EmbodimentClassifier", "kl_standard_normal", "kl_per_dim", "flow_matching_pair",
+           "timestep_embedding", "sample_flow"]
 
 
 def _check_image(x: torch.Tensor, name: str, channels: int, size: int | None = None) -> None:
@@ -99,21 +99,42 @@ class FrameAutoencoder(nn.Module):
 class InverseDynamics(nn.Module):
     """IDM: (v_t, v_{t+1}) latent frames (B, C, 16, 16) each -> diagonal Gaussian over a (B, action_dim) latent action.
 
+    ``logvar_init``: None (PyTorch's default init, logvar ~ 0 at the start) or the initial bias of the log-variance
+    outputs (e.g. -6: sigma ~ 0.05, so the latent action starts as a readable signal rather than noise).
+    ``norm``: pass the mean through BatchNorm1d (affine). Measured (experiments/worldmodel/README.md): at the default
+    init the mean varies across transitions by ~1e-3 (a frame pair differs in a few latent pixels), so the forward
+    model sees a constant latent action, never learns to read it, and the KL empties it (posterior collapse);
+    normalised, the mean starts with unit spread across the batch. ``inputs``: "frames" (v_t, v_{t+1} and their
+    difference, stacked) or "delta" (only the frame change, scaled by the buffer ``delta_scale``).
+
     ``forward`` returns ``(a, mu, logvar)`` with ``a = mu + exp(logvar / 2) * eps`` (reparameterised; ``eps`` from
     ``generator``) or ``a = mu`` when ``sample=False``.
     """
 
-    def __init__(self, latent_channels: int = 4, action_dim: int = 8, ch: int = 32, hidden: int = 128):
+    def __init__(self, latent_channels: int = 4, action_dim: int = 8, ch: int = 32, hidden: int = 128,
+                 logvar_init: float | None = None, norm: bool = False, inputs: str = "frames"):
         super().__init__()
-        self.latent_channels, self.action_dim = int(latent_channels), int(action_dim)
+        if inputs not in ("frames", "delta"):
+            raise ValueError(f"inputs: expected 'frames' or 'delta', got {inputs!r}")
+        self.latent_channels, self.action_dim, self.inputs = int(latent_channels), int(action_dim), inputs
+        # inputs="delta": the IDM reads only the scaled frame change s (v_{t+1} - v_t) (s set with the world model's
+        # delta_scale), not the two frames, whose scene content otherwise dominates its features
+        self.register_buffer("delta_scale", torch.ones(()), persistent=False)   # the owner's (WorldModel) copy is saved
+        # norm: the posterior mean through BatchNorm (learned scale and shift, running statistics at eval time)
+        self.mu_norm = nn.BatchNorm1d(action_dim) if norm else None
         c = int(ch)
         self.net = nn.Sequential(
-            nn.Conv2d(3 * latent_channels, c, 3, 1, 1), nn.SiLU(),
+            nn.Conv2d((3 if inputs == "frames" else 1) * latent_channels, c, 3, 1, 1), nn.SiLU(),
             nn.Conv2d(c, 2 * c, 4, 2, 1), nn.SiLU(),              # 8x8
             nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.SiLU(),          # 4x4
             nn.Flatten(),
         )
         self.head = nn.Sequential(nn.Linear(2 * c * 16, hidden), nn.SiLU(), nn.Linear(hidden, 2 * action_dim))
+        if logvar_init is not None:
+            # start with a narrow posterior: with logvar ~ 0 the sampled latent action is mostly noise at first, the
+            # forward model learns to ignore the channel and the KL then empties it (posterior collapse)
+            with torch.no_grad():
+                self.head[-1].bias[action_dim:].fill_(float(logvar_init))
 
     def forward(self, v_t: torch.Tensor, v_next: torch.Tensor, *, sample: bool = True,
                 generator: torch.Generator | None = None):
@@ -121,8 +142,13 @@ class InverseDynamics(nn.Module):
         _check_image(v_next, "v_next", self.latent_channels)
         if v_t.shape != v_next.shape:
             raise ValueError(f"v_next: expected the shape of v_t {tuple(v_t.shape)}, got {tuple(v_next.shape)}")
-        h = self.net(torch.cat([v_t, v_next, v_next - v_t], dim=1))      # (B, 2c * 16)
+        if self.inputs == "frames":
+            h = self.net(torch.cat([v_t, v_next, v_next - v_t], dim=1))  # (B, 2c * 16)
+        else:
+            h = self.net((v_next - v_t) * self.delta_scale)               # (B, 2c * 16)
         mu, logvar = self.head(h).chunk(2, dim=1)                         # (B, d_a) each
+        if self.mu_norm is not None:
+            mu = self.mu_norm(mu)
         logvar = logvar.clamp(-10.0, 5.0)
         if not sample:
             return mu, mu, logvar
@@ -130,12 +156,24 @@ class InverseDynamics(nn.Module):
         return mu + torch.exp(0.5 * logvar) * eps, mu, logvar
 
 
-def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float = 0.0) -> torch.Tensor:
     """KL(N(mu, diag(exp(logvar))) || N(0, I)) summed over dims, averaged over the batch: scalar.
 
-    ``0.5 * sum(mu^2 + exp(logvar) - logvar - 1)``.
+    ``0.5 * sum(mu^2 + exp(logvar) - logvar - 1)``. ``free_bits`` > 0 (nats per latent dimension; Kingma et al.
+    2016): ``sum_d max(KL_d, free_bits)`` with ``KL_d`` the batch mean of dimension d's KL, so a dimension whose KL is
+    below the floor is not pushed further towards the prior (no gradient) -- the usual guard against posterior
+    collapse. ``free_bits=0`` is the plain KL.
     """
-    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).sum(dim=1).mean()
+    if free_bits < 0:
+        raise ValueError(f"free_bits: expected a number >= 0, got {free_bits!r}")
+    if free_bits == 0:
+        return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).sum(dim=1).mean()
+    return kl_per_dim(mu, logvar).clamp_min(free_bits).sum()
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL to N(0, 1) per latent dimension, averaged over the batch: (d,) in nats."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).mean(dim=0)
 
 
 # ------------------------------------------------------------------------------------------ gradient reversal

@@ -6,7 +6,7 @@ One dataclass per component, each documented once; :class:`RunConfig` nests them
 
 Presets are nested dicts merged onto the defaults (:func:`mclcore.train.config.merge`): ``gpu`` is the defaults
 plus the success probe, ``cpu-smoke`` shrinks networks and data so one run with its evaluation takes minutes on two
-CPU cores.
+CPU cores, ``cpu`` is cpu-smoke with the action-following fixes of issue #19 (<= 30 minutes per variant).
 """
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ class ModelConfig:
     latent_action_dim: int = 16
     idm_ch: int = 64
     idm_hidden: int = 256
+    idm_logvar_init: float | None = None   # LACG: initial log-variance bias of the IDM posterior (None: default init,
+                                           # logvar ~ 0; e.g. -6 starts the latent action as signal, not noise)
+    idm_norm: bool = False        # LACG: BatchNorm on the IDM's posterior mean (unit spread from the start; without
+                                  # it the mean starts ~constant across transitions and collapses, see README)
+    idm_inputs: str = "frames"    # LACG: the IDM reads "frames" (v_t, v_{t+1}, v_{t+1} - v_t) or "delta" (only the
+                                  # scaled change s (v_{t+1} - v_t): the motion, without the scene)
     wan_path: str | None = None
     wan_layers: int = 2
     wan_heads: int = 4
@@ -89,7 +95,11 @@ class DynamicsConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     context_noise: float = 0.1    # max std of the noise on the context latent (rollout drift robustness)
+    self_context: float = 0.0     # scheduled sampling: the share of a batch (t >= 1) whose context is the model's own
+                                  # one-step prediction of frame t from frame t-1 (WorldModel.losses self_context)
     beta: float = 1e-3            # KL on the IDM posterior (LACG)
+    kl_free_bits: float = 0.0     # LACG: free bits, nats per latent-action dimension: L_KL = sum_d max(KL_d, floor)
+                                  # (KL_d = batch mean); 0 = the plain KL (see kl_standard_normal)
     lambda_adv: float = 0.1       # gradient-reversal embodiment term (LACG)
     grl_scale: float = 1.0
     lambda_mcl: float = 0.01
@@ -161,11 +171,21 @@ class RunConfig:
                                     ("data.source", self.data.source, ("tabletop", "random")),
                                     ("model.backbone", self.model.backbone, ("dit", "wan")),
                                     ("model.prediction", self.model.prediction, ("x0", "velocity")),
+                                    ("model.idm_inputs", self.model.idm_inputs, ("frames", "delta")),
                                     ("eval.sampler", self.eval.sampler, ("euler", "heun")),
                                     ("eval.lacg_actions", self.eval.lacg_actions, ("idm", "regressor"))):
             if value not in allowed:
                 raise ValueError(f"{key}: expected one of {allowed}, got {value!r}")
         self.mcl.validate()                     # checked even when MCL is off: a bad value is never kept silently
+        lv = self.model.idm_logvar_init
+        if lv is not None and not (isinstance(lv, (int, float)) and -10 <= lv <= 5):
+            raise ValueError(f"model.idm_logvar_init: expected None or a number in [-10, 5] (the IDM's logvar clamp), "
+                             f"got {lv!r}")
+        if not (isinstance(self.dynamics.self_context, (int, float)) and 0 <= self.dynamics.self_context <= 1):
+            raise ValueError(f"dynamics.self_context: expected a share in [0, 1], got {self.dynamics.self_context!r}")
+        if not (isinstance(self.dynamics.kl_free_bits, (int, float)) and 0 <= self.dynamics.kl_free_bits < 1e3):
+            raise ValueError(f"dynamics.kl_free_bits: expected a number >= 0 (nats per latent dimension), got "
+                             f"{self.dynamics.kl_free_bits!r}")
         self.eval.validate()
         if self.use_mcl and self.mcl.weighting == "relative" and not self.mcl.create_graph:
             raise ValueError("mcl.weighting: 'relative' needs mcl.create_graph=true (without it L_MCL has no gradient "
@@ -185,6 +205,20 @@ PRESETS: dict[str, dict] = {
         "model": {"dim": 64, "depth": 2, "heads": 4, "patch": 4, "latent_action_dim": 8, "idm_ch": 16,
                   "idm_hidden": 64},
         "dynamics": {"steps": 1000, "batch_size": 32, "lr": 1e-3, "warmup": 50},
+        "mcl": {"critic_hidden": (64, 64), "proj_dim": 32},
+        "eval": {"horizon": 32, "sample_steps": 2, "batch_size": 16},
+    },
+    # cpu-smoke with the fixes of issue #19 (experiments/worldmodel/README.md, "Why the model ignored its actions"):
+    # patch 2 (64 tokens instead of 16: the action's effect is a few pixels), 5x the stage-2 steps, LACG's IDM
+    # reading the scaled frame change with a normalised, initially narrow posterior, 32 evaluation episodes;
+    # <= 30 minutes per variant on 2 CPU cores with evaluation
+    "cpu": {
+        "log_every": 50, "ckpt_every": 500,
+        "data": {"n_source": 160, "n_target": 16, "n_eval": 32, "episode_len": 32},
+        "autoencoder": {"ch": 16, "steps": 500, "batch_size": 32, "lr": 2e-3},
+        "model": {"dim": 64, "depth": 2, "heads": 4, "patch": 2, "latent_action_dim": 8, "idm_ch": 16,
+                  "idm_hidden": 64, "idm_logvar_init": -6.0, "idm_norm": True, "idm_inputs": "delta"},
+        "dynamics": {"steps": 5000, "batch_size": 32, "lr": 1e-3, "warmup": 50},
         "mcl": {"critic_hidden": (64, 64), "proj_dim": 32},
         "eval": {"horizon": 32, "sample_steps": 2, "batch_size": 16},
     },

@@ -148,6 +148,13 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
                                                 open_loop_preds={"right": right, "shuffled": shuffled})
             res["seconds"][f"{split}_following"] = time.perf_counter() - t0
         del right, shuffled
+    if cfg.variant == "lacg":       # how much of the true action the latent action carries (ridge probe R^2)
+        from mclcore.studies.worldmodel.latent_probe import latent_action_probe
+
+        t0 = time.perf_counter()
+        res["latent_action_probe"] = {s: latent_action_probe(model, splits["train"], splits[s], device=device)
+                                      for s in SPLITS}
+        res["seconds"]["latent_action_probe"] = time.perf_counter() - t0
     os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
     np.savez_compressed(os.path.join(out_dir, "rollouts.npz"), **{
         f"{s}_{n}": a for s, (p, g, st) in keep.items() for n, a in

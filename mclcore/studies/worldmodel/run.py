@@ -67,7 +67,8 @@ def build_model(cfg: RunConfig):
         raise ValueError(f"model.backbone: expected 'dit' or 'wan', got {m.backbone!r}")
     return WorldModel(cfg.variant, action_dim=4, latent_action_dim=m.latent_action_dim, num_embodiments=2, ae=ae,
                       fdm=fdm, idm_ch=m.idm_ch, idm_hidden=m.idm_hidden, grl_scale=dy.grl_scale,
-                      mcl=cfg.mcl if cfg.use_mcl else None, residual=m.residual, prediction=m.prediction)
+                      mcl=cfg.mcl if cfg.use_mcl else None, residual=m.residual, prediction=m.prediction,
+                      idm_logvar_init=m.idm_logvar_init, idm_norm=m.idm_norm, idm_inputs=m.idm_inputs)
 
 
 @dataclass
@@ -138,7 +139,7 @@ class WorldModelStudy:
         if phase == "dynamics":
             data.latents = encode_episodes(model, data.train, data.device)            # frozen AE
             delta = (data.latents[:, 1:] - data.latents[:, :-1]).std()               # scale of the frame changes
-            model.delta_scale.fill_(1.0 / float(delta.clamp_min(1e-6)))
+            model.set_delta_scale(1.0 / float(delta.clamp_min(1e-6)))
         model.ae.train(phase == "autoencoder")
 
     @staticmethod
@@ -180,10 +181,16 @@ class WorldModelStudy:
         ei, ti = rng.integers(0, data.n_eps, dy.batch_size), rng.integers(0, data.T, dy.batch_size)
         ei_t, ti_t = torch.from_numpy(ei).to(data.device), torch.from_numpy(ti).to(data.device)
         v_t, v_next = data.latents[ei_t, ti_t], data.latents[ei_t, ti_t + 1]            # (B, C, 16, 16) x 2
+        self_context = None
+        if dy.self_context > 0:     # scheduled sampling: the model's own prediction of frame t as context (t >= 1)
+            use = torch.from_numpy((rng.random(dy.batch_size) < dy.self_context) & (ti >= 1)).to(data.device)
+            prev = (ti_t - 1).clamp_min(0)
+            self_context = (data.latents[ei_t, prev], data.actions[ei_t, prev], use)
         logs: dict = {}
         weigh = data.mcl.weigher(step, model.mcl, logs) if data.mcl is not None else None
         out = model.losses(v_t, v_next, data.actions[ei_t, ti_t], data.embodiment[ei_t],   # App. D.5 terms
                            beta=dy.beta, lambda_adv=dy.lambda_adv, context_noise=dy.context_noise,
+                           kl_free_bits=dy.kl_free_bits, self_context=self_context,
                            lambda_mcl=dy.lambda_mcl if cfg.use_mcl else 0.0, generator=ctx.generator,
                            mcl_weight=weigh)
         out.update(logs)                                                                 # measured steps only
