@@ -124,7 +124,8 @@ class EvalConfig:
     # units, on any channel between consecutive GT frames, grown by moving_dilate px)
     following: bool = True
     moving_threshold: float = 0.05
-    moving_dilate: int = 1
+    moving_dilate: int = 0        # 0: exactly the changing pixels (with 1 px, static neighbours where a copy of
+                                  # the last frame is exact entered the region: copy-last 20.7 vs 12.9 dB, cpu ACG)
 
     def validate(self) -> "EvalConfig":
         """ValueError naming the field for the action-following settings ``check_numbers`` cannot judge by name."""

@@ -39,9 +39,10 @@ def moving_mask(gt: torch.Tensor, threshold: float, dilate: int = 0) -> torch.Te
     A pixel moves when ``|gt_{t+1} - gt_t| > threshold`` on any channel (``eval.moving_threshold``, in [0, 1] units:
     the simulator's frames also differ by 1-3 grey levels at anti-aliased edges and shading, which is not motion;
     0.05 = 13 grey levels keeps the arm and the carried object -- about 5% of a cpu-smoke frame -- and drops that).
-    The mask then grows by ``dilate`` pixels (a (2 dilate + 1)^2 max filter, ``eval.moving_dilate``) so the soft
-    edges of a moving part, below the threshold, count as moving too. The mask covers both where a part was and
-    where it went, so a copy of the previous frame is wrong on all of it.
+    The mask covers both where a part was and where it went, so a copy of the previous frame is wrong on all of
+    it. ``dilate`` > 0 grows it by that many pixels (a (2 dilate + 1)^2 max filter, ``eval.moving_dilate``, default
+    0) so soft edges below the threshold count too; it also adds static neighbours where a copy of the last frame is
+    exact, which favours the copy baseline (cpu preset, ACG, one-step: copy-last 20.7 dB with 1 px, 12.9 without).
     """
     if gt.ndim != 5 or gt.shape[1] < 2:
         raise ValueError(f"gt: expected (N, H+1, C, Hpx, Wpx) with H >= 1, got {tuple(gt.shape)}")
