@@ -305,6 +305,10 @@ def run_identity_diff(out: str, cfg, ignore: tuple = ("device",)) -> list[str]:
         raise ValueError(f"{path}: not a readable run config ({err}); delete the run folder to start over") from None
     if not isinstance(saved, dict):
         raise ValueError(f"{path}: not a run config (a JSON object was expected)")
+    try:        # fields added since the run was written take their defaults, which keep the old behaviour
+        saved = to_dict(from_dict(type(cfg), saved, where=path, strict=False))
+    except (ValueError, TypeError):
+        pass    # not rebuildable: compare as saved, the differences below name it
     return [d for d in config_diff(saved, to_dict(cfg)) if not d.split(":")[0].startswith(tuple(ignore))]
 
 
