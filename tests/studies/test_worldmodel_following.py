@@ -225,7 +225,7 @@ def _check_run(out, res):
                 assert set(row) == set(fol.METRICS)
                 assert set(row["psnr"]) >= {"n", "mean", "lo", "hi"} and row["psnr"]["n"] == 3
     data = json.load(open(os.path.join(out, "following.json")))
-    assert data["moving_threshold"] == 0.05 and data["moving_dilate"] == 1
+    assert data["moving_threshold"] == 0.05 and data["moving_dilate"] == 0      # the defaults: exactly the changing pixels
     pe = data["splits"]["target"]["per_episode"]
     assert set(pe) == set(fol.MODES) and all(len(v) == 3 for v in pe["one_step"]["right"].values())
     md = open(os.path.join(out, "following.md")).read()
