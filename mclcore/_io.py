@@ -82,6 +82,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def save_figure(fig, path: str, **kwargs) -> str:
-    """``fig.savefig(path)`` atomically; returns ``path``."""
-    _atomic(path, lambda tmp: fig.savefig(tmp, **kwargs))
+    """``fig.savefig(path)`` atomically, then close ``fig`` (also when saving fails: pyplot keeps every open figure
+    alive); returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    try:
+        _atomic(path, lambda tmp: fig.savefig(tmp, **kwargs))
+    finally:
+        plt.close(fig)
     return path

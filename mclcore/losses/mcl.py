@@ -171,6 +171,16 @@ def _validate(z, u, u_key, tau, clip, groups, check_finite: bool):
             _checks.finite(u, "u")
 
 
+def _set_loss_options(mod, tau, clip, create_graph, multi_positive, eps, check_finite, critic_input, contrast) -> None:
+    """The loss options :class:`MCL` and :class:`StackedMCL` share, checked and set on ``mod``."""
+    mod.tau = _check_tau(tau)
+    _check_clip(clip)
+    mod.create_graph, mod.clip, mod.multi_positive, mod.eps = create_graph, clip, multi_positive, eps
+    mod.check_finite = bool(check_finite)
+    mod.critic_input, mod.contrast = critic_input, contrast
+    mod._validated = False
+
+
 def _no_grad_path(x_hat: torch.Tensor, what: str) -> ValueError:
     """The error for a generator output with no autograd path to z, saying why when grad mode is off."""
     if not torch.is_grad_enabled():
@@ -552,12 +562,7 @@ class MCL(nn.Module):
         self.critic = critic
         self.Pi_g = MLPProj(dz, proj_dim, proj_layernorm)
         self.Pi_u = MLPProj(u_key_dim or u_dim, proj_dim, proj_layernorm)
-        self.tau = _check_tau(tau)
-        _check_clip(clip)
-        self.create_graph, self.clip, self.multi_positive, self.eps = create_graph, clip, multi_positive, eps
-        self.check_finite = bool(check_finite)
-        self.critic_input, self.contrast = critic_input, contrast
-        self._validated = False
+        _set_loss_options(self, tau, clip, create_graph, multi_positive, eps, check_finite, critic_input, contrast)
 
     @classmethod
     def from_config(cls, cfg: MCLConfig, *, z_dim: int | Sequence[int], x_dim: int | Sequence[int], u_dim: int,
@@ -657,12 +662,7 @@ class StackedMCL(nn.Module):
             layers += [_StackedAffine((M, proj_dim, din), dtype), _StackedAffine((M, proj_dim, proj_dim), dtype)]
             setattr(self, name, nn.ModuleList(layers))
         self.activation, self.proj_layernorm = activation, bool(proj_layernorm)
-        self.tau = _check_tau(tau)
-        _check_clip(clip)
-        self.create_graph, self.clip, self.multi_positive, self.eps = create_graph, clip, multi_positive, eps
-        self.check_finite = bool(check_finite)
-        self.critic_input, self.contrast = critic_input, contrast
-        self._validated = False
+        _set_loss_options(self, tau, clip, create_graph, multi_positive, eps, check_finite, critic_input, contrast)
 
     @classmethod
     def from_members(cls, members: Sequence["MCL"]) -> "StackedMCL":

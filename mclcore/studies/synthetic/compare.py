@@ -226,7 +226,6 @@ def _cells_plot(cells: list, vals: dict, ceil: dict, models: list, certs: dict |
               loc="lower left", ncol=2)
     fig.tight_layout()
     save_figure(fig, path, dpi=130)
-    plt.close(fig)
 
 
 def _order(values, v) -> int:
@@ -274,4 +273,3 @@ def _heatmaps(study, summary: dict, pairs: list, path: str) -> None:
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="paired Δ MCC (mean over seeds)")
     save_figure(fig, path, dpi=130)
-    plt.close(fig)

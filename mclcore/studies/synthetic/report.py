@@ -306,7 +306,6 @@ def _violin(study: StudyConfig, vals: dict, U0: int, path: str, ceil: dict | Non
     fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     save_figure(fig, path, dpi=130)
-    plt.close(fig)
 
 
 def _sweep_plot(study: StudyConfig, vals: dict, path: str) -> None:
@@ -343,4 +342,3 @@ def _sweep_plot(study: StudyConfig, vals: dict, path: str) -> None:
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path, dpi=130)
-    plt.close(fig)

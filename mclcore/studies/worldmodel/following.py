@@ -260,10 +260,7 @@ def per_frame_figure(per_frame: dict, path: str, rows=("right", "shuffled", "zer
             ax.tick_params(labelsize=6)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout(pad=0.3)
-    try:
-        save_figure(fig, path, dpi=dpi)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=dpi)
     return path
 
 

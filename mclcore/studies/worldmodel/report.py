@@ -155,10 +155,7 @@ def rollout_figure(rows: dict, states: np.ndarray, path: str, n_frames: int = 8,
                 if e == 0 and r == 0:
                     ax.set_title(f"t={t + 1}", fontsize=7)
     fig.tight_layout(pad=0.2)
-    try:
-        save_figure(fig, path, dpi=dpi)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=dpi)
     return path
 
 
