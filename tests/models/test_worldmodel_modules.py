@@ -288,6 +288,33 @@ def test_latent_action_probe_on_a_lacg_model():
         latent_action_probe(small_model("acg", mcl=False), eps(2), eps(2))
 
 
+def test_latent_action_probe_same_embodiment_uses_only_that_embodiments_training_episodes():
+    """``same_embodiment`` fits on the training transitions of the evaluation episodes' embodiment only (here 2 of 5
+    episodes = 6 transitions) and equals ridge_probe on exactly those rows; mixed evaluation embodiments: None."""
+    from mclcore.studies.worldmodel.data import Episodes
+    from mclcore.studies.worldmodel.latent_probe import idm_features, latent_action_probe, ridge_probe
+
+    rng = np.random.default_rng(1)
+
+    def eps(emb):
+        n = len(emb)
+        return Episodes(rng.integers(0, 256, (n, 4, 64, 64, 3), dtype=np.uint8),
+                        rng.normal(size=(n, 3, 4)).astype(np.float32), np.zeros((n, 4, 11), np.float32),
+                        np.asarray(emb, np.int64), np.zeros(n, np.int64))
+    model = small_model("lacg", mcl=False).eval()
+    train, held = eps([0, 1, 0, 0, 1]), eps([1, 1, 1])
+    res = latent_action_probe(model, train, held)
+    same = res["same_embodiment"]
+    assert same["embodiment"] == 1 and (same["n_train"], same["n_eval"]) == (6, 9)
+    x_tr, y_tr = idm_features(model, train.subset(np.array([1, 4])))
+    x_ev, y_ev = idm_features(model, held)
+    # features computed in other batches differ in the last bits; 6 training rows make the fit sensitive to them
+    want = ridge_probe(x_tr, y_tr, x_ev, y_ev)["r2_per_dim"]
+    assert same["r2_per_dim"] == pytest.approx(want, rel=2e-3)
+    assert res["r2_per_dim"] != pytest.approx(want, rel=2e-3)        # the all-episode probe is another fit
+    assert latent_action_probe(model, train, eps([0, 1]))["same_embodiment"] is None
+
+
 @pytest.mark.parametrize("variant", ["acg", "lacg"])
 def test_self_context_feeds_the_models_own_prediction(variant):
     """``self_context``: where ``use``, the context is the model's one-step prediction of frame t from frame t-1 (no

@@ -285,3 +285,44 @@ def test_wan_backbone_following_end_to_end(tmp_path):
     model, done = train(cfg, out, progress=False, log=False)
     assert done and type(model.fdm).__name__ == "WanForwardModel"
     _check_run(out, evaluate(model, cfg, out))
+
+
+def _fake_run(method, seed, shift=0.0, gap=0.0, n=5):
+    """(metrics.json, following data) of a fake run: per-episode values with a known structure; ``shift`` is added
+    to every right-action value, ``gap`` to the right - shuffled difference."""
+    rng = np.random.default_rng(seed)
+    per = {}
+    for kind in fol.MODES:
+        base = {m: rng.normal(20.0, 1.0, n) for m in fol.METRICS}
+        per[kind] = {"right": {m: v + shift + gap for m, v in base.items()},
+                     "shuffled": {m: v + shift for m, v in base.items()},
+                     "zero": dict(base), "copy_first": dict(base), "copy_last": dict(base), "ae_recon": dict(base)}
+    splits = {s: {"episodes": n, "horizon": 3, "per_episode": per} for s in ("target", "transfer")}
+    metrics = {"method": method, "preset": "cpu", "seed": seed,
+               **{s: {"ssim_l": 0.5 + seed / 10} for s in ("target", "transfer")}}
+    return metrics, {"splits": splits}
+
+
+def test_table2_pools_seeds_and_mcl_effect_is_paired_by_seed_and_episode():
+    runs = []
+    for seed in (0, 1, 2):
+        m, f = _fake_run("ACG", seed)
+        runs.append((m, f))
+        mm, ff = _fake_run("ACG+MCL", seed, shift=0.25, gap=-0.5)       # same episodes as the base run + a shift
+        runs.append((mm, ff))
+    runs.append(_fake_run("LACG", 0))                                   # no LACG+MCL: no LACG effect rows
+    rows = wm_report.mcl_effect(runs)
+    assert {r["variant"] for r in rows} == {"ACG"} and all(r["seeds"] == [0, 1, 2] for r in rows)
+    for r in rows:
+        want = 0.25 - 0.5 if r["quantity"] == "right" else -0.5       # right = base + shift + gap; gap moves by gap
+        assert r["diff"]["mean"] == pytest.approx(want) and r["diff"]["n_seeds"] == 3 and r["diff"]["n"] == 15
+        assert r["diff"]["lo"] == pytest.approx(want) and r["diff"]["hi"] == pytest.approx(want)   # constant shift
+    md = wm_report.mcl_effect_markdown(rows)
+    assert "| ACG | cpu | 0,1,2 | target | action-following gap right − shuffled, one-step | moving psnr | 15 |" in md
+    table = wm_report.pooled_table_markdown(runs)
+    seed_means = [f["splits"]["target"]["per_episode"]["open_loop"]["right"]["psnr"].mean()
+                  for m, f in runs if m["method"] == "ACG"]
+    line = next(l for l in table.splitlines() if l.startswith("| ACG (ours, cpu) | 0,1,2 | 15 |"))
+    assert f"{np.mean(seed_means):.2f} [" in line and "0.600 [0.500, 0.700]" in line      # SSIM-L: seeds' range
+    assert "| Wan-ACG+MCL (paper) |" in table
+    assert wm_report.mcl_effect_markdown([]).startswith("No variant")

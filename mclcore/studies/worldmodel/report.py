@@ -1,9 +1,19 @@
 """Table 2 and the rollout figures of the world-model study, from finished runs (paper section 5.3, Fig. 7).
 
-    python -m mclcore.studies.worldmodel.report runs/worldmodel/worldmodel-*-seed0 --out experiments/worldmodel
+    python -m mclcore.studies.worldmodel.report runs/worldmodel/worldmodel-*-seed* --out experiments/worldmodel
 
-Reads only what a run wrote (``metrics.json``, ``rollouts.npz``) and imports no training code, so reports can be
-rebuilt anywhere the run folders are. The paper's numbers live here and only here (:data:`PAPER_TABLE2`).
+Reads only what a run wrote (``metrics.json``, ``following.json``, ``rollouts.npz``) and imports no training code, so
+reports can be rebuilt anywhere the run folders are; without ``rollouts.npz`` (the small files committed under
+``experiments/worldmodel/``) every table is rebuilt and only the rollout figures are skipped. The paper's numbers
+live here and only here (:data:`PAPER_TABLE2`).
+
+Seeds. ``table.md`` lists every run; ``table2.md`` pools the seeds of each method: Table 2's whole-frame metrics of
+the open-loop rollouts with the right actions (the same samples as ``metrics.json``'s rows, kept per episode in
+``following.json``), mean of the per-seed means with a hierarchical 95% bootstrap interval (seeds, then episodes:
+:func:`~mclcore.studies.worldmodel.following.pool_seeds`). ``mcl_effect.md`` answers Table 2's question per
+variant: X+MCL − X, paired by seed and episode (the evaluation episodes and the sampling noise are the same in
+every run), on the Table 2 metrics and on the action-following gap (right − shuffled). ``latent_probe.md`` lists the
+LACG runs' latent-action probes (:mod:`~mclcore.studies.worldmodel.latent_probe`).
 """
 from __future__ import annotations
 
@@ -16,10 +26,11 @@ import numpy as np
 import torch
 
 from mclcore._io import save_figure, write_text_atomic
-from mclcore.studies.worldmodel.following import following_markdown, load_following, pool_runs
+from mclcore.studies.worldmodel.following import following_markdown, load_following, paired_gap, pool_runs, pool_seeds
 
 __all__ = ["PAPER_TABLE2", "SPLITS", "METRIC_KEYS", "table_markdown", "details_markdown", "rollout_figure",
-           "following_report_markdown", "report", "main"]
+           "following_report_markdown", "pooled_table_markdown", "mcl_effect", "mcl_effect_markdown",
+           "probe_markdown", "report", "main"]
 
 SPLITS = ("target", "transfer")
 METRIC_KEYS = ("ssim", "psnr", "mse", "ssim_l")
@@ -113,6 +124,134 @@ def following_report_markdown(runs: list[tuple[dict, dict]]) -> str:
     return out
 
 
+def _groups(runs: list[tuple[dict, dict]]) -> dict:
+    """(metrics.json, following data) pairs -> {(method, preset): {seed: (metrics, following)}}."""
+    groups: dict = {}
+    for r, f in runs:
+        groups.setdefault((r["method"], r["preset"]), {})[r["seed"]] = (r, f)
+    return groups
+
+
+def _ci(s: dict, fmt: str) -> str:
+    if not np.isfinite(s["mean"]):
+        return "–"
+    if not np.isfinite(s["lo"]):
+        return fmt.format(s["mean"])
+    return f"{fmt.format(s['mean'])} [{fmt.format(s['lo'])}, {fmt.format(s['hi'])}]"
+
+
+def pooled_table_markdown(runs: list[tuple[dict, dict]]) -> str:
+    """Table 2 pooled over seeds: per method and preset, the paper's Wan row, then ours: SSIM, PSNR, MSE of the
+    open-loop rollouts with the right actions (per episode from ``following.json``; mean of the seed means [95%
+    hierarchical bootstrap over seeds and episodes]) and SSIM-L (only an aggregate in ``metrics.json``: mean over
+    seeds [min, max of the seeds]); n = seeds x episodes."""
+    head = ("| Method | seeds | n | Target SSIM ↑ | PSNR ↑ | MSE ↓ | SSIM-L ↑ "
+            "| Transfer SSIM ↑ | PSNR ↑ | MSE ↓ | SSIM-L ↑ |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for (method, preset), seeds in sorted(_groups(runs).items(), key=lambda kv: (_ORDER.get(kv[0][0], 9), kv[0][1])):
+        paper = PAPER_TABLE2.get(f"Wan-{method}")
+        if paper is not None:
+            rows.append(f"| Wan-{method} (paper) | – | – | " + " | ".join(
+                f.format(v) for part in paper for f, v in zip(_FMT, part)) + " |")
+        cells, n = [], 0
+        for split in SPLITS:
+            pes = [f["splits"][split]["per_episode"]["open_loop"]["right"] for _, f in seeds.values()]
+            for k, fmt in zip(METRIC_KEYS[:3], _FMT[:3]):
+                pooled = pool_seeds([pe[k] for pe in pes])
+                cells.append(_ci(pooled, fmt))
+                n = pooled["n"]
+            ssim_l = [r[split]["ssim_l"] for r, _ in seeds.values()]
+            cells.append(f"{np.mean(ssim_l):.3f} [{min(ssim_l):.3f}, {max(ssim_l):.3f}]" if len(ssim_l) > 1
+                         else f"{ssim_l[0]:.3f}")
+        rows.append(f"| {method} (ours, {preset}) | {','.join(str(s) for s in sorted(seeds))} | {n} | "
+                    + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+# what mcl_effect compares: (label, mode, quantity a or gap a-b, metric)
+_EFFECT_ROWS = tuple(("open-loop rollout, right actions (Table 2)", "open_loop", "right", m)
+                     for m in ("ssim", "psnr", "mse", "moving_psnr")) + (
+    ("action-following gap right − shuffled, one-step", "one_step", ("right", "shuffled"), "moving_psnr"),
+    ("action-following gap right − shuffled, open-loop", "open_loop", ("right", "shuffled"), "moving_psnr"),
+    ("action-following gap right − shuffled, open-loop", "open_loop", ("right", "shuffled"), "psnr"))
+
+
+def mcl_effect(runs: list[tuple[dict, dict]]) -> list[dict]:
+    """X+MCL − X for every variant X with both methods at one preset, over the seeds both have: per seed, the
+    per-episode paired difference of each quantity of :data:`_EFFECT_ROWS` (a row value, or a paired gap), pooled
+    over seeds by :func:`pool_seeds` (hierarchical). Rows: {"variant", "preset", "seeds", "split", "label",
+    "mode", "quantity", "metric", "base", "mcl", "diff"} with base/mcl/diff pooled summaries."""
+    groups, out = _groups(runs), []
+    for (method, preset), base in sorted(groups.items(), key=lambda kv: (_ORDER.get(kv[0][0], 9), kv[0][1])):
+        if method.endswith("+MCL") or (f"{method}+MCL", preset) not in groups:
+            continue
+        mcl = groups[(f"{method}+MCL", preset)]
+        seeds = sorted(set(base) & set(mcl))
+        if not seeds:
+            continue
+        for split in SPLITS:
+            if not all(split in d[s][1]["splits"] for d in (base, mcl) for s in seeds):
+                continue
+
+            def value(runs_, s, kind, q, m, split=split):
+                pe = runs_[s][1]["splits"][split]["per_episode"][kind]
+                return pe[q][m] if isinstance(q, str) else paired_gap(pe[q[0]][m], pe[q[1]][m])
+            for label, kind, q, m in _EFFECT_ROWS:
+                b = [value(base, s, kind, q, m) for s in seeds]
+                c = [value(mcl, s, kind, q, m) for s in seeds]
+                out.append({"variant": method, "preset": preset, "seeds": seeds, "split": split, "label": label,
+                            "mode": kind, "quantity": q if isinstance(q, str) else f"{q[0]}-{q[1]}", "metric": m,
+                            "base": pool_seeds(b), "mcl": pool_seeds(c),
+                            "diff": pool_seeds([paired_gap(ci, bi) for bi, ci in zip(b, c)])})
+    return out
+
+
+_MFMT = {"ssim": "{:.4f}", "psnr": "{:.3f}", "mse": "{:.5f}", "moving_psnr": "{:.3f}", "moving_mse": "{:.5f}"}
+
+
+def mcl_effect_markdown(rows: list[dict]) -> str:
+    """:func:`mcl_effect` as a table: X, X+MCL and the paired difference X+MCL − X [95% interval]."""
+    if not rows:
+        return "No variant has runs with and without MCL at one preset.\n"
+    out = ["| variant | preset | seeds | split | quantity | metric | n | X | X+MCL | X+MCL − X |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = _MFMT[r["metric"]]
+        out.append(f"| {r['variant']} | {r['preset']} | {','.join(str(s) for s in r['seeds'])} | {r['split']} | "
+                   f"{r['label']} | {r['metric'].replace('_', ' ')} | {r['diff']['n']} | "
+                   f"{_ci(r['base'], f)} | {_ci(r['mcl'], f)} | {_ci(r['diff'], f)} |")
+    return "\n".join(out) + "\n"
+
+
+def probe_markdown(results: list[dict]) -> str:
+    """The LACG runs' latent-action probes (metrics.json ``latent_action_probe``): per run and split, the
+    cross-embodiment R^2 (fitted on all training episodes), per action dimension, the same-embodiment R^2 and the
+    IDM's KL; then the mean over seeds per method [min, max]."""
+    rows = [r for r in _sorted(results) if "latent_action_probe" in r]
+    if not rows:
+        return "No LACG run with a latent-action probe.\n"
+    out = ["| Method | preset | seed | split | R² (4-d) | R² dx, dy, dz, gripper | R² same embodiment | "
+           "R² same emb. dx, dy, dz, gripper | KL (nats) |", "|---|---|---|---|---|---|---|---|---|"]
+    pooled: dict = {}
+    for r in rows:
+        for split, p in r["latent_action_probe"].items():
+            same = p.get("same_embodiment") or {}
+            sr2 = same.get("r2", float("nan"))
+            out.append(f"| {r['method']} | {r['preset']} | {r['seed']} | {split} | {p['r2']:.3f} | "
+                       + ", ".join(f"{v:.2f}" for v in p["r2_per_dim"]) + f" | {sr2:.3f} | "
+                       + (", ".join(f"{v:.2f}" for v in same["r2_per_dim"]) if same else "–")
+                       + f" | {p['kl_total']:.2f} |")
+            pooled.setdefault((r["method"], r["preset"], split), []).append((p["r2"], sr2))
+    out += ["", "| Method | preset | split | seeds | R² mean [min, max] | R² same embodiment mean [min, max] |",
+            "|---|---|---|---|---|---|"]
+    for (m, pr, split), v in sorted(pooled.items(), key=lambda kv: (_ORDER.get(kv[0][0], 9), kv[0][1:])):
+        a = np.asarray(v, np.float64)
+        out.append(f"| {m} | {pr} | {split} | {len(v)} | {a[:, 0].mean():.3f} [{a[:, 0].min():.3f}, "
+                   f"{a[:, 0].max():.3f}] | {a[:, 1].mean():.3f} [{a[:, 1].min():.3f}, {a[:, 1].max():.3f}] |")
+    return "\n".join(out) + "\n"
+
+
 def _gripper_pixels(states: np.ndarray):
     """(T+1, S) states -> (T+1, 2) pixel coordinates of the end-effector, or None without the simulator."""
     try:
@@ -160,16 +299,20 @@ def rollout_figure(rows: dict, states: np.ndarray, path: str, n_frames: int = 8,
 
 
 def report(run_dirs: list[str], out_dir: str) -> dict:
-    """Combine finished runs: ``table.md`` (all runs, the paper beside), ``details.md``, ``following.md`` (the
-    action-following table pooled over the seeds of each method, from the runs' ``following.json``; only when some
-    run has one) and ``rollout_acg.png`` / ``rollout_lacg.png`` (GT / X / X+MCL on the same target-task episodes).
+    """Combine finished runs: ``table.md`` (all runs, the paper beside), ``details.md``, and, from the runs'
+    ``following.json`` (where some run has one): ``following.md`` (the action-following table pooled over the seeds
+    of each method), ``table2.md`` (Table 2 pooled over seeds with intervals), ``mcl_effect.md`` (X+MCL − X, paired);
+    ``latent_probe.md`` when a LACG run has a probe; ``rollout_acg.png`` / ``rollout_lacg.png`` (GT / X / X+MCL on
+    the same target-task episodes, each method's lowest seed) from the runs that kept ``rollouts.npz``.
     Returns {name: path}."""
     results, rolls, follows = [], {}, []
     for d in run_dirs:
         with open(os.path.join(d, "metrics.json")) as f:
             r = json.load(f)
         results.append(r)
-        rolls[r["method"]] = np.load(os.path.join(d, "rollouts.npz"))
+        npz = os.path.join(d, "rollouts.npz")
+        if os.path.exists(npz) and (r["method"] not in rolls or r["seed"] < rolls[r["method"]][0]):
+            rolls[r["method"]] = (r["seed"], npz)
         f = load_following(d)       # None: evaluated before the action-following evaluation, or with it off
         if f is not None:
             follows.append((r, f))
@@ -180,14 +323,21 @@ def report(run_dirs: list[str], out_dir: str) -> dict:
     write_text_atomic(out["table"], table_markdown(results))
     write_text_atomic(out["details"], details_markdown(results))
     if follows:
-        out["following"] = os.path.join(out_dir, "following.md")
-        write_text_atomic(out["following"], following_report_markdown(follows))
+        for name, text in (("following", following_report_markdown(follows)),
+                           ("table2", pooled_table_markdown(follows)),
+                           ("mcl_effect", mcl_effect_markdown(mcl_effect(follows)))):
+            out[name] = os.path.join(out_dir, f"{name}.md")
+            write_text_atomic(out[name], text)
+    if any("latent_action_probe" in r for r in results):
+        out["latent_probe"] = os.path.join(out_dir, "latent_probe.md")
+        write_text_atomic(out["latent_probe"], probe_markdown(results))
     for v in ("ACG", "LACG"):
         have = [m for m in (v, f"{v}+MCL") if m in rolls]
         if not have:
             continue
-        rows = {"GT": rolls[have[0]]["target_gt"], **{m: rolls[m]["target_pred"] for m in have}}
-        out[v] = rollout_figure(rows, rolls[have[0]]["target_states"],
+        npz = {m: np.load(rolls[m][1]) for m in have}
+        rows = {"GT": npz[have[0]]["target_gt"], **{m: npz[m]["target_pred"] for m in have}}
+        out[v] = rollout_figure(rows, npz[have[0]]["target_states"],
                                 os.path.join(out_dir, f"rollout_{v.lower()}.png"), dpi=80)
     return out
 
@@ -197,11 +347,12 @@ def main(argv=None) -> int:
     one line on stderr and exit code 2."""
     p = argparse.ArgumentParser(prog="python -m mclcore.studies.worldmodel.report",
                                 description="combine finished world-model runs into Table 2 and the rollout figures")
-    p.add_argument("runs", nargs="+", help="run folders (with metrics.json and rollouts.npz)")
-    p.add_argument("--out", required=True, help="folder for table.md, details.md, following.md and rollout_*.png")
+    p.add_argument("runs", nargs="+", help="run folders (with metrics.json; following.json and rollouts.npz "
+                                           "where they exist)")
+    p.add_argument("--out", required=True, help="folder for table.md, details.md, following.md, table2.md, "
+                                                "mcl_effect.md, latent_probe.md and rollout_*.png")
     a = p.parse_args(argv)
-    missing = [os.path.join(d, f) for d in a.runs for f in ("metrics.json", "rollouts.npz")
-               if not os.path.exists(os.path.join(d, f))]
+    missing = [os.path.join(d, "metrics.json") for d in a.runs if not os.path.exists(os.path.join(d, "metrics.json"))]
     if missing:
         print(f"runs: not finished and evaluated (missing {', '.join(missing)})", file=sys.stderr)
         return 2
