@@ -30,6 +30,7 @@ from mclcore.studies.worldmodel.following import following_markdown, load_follow
 
 __all__ = ["PAPER_TABLE2", "SPLITS", "METRIC_KEYS", "table_markdown", "details_markdown", "rollout_figure",
            "following_report_markdown", "pooled_table_markdown", "mcl_effect", "mcl_effect_markdown",
+           "mcl_diagnostics_markdown",
            "probe_markdown", "report", "main"]
 
 SPLITS = ("target", "transfer")
@@ -224,6 +225,24 @@ def mcl_effect_markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def mcl_diagnostics_markdown(results: list[dict]) -> str:
+    """The MCL runs' last logged diagnostics (metrics.json ``mcl_*``, :mod:`mclcore.losses.diagnostics`): InfoNCE
+    loss, top-1 readout accuracy of the contrasted mechanism gradient, of the generator term alone and of the
+    critic's direct term alone (chance = 1 / batch), the shortcut share and the MCL / host gradient-norm ratio on the
+    forward model."""
+    rows = [r for r in _sorted(results) if r.get("mcl") and "mcl_acc" in r]
+    if not rows:
+        return ""
+    out = ["| Method | preset | seed | step | λ | L_MCL | top-1 acc | acc generator term | acc direct term | chance | "
+           "shortcut share | grad ratio MCL/host |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['method']} | {r['preset']} | {r['seed']} | {r['mcl_step']} | {r['mcl_weight']:g} | "
+                   f"{r['mcl_loss']:.3f} | {r['mcl_acc']:.3f} | {r['mcl_acc_generator']:.3f} | "
+                   f"{r['mcl_acc_direct']:.3f} | {r['mcl_chance']:.3f} | {r['mcl_shortcut_share']:.3f} | "
+                   f"{r['mcl_grad_ratio']:.3f} |")
+    return "\n".join(out) + "\n"
+
+
 def probe_markdown(results: list[dict]) -> str:
     """The LACG runs' latent-action probes (metrics.json ``latent_action_probe``): per run and split, the
     cross-embodiment R^2 (fitted on all training episodes), per action dimension, the same-embodiment R^2 and the
@@ -325,7 +344,9 @@ def report(run_dirs: list[str], out_dir: str) -> dict:
     if follows:
         for name, text in (("following", following_report_markdown(follows)),
                            ("table2", pooled_table_markdown(follows)),
-                           ("mcl_effect", mcl_effect_markdown(mcl_effect(follows)))):
+                           ("mcl_effect", mcl_effect_markdown(mcl_effect(follows))
+                            + ("\nMCL diagnostics at the end of training:\n\n" + mcl_diagnostics_markdown(results)
+                               if mcl_diagnostics_markdown(results) else ""))):
             out[name] = os.path.join(out_dir, f"{name}.md")
             write_text_atomic(out[name], text)
     if any("latent_action_probe" in r for r in results):
