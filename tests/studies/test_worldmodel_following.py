@@ -13,6 +13,7 @@ from mclcore.metrics.stats import summarize
 from mclcore.studies.worldmodel import following as fol
 from mclcore.studies.worldmodel import following_eval as fev
 from mclcore.studies.worldmodel import report as wm_report
+from mclcore.studies.worldmodel import seeds as wm_seeds
 from mclcore.studies.worldmodel.data import Episodes
 from mclcore.studies.worldmodel.evaluate import evaluate, rollouts
 from mclcore.studies.worldmodel.run import train
@@ -311,18 +312,18 @@ def test_table2_pools_seeds_and_mcl_effect_is_paired_by_seed_and_episode():
         mm, ff = _fake_run("ACG+MCL", seed, shift=0.25, gap=-0.5)       # same episodes as the base run + a shift
         runs.append((mm, ff))
     runs.append(_fake_run("LACG", 0))                                   # no LACG+MCL: no LACG effect rows
-    rows = wm_report.mcl_effect(runs)
+    rows = wm_seeds.mcl_effect(runs)
     assert {r["variant"] for r in rows} == {"ACG"} and all(r["seeds"] == [0, 1, 2] for r in rows)
     for r in rows:
         want = 0.25 - 0.5 if r["quantity"] == "right" else -0.5       # right = base + shift + gap; gap moves by gap
         assert r["diff"]["mean"] == pytest.approx(want) and r["diff"]["n_seeds"] == 3 and r["diff"]["n"] == 15
         assert r["diff"]["lo"] == pytest.approx(want) and r["diff"]["hi"] == pytest.approx(want)   # constant shift
-    md = wm_report.mcl_effect_markdown(rows)
+    md = wm_seeds.mcl_effect_markdown(rows)
     assert "| ACG | cpu | 0,1,2 | target | action-following gap right − shuffled, one-step | moving psnr | 15 |" in md
-    table = wm_report.pooled_table_markdown(runs)
+    table = wm_seeds.pooled_table_markdown(runs)
     seed_means = [f["splits"]["target"]["per_episode"]["open_loop"]["right"]["psnr"].mean()
                   for m, f in runs if m["method"] == "ACG"]
     line = next(l for l in table.splitlines() if l.startswith("| ACG (ours, cpu) | 0,1,2 | 15 |"))
     assert f"{np.mean(seed_means):.2f} [" in line and "0.600 [0.500, 0.700]" in line      # SSIM-L: seeds' range
     assert "| Wan-ACG+MCL (paper) |" in table
-    assert wm_report.mcl_effect_markdown([]).startswith("No variant")
+    assert wm_seeds.mcl_effect_markdown([]).startswith("No variant")
