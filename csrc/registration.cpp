@@ -20,18 +20,24 @@ TORCH_LIBRARY(mclcore, m) {
   // Member-stacked (all three infonce ops, csrc/infonce/infonce_members.h): p, k (M, B, d), groups (M, B) give M
   // independent losses in one call, every output with a leading member axis (loss (M,), lse_all / lse_pos (M, B),
   // dp / dk (M, B, d)) and infonce_backward's grad_loss (M,); member m equals an unstacked call on its slices.
-  m.def("infonce(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> (Tensor, Tensor, Tensor)");
+  // Rectangular mode (all three ops and their _cuda_ twins), `offset` given: p (B, d) local query rows against k
+  // (N, d) keys, N >= 2, 0 <= offset <= N - B; the positive of row i is key offset + i, groups is (N,) (one id per
+  // key; row i's own id is groups[offset + i]); loss = mean over the B rows, lse_all / lse_pos (B,), dk (N, d). The
+  // cross-rank InfoNCE: the B local queries against all ranks' keys (N = world_size B), offset = rank B. offset None
+  // is the square mode (k of p's shape), which equals N = B, offset = 0. Member-stacked: k (M, N, d), groups (M, N).
+  m.def("infonce(Tensor p, Tensor k, Tensor? groups, float tau, float eps, int? offset=None) -> "
+        "(Tensor, Tensor, Tensor)");
   // Gradient of infonce's loss w.r.t. p and k, recomputing S tile by tile from the saved row statistics.
   m.def(
       "infonce_backward(Tensor grad_loss, Tensor p, Tensor k, Tensor? groups, Tensor lse_all, Tensor lse_pos, "
-      "float tau, float eps) -> (Tensor, Tensor)");
+      "float tau, float eps, int? offset=None) -> (Tensor, Tensor)");
   // Training path: the loss and its gradients in one call, (loss, dp, dk) = (infonce's loss, d loss/dp, d loss/dk)
   // for an upstream gradient of 1; loss as infonce's, dp and dk contiguous in the dtypes of p and k. Three B x B x d
   // matrix products where infonce + infonce_backward make four: each row block holds its rows of S over all B
   // columns (an R x B panel; all panels within max(8 MiB, B d values), MCLCORE_INFONCE_FUSED_BYTES overrides), so
   // the row statistics are final before the gradient products. Past that budget (on 2 threads, B > 8192 at
   // d = 128) it computes the same with the recompute path. Memory O(B d + 8 MiB), never a B x B tensor.
-  m.def("infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> "
+  m.def("infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps, int? offset=None) -> "
         "(Tensor loss, Tensor dp, Tensor dk)");
 
   // Input gradient of a scalar MLP critic c(v) = w_L . s(... s(W_1 v + b_1) ...) + b_L (docs/DESIGN.md §2.2).
@@ -72,11 +78,12 @@ TORCH_LIBRARY(mclcore, m) {
   // csrc/<op>/<op>_cuda.cu; a CPU-only build declares them with no kernel at all, so whether one can run is a
   // question for the dispatcher (mclcore.ops._backend.cuda_available), not hasattr(torch.ops.mclcore, ...).
   // critic_grad and critic_grad_backward have no twin (their GPU implementation is the Triton one).
-  m.def("_cuda_infonce(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("_cuda_infonce(Tensor p, Tensor k, Tensor? groups, float tau, float eps, int? offset=None) -> "
+        "(Tensor, Tensor, Tensor)");
   m.def(
       "_cuda_infonce_backward(Tensor grad_loss, Tensor p, Tensor k, Tensor? groups, Tensor lse_all, "
-      "Tensor lse_pos, float tau, float eps) -> (Tensor, Tensor)");
-  m.def("_cuda_infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps) -> "
+      "Tensor lse_pos, float tau, float eps, int? offset=None) -> (Tensor, Tensor)");
+  m.def("_cuda_infonce_with_grad(Tensor p, Tensor k, Tensor? groups, float tau, float eps, int? offset=None) -> "
         "(Tensor loss, Tensor dp, Tensor dk)");
   m.def(
       "_cuda_mech_derivs(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? in_bias, Tensor? film_scale, "

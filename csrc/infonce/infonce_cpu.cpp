@@ -5,6 +5,11 @@
 //   loss = mean_i( lse_all_i - lse_pos_i ),  lse_all_i = logsumexp_j S_ij,
 //   lse_pos_i = S_ii (groups undefined) or logsumexp_{j : groups[j] == groups[i]} S_ij (multi-positive mode).
 //
+// Rectangular mode (an offset given): B query rows against N >= B keys, S is B x N, row i's positive is key column
+// c_i = offset + i and its own group id groups[c_i] (groups has one id per key, (N,)); every formula above and below
+// holds with "ii" read as (i, c_i), i over the B rows, j over the N columns. The square mode is N = B, offset 0.
+// Used across ranks: the B local queries against the N = world_size * B all-gathered keys, offset = rank * B.
+//
 // Tiled like flash attention: a row block of R rows meets the keys one column tile of C columns at a time
 // (S_tile = at::mm of the normalised tiles), so neither pass ever holds more than an R x C piece of S.
 // Forward keeps per-row running (max, sum) -- an online log-sum-exp -- and returns only lse_all/lse_pos (O(B)).
@@ -325,8 +330,10 @@ MCL_INLINE void bwd_tile_body(T* S, int64_t r, int64_t c, const T* la, const T* 
 // float64). They only matter when the positive mass itself is that far down: when t_i < kMinPosMass (e^-30) the
 // row's positive terms are recomputed from q_i and the keys (d flops per positive, into scratch) with their own
 // maximum -- e.g. tau = 0.01 with every positive anti-aligned. Otherwise every flushed positive is below
-// e^-57 t_i, far under float32 rounding. loss_rows get the row terms in float64, clamped at 0 (two sums over
-// nested sets can disagree in the last ulp). qs: the r rows q_i / tau (row stride d); kn: all n unit keys.
+// e^-57 t_i, far under float32 rounding. loss_rows (r entries) get the row terms in float64, clamped at 0 (two
+// sums over nested sets can disagree in the last ulp). Row ii's positive is column c0 + ii (the diagonal when c0 =
+// i0; offset + i0 in rectangular mode), and its group id ids[c0 + ii]. qs: the r rows q_i / tau (row stride d); kn:
+// all n unit keys.
 template <typename T>
 constexpr T kMinPosMass = T(9.357622968840175e-14);  // e^-30
 // |S_ij| <= 1/tau (unit rows), so with the fixed shift 1/tau every exp argument lies in [-2/tau, 0]: no exp
@@ -335,27 +342,27 @@ template <typename T>
 constexpr T kFixedShiftRange = sizeof(T) == 4 ? T(80) : T(700);
 
 template <typename K, typename T>
-MCL_INLINE void fused_rows_body(T* S, int64_t r, int64_t n, int64_t i0, const int32_t* ids, T coef, T shift,
+MCL_INLINE void fused_rows_body(T* S, int64_t r, int64_t n, int64_t c0, const int32_t* ids, T coef, T shift,
                                 double* loss_rows, const T* qs, const T* kn, int64_t d, T* scratch) {
   const bool fixed = !std::isnan(shift);
   for (int64_t ii = 0; ii < r; ++ii) {
     T* x = S + ii * n;
-    const int64_t i = i0 + ii;
+    const int64_t c = c0 + ii;  // the row's positive column
     const T m = fixed ? shift : K::row_max(x, n);
     if (ids == nullptr) {
-      const T sii = x[i];
+      const T sii = x[c];
       const T s = fixed ? K::exp_shift_sum_nc(x, n, m) : K::exp_shift_sum(x, n, m);
-      loss_rows[i] =
+      loss_rows[ii] =
           std::max(0.0, (static_cast<double>(m) - static_cast<double>(sii)) + std::log(static_cast<double>(s)));
       K::scale_row(x, nullptr, 0, n, coef / s, T(0));
-      x[i] -= coef;
+      x[c] -= coef;
       continue;
     }
-    const int32_t g = ids[i];
+    const int32_t g = ids[c];
     const T s = fixed ? K::exp_shift_sum_nc(x, n, m) : K::exp_shift_sum(x, n, m);
     const T t = K::masked_sum(x, ids, g, n);
     if (fixed || t >= kMinPosMass<T>) {
-      loss_rows[i] = std::max(0.0, std::log(static_cast<double>(s)) - std::log(static_cast<double>(t)));
+      loss_rows[ii] = std::max(0.0, std::log(static_cast<double>(s)) - std::log(static_cast<double>(t)));
       K::scale_row(x, ids, g, n, coef / s, coef / s - coef / t);
       continue;
     }
@@ -372,7 +379,7 @@ MCL_INLINE void fused_rows_body(T* S, int64_t r, int64_t n, int64_t i0, const in
       if (ids[j] == g) sp += exp_t(scratch[j] - mp);
     const double lp = static_cast<double>(mp) + std::log(static_cast<double>(sp));
     const double la = static_cast<double>(m) + std::log(static_cast<double>(s));
-    loss_rows[i] = std::max(0.0, la - lp);
+    loss_rows[ii] = std::max(0.0, la - lp);
     const T a = coef / s, lpt = static_cast<T>(lp);
     for (int64_t j = 0; j < n; ++j) x[j] = a * x[j] - (ids[j] == g ? coef * exp_t(scratch[j] - lpt) : T(0));
   }
@@ -453,10 +460,10 @@ MCL_INLINE void normalise_backward_body(const T* g, const T* u, T* out, const do
                               const int32_t* gi, const int32_t* gj, float coef) {                                \
     bwd_tile_body<K>(S, r, c, la, lp, gi, gj, coef);                                                              \
   }                                                                                                               \
-  ATTR void fused_rows_##SUFFIX(float* S, int64_t r, int64_t n, int64_t i0, const int32_t* ids, float coef,       \
+  ATTR void fused_rows_##SUFFIX(float* S, int64_t r, int64_t n, int64_t c0, const int32_t* ids, float coef,       \
                                 float shift, double* loss_rows, const float* qs, const float* kn, int64_t d,     \
                                 float* scratch) {                                                                 \
-    fused_rows_body<K>(S, r, n, i0, ids, coef, shift, loss_rows, qs, kn, d, scratch);                             \
+    fused_rows_body<K>(S, r, n, c0, ids, coef, shift, loss_rows, qs, kn, d, scratch);                             \
   }                                                                                                               \
   template <typename In>                                                                                          \
   ATTR void normalise_rows_##SUFFIX(const In* x, float* out, double* norms, int64_t b0, int64_t b1, int64_t d,     \
@@ -494,13 +501,13 @@ void bwd_tile(double* S, int64_t r, int64_t c, const double* la, const double* l
               const int32_t* gj, double coef) {
   bwd_tile_body<Scalar<double>>(S, r, c, la, lp, gi, gj, coef);
 }
-void fused_rows(float* S, int64_t r, int64_t n, int64_t i0, const int32_t* ids, float coef, float shift,
+void fused_rows(float* S, int64_t r, int64_t n, int64_t c0, const int32_t* ids, float coef, float shift,
                 double* loss_rows, const float* qs, const float* kn, int64_t d, float* scratch) {
-  MCL_DISPATCH(fused_rows, S, r, n, i0, ids, coef, shift, loss_rows, qs, kn, d, scratch);
+  MCL_DISPATCH(fused_rows, S, r, n, c0, ids, coef, shift, loss_rows, qs, kn, d, scratch);
 }
-void fused_rows(double* S, int64_t r, int64_t n, int64_t i0, const int32_t* ids, double coef, double shift,
+void fused_rows(double* S, int64_t r, int64_t n, int64_t c0, const int32_t* ids, double coef, double shift,
                 double* loss_rows, const double* qs, const double* kn, int64_t d, double* scratch) {
-  fused_rows_body<Scalar<double>>(S, r, n, i0, ids, coef, shift, loss_rows, qs, kn, d, scratch);
+  fused_rows_body<Scalar<double>>(S, r, n, c0, ids, coef, shift, loss_rows, qs, kn, d, scratch);
 }
 template <typename In>
 void normalise_rows(const In* x, float* out, double* norms, int64_t b0, int64_t b1, int64_t d, double scale,
@@ -521,61 +528,67 @@ void normalise_backward_rows(const double* g, const double* u, double* out, cons
   normalise_backward_body<Scalar<double>>(g, u, out, norms, b0, b1, d, uscale, gscale, eps);
 }
 
-// Normalised inputs of both kernels.
+// Normalised inputs of both kernels. B query rows, N key rows (N = B in square mode); row i's positive is key
+// column off + i (off = 0 in square mode).
 struct Inputs {
-  Tensor qs, kn;                  // (B, d) compute dtype, contiguous: q / tau and the unit keys k^
-  std::vector<double> pnorm, knorm;  // |p_i|, |k_i| in float64 (a finite float32 row's norm may exceed FLT_MAX)
-  std::vector<int32_t> ids;       // dense group ids (0..n_groups-1), empty in diagonal mode
+  Tensor qs, kn;                  // (B, d) and (N, d), compute dtype, contiguous: q / tau and the unit keys k^
+  std::vector<double> pnorm, knorm;  // |p_i|, |k_j| in float64 (a finite float32 row's norm may exceed FLT_MAX)
+  std::vector<int32_t> ids;       // dense group ids (0..n_groups-1) of the N keys, empty in diagonal mode
   const int32_t* groups = nullptr;
-  int64_t B = 0, d = 0;
+  int64_t B = 0, N = 0, d = 0, off = 0;
 };
 
-// Group ids are compared for equality only; renumbering them densely as int32 (sort, O(B log B)) lets the tile
+// Group ids are compared for equality only; renumbering them densely as int32 (sort, O(N log N)) lets the tile
 // loops compare 8 ids per instruction next to 8 floats.
 void dense_ids(const Tensor& groups, Inputs& in) {
   const Tensor g = groups.contiguous();
   const int64_t* v = g.const_data_ptr<int64_t>();
-  const int64_t B = g.size(0);
-  std::vector<int64_t> order(B);
-  for (int64_t i = 0; i < B; ++i) order[i] = i;
+  const int64_t n = g.size(0);
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [v](int64_t a, int64_t b) { return v[a] < v[b]; });
-  in.ids.assign(B, 0);
+  in.ids.assign(n, 0);
   int32_t next = 0;
-  for (int64_t t = 0; t < B; ++t) {
+  for (int64_t t = 0; t < n; ++t) {
     if (t > 0 && v[order[t]] != v[order[t - 1]]) ++next;
     in.ids[order[t]] = next;
   }
   in.groups = in.ids.data();
 }
 
-// qs_i = p_i / (tau max(|p_i|, eps)) and kn_i = k_i / max(|k_i|, eps) in the compute dtype T, one parallel region
+// qs_i = p_i / (tau max(|p_i|, eps)) and kn_j = k_j / max(|k_j|, eps) in the compute dtype T, one parallel region
 // for both. Raises if a row is not finite, naming the argument and the row.
 template <typename T, typename In>
-Inputs prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps) {
+Inputs prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps,
+               int64_t off) {
   Inputs in;
   in.B = p.size(0);
+  in.N = k.size(0);
   in.d = p.size(1);
-  const int64_t B = in.B, d = in.d;
+  in.off = off;
+  const int64_t B = in.B, N = in.N, d = in.d;
   const Tensor pc = p.contiguous(), kc = k.contiguous();
   const auto opts = pc.options().dtype(c10::CppTypeToScalarType<T>::value);
   in.qs = at::empty({B, d}, opts);
-  in.kn = at::empty({B, d}, opts);
+  in.kn = at::empty({N, d}, opts);
   in.pnorm.resize(B);
-  in.knorm.resize(B);
+  in.knorm.resize(N);
   const In* src[2] = {pc.const_data_ptr<In>(), kc.const_data_ptr<In>()};
   T* dst[2] = {in.qs.mutable_data_ptr<T>(), in.kn.mutable_data_ptr<T>()};
   double* nrm[2] = {in.pnorm.data(), in.knorm.data()};
   const double scale[2] = {1.0 / tau, 1.0};
-  // Rows [0, B) are p's, [B, 2B) k's: one parallel region for both.
-  at::parallel_for(0, 2 * B, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
+  const int64_t first[2] = {0, B}, count[2] = {B, N};
+  // Rows [0, B) are p's, [B, B + N) k's: one parallel region for both.
+  at::parallel_for(0, B + N, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
     for (int which = 0; which < 2; ++which) {
-      const int64_t lo = std::max(b0, which * B) - which * B, hi = std::min(b1, (which + 1) * B) - which * B;
+      const int64_t lo = std::max(b0, first[which]) - first[which];
+      const int64_t hi = std::min(b1, first[which] + count[which]) - first[which];
       if (lo < hi) normalise_rows(src[which], dst[which], nrm[which], lo, hi, d, scale[which], eps);
     }
   });
   int64_t bad[2] = {-1, -1};
   for (int which = 0; which < 2; ++which)
-    for (int64_t i = 0; i < B && bad[which] < 0; ++i)
+    for (int64_t i = 0; i < count[which] && bad[which] < 0; ++i)
       if (std::isnan(nrm[which][i])) bad[which] = i;
   TORCH_CHECK(bad[0] < 0, "mclcore.infonce: p contains NaN or infinite values (row ", bad[0], ")");
   TORCH_CHECK(bad[1] < 0, "mclcore.infonce: k contains NaN or infinite values (row ", bad[1], ")");
@@ -583,20 +596,22 @@ Inputs prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& gr
   return in;
 }
 
-// In place, for dq (which = 0) and dk (which = 1) in one parallel region: back through the row normalisations.
-// dq was accumulated as dS k^ (gscale 1/tau still to apply) against qs = q / tau (uscale tau); dk = dS^T qs is
-// complete (gscale 1) against the unit keys (uscale 1).
+// In place, for dq (which = 0, B rows) and dk (which = 1, N rows) in one parallel region: back through the row
+// normalisations. dq was accumulated as dS k^ (gscale 1/tau still to apply) against qs = q / tau (uscale tau);
+// dk = dS^T qs is complete (gscale 1) against the unit keys (uscale 1).
 template <typename T>
 void normalise_backward(const Inputs& in, T* dq, T* dk, double tau, double eps) {
-  const int64_t B = in.B, d = in.d;
+  const int64_t B = in.B, N = in.N, d = in.d;
   T* g[2] = {dq, dk};
   const T* u[2] = {in.qs.const_data_ptr<T>(), in.kn.const_data_ptr<T>()};
   const double* nrm[2] = {in.pnorm.data(), in.knorm.data()};
   const T uscale[2] = {static_cast<T>(tau), T(1)};
   const T gscale[2] = {static_cast<T>(1.0 / tau), T(1)};
-  at::parallel_for(0, 2 * B, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
+  const int64_t first[2] = {0, B}, count[2] = {B, N};
+  at::parallel_for(0, B + N, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
     for (int which = 0; which < 2; ++which) {
-      const int64_t lo = std::max(b0, which * B) - which * B, hi = std::min(b1, (which + 1) * B) - which * B;
+      const int64_t lo = std::max(b0, first[which]) - first[which];
+      const int64_t hi = std::min(b1, first[which] + count[which]) - first[which];
       if (lo < hi)
         normalise_backward_rows(g[which], u[which], g[which], nrm[which], lo, hi, d, uscale[which], gscale[which],
                                 eps);
@@ -608,26 +623,29 @@ void normalise_backward(const Inputs& in, T* dq, T* dk, double tau, double eps) 
 // Tiling.
 
 struct Geometry {
-  int64_t R, nrb, C;  // rows per block, number of row blocks, columns per tile
+  int64_t R, nrb, C;  // rows per block, number of row blocks (over the B queries), columns per tile (of the N keys)
+  int64_t ncb;        // column blocks of R keys (the backward's second pass over the keys)
   int64_t nt;         // workers
-  int64_t grain;      // parallel_for grain over blocks: nrb (i.e. run inline) when not worth a parallel region
+  int64_t grain;      // parallel_for grain over row blocks: nrb (i.e. run inline) when not worth a parallel region
+  int64_t cgrain;     // the same over column blocks
 };
 
 // Row blocks: at most kMaxRowBlock rows, at least one per thread while blocks keep >= kMinRowBlock rows, and a
 // count that is a multiple of the thread count so the static OpenMP schedule stays balanced (B = 257 on 2 threads:
-// 4 blocks of <= 65 rows rather than 128 + 128 + 1). Below B^2 d = 2^20 (~12 us of matrix products on one core,
-// B ~ 90 at d = 128) the kernel runs on the calling thread: waking a second thread costs as much as it saves, and
-// far more when the machine is shared and that thread is not scheduled.
+// 4 blocks of <= 65 rows rather than 128 + 128 + 1). Below B N d = 2^20 (~12 us of matrix products on one core,
+// B = N ~ 90 at d = 128) the kernel runs on the calling thread: waking a second thread costs as much as it saves,
+// and far more when the machine is shared and that thread is not scheduled.
 constexpr int64_t kMinParallelWork = int64_t(1) << 20;
-Geometry geometry(int64_t B, int64_t d) {
-  const bool parallel = B * B * d >= kMinParallelWork;
+Geometry geometry(int64_t B, int64_t N, int64_t d) {
+  const bool parallel = B * N * d >= kMinParallelWork;
   const int64_t nt = parallel ? std::max<int64_t>(1, at::get_num_threads()) : 1;
   int64_t nrb = (B + kMaxRowBlock - 1) / kMaxRowBlock;
   if (nrb < nt) nrb = std::min(nt, std::max<int64_t>(1, B / kMinRowBlock));
   if (nrb > nt) nrb = (nrb + nt - 1) / nt * nt;
   const int64_t R = (B + nrb - 1) / nrb;
   nrb = (B + R - 1) / R;
-  return {R, nrb, std::min(B, kColTile), nt, parallel ? 1 : nrb};
+  const int64_t ncb = (N + R - 1) / R;
+  return {R, nrb, std::min(N, kColTile), ncb, nt, parallel ? 1 : nrb, parallel ? 1 : ncb};
 }
 
 int64_t env_bytes(const char* name, int64_t fallback) {
@@ -636,14 +654,14 @@ int64_t env_bytes(const char* name, int64_t fallback) {
   return std::strtoll(v, nullptr, 10);
 }
 int64_t partial_budget() { return env_bytes("MCLCORE_INFONCE_PARTIAL_BYTES", kDefaultPartialBudget); }
-int64_t fused_budget(int64_t B, int64_t d, int64_t elem) {
-  return env_bytes("MCLCORE_INFONCE_FUSED_BYTES", std::max(kFusedBudgetFloor, B * d * elem));
+int64_t fused_budget(int64_t N, int64_t d, int64_t elem) {
+  return env_bytes("MCLCORE_INFONCE_FUSED_BYTES", std::max(kFusedBudgetFloor, N * d * elem));
 }
 
 template <typename T>
 void forward_kernel(const Inputs& in, T* lse_all, T* lse_pos) {
-  const int64_t B = in.B;
-  const Geometry geo = geometry(B, in.d);
+  const int64_t B = in.B, N = in.N, off = in.off;
+  const Geometry geo = geometry(B, N, in.d);
   const int32_t* grp = in.groups;
   parallel_for_below_autograd(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
     Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
@@ -655,18 +673,18 @@ void forward_kernel(const Inputs& in, T* lse_all, T* lse_pos) {
       std::fill(mp.begin(), mp.end(), kNegInf<T>);
       std::fill(sp.begin(), sp.end(), T(0));
       const Tensor qI = in.qs.narrow(0, i0, r);
-      for (int64_t j0 = 0; j0 < B; j0 += geo.C) {
-        const int64_t c = std::min(geo.C, B - j0);
+      for (int64_t j0 = 0; j0 < N; j0 += geo.C) {
+        const int64_t c = std::min(geo.C, N - j0);
         Tensor S = sbuf.narrow(0, 0, r * c).view({r, c});
         at::mm_out(S, qI, in.kn.narrow(0, j0, c).t());
         T* x = S.mutable_data_ptr<T>();
-        if (grp == nullptr) {  // diagonal mode: S_ii from the same product the log-sum-exp sees
+        if (grp == nullptr) {  // diagonal mode: S_{i, off+i} from the same product the log-sum-exp sees
           for (int64_t ii = 0; ii < r; ++ii) {
-            const int64_t jj = i0 + ii - j0;
+            const int64_t jj = off + i0 + ii - j0;
             if (jj >= 0 && jj < c) lse_pos[i0 + ii] = x[ii * c + jj];
           }
         }
-        fwd_tile(x, r, c, m.data(), s.data(), grp ? grp + i0 : nullptr, grp ? grp + j0 : nullptr, mp.data(),
+        fwd_tile(x, r, c, m.data(), s.data(), grp ? grp + off + i0 : nullptr, grp ? grp + j0 : nullptr, mp.data(),
                  sp.data(), scratch.data());
       }
       for (int64_t ii = 0; ii < r; ++ii) {
@@ -685,38 +703,38 @@ Tensor ds_tile(const Inputs& in, Tensor& sbuf, int64_t i0, int64_t r, int64_t j0
   at::mm_out(S, in.qs.narrow(0, i0, r), in.kn.narrow(0, j0, c).t());
   T* x = S.mutable_data_ptr<T>();
   const int32_t* grp = in.groups;
-  bwd_tile(x, r, c, la + i0, lp + i0, grp ? grp + i0 : nullptr, grp ? grp + j0 : nullptr, coef);
-  if (grp == nullptr) {  // the diagonal positive: exp(S_ii - lse_pos_i) = 1 exactly
+  bwd_tile(x, r, c, la + i0, lp + i0, grp ? grp + in.off + i0 : nullptr, grp ? grp + j0 : nullptr, coef);
+  if (grp == nullptr) {  // the diagonal positive: exp(S_{i, off+i} - lse_pos_i) = 1 exactly
     for (int64_t ii = 0; ii < r; ++ii) {
-      const int64_t jj = i0 + ii - j0;
+      const int64_t jj = in.off + i0 + ii - j0;
       if (jj >= 0 && jj < c) x[ii * c + jj] -= coef;
     }
   }
   return S;
 }
 
-// Writes dS k^ into dq (its 1/tau comes later) and dS^T (q / tau) into dk, both (B, d), uninitialised on entry.
+// Writes dS k^ into dq (B, d; its 1/tau comes later) and dS^T (q / tau) into dk (N, d), uninitialised on entry.
 template <typename T>
 void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor& dq, Tensor& dk) {
-  const int64_t B = in.B, d = in.d;
-  const Geometry geo = geometry(B, in.d);
+  const int64_t B = in.B, N = in.N, d = in.d;
+  const Geometry geo = geometry(B, N, in.d);
   const int64_t nchunks = std::min(geo.nt, geo.nrb);
-  if ((nchunks - 1) * B * d * static_cast<int64_t>(sizeof(T)) <= partial_budget()) {
-    // One pass; chunk 0 accumulates dk in place, the others into their own (B, d) buffers, summed at the end.
+  if ((nchunks - 1) * N * d * static_cast<int64_t>(sizeof(T)) <= partial_budget()) {
+    // One pass; chunk 0 accumulates dk in place, the others into their own (N, d) buffers, summed at the end.
     std::vector<Tensor> acc(nchunks);
     acc[0] = dk;
     parallel_for_below_autograd(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
       Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
       for (int64_t ch = c0; ch < c1; ++ch) {
-        if (ch > 0) acc[ch] = at::empty({B, d}, dk.options());  // first touched by the thread using it
+        if (ch > 0) acc[ch] = at::empty({N, d}, dk.options());  // first touched by the thread using it
         Tensor& dkacc = acc[ch];
         const int64_t rb_first = ch * geo.nrb / nchunks;
         for (int64_t rb = rb_first; rb < (ch + 1) * geo.nrb / nchunks; ++rb) {
           const int64_t i0 = rb * geo.R, r = std::min(geo.R, B - i0);
           Tensor dqI = dq.narrow(0, i0, r);
           const Tensor qI = in.qs.narrow(0, i0, r);
-          for (int64_t j0 = 0; j0 < B; j0 += geo.C) {
-            const int64_t c = std::min(geo.C, B - j0);
+          for (int64_t j0 = 0; j0 < N; j0 += geo.C) {
+            const int64_t c = std::min(geo.C, N - j0);
             const Tensor E = ds_tile<T>(in, sbuf, i0, r, j0, c, la, lp, coef);
             mm_acc(dqI, E, in.kn.narrow(0, j0, c), j0 == 0);
             mm_acc(dkacc.narrow(0, j0, c), E.t(), qI, rb == rb_first);
@@ -727,22 +745,22 @@ void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor&
     for (int64_t ch = 1; ch < nchunks; ++ch) dk.add_(acc[ch]);
     return;
   }
-  // Pass 1: dq over row blocks. Pass 2: dk over column blocks (the same blocks), recomputing the tiles.
+  // Pass 1: dq over row blocks. Pass 2: dk over column blocks of R keys, recomputing the tiles (rows of C queries).
   parallel_for_below_autograd(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
     Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
     for (int64_t rb = b0; rb < b1; ++rb) {
       const int64_t i0 = rb * geo.R, r = std::min(geo.R, B - i0);
       Tensor dqI = dq.narrow(0, i0, r);
-      for (int64_t j0 = 0; j0 < B; j0 += geo.C) {
-        const int64_t c = std::min(geo.C, B - j0);
+      for (int64_t j0 = 0; j0 < N; j0 += geo.C) {
+        const int64_t c = std::min(geo.C, N - j0);
         mm_acc(dqI, ds_tile<T>(in, sbuf, i0, r, j0, c, la, lp, coef), in.kn.narrow(0, j0, c), j0 == 0);
       }
     }
   });
-  parallel_for_below_autograd(0, geo.nrb, geo.grain, [&](int64_t b0, int64_t b1) {
+  parallel_for_below_autograd(0, geo.ncb, geo.cgrain, [&](int64_t b0, int64_t b1) {
     Tensor sbuf = at::empty({geo.R * geo.C}, in.qs.options());
     for (int64_t cb = b0; cb < b1; ++cb) {
-      const int64_t j0 = cb * geo.R, c = std::min(geo.R, B - j0);
+      const int64_t j0 = cb * geo.R, c = std::min(geo.R, N - j0);
       Tensor dkJ = dk.narrow(0, j0, c);
       for (int64_t i0 = 0; i0 < B; i0 += geo.C) {
         const int64_t r = std::min(geo.C, B - i0);
@@ -782,20 +800,22 @@ void backward_kernel(const Inputs& in, const T* la, const T* lp, T coef, Tensor&
 // replaces the row maximum: no max pass, and the exp needs no range clamps. Below that, each row's maximum (see
 // fused_rows_body for the positives of the multi-positive mode).
 //
+// Rectangular mode: the panels are R_f x N (whole rows over all N keys), budgets and caches counted in N.
+//
 // Returns false, touching nothing, when the panels do not fit the budget with R_f >= min(kMinFusedRows, rows per
-// worker), or the per-worker dk buffers (workers - 1) B d values exceed partial_budget(): the caller then runs
-// forward_kernel + backward_kernel (O(B d + tile) memory at any B). Writes the loss row terms into loss_rows,
-// dp into in.qs and dk into dk, both complete (through the normalisations).
+// worker), or the per-worker dk buffers (workers - 1) N d values exceed partial_budget(): the caller then runs
+// forward_kernel + backward_kernel (O(N d + tile) memory at any size). Writes the loss row terms into loss_rows
+// (B), dp into in.qs and dk (N, d) into dk, both complete (through the normalisations).
 template <typename T>
 bool fused_kernel(const Inputs& in, double tau, double eps, T coef, double* loss_rows, Tensor& dk) {
-  const int64_t B = in.B, d = in.d;
-  const Geometry geo = geometry(B, d);
+  const int64_t B = in.B, N = in.N, d = in.d;
+  const Geometry geo = geometry(B, N, d);
   const int64_t nt = geo.nt;
   const int64_t elem = sizeof(T);
-  const int64_t rmax = fused_budget(B, d, elem) / (nt * B * elem);
+  const int64_t rmax = fused_budget(N, d, elem) / (nt * N * elem);
   // Rows per block without a budget: one block per worker, up to kMaxFusedRows, fewer (down to kMinFusedRows) once
   // a panel outgrows kPanelCacheBytes.
-  const int64_t cache_rows = std::max(kMinFusedRows, std::min(kMaxFusedRows, kPanelCacheBytes / (B * elem)));
+  const int64_t cache_rows = std::max(kMinFusedRows, std::min(kMaxFusedRows, kPanelCacheBytes / (N * elem)));
   const int64_t want = std::min(cache_rows, (B + nt - 1) / nt);
   if (rmax < std::min(want, kMinFusedRows)) return false;
   int64_t R = std::min(want, rmax);
@@ -804,7 +824,7 @@ bool fused_kernel(const Inputs& in, double tau, double eps, T coef, double* loss
   R = (B + nrb - 1) / nrb;
   nrb = (B + R - 1) / R;
   const int64_t nchunks = std::min(nt, nrb);
-  if ((nchunks - 1) * B * d * elem > partial_budget()) return false;
+  if ((nchunks - 1) * N * d * elem > partial_budget()) return false;
   const int32_t* grp = in.groups;
   // The fixed shift 1/tau where no exp can underflow, else each row's maximum (NaN tells fused_rows which).
   const T shift =
@@ -813,13 +833,13 @@ bool fused_kernel(const Inputs& in, double tau, double eps, T coef, double* loss
   // training step (the backward's scaled gradients) allocates, rather than in a worker's.
   std::vector<Tensor> acc(nchunks), panel(nchunks), dqbuf(nchunks);
   for (int64_t ch = 0; ch < nchunks; ++ch) {
-    acc[ch] = ch == 0 ? dk : at::empty({B, d}, dk.options());
-    panel[ch] = at::empty({R * B}, in.qs.options());
+    acc[ch] = ch == 0 ? dk : at::empty({N, d}, dk.options());
+    panel[ch] = at::empty({R * N}, in.qs.options());
     dqbuf[ch] = at::empty({R, d}, in.qs.options());
   }
   const T uscale = static_cast<T>(tau), gscale = static_cast<T>(1.0 / tau);
   parallel_for_below_autograd(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<T> scratch(grp != nullptr ? B : 0);
+    std::vector<T> scratch(grp != nullptr ? N : 0);
     T* qs = in.qs.mutable_data_ptr<T>();
     const T* kn = in.kn.const_data_ptr<T>();
     for (int64_t ch = c0; ch < c1; ++ch) {
@@ -827,9 +847,9 @@ bool fused_kernel(const Inputs& in, double tau, double eps, T coef, double* loss
       for (int64_t rb = rb_first; rb < (ch + 1) * nrb / nchunks; ++rb) {
         const int64_t i0 = rb * R, r = std::min(R, B - i0);
         const Tensor qI = in.qs.narrow(0, i0, r);
-        Tensor S = panel[ch].narrow(0, 0, r * B).view({r, B});
+        Tensor S = panel[ch].narrow(0, 0, r * N).view({r, N});
         at::mm_out(S, qI, in.kn.t());
-        fused_rows(S.mutable_data_ptr<T>(), r, B, i0, grp, coef, shift, loss_rows, qs + i0 * d, kn, d,
+        fused_rows(S.mutable_data_ptr<T>(), r, N, in.off + i0, grp, coef, shift, loss_rows + i0, qs + i0 * d, kn, d,
                    scratch.data());
         mm_acc(acc[ch], S.t(), qI, rb == rb_first);
         // Rows I of q are needed no more: dq_I = dS_I k^ (1/tau to apply), and dp_I goes where q_I / tau was.
@@ -844,7 +864,7 @@ bool fused_kernel(const Inputs& in, double tau, double eps, T coef, double* loss
   // dk = sum of the workers' buffers, then back through the key normalisation, row by row while in cache.
   T* dkp = dk.mutable_data_ptr<T>();
   const T* kn = in.kn.const_data_ptr<T>();
-  at::parallel_for(0, B, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, N, std::max<int64_t>(1, 16384 / d), [&](int64_t b0, int64_t b1) {
     for (int64_t ch = 1; ch < nchunks; ++ch) {
       const T* a = acc[ch].const_data_ptr<T>();
       for (int64_t x = b0 * d; x < b1 * d; ++x) dkp[x] += a[x];
@@ -855,17 +875,20 @@ bool fused_kernel(const Inputs& in, double tau, double eps, T coef, double* loss
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// Checks and entry points.
+// Checks and entry points. offset: none in square mode (p, k (B, d)), the key column of row 0's positive in
+// rectangular mode (k (N, d)); infonce_checks.h has the rules.
 
 using mclcore::infonce_checks::compute_dtype;
 
-void check_inputs(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps) {
-  mclcore::infonce_checks::check_inputs(p, k, groups, tau, eps, c10::DeviceType::CPU);
+int64_t check_inputs(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps,
+                     std::optional<int64_t> offset) {
+  return mclcore::infonce_checks::check_inputs(p, k, groups, tau, eps, offset, c10::DeviceType::CPU);
 }
 
 std::tuple<Tensor, Tensor, Tensor> infonce_cpu_one(const Tensor& p, const Tensor& k,
-                                                   const std::optional<Tensor>& groups, double tau, double eps) {
-  check_inputs(p, k, groups, tau, eps);
+                                                   const std::optional<Tensor>& groups, double tau, double eps,
+                                                   std::optional<int64_t> offset) {
+  const int64_t off = check_inputs(p, k, groups, tau, eps, offset);
   const int64_t B = p.size(0);
   const auto ct = compute_dtype(p.scalar_type());
   Tensor loss = at::empty({}, p.options().dtype(ct));
@@ -873,14 +896,14 @@ std::tuple<Tensor, Tensor, Tensor> infonce_cpu_one(const Tensor& p, const Tensor
   Tensor lse_pos = at::empty({B}, p.options().dtype(ct));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce", [&] {
     using T = at::opmath_type<scalar_t>;
-    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps);
+    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps, off);
     T* la = lse_all.mutable_data_ptr<T>();
     T* lp = lse_pos.mutable_data_ptr<T>();
     forward_kernel<T>(in, la, lp);
     // Per-row terms are >= 0 mathematically (P(i) is a subset of all j). In diagonal mode the rounded values keep
     // that exactly (the running sum holds exp(0) = 1 for the row maximum, so lse_all >= max_j S_ij >= S_ii); two
     // rounded log-sum-exps over nested sets can disagree in the last ulp, and the clamp keeps that from making
-    // the loss negative. Summed in float64: B terms of size ~log B.
+    // the loss negative. Summed in float64: B terms of size ~log N.
     double total = 0;
     for (int64_t i = 0; i < B; ++i) total += std::max(0.0, static_cast<double>(la[i]) - static_cast<double>(lp[i]));
     *loss.mutable_data_ptr<T>() = static_cast<T>(total / static_cast<double>(B));
@@ -890,27 +913,20 @@ std::tuple<Tensor, Tensor, Tensor> infonce_cpu_one(const Tensor& p, const Tensor
 
 std::tuple<Tensor, Tensor> infonce_backward_cpu_one(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
                                                     const std::optional<Tensor>& groups, const Tensor& lse_all,
-                                                    const Tensor& lse_pos, double tau, double eps) {
-  check_inputs(p, k, groups, tau, eps);
-  const int64_t B = p.size(0), d = p.size(1);
+                                                    const Tensor& lse_pos, double tau, double eps,
+                                                    std::optional<int64_t> offset) {
+  const int64_t off = check_inputs(p, k, groups, tau, eps, offset);
+  mclcore::infonce_checks::check_row_stats(p, grad_loss, lse_all, lse_pos);
+  const int64_t B = p.size(0), N = k.size(0), d = p.size(1);
   const auto ct = compute_dtype(p.scalar_type());
-  TORCH_CHECK(grad_loss.numel() == 1, "mclcore.infonce_backward: grad_loss must hold one value, got shape ",
-              grad_loss.sizes());
-  for (const Tensor* t : {&lse_all, &lse_pos}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == B, "mclcore.infonce_backward: lse_all/lse_pos must have shape (", B,
-                ",), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == ct, "mclcore.infonce_backward: lse_all/lse_pos must be ", ct, ", got ",
-                t->scalar_type());
-    TORCH_CHECK(t->device() == p.device(), "mclcore.infonce_backward: lse_all/lse_pos must be on ", p.device());
-  }
   const double g = grad_loss.item<double>();
   Tensor dp, dk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce_backward", [&] {
     using T = at::opmath_type<scalar_t>;
-    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps);
+    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps, off);
     const Tensor la = lse_all.contiguous(), lp = lse_pos.contiguous();
     Tensor dq = at::empty({B, d}, in.qs.options());
-    Tensor dkh = at::empty({B, d}, in.qs.options());
+    Tensor dkh = at::empty({N, d}, in.qs.options());
     backward_kernel<T>(in, la.const_data_ptr<T>(), lp.const_data_ptr<T>(), static_cast<T>(g / B), dq, dkh);
     normalise_backward<T>(in, dq.mutable_data_ptr<T>(), dkh.mutable_data_ptr<T>(), tau, eps);
     dp = p.scalar_type() == ct ? dq : dq.to(p.scalar_type());
@@ -922,16 +938,16 @@ std::tuple<Tensor, Tensor> infonce_backward_cpu_one(const Tensor& grad_loss, con
 // Loss and its gradients in one call, for an upstream gradient of 1 (the autograd formula scales them).
 std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cpu_one(const Tensor& p, const Tensor& k,
                                                              const std::optional<Tensor>& groups, double tau,
-                                                             double eps) {
-  check_inputs(p, k, groups, tau, eps);
-  const int64_t B = p.size(0), d = p.size(1);
+                                                             double eps, std::optional<int64_t> offset) {
+  const int64_t off = check_inputs(p, k, groups, tau, eps, offset);
+  const int64_t B = p.size(0), N = k.size(0), d = p.size(1);
   const auto ct = compute_dtype(p.scalar_type());
   Tensor loss = at::empty({}, p.options().dtype(ct));
   Tensor dp, dk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce_with_grad", [&] {
     using T = at::opmath_type<scalar_t>;
-    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps);
-    Tensor dkh = at::empty({B, d}, in.qs.options());
+    const Inputs in = prepare<T, scalar_t>(p, k, groups, tau, eps, off);
+    Tensor dkh = at::empty({N, d}, in.qs.options());
     const T coef = static_cast<T>(1.0 / static_cast<double>(B));
     std::vector<double> rows(B);
     double total = 0;
@@ -959,22 +975,25 @@ std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cpu_one(const Tensor& p, co
 namespace members = mclcore::infonce_members;
 
 std::tuple<Tensor, Tensor, Tensor> infonce_cpu(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups,
-                                               double tau, double eps) {
-  if (!members::stacked(p)) return infonce_cpu_one(p, k, groups, tau, eps);
-  return members::forward(infonce_cpu_one, p, k, groups, tau, eps);
+                                               double tau, double eps, std::optional<int64_t> offset) {
+  if (!members::stacked(p)) return infonce_cpu_one(p, k, groups, tau, eps, offset);
+  return members::forward(infonce_cpu_one, p, k, groups, tau, eps, offset);
 }
 
 std::tuple<Tensor, Tensor> infonce_backward_cpu(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
                                                 const std::optional<Tensor>& groups, const Tensor& lse_all,
-                                                const Tensor& lse_pos, double tau, double eps) {
-  if (!members::stacked(p)) return infonce_backward_cpu_one(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
-  return members::backward(infonce_backward_cpu_one, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
+                                                const Tensor& lse_pos, double tau, double eps,
+                                                std::optional<int64_t> offset) {
+  if (!members::stacked(p))
+    return infonce_backward_cpu_one(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, offset);
+  return members::backward(infonce_backward_cpu_one, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, offset);
 }
 
 std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cpu(const Tensor& p, const Tensor& k,
-                                                         const std::optional<Tensor>& groups, double tau, double eps) {
-  if (!members::stacked(p)) return infonce_with_grad_cpu_one(p, k, groups, tau, eps);
-  return members::forward(infonce_with_grad_cpu_one, p, k, groups, tau, eps);
+                                                         const std::optional<Tensor>& groups, double tau, double eps,
+                                                         std::optional<int64_t> offset) {
+  if (!members::stacked(p)) return infonce_with_grad_cpu_one(p, k, groups, tau, eps, offset);
+  return members::forward(infonce_with_grad_cpu_one, p, k, groups, tau, eps, offset);
 }
 
 }  // namespace

@@ -9,6 +9,11 @@
 //   dS_ij = g/B (exp(S_ij - lse_all_i) - [j in P(i)] exp(S_ij - lse_pos_i))   ([i == j] in diagonal mode),
 //   dq_i = sum_j dS_ij k^_j / tau,  dk^_j = sum_i dS_ij q_i / tau,
 //   dp_i = (dq_i - q_i (q_i . dq_i)) / |p_i| if |p_i| > eps, else dq_i / eps (same for the keys).
+// Rectangular mode (an offset given; csrc/infonce/infonce_cpu.cpp): B query rows against N >= B keys, row i's
+// positive is key c_i = offset + i ([i == j] above reads [j == c_i]), groups has one id per key (N,) and row i's own
+// id is groups[c_i]; 1/B over the B rows, dk has N rows. The kernels take N and the offset as trailing arguments
+// whose defaults (N < 0: N = B; offset 0) are the square mode, the launch signature of
+// tests/ops/test_cuda_compile.py's emulation harness.
 //
 // Kernels (all on the current stream, no host synchronisation except the optional finiteness check below):
 //  1. normalise_kernel: one warp per row of p and of k. Sum of squares in float64 (rescaled by the row's largest
@@ -140,12 +145,12 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-// acc[m][n] = sum_c own[o0 + ty + 16 m][c] * oth[t0 + tx + 16 n][c] (rows past B contribute 0). sA, sB: BK x kLd
-// each. Called by every thread of the block (contains __syncthreads); ends with a barrier, so the caller may reuse
-// sA / sB right after.
+// acc[m][n] = sum_c own[o0 + ty + 16 m][c] * oth[t0 + tx + 16 n][c] (own rows past Bo and other rows past Bt
+// contribute 0). sA, sB: BK x kLd each. Called by every thread of the block (contains __syncthreads); ends with a
+// barrier, so the caller may reuse sA / sB right after.
 template <typename T>
-__device__ __forceinline__ void dot_tile(const T* __restrict__ own, const T* __restrict__ oth, int64_t B, int64_t d,
-                                         int64_t o0, int64_t t0, T (&acc)[4][4], T* sA, T* sB) {
+__device__ __forceinline__ void dot_tile(const T* __restrict__ own, const T* __restrict__ oth, int64_t Bo, int64_t Bt,
+                                         int64_t d, int64_t o0, int64_t t0, T (&acc)[4][4], T* sA, T* sB) {
   constexpr int BK = Cfg<T>::BK;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
 #pragma unroll
@@ -157,8 +162,8 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ own, const T* __r
       const int r = e / BK, c = e % BK;
       const int64_t gc = c0 + c;
       const int64_t ga = o0 + r, gb = t0 + r;
-      sA[c * kLd + r] = (ga < B && gc < d) ? own[ga * d + gc] : T(0);
-      sB[c * kLd + r] = (gb < B && gc < d) ? oth[gb * d + gc] : T(0);
+      sA[c * kLd + r] = (ga < Bo && gc < d) ? own[ga * d + gc] : T(0);
+      sB[c * kLd + r] = (gb < Bt && gc < d) ? oth[gb * d + gc] : T(0);
     }
     __syncthreads();
 #pragma unroll
@@ -178,14 +183,15 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ own, const T* __r
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// 1. Row normalisation. Rows [0, B) are p's (scaled by 1/tau), [B, 2B) k's. One warp per row.
+// 1. Row normalisation. Rows [0, B) are p's (scaled by 1/tau), [B, B + N) k's (N < 0: N = B). One warp per row.
 template <typename In, typename T>
 __global__ void normalise_kernel(const In* __restrict__ p, const In* __restrict__ k, int64_t B, int64_t d,
                                  double inv_tau, double eps, T* __restrict__ qs, T* __restrict__ kn,
-                                 double* __restrict__ pnorm, double* __restrict__ knorm, int* __restrict__ bad) {
+                                 double* __restrict__ pnorm, double* __restrict__ knorm, int* __restrict__ bad,
+                                 int64_t N = -1) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (row >= 2 * B) return;  // warp-uniform
+  if (row >= B + (N < 0 ? B : N)) return;  // warp-uniform
   const int which = row < B ? 0 : 1;
   const int64_t i = row - which * B;
   const In* x = (which == 0 ? p : k) + i * d;
@@ -242,17 +248,20 @@ __global__ void normalise_kernel(const In* __restrict__ p, const In* __restrict_
 
 // ------------------------------------------------------------------------------------------------------------
 // 2. Forward: partial row statistics of the key tiles [blockIdx.y * tps, ...) into part[(split * B + i) * 4 + .]
-//    = (m, s, mp, sp); in diagonal mode lse_pos[i] = S_ii directly.
+//    = (m, s, mp, sp); in diagonal mode lse_pos[i] = S_{i, offset+i} directly. B query rows (blockIdx.x), N keys
+//    (N < 0: N = B).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     fwd_kernel(const T* __restrict__ qs, const T* __restrict__ kn, const int64_t* __restrict__ groups, int64_t B,
-               int64_t d, int tps, T* __restrict__ part, T* __restrict__ lse_pos) {
+               int64_t d, int tps, T* __restrict__ part, T* __restrict__ lse_pos, int64_t N = -1,
+               int64_t offset = 0) {
   constexpr int BK = Cfg<T>::BK;
   __shared__ T sA[BK * kLd];
   __shared__ T sB[BK * kLd];
+  if (N < 0) N = B;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t ntiles = (B + kTile - 1) / kTile;
+  const int64_t ntiles = (N + kTile - 1) / kTile;  // key tiles
   const int64_t jt0 = static_cast<int64_t>(blockIdx.y) * tps;
   const int64_t jt1 = ntiles < jt0 + tps ? ntiles : jt0 + tps;
   T m[4], s[4], mp[4], sp[4];
@@ -262,17 +271,17 @@ __global__ void __launch_bounds__(kThreads)
     m[a] = mp[a] = neg_inf<T>();
     s[a] = sp[a] = T(0);
     const int64_t i = i0 + ty + 16 * a;
-    gi[a] = (groups != nullptr && i < B) ? groups[i] : 0;
+    gi[a] = (groups != nullptr && i < B) ? groups[offset + i] : 0;  // the id of the row's positive key
   }
   T acc[4][4];
   for (int64_t jt = jt0; jt < jt1; ++jt) {
     const int64_t j0 = jt * kTile;
-    dot_tile(qs, kn, B, d, i0, j0, acc, sA, sB);
+    dot_tile(qs, kn, B, N, d, i0, j0, acc, sA, sB);
     int64_t gj[4];
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
       const int64_t j = j0 + tx + 16 * b;
-      gj[b] = (groups != nullptr && j < B) ? groups[j] : 0;
+      gj[b] = (groups != nullptr && j < N) ? groups[j] : 0;
     }
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
@@ -282,12 +291,12 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         const int64_t j = j0 + tx + 16 * b;
-        if (j >= B) continue;
+        if (j >= N) continue;
         const T v = acc[a][b];
         mt = mt > v ? mt : v;
         if (groups != nullptr) {
           if (gj[b] == gi[a]) mpt = mpt > v ? mpt : v;
-        } else if (j == i) {
+        } else if (j == offset + i) {
           lse_pos[i] = v;
         }
       }
@@ -296,7 +305,7 @@ __global__ void __launch_bounds__(kThreads)
         T st = T(0);
 #pragma unroll
         for (int b = 0; b < 4; ++b)
-          if (j0 + tx + 16 * b < B) st += dev_exp(acc[a][b] - mn);
+          if (j0 + tx + 16 * b < N) st += dev_exp(acc[a][b] - mn);
         s[a] = s[a] * dev_exp(m[a] - mn) + st;
         m[a] = mn;
       }
@@ -305,7 +314,7 @@ __global__ void __launch_bounds__(kThreads)
         T st = T(0);
 #pragma unroll
         for (int b = 0; b < 4; ++b)
-          if (j0 + tx + 16 * b < B && gj[b] == gi[a]) st += dev_exp(acc[a][b] - mn);
+          if (j0 + tx + 16 * b < N && gj[b] == gi[a]) st += dev_exp(acc[a][b] - mn);
         sp[a] = sp[a] * dev_exp(mp[a] - mn) + st;
         mp[a] = mn;
       }
@@ -362,13 +371,14 @@ __global__ void loss_kernel(const T* __restrict__ la, const T* __restrict__ lp, 
 }
 
 // ------------------------------------------------------------------------------------------------------------
-// 3. Gradient products. KEYS = false: out = dS k^ (dq, its 1/tau applied later) over row blocks of queries;
-//    KEYS = true: out = dS^T qs (dk^) over column blocks of keys. coef = coef0 * (*gptr when given).
+// 3. Gradient products. KEYS = false: out = dS k^ (dq (B, d), its 1/tau applied later) over row blocks of the B
+//    queries; KEYS = true: out = dS^T qs (dk^ (N, d)) over column blocks of the N keys (N < 0: N = B). coef =
+//    coef0 * (*gptr when given).
 template <typename T, bool KEYS>
 __global__ void __launch_bounds__(kThreads)
     grad_kernel(const T* __restrict__ qs, const T* __restrict__ kn, const int64_t* __restrict__ groups,
                 const T* __restrict__ la, const T* __restrict__ lp, const T* __restrict__ gptr, T coef0, int64_t B,
-                int64_t d, int cpb, int tps, T* __restrict__ out) {
+                int64_t d, int cpb, int tps, T* __restrict__ out, int64_t N = -1, int64_t offset = 0) {
   constexpr int BK = Cfg<T>::BK;
   constexpr int kBuf = (2 * BK * kLd > BK * kChunk) ? 2 * BK * kLd : BK * kChunk;
   __shared__ T sD[kTile * kLd];  // dS, [own row][other row]
@@ -378,6 +388,11 @@ __global__ void __launch_bounds__(kThreads)
   T* sV = sbuf;
   const T* own = KEYS ? kn : qs;
   const T* oth = KEYS ? qs : kn;
+  if (N < 0) N = B;
+  const int64_t Bo = KEYS ? N : B, Bt = KEYS ? B : N;  // rows of the own and of the other side
+  // Row r of a side stands for key index r + shift (a query row i for its positive key offset + i): the ids
+  // (groups are indexed by key) and the diagonal-mode positive (equal key indices) use it.
+  const int64_t own_shift = KEYS ? 0 : offset, oth_shift = KEYS ? offset : 0;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kTile;
   const int64_t nchunks = (d + kChunk - 1) / kChunk;
@@ -386,11 +401,11 @@ __global__ void __launch_bounds__(kThreads)
   if (c_begin >= c_end) return;  // block-uniform
   const bool many = c_end - c_begin > 1;
   const T coef = gptr != nullptr ? coef0 * *gptr : coef0;
-  const int64_t ntiles = (B + kTile - 1) / kTile;
-  // Other-side tiles [tt0, tt1) of this split; split z writes its partial sums to out + z B d.
+  const int64_t ntiles = (Bt + kTile - 1) / kTile;
+  // Other-side tiles [tt0, tt1) of this split; split z writes its partial sums to out + z Bo d.
   const int64_t tt0 = static_cast<int64_t>(blockIdx.z) * tps;
   const int64_t tt1 = ntiles < tt0 + tps ? ntiles : tt0 + tps;
-  out += static_cast<int64_t>(blockIdx.z) * B * d;
+  out += static_cast<int64_t>(blockIdx.z) * Bo * d;
   T acc[4][4];
   T out_acc[4][8];
 #pragma unroll
@@ -403,33 +418,33 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int a = 0; a < 4; ++a) {
     const int64_t r = o0 + ty + 16 * a;
-    la_o[a] = (!KEYS && r < B) ? la[r] : T(0);
-    lp_o[a] = (!KEYS && r < B) ? lp[r] : T(0);
-    g_o[a] = (groups != nullptr && r < B) ? groups[r] : 0;
+    la_o[a] = (!KEYS && r < Bo) ? la[r] : T(0);
+    lp_o[a] = (!KEYS && r < Bo) ? lp[r] : T(0);
+    g_o[a] = (groups != nullptr && r < Bo) ? groups[own_shift + r] : 0;
   }
   for (int64_t tt = tt0; tt < tt1; ++tt) {
     const int64_t t0 = tt * kTile;
-    dot_tile(own, oth, B, d, o0, t0, acc, sA, sB);
-    // dS, oriented [own][other]; the query index is i, the key index j.
+    dot_tile(own, oth, Bo, Bt, d, o0, t0, acc, sA, sB);
+    // dS, oriented [own][other]; the query index is i, the key index j (j == offset + i on the positive).
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
       const int64_t t = t0 + tx + 16 * b;
-      const bool tin = t < B;
-      const int64_t g_t = (groups != nullptr && tin) ? groups[t] : 0;
+      const bool tin = t < Bt;
+      const int64_t g_t = (groups != nullptr && tin) ? groups[oth_shift + t] : 0;
       const T la_t = (KEYS && tin) ? la[t] : T(0);
       const T lp_t = (KEYS && tin) ? lp[t] : T(0);
 #pragma unroll
       for (int a = 0; a < 4; ++a) {
         const int64_t o = o0 + ty + 16 * a;
         T v = T(0);
-        if (tin && o < B) {
+        if (tin && o < Bo) {
           const T x = acc[a][b];
           const T lai = KEYS ? la_t : la_o[a];
           T e = dev_exp(x - lai);
           if (groups != nullptr) {
             if (g_t == g_o[a]) e -= dev_exp(x - (KEYS ? lp_t : lp_o[a]));
-          } else if (t == o) {
-            e -= T(1);  // exp(S_ii - lse_pos_i) = 1 exactly in diagonal mode
+          } else if (o + own_shift == t + oth_shift) {  // both rows' key indices: the positive pair
+            e -= T(1);  // exp(S_{i, offset+i} - lse_pos_i) = 1 exactly in diagonal mode
           }
           v = coef * e;
         }
@@ -446,7 +461,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int n = 0; n < 8; ++n) {
             const int64_t col = col0 + tx + 16 * n;
-            out_acc[a][n] = (tt > tt0 && r < B && col < d) ? out[r * d + col] : T(0);
+            out_acc[a][n] = (tt > tt0 && r < Bo && col < d) ? out[r * d + col] : T(0);
           }
         }
       }
@@ -454,7 +469,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int e = threadIdx.x; e < BK * kChunk; e += kThreads) {
           const int k = e / kChunk, n = e % kChunk;
           const int64_t r = t0 + kb + k, col = col0 + n;
-          sV[e] = (r < B && col < d) ? oth[r * d + col] : T(0);
+          sV[e] = (r < Bt && col < d) ? oth[r * d + col] : T(0);
         }
         __syncthreads();
 #pragma unroll
@@ -478,7 +493,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
           for (int n = 0; n < 8; ++n) {
             const int64_t col = col0 + tx + 16 * n;
-            if (r < B && col < d) out[r * d + col] = out_acc[a][n];
+            if (r < Bo && col < d) out[r * d + col] = out_acc[a][n];
           }
         }
       }
@@ -492,7 +507,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
         const int64_t col = col0 + tx + 16 * n;
-        if (r < B && col < d) out[r * d + col] = out_acc[a][n];
+        if (r < Bo && col < d) out[r * d + col] = out_acc[a][n];
       }
     }
   }
@@ -559,43 +574,47 @@ bool check_finite_enabled() {
 
 using infonce_checks::compute_dtype;
 
-void check_inputs(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps) {
-  infonce_checks::check_inputs(p, k, groups, tau, eps, c10::DeviceType::CUDA);
+int64_t check_inputs(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps,
+                     std::optional<int64_t> offset) {
+  const int64_t off = infonce_checks::check_inputs(p, k, groups, tau, eps, offset, c10::DeviceType::CUDA);
   // The CUDA kernels index rows with 32-bit grid coordinates.
-  TORCH_CHECK(p.size(0) < (int64_t(1) << 31) / kTile * kTile, "mclcore.infonce: B = ", p.size(0),
-              " is too large for the CUDA kernel");
+  TORCH_CHECK(p.size(0) < (int64_t(1) << 31) / kTile * kTile && k.size(0) < (int64_t(1) << 31) / kTile * kTile,
+              "mclcore.infonce: B = ", p.size(0), ", N = ", k.size(0), " is too large for the CUDA kernel");
+  return off;
 }
 
 // Normalised inputs (device tensors).
 struct Prepared {
-  Tensor qs, kn;       // (B, d) compute dtype: q / tau, k^
-  Tensor pnorm, knorm;  // (B,) float64
-  Tensor groups;       // (B,) int64 contiguous, or undefined
-  int64_t B = 0, d = 0;
+  Tensor qs, kn;       // (B, d) and (N, d), compute dtype: q / tau, k^
+  Tensor pnorm, knorm;  // (B,) and (N,) float64
+  Tensor groups;       // (N,) int64 contiguous, or undefined
+  int64_t B = 0, N = 0, d = 0, off = 0;  // query rows, key rows, features; row i's positive is key off + i
   const int64_t* gptr() const { return groups.defined() ? groups.const_data_ptr<int64_t>() : nullptr; }
 };
 
 template <typename T, typename In>
 Prepared prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups, double tau, double eps,
-                 cudaStream_t stream) {
+                 int64_t off, cudaStream_t stream) {
   Prepared in;
   in.B = p.size(0);
+  in.N = k.size(0);
   in.d = p.size(1);
-  const int64_t B = in.B, d = in.d;
+  in.off = off;
+  const int64_t B = in.B, N = in.N, d = in.d;
   const Tensor pc = p.contiguous(), kc = k.contiguous();
   const auto opts = pc.options().dtype(c10::CppTypeToScalarType<T>::value);
   in.qs = at::empty({B, d}, opts);
-  in.kn = at::empty({B, d}, opts);
+  in.kn = at::empty({N, d}, opts);
   in.pnorm = at::empty({B}, pc.options().dtype(at::kDouble));
-  in.knorm = at::empty({B}, pc.options().dtype(at::kDouble));
+  in.knorm = at::empty({N}, pc.options().dtype(at::kDouble));
   Tensor bad = at::empty({2}, pc.options().dtype(at::kInt)).fill_(INT_MAX);
-  const int64_t warps = 2 * B;
+  const int64_t warps = B + N;
   const int per_block = 8;  // warps per block
   const unsigned grid = static_cast<unsigned>((warps + per_block - 1) / per_block);
   normalise_kernel<In, T><<<grid, 32 * per_block, 0, stream>>>(
       pc.const_data_ptr<In>(), kc.const_data_ptr<In>(), B, d, 1.0 / tau, eps, in.qs.mutable_data_ptr<T>(),
       in.kn.mutable_data_ptr<T>(), in.pnorm.mutable_data_ptr<double>(), in.knorm.mutable_data_ptr<double>(),
-      bad.mutable_data_ptr<int>());
+      bad.mutable_data_ptr<int>(), N);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
@@ -609,20 +628,21 @@ Prepared prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& 
   return in;
 }
 
-// Forward: la, lp (B,) and loss (0-dim), all compute dtype.
+// Forward: la, lp (B,) and loss (0-dim), all compute dtype. Blocks over the B query rows (x) and, for small B, the
+// key tiles split over y (about two blocks per SM).
 template <typename T>
 void forward(const Prepared& in, Tensor& la, Tensor& lp, Tensor& loss, int device, cudaStream_t stream) {
-  const int64_t B = in.B, d = in.d;
-  const int64_t ntiles = (B + kTile - 1) / kTile;
+  const int64_t B = in.B, N = in.N, d = in.d;
+  const int64_t row_tiles = (B + kTile - 1) / kTile, key_tiles = (N + kTile - 1) / kTile;
   const int64_t target = 2 * static_cast<int64_t>(sm_count(device));
-  int64_t nsplit = std::max<int64_t>(1, std::min<int64_t>(ntiles, (target + ntiles - 1) / ntiles));
-  const int64_t tps = (ntiles + nsplit - 1) / nsplit;
-  nsplit = (ntiles + tps - 1) / tps;
+  int64_t nsplit = std::max<int64_t>(1, std::min<int64_t>(key_tiles, (target + row_tiles - 1) / row_tiles));
+  const int64_t tps = (key_tiles + nsplit - 1) / nsplit;
+  nsplit = (key_tiles + tps - 1) / tps;
   Tensor part = at::empty({nsplit, B, 4}, in.qs.options());
-  const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(nsplit));
+  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(nsplit));
   fwd_kernel<T><<<grid, kThreads, 0, stream>>>(in.qs.const_data_ptr<T>(), in.kn.const_data_ptr<T>(), in.gptr(), B,
                                                d, static_cast<int>(tps), part.mutable_data_ptr<T>(),
-                                               lp.mutable_data_ptr<T>());
+                                               lp.mutable_data_ptr<T>(), N, in.off);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   combine_kernel<T><<<static_cast<unsigned>((B + 255) / 256), 256, 0, stream>>>(
       part.const_data_ptr<T>(), static_cast<int>(nsplit), B, in.groups.defined(), la.mutable_data_ptr<T>(),
@@ -633,57 +653,76 @@ void forward(const Prepared& in, Tensor& la, Tensor& lp, Tensor& loss, int devic
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Backward: dp, dk in the dtypes of p and k. gptr: the upstream gradient on the device (compute dtype), or null
-// for 1.
+// Launch shape of one grad_kernel side: own rows over x, output column chunks over y, other-side tiles split over z.
+struct GradGrid {
+  int64_t own_tiles, groups_y, cpb, nsplit, tps;
+};
+
+// For small problems the chunks are spread over blockIdx.y and, if that still gives fewer blocks than ~2 per SM,
+// the other side's tiles over blockIdx.z, each split writing its own (rows, d) partial sums (at most
+// kMaxGradSplits of them), added by norm_bwd_kernel. Deterministic, memory O(rows d).
+GradGrid grad_grid(int64_t own_rows, int64_t other_rows, int64_t d, int device) {
+  GradGrid g;
+  g.own_tiles = (own_rows + kTile - 1) / kTile;
+  const int64_t other_tiles = (other_rows + kTile - 1) / kTile;
+  const int64_t nchunks = (d + kChunk - 1) / kChunk;
+  const int64_t target = 2 * static_cast<int64_t>(sm_count(device));
+  g.groups_y = std::max<int64_t>(1, std::min<int64_t>(nchunks, (target + g.own_tiles - 1) / g.own_tiles));
+  g.cpb = (nchunks + g.groups_y - 1) / g.groups_y;
+  g.groups_y = (nchunks + g.cpb - 1) / g.cpb;
+  g.nsplit = std::max<int64_t>(1, std::min<int64_t>({other_tiles, kMaxGradSplits,
+                                                     (target + g.own_tiles * g.groups_y - 1) /
+                                                         (g.own_tiles * g.groups_y)}));
+  g.tps = (other_tiles + g.nsplit - 1) / g.nsplit;
+  g.nsplit = (other_tiles + g.tps - 1) / g.tps;
+  return g;
+}
+
+dim3 grid_of(const GradGrid& g) {
+  return dim3(static_cast<unsigned>(g.own_tiles), static_cast<unsigned>(g.groups_y), static_cast<unsigned>(g.nsplit));
+}
+
+// Backward: dp (B, d), dk (N, d) in the dtypes of p and k. gptr: the upstream gradient on the device (compute
+// dtype), or null for 1. dq runs over the B query rows against the N keys, dk over the N keys against the B rows:
+// two launch shapes (the same one in square mode).
 template <typename T, typename In>
 std::tuple<Tensor, Tensor> backward(const Prepared& in, const T* la, const T* lp, const T* gptr, double tau,
                                     double eps, at::ScalarType out_dtype, int device, cudaStream_t stream) {
-  const int64_t B = in.B, d = in.d;
-  const int64_t ntiles = (B + kTile - 1) / kTile;
-  const int64_t nchunks = (d + kChunk - 1) / kChunk;
-  const int64_t target = 2 * static_cast<int64_t>(sm_count(device));
-  int64_t groups_y = std::max<int64_t>(1, std::min<int64_t>(nchunks, (target + ntiles - 1) / ntiles));
-  const int64_t cpb = (nchunks + groups_y - 1) / groups_y;
-  groups_y = (nchunks + cpb - 1) / cpb;
-  // Still fewer blocks than ~2 per SM: split the other side's tiles over blockIdx.z, each split writing its own
-  // (B, d) partial sums (at most kMaxGradSplits of them), added by norm_bwd_kernel. Deterministic, memory O(B d).
-  int64_t nsplit = std::max<int64_t>(
-      1, std::min<int64_t>({ntiles, kMaxGradSplits, (target + ntiles * groups_y - 1) / (ntiles * groups_y)}));
-  const int64_t tps = (ntiles + nsplit - 1) / nsplit;
-  nsplit = (ntiles + tps - 1) / tps;
-  Tensor dq = at::empty({nsplit, B, d}, in.qs.options());
-  Tensor dkh = at::empty({nsplit, B, d}, in.qs.options());
+  const int64_t B = in.B, N = in.N, d = in.d;
+  const GradGrid gq = grad_grid(B, N, d, device), gk = grad_grid(N, B, d, device);
+  Tensor dq = at::empty({gq.nsplit, B, d}, in.qs.options());
+  Tensor dkh = at::empty({gk.nsplit, N, d}, in.qs.options());
   const T coef0 = static_cast<T>(1.0 / static_cast<double>(B));
-  const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(groups_y), static_cast<unsigned>(nsplit));
-  grad_kernel<T, false><<<grid, kThreads, 0, stream>>>(in.qs.const_data_ptr<T>(), in.kn.const_data_ptr<T>(),
-                                                       in.gptr(), la, lp, gptr, coef0, B, d, static_cast<int>(cpb),
-                                                       static_cast<int>(tps), dq.mutable_data_ptr<T>());
+  grad_kernel<T, false><<<grid_of(gq), kThreads, 0, stream>>>(
+      in.qs.const_data_ptr<T>(), in.kn.const_data_ptr<T>(), in.gptr(), la, lp, gptr, coef0, B, d,
+      static_cast<int>(gq.cpb), static_cast<int>(gq.tps), dq.mutable_data_ptr<T>(), N, in.off);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  grad_kernel<T, true><<<grid, kThreads, 0, stream>>>(in.qs.const_data_ptr<T>(), in.kn.const_data_ptr<T>(),
-                                                      in.gptr(), la, lp, gptr, coef0, B, d, static_cast<int>(cpb),
-                                                      static_cast<int>(tps), dkh.mutable_data_ptr<T>());
+  grad_kernel<T, true><<<grid_of(gk), kThreads, 0, stream>>>(
+      in.qs.const_data_ptr<T>(), in.kn.const_data_ptr<T>(), in.gptr(), la, lp, gptr, coef0, B, d,
+      static_cast<int>(gk.cpb), static_cast<int>(gk.tps), dkh.mutable_data_ptr<T>(), N, in.off);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // In place when there is one split and the output dtype is the compute dtype (each lane reads an element before
-  // writing it, and the row's dot product is complete before any write); else fresh (B, d) outputs.
-  const bool inplace = nsplit == 1 && out_dtype == in.qs.scalar_type();
-  Tensor dp = inplace ? dq.view({B, d}) : at::empty({B, d}, in.qs.options().dtype(out_dtype));
-  Tensor dk = inplace ? dkh.view({B, d}) : at::empty({B, d}, in.qs.options().dtype(out_dtype));
+  // writing it, and the row's dot product is complete before any write); else fresh outputs.
+  const bool same = out_dtype == in.qs.scalar_type();
+  Tensor dp = (same && gq.nsplit == 1) ? dq.view({B, d}) : at::empty({B, d}, in.qs.options().dtype(out_dtype));
+  Tensor dk = (same && gk.nsplit == 1) ? dkh.view({N, d}) : at::empty({N, d}, in.qs.options().dtype(out_dtype));
   const int per_block = 8;
-  const unsigned grid_n = static_cast<unsigned>((B + per_block - 1) / per_block);
-  norm_bwd_kernel<T, In><<<grid_n, 32 * per_block, 0, stream>>>(
-      dq.const_data_ptr<T>(), static_cast<int>(nsplit), in.qs.const_data_ptr<T>(), in.pnorm.const_data_ptr<double>(),
-      B, d, static_cast<T>(tau), static_cast<T>(1.0 / tau), eps, dp.mutable_data_ptr<In>());
+  norm_bwd_kernel<T, In><<<static_cast<unsigned>((B + per_block - 1) / per_block), 32 * per_block, 0, stream>>>(
+      dq.const_data_ptr<T>(), static_cast<int>(gq.nsplit), in.qs.const_data_ptr<T>(),
+      in.pnorm.const_data_ptr<double>(), B, d, static_cast<T>(tau), static_cast<T>(1.0 / tau), eps,
+      dp.mutable_data_ptr<In>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  norm_bwd_kernel<T, In><<<grid_n, 32 * per_block, 0, stream>>>(
-      dkh.const_data_ptr<T>(), static_cast<int>(nsplit), in.kn.const_data_ptr<T>(), in.knorm.const_data_ptr<double>(),
-      B, d, T(1), T(1), eps, dk.mutable_data_ptr<In>());
+  norm_bwd_kernel<T, In><<<static_cast<unsigned>((N + per_block - 1) / per_block), 32 * per_block, 0, stream>>>(
+      dkh.const_data_ptr<T>(), static_cast<int>(gk.nsplit), in.kn.const_data_ptr<T>(),
+      in.knorm.const_data_ptr<double>(), N, d, T(1), T(1), eps, dk.mutable_data_ptr<In>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dp, dk};
 }
 
 std::tuple<Tensor, Tensor, Tensor> infonce_cuda_one(const Tensor& p, const Tensor& k,
-                                                    const std::optional<Tensor>& groups, double tau, double eps) {
-  check_inputs(p, k, groups, tau, eps);
+                                                    const std::optional<Tensor>& groups, double tau, double eps,
+                                                    std::optional<int64_t> offset) {
+  const int64_t off = check_inputs(p, k, groups, tau, eps, offset);
   const c10::cuda::CUDAGuard guard(p.device());
   const int device = p.get_device();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
@@ -694,7 +733,7 @@ std::tuple<Tensor, Tensor, Tensor> infonce_cuda_one(const Tensor& p, const Tenso
   Tensor lse_pos = at::empty({B}, p.options().dtype(ct));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    const Prepared in = prepare<T, scalar_t>(p, k, groups, tau, eps, stream);
+    const Prepared in = prepare<T, scalar_t>(p, k, groups, tau, eps, off, stream);
     forward<T>(in, lse_all, lse_pos, loss, device, stream);
   });
   return {loss, lse_all, lse_pos};
@@ -702,28 +741,20 @@ std::tuple<Tensor, Tensor, Tensor> infonce_cuda_one(const Tensor& p, const Tenso
 
 std::tuple<Tensor, Tensor> infonce_backward_cuda_one(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
                                                      const std::optional<Tensor>& groups, const Tensor& lse_all,
-                                                     const Tensor& lse_pos, double tau, double eps) {
-  check_inputs(p, k, groups, tau, eps);
+                                                     const Tensor& lse_pos, double tau, double eps,
+                                                     std::optional<int64_t> offset) {
+  const int64_t off = check_inputs(p, k, groups, tau, eps, offset);
+  infonce_checks::check_row_stats(p, grad_loss, lse_all, lse_pos);
   const c10::cuda::CUDAGuard guard(p.device());
   const int device = p.get_device();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
-  const int64_t B = p.size(0);
   const auto ct = compute_dtype(p.scalar_type());
-  TORCH_CHECK(grad_loss.numel() == 1, "mclcore.infonce_backward: grad_loss must hold one value, got shape ",
-              grad_loss.sizes());
-  for (const Tensor* t : {&lse_all, &lse_pos}) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == B, "mclcore.infonce_backward: lse_all/lse_pos must have shape (", B,
-                ",), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == ct, "mclcore.infonce_backward: lse_all/lse_pos must be ", ct, ", got ",
-                t->scalar_type());
-    TORCH_CHECK(t->device() == p.device(), "mclcore.infonce_backward: lse_all/lse_pos must be on ", p.device());
-  }
   // The upstream gradient stays on the device (no .item() synchronisation); a CPU scalar is copied over.
   const Tensor g = grad_loss.reshape({1}).to(p.device(), ct).contiguous();
   Tensor dp, dk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    const Prepared in = prepare<T, scalar_t>(p, k, groups, tau, eps, stream);
+    const Prepared in = prepare<T, scalar_t>(p, k, groups, tau, eps, off, stream);
     const Tensor la = lse_all.contiguous(), lp = lse_pos.contiguous();
     std::tie(dp, dk) = backward<T, scalar_t>(in, la.const_data_ptr<T>(), lp.const_data_ptr<T>(),
                                              g.const_data_ptr<T>(), tau, eps, p.scalar_type(), device, stream);
@@ -733,8 +764,8 @@ std::tuple<Tensor, Tensor> infonce_backward_cuda_one(const Tensor& grad_loss, co
 
 std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda_one(const Tensor& p, const Tensor& k,
                                                               const std::optional<Tensor>& groups, double tau,
-                                                              double eps) {
-  check_inputs(p, k, groups, tau, eps);
+                                                              double eps, std::optional<int64_t> offset) {
+  const int64_t off = check_inputs(p, k, groups, tau, eps, offset);
   const c10::cuda::CUDAGuard guard(p.device());
   const int device = p.get_device();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
@@ -744,7 +775,7 @@ std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda_one(const Tensor& p, c
   Tensor dp, dk;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "mclcore_infonce_with_grad_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    const Prepared in = prepare<T, scalar_t>(p, k, groups, tau, eps, stream);
+    const Prepared in = prepare<T, scalar_t>(p, k, groups, tau, eps, off, stream);
     Tensor la = at::empty({B}, in.qs.options());
     Tensor lp = at::empty({B}, in.qs.options());
     forward<T>(in, la, lp, loss, device, stream);
@@ -757,24 +788,26 @@ std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda_one(const Tensor& p, c
 
 // Unstacked (p (B, d)) or member-stacked (p (M, B, d): csrc/infonce/infonce_members.h) entry points.
 std::tuple<Tensor, Tensor, Tensor> infonce_cuda(const Tensor& p, const Tensor& k, const std::optional<Tensor>& groups,
-                                                double tau, double eps) {
-  if (!infonce_members::stacked(p)) return infonce_cuda_one(p, k, groups, tau, eps);
-  return infonce_members::forward(infonce_cuda_one, p, k, groups, tau, eps);
+                                                double tau, double eps, std::optional<int64_t> offset) {
+  if (!infonce_members::stacked(p)) return infonce_cuda_one(p, k, groups, tau, eps, offset);
+  return infonce_members::forward(infonce_cuda_one, p, k, groups, tau, eps, offset);
 }
 
 std::tuple<Tensor, Tensor> infonce_backward_cuda(const Tensor& grad_loss, const Tensor& p, const Tensor& k,
                                                  const std::optional<Tensor>& groups, const Tensor& lse_all,
-                                                 const Tensor& lse_pos, double tau, double eps) {
+                                                 const Tensor& lse_pos, double tau, double eps,
+                                                 std::optional<int64_t> offset) {
   if (!infonce_members::stacked(p))
-    return infonce_backward_cuda_one(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
-  return infonce_members::backward(infonce_backward_cuda_one, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps);
+    return infonce_backward_cuda_one(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, offset);
+  return infonce_members::backward(infonce_backward_cuda_one, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps,
+                                   offset);
 }
 
 std::tuple<Tensor, Tensor, Tensor> infonce_with_grad_cuda(const Tensor& p, const Tensor& k,
                                                           const std::optional<Tensor>& groups, double tau,
-                                                          double eps) {
-  if (!infonce_members::stacked(p)) return infonce_with_grad_cuda_one(p, k, groups, tau, eps);
-  return infonce_members::forward(infonce_with_grad_cuda_one, p, k, groups, tau, eps);
+                                                          double eps, std::optional<int64_t> offset) {
+  if (!infonce_members::stacked(p)) return infonce_with_grad_cuda_one(p, k, groups, tau, eps, offset);
+  return infonce_members::forward(infonce_with_grad_cuda_one, p, k, groups, tau, eps, offset);
 }
 
 }  // namespace

@@ -1,8 +1,9 @@
 // Member-stacked InfoNCE, shared by the CPU (infonce_cpu.cpp) and CUDA C++ (infonce_cuda.cu) kernels: M independent
-// losses in one call, one per member of a stack of models (e.g. the seeds of the synthetic study). Inputs p, k
-// (M, B, d), groups optional (M, B); outputs gain the member axis in front: loss (M,), lse_all / lse_pos (M, B),
-// dp / dk (M, B, d); infonce_backward takes grad_loss (M,) (one upstream gradient per member). The members run one
-// after the other through the unstacked kernel on views of the stacked tensors: member m's numbers are those of an
+// losses in one call, one per member of a stack of models (e.g. the seeds of the synthetic study). Inputs p (M, B, d),
+// k (M, B, d) -- or (M, N, d) in rectangular mode (an offset given, the same for every member) --, groups optional
+// (M, B) resp. (M, N); outputs gain the member axis in front: loss (M,), lse_all / lse_pos (M, B), dp (M, B, d),
+// dk (M, N, d); infonce_backward takes grad_loss (M,) (one upstream gradient per member). The members run one after
+// the other through the unstacked kernel on views of the stacked tensors: member m's numbers are those of an
 // unstacked call on its slices (up to the last bit the matrix library may round differently on a view at another
 // memory alignment).
 #pragma once
@@ -10,6 +11,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -18,15 +20,21 @@ namespace mclcore::infonce_members {
 
 inline bool stacked(const at::Tensor& p) { return p.dim() == 3; }
 
-// The stacked shapes; each member's slices then go through the unstacked checks (dtype, device, tau, eps, ...).
-inline void check(const at::Tensor& p, const at::Tensor& k, const std::optional<at::Tensor>& groups) {
-  TORCH_CHECK(k.dim() == 3 && k.sizes() == p.sizes(), "mclcore.infonce: member-stacked p (M, B, d) needs k of the "
-              "same shape, got ", p.sizes(), " and ", k.sizes());
+// The stacked shapes; each member's slices then go through the unstacked checks (dtype, device, tau, eps, offset).
+inline void check(const at::Tensor& p, const at::Tensor& k, const std::optional<at::Tensor>& groups,
+                  std::optional<int64_t> offset) {
+  if (offset.has_value()) {
+    TORCH_CHECK(k.dim() == 3 && k.size(0) == p.size(0) && k.size(2) == p.size(2), "mclcore.infonce: member-stacked "
+                "p (M, B, d) with an offset needs k of shape (M, N, d), got ", p.sizes(), " and ", k.sizes());
+  } else {
+    TORCH_CHECK(k.dim() == 3 && k.sizes() == p.sizes(), "mclcore.infonce: member-stacked p (M, B, d) needs k of the "
+                "same shape, got ", p.sizes(), " and ", k.sizes());
+  }
   TORCH_CHECK(p.size(0) >= 1, "mclcore.infonce: member-stacked p needs at least one member, got shape ", p.sizes());
   if (groups.has_value() && groups->defined())
-    TORCH_CHECK(groups->dim() == 2 && groups->size(0) == p.size(0) && groups->size(1) == p.size(1),
-                "mclcore.infonce: member-stacked p (M, B, d) needs groups of shape (M, B) = (", p.size(0), ", ",
-                p.size(1), "), got ", groups->sizes());
+    TORCH_CHECK(groups->dim() == 2 && groups->size(0) == p.size(0) && groups->size(1) == k.size(1),
+                "mclcore.infonce: member-stacked p (M, B, d) needs groups of shape (M, ", offset ? "N" : "B",
+                ") = (", p.size(0), ", ", k.size(1), "), got ", groups->sizes());
 }
 
 inline std::optional<at::Tensor> member_groups(const std::optional<at::Tensor>& groups, int64_t m) {
@@ -34,15 +42,15 @@ inline std::optional<at::Tensor> member_groups(const std::optional<at::Tensor>& 
   return groups->select(0, m);
 }
 
-// infonce / infonce_with_grad: f(p_m, k_m, groups_m, tau, eps) -> 3 tensors, stacked along a new leading axis.
+// infonce / infonce_with_grad: f(p_m, k_m, groups_m, tau, eps, offset) -> 3 tensors, stacked along a new leading axis.
 template <typename F>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const F& f, const at::Tensor& p, const at::Tensor& k,
                                                        const std::optional<at::Tensor>& groups, double tau,
-                                                       double eps) {
-  check(p, k, groups);
+                                                       double eps, std::optional<int64_t> offset) {
+  check(p, k, groups, offset);
   std::vector<at::Tensor> a, b, c;
   for (int64_t m = 0; m < p.size(0); ++m) {
-    auto [x, y, z] = f(p.select(0, m), k.select(0, m), member_groups(groups, m), tau, eps);
+    auto [x, y, z] = f(p.select(0, m), k.select(0, m), member_groups(groups, m), tau, eps, offset);
     a.push_back(x);
     b.push_back(y);
     c.push_back(z);
@@ -55,8 +63,8 @@ template <typename F>
 std::tuple<at::Tensor, at::Tensor> backward(const F& f, const at::Tensor& grad_loss, const at::Tensor& p,
                                             const at::Tensor& k, const std::optional<at::Tensor>& groups,
                                             const at::Tensor& lse_all, const at::Tensor& lse_pos, double tau,
-                                            double eps) {
-  check(p, k, groups);
+                                            double eps, std::optional<int64_t> offset) {
+  check(p, k, groups, offset);
   const int64_t M = p.size(0);
   TORCH_CHECK(grad_loss.numel() == M, "mclcore.infonce_backward: member-stacked p needs grad_loss of shape (M,) = (",
               M, ",), got ", grad_loss.sizes());
@@ -67,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const F& f, const at::Tensor& grad_l
   std::vector<at::Tensor> a, b;
   for (int64_t m = 0; m < M; ++m) {
     auto [x, y] = f(g.select(0, m), p.select(0, m), k.select(0, m), member_groups(groups, m), lse_all.select(0, m),
-                    lse_pos.select(0, m), tau, eps);
+                    lse_pos.select(0, m), tau, eps, offset);
     a.push_back(x);
     b.push_back(y);
   }

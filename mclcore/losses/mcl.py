@@ -26,17 +26,22 @@ Where the paper disagrees with itself we pick a default and expose the other cho
 * positives: the diagonal (Eq. 18). With a small alphabet many rows share ``u`` (|U| = 8, B = 256: ~32 rows each),
   which puts a floor of about log 32 under the loss and pushes identical keys apart; ``multi_positive=True`` counts
   every row with the same condition as a positive (groups from equal rows of the key input, or given explicitly).
+
+More than one process (``gather=True``, :class:`MCLConfig`): each rank contrasts its local queries against the keys
+of every rank (the infonce op's rectangular mode), so the negatives are those of the global batch, as in one process.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mclcore import distributed
 from mclcore.ops import _checks
 from mclcore.ops.critic_grad import ACTIVATIONS, critic_grad
 from mclcore.ops.infonce import infonce
@@ -340,6 +345,7 @@ def mcl_loss(
     check_finite: bool = True,
     critic_input: str = "xzu",
     contrast: str = "generator",
+    gather: bool = False,
 ) -> torch.Tensor:
     """MCL loss (paper Eq. 18; Algorithm 1 with ``contrast="total"``). Scalar.
 
@@ -363,6 +369,8 @@ def mcl_loss(
         critic_input: what the critic sees, ``"xzu"`` (Algorithm 1), ``"xz"`` or ``"x"`` (see :class:`MCLConfig`).
         contrast: the contrasted term, ``"generator"`` (default: ``J_G^T grad_x c`` only) or ``"total"``
             (Algorithm 1: ``grad_z c``); see :class:`MCLConfig`.
+        gather: contrast against the keys of every rank of the torch.distributed process group (see
+            :class:`MCLConfig`); the returned loss is this rank's share (its mean over ranks is the global loss).
 
     Checks that synchronise with the host (finiteness, the generator check) run in eager mode only: inside
     ``torch.compile`` they are skipped (no graph break, no GPU stall) and the native ops' own checks remain.
@@ -373,16 +381,19 @@ def mcl_loss(
     g = mechanism_gradient(decoder_G, z, u, critic, create_graph=create_graph, validate=validate,
                            critic_input=critic_input, contrast=contrast)                       # (B, dz)
     g = clip_rows(g, clip)
-    if groups is None and multi_positive:
-        groups = condition_groups(u_key)
     key = u_key.flatten(1)
+    if groups is None and multi_positive and not gather:
+        groups = condition_groups(u_key)
+    offset = None
     with torch.autocast(device_type=g.device.type, enabled=False):
         q = Pi_g(g.to(_head_dtype(Pi_g, g)))                                    # (B, d)
         k = Pi_u(key.to(_head_dtype(Pi_u, key)))                                # (B, d)
+        if gather:  # every rank's keys (N, d) and their ids; row i's positive is key rank * B + i
+            k, groups, offset = _gather_keys(k, groups, key if groups is None and multi_positive else None)
         if not _eager():
-            return infonce(q, k, tau, groups=groups, eps=eps)
+            return infonce(q, k, tau, groups=groups, eps=eps, offset=offset)
         try:
-            return infonce(q, k, tau, groups=groups, eps=eps)
+            return infonce(q, k, tau, groups=groups, eps=eps, offset=offset)
         except ValueError as err:  # name what the user can change, not the op's internal inputs p and k
             msg = str(err)
             if msg.startswith("p: contains NaN"):
@@ -392,6 +403,56 @@ def mcl_loss(
                 raise ValueError("MCL: the key projection Pi_u(u_key) is not finite (NaN or inf in u_key or the "
                                  "head Pi_u)") from None
             raise
+
+
+GATHER_NEEDS_GROUP = ("mcl.gather: needs an initialised torch.distributed process group (run under torchrun, "
+                      "which the studies start with mclcore.distributed.init); set mcl.gather=false for one process")
+
+
+@torch.compiler.disable  # collectives and a host read of the batch sizes: eager, between compiled graphs
+def _gather_keys(k: torch.Tensor, groups: torch.Tensor | None, key_rows: torch.Tensor | None):
+    """``gather=True``: (the keys of every rank, (N, d) = (world B, d), in rank order, differentiable: the backward
+    of ``torch.distributed.nn.functional.all_gather`` sums each rank's key gradients back to the rank that made
+    them; the condition ids of those N keys or None; this rank's offset, rank * B).
+
+    ``groups`` (this rank's explicit ids) are gathered as they are, so they must mean the same on every rank;
+    ``key_rows`` (the flattened key inputs, multi-positive without explicit ids) are gathered and numbered
+    together, so equal key rows on different ranks share an id. Every rank must hold the same local batch size B:
+    one all-gather of B checks it and raises on every rank, naming each rank's size. In a world of 1 (as
+    :func:`mclcore.distributed.context` reports it) no collective runs and this is the local batch, offset 0."""
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_nn
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(GATHER_NEEDS_GROUP)
+    ctx = distributed.context()
+    if ctx.world_size == 1:
+        return k, (condition_groups(key_rows) if key_rows is not None else groups), 0
+    B = k.shape[0]
+    sizes = [torch.zeros(1, dtype=torch.int64, device=k.device) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, torch.tensor([B], dtype=torch.int64, device=k.device))
+    sizes = [int(t) for t in sizes]
+    if any(b != B for b in sizes):
+        raise ValueError("mcl.gather: every rank needs the same local batch size (the keys of rank r are rows "
+                         "r B .. r B + B - 1 of the gathered batch), got " +
+                         ", ".join(f"rank {r}: {b}" for r, b in enumerate(sizes)))
+
+    def cat_plain(t: torch.Tensor) -> torch.Tensor:  # no gradient needed (ids, key inputs)
+        t = t.to(torch.uint8) if t.dtype == torch.bool else t  # (gloo gathers no bool tensors)
+        parts = [torch.empty_like(t) for _ in range(ctx.world_size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    with warnings.catch_warnings():
+        # torch 2.13 marks it deprecated (FutureWarning, once per process) in favour of the private
+        # torch.distributed._functional_collectives; it is the public all-gather with a backward (reduce-scatter).
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        keys = torch.cat(dist_nn.all_gather(k), 0)
+    if key_rows is not None:
+        groups = condition_groups(cat_plain(key_rows))
+    elif groups is not None:
+        groups = cat_plain(groups)
+    return keys, groups, ctx.rank * B
 
 
 def _head_dtype(head, x: torch.Tensor) -> torch.dtype:
@@ -445,6 +506,17 @@ class MCLConfig:
       (the relative mode then measures once, at the first step).
     * ``check_finite``: check z and u for NaN/inf on every call (a reduction and a host sync each, eager mode
       only: skipped inside ``torch.compile``); off saves them on a GPU where the inputs are known finite.
+    * ``gather``: more than one process (torchrun, an initialised torch.distributed process group): each rank
+      all-gathers the projected keys of every rank (after the heads, with their gradients:
+      ``torch.distributed.nn.functional.all_gather``) and contrasts its B local queries against all N = world * B
+      keys (the infonce op's rectangular mode, offset rank * B), in multi-positive mode with condition ids numbered
+      over the gathered batch. Each rank's loss is then its share of the global batch's InfoNCE: the mean over ranks
+      is the loss of one process on the concatenated batch, and gradients averaged over ranks (DDP, or an
+      all-reduce mean of the gradients) are that loss's gradients. False (default): each rank
+      contrasts its own batch only (B - 1 negatives, not N - 1). Only the keys travel (the queries stay local:
+      the loss is over the local rows); every rank must have the same local batch size (checked by one all-gather
+      per call, raising on every rank with the sizes), and without a process group it raises. A world of 1 equals
+      False. :class:`StackedMCL` (the synthetic study's stacked members) refuses it.
     """
 
     tau: float = 0.1
@@ -462,6 +534,7 @@ class MCLConfig:
     check_finite: bool = True
     weighting: str = "absolute"
     diagnose_every: int = 50
+    gather: bool = False
 
     def validate(self) -> "MCLConfig":
         """Raise ValueError naming the first bad field (``mcl.<field>``); returns self."""
@@ -475,7 +548,7 @@ class MCLConfig:
         if self.clip is not None and (isinstance(self.clip, bool) or not isinstance(self.clip, (int, float))
                                       or not math.isfinite(self.clip) or self.clip < 0):
             bad("clip", "a finite number >= 0 (0 or None: no clip)")
-        for name in ("create_graph", "multi_positive", "proj_layernorm", "check_finite"):
+        for name in ("create_graph", "multi_positive", "proj_layernorm", "check_finite", "gather"):
             if not isinstance(getattr(self, name), bool):
                 bad(name, "true or false")
         if self.critic not in CRITICS:
@@ -518,6 +591,7 @@ class MCL(nn.Module):
         tau, create_graph, clip, multi_positive, eps: see :func:`mcl_loss`.
         critic_input, contrast: the mechanism-gradient choices (see :class:`MCLConfig`; the default contrasts the
             generator term; Algorithm 1 is ``critic_input="xzu", contrast="total"``).
+        gather: contrast against the keys of every rank (torch.distributed; see :class:`MCLConfig`).
 
     ``MCL.from_config(cfg, z_dim=, x_dim=, u_dim=)`` builds it from an :class:`MCLConfig`.
     """
@@ -542,6 +616,7 @@ class MCL(nn.Module):
         contrast: str = "generator",
         eps: float = 1e-12,
         check_finite: bool = True,
+        gather: bool = False,
     ):
         super().__init__()
         z_shape = (z_dim,) if isinstance(z_dim, int) else tuple(z_dim)
@@ -563,6 +638,9 @@ class MCL(nn.Module):
         self.Pi_g = MLPProj(dz, proj_dim, proj_layernorm)
         self.Pi_u = MLPProj(u_key_dim or u_dim, proj_dim, proj_layernorm)
         _set_loss_options(self, tau, clip, create_graph, multi_positive, eps, check_finite, critic_input, contrast)
+        if not isinstance(gather, bool):
+            raise TypeError(f"gather: expected True or False, got {gather!r}")
+        self.gather = gather
 
     @classmethod
     def from_config(cls, cfg: MCLConfig, *, z_dim: int | Sequence[int], x_dim: int | Sequence[int], u_dim: int,
@@ -575,7 +653,7 @@ class MCL(nn.Module):
                    activation=cfg.activation, proj_dim=cfg.proj_dim, proj_layernorm=cfg.proj_layernorm, tau=cfg.tau,
                    create_graph=cfg.create_graph, clip=cfg.clip or None, multi_positive=cfg.multi_positive,
                    critic_input=cfg.critic_input, contrast=cfg.contrast, eps=cfg.eps,
-                   check_finite=cfg.check_finite)
+                   check_finite=cfg.check_finite, gather=cfg.gather)
 
     def forward(self, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key: torch.Tensor | None = None,
                 groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -599,7 +677,7 @@ class MCL(nn.Module):
                         create_graph=self.create_graph, clip=self.clip, u_key=u_key,
                         multi_positive=self.multi_positive, groups=groups, eps=self.eps,
                         validate=not self._validated, check_finite=self.check_finite,
-                        critic_input=self.critic_input, contrast=self.contrast)
+                        critic_input=self.critic_input, contrast=self.contrast, gather=self.gather)
         self._validated = True
         return loss
 
@@ -619,7 +697,7 @@ class MCL(nn.Module):
     def extra_repr(self) -> str:
         return (f"tau={self.tau}, create_graph={self.create_graph}, clip={self.clip}, "
                 f"multi_positive={self.multi_positive}, critic_input={self.critic_input!r}, "
-                f"contrast={self.contrast!r}")
+                f"contrast={self.contrast!r}" + (", gather=True" if self.gather else ""))
 
 
 class StackedMCL(nn.Module):
@@ -674,6 +752,11 @@ class StackedMCL(nn.Module):
         first = members[0]
         if not all(isinstance(m, MCL) and isinstance(m.critic, MLPCritic) for m in members):
             raise ValueError("members: StackedMCL stacks MCL modules with the MLP critic (critic='mlp') only")
+        if any(getattr(m, "gather", False) for m in members):
+            # Not built: its member-stacked forward would need the (M, B, d) keys gathered and per-member ids
+            # numbered over the gathered batch; the op itself takes member-stacked rectangular inputs.
+            raise ValueError("mcl.gather: StackedMCL (stacked members) does not gather keys across ranks; set "
+                             "mcl.gather=false, or train the members as separate MCL modules")
         lin_g = [l for l in first.Pi_g.net if isinstance(l, nn.Linear)]
         lin_u = [l for l in first.Pi_u.net if isinstance(l, nn.Linear)]
         ln = isinstance(first.Pi_g.net[0], nn.LayerNorm)

@@ -55,30 +55,37 @@ def _check_critic(v, weights, biases) -> int:
     return M
 
 
-def _check_infonce(p, k, groups) -> int:
-    if k.dim() != 3 or k.shape != p.shape:
+def _check_infonce(p, k, groups, offset=None) -> int:
+    # offset given (rectangular mode): k (M, N, d) with N of its own, groups (M, N); the unstacked launcher checks N
+    # against B and the offset.
+    if offset is None and (k.dim() != 3 or k.shape != p.shape):
         raise RuntimeError(f"mclcore.infonce: member-stacked p (M, B, d) needs k of the same shape, got "
                            f"{tuple(p.shape)} and {tuple(k.shape)}")
+    if offset is not None and (k.dim() != 3 or k.shape[0] != p.shape[0] or k.shape[2] != p.shape[2]):
+        raise RuntimeError(f"mclcore.infonce: member-stacked p (M, B, d) with an offset needs k of shape (M, N, d), "
+                           f"got {tuple(p.shape)} and {tuple(k.shape)}")
     M = p.shape[0]
     if M < 1:
         raise RuntimeError(f"mclcore.infonce: member-stacked p needs at least one member, got shape {tuple(p.shape)}")
-    if groups is not None and (groups.dim() != 2 or tuple(groups.shape) != tuple(p.shape[:2])):
-        raise RuntimeError(f"mclcore.infonce: member-stacked p (M, B, d) needs groups of shape (M, B) = "
-                           f"{tuple(p.shape[:2])}, got {tuple(groups.shape)}")
+    if groups is not None and (groups.dim() != 2 or tuple(groups.shape) != tuple(k.shape[:2])):
+        raise RuntimeError(f"mclcore.infonce: member-stacked p (M, B, d) needs groups of shape "
+                           f"(M, {'B' if offset is None else 'N'}) = {tuple(k.shape[:2])}, got {tuple(groups.shape)}")
     return M
 
 
 def infonce(fn: Callable, p, k, groups, tau, eps, **kwargs):
-    """``fn`` = an unstacked infonce or infonce_with_grad on p, k (M, B, d), groups (M, B) or None: its three
-    outputs, each stacked along a new leading member axis."""
-    M = _check_infonce(p, k, groups)
+    """``fn`` = an unstacked infonce or infonce_with_grad on p (M, B, d), k (M, B, d) (or (M, N, d) with
+    ``offset=``), groups (M, B) (or (M, N)) or None: its three outputs, each stacked along a new leading member
+    axis. ``kwargs`` (the offset, tile sizes) go to every call."""
+    M = _check_infonce(p, k, groups, kwargs.get("offset"))
     outs = [fn(p[m], k[m], None if groups is None else groups[m], tau, eps, **kwargs) for m in range(M)]
     return tuple(torch.stack(o) for o in zip(*outs))
 
 
 def infonce_backward(fn: Callable, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, **kwargs):
-    """``fn`` = an unstacked infonce_backward; grad_loss (M,), lse_all / lse_pos (M, B): (dp, dk), (M, B, d) each."""
-    M = _check_infonce(p, k, groups)
+    """``fn`` = an unstacked infonce_backward; grad_loss (M,), lse_all / lse_pos (M, B): (dp (M, B, d),
+    dk (M, N, d))."""
+    M = _check_infonce(p, k, groups, kwargs.get("offset"))
     if grad_loss.numel() != M:
         raise RuntimeError(f"mclcore.infonce_backward: member-stacked p needs grad_loss of shape (M,) = ({M},), got "
                            f"{tuple(grad_loss.shape)}")

@@ -207,6 +207,96 @@ def test_infonce_memory_is_linear_in_B(backend):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# infonce, rectangular mode (offset: B rows against N keys, the cross-rank InfoNCE)
+
+
+def _make_rect(B, N, d, dtype, seed, n_groups=None, non_contiguous=False):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    p = torch.randn(B, d, generator=gen, dtype=torch.float64).to(DEV, dtype)
+    k = torch.randn(N, d, generator=gen, dtype=torch.float64).to(DEV, dtype)
+    groups = None if n_groups is None else torch.randint(0, n_groups, (N,), generator=gen).to(DEV)
+    if non_contiguous:
+        p = p.t().contiguous().t()
+        k = torch.stack([k, k], 2)[:, :, 0]
+    return p, k, groups
+
+
+def _rect_loss_grads(fn, p, k, groups, tau, offset, dtype=None):
+    p_ = p.detach().to(dtype or p.dtype).requires_grad_()
+    k_ = k.detach().to(dtype or k.dtype).requires_grad_()
+    loss = fn(p_, k_, tau, groups=groups, offset=offset)
+    dp, dk = torch.autograd.grad(loss, (p_, k_))
+    return loss.detach(), dp, dk
+
+
+def _plain_rect(p, k, tau, *, groups=None, offset=None):
+    return torch.ops.mclcore.infonce.default(p, k, groups, tau, 1e-12, offset)[0]
+
+
+@pytest.mark.parametrize("path", ["public", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,N,d,n_groups,non_contiguous", [(1, 3, 5, None, False), (7, 21, 67, 3, True),
+                                                           (257, 1028, 128, 8, False), (333, 999, 5, None, True)])
+def test_infonce_rectangular_matches_float64(backend, path, dtype, B, N, d, n_groups, non_contiguous):
+    _need(backend, "infonce_with_grad" if path == "public" else "infonce_backward")
+    tau = 0.1
+    p, k, groups = _make_rect(B, N, d, dtype, seed=B + N + d, n_groups=n_groups, non_contiguous=non_contiguous)
+    fn = infonce if path == "public" else _plain_rect
+    for offset in sorted({0, (N - B) // 2, N - B}):
+        loss, dp, dk = _rect_loss_grads(fn, p, k, groups, tau, offset)
+        rl, rdp, rdk = _rect_loss_grads(ref_infonce, p, k, groups, tau, offset, torch.float64)
+        sl, sdp, sdk = _rect_loss_grads(ref_infonce, p, k, groups, tau, offset, dtype)
+        assert dp.shape == (B, d) and dk.shape == (N, d) and dp.dtype == dtype and dk.dtype == dtype
+        u = UNIT[dtype]
+        scale = max(rdp.abs().max().item(), rdk.abs().max().item())
+        _within(_max_err(loss, rl), _max_err(sl, rl), 4 * u / tau, f"loss (offset {offset})")
+        _within(_max_err(dp, rdp), _max_err(sdp, rdp), 16 * u * scale, f"dp (offset {offset})")
+        _within(_max_err(dk, rdk), _max_err(sdk, rdk), 16 * u * scale, f"dk (offset {offset})")
+
+
+def test_infonce_rectangular_float64_and_the_cpu_kernel(backend):
+    _need(backend, "infonce_with_grad")
+    p, k, groups = _make_rect(150, 600, 17, torch.float64, seed=8, n_groups=4)
+    for offset in (0, 225, 450):
+        loss, dp, dk = _rect_loss_grads(infonce, p, k, groups, 0.2, offset)
+        rl, rdp, rdk = _rect_loss_grads(ref_infonce, p, k, groups, 0.2, offset, torch.float64)
+        torch.testing.assert_close(loss, rl, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dp, rdp, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(dk, rdk, rtol=1e-9, atol=1e-12)
+        for a, b in zip(torch.ops.mclcore.infonce(p, k, groups, 0.2, 1e-12, offset),
+                        torch.ops.mclcore.infonce(p.cpu(), k.cpu(), groups.cpu(), 0.2, 1e-12, offset)):
+            assert a.device.type == "cuda" and a.shape == b.shape
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-12)
+
+
+def test_infonce_rectangular_ranks_make_the_whole_batch(backend):
+    # The per-rank losses (offset r B) average to the square loss of the whole batch; their dk sum to world x dk.
+    _need(backend, "infonce_with_grad")
+    world, B = 4, 96
+    p, k, groups = _make_rect(world * B, world * B, 32, torch.float32, seed=9, n_groups=6)
+    full, _, fdk = _loss_grads(infonce, p, k, groups, 0.1)
+    parts = [_rect_loss_grads(infonce, p[r * B:(r + 1) * B], k, groups, 0.1, r * B) for r in range(world)]
+    torch.testing.assert_close(torch.stack([x[0] for x in parts]).mean(), full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.stack([x[2] for x in parts]).sum(0) / world, fdk, rtol=1e-4,
+                               atol=1e-5 * fdk.abs().max().item())
+
+
+def test_infonce_rectangular_memory_is_linear(backend):
+    _need(backend, "infonce_with_grad")
+    # 4096 rows against 32768 keys: the B x N logits alone would take 256 MiB in bf16.
+    p, k, _ = _make_rect(4096, 32768, 128, torch.bfloat16, seed=10)
+    p.requires_grad_()
+    k.requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    torch.autograd.grad(infonce(p, k, offset=8192), (p, k))
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 96 * 2**20, f"peak extra memory {extra / 2**20:.1f} MiB"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # critic_grad (Triton only: it has no CUDA C++ kernel)
 
 

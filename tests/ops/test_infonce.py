@@ -2,7 +2,8 @@
 
 Two kernel paths: training (``mclcore::infonce_with_grad``: loss and gradients in one call, which the public
 function takes when a gradient is needed) and inference (``mclcore::infonce``, whose autograd formula calls
-``mclcore::infonce_backward``). Most numerical tests run both through ``PATHS``.
+``mclcore::infonce_backward``). Most numerical tests run both through ``PATHS``. The last sections test the
+rectangular mode (``offset``: B query rows against N >= B keys, the cross-rank InfoNCE).
 """
 import math
 import os
@@ -30,14 +31,14 @@ TOL = {
 TILE = 256
 
 
-def fused(p, k, tau=0.1, *, groups=None, eps=1e-12):
+def fused(p, k, tau=0.1, *, groups=None, eps=1e-12, offset=None):
     """The training op called directly (its autograd formula scales the gradients it computed with the loss)."""
-    return torch.ops.mclcore.infonce_with_grad.default(p, k, groups, tau, eps)[0]
+    return torch.ops.mclcore.infonce_with_grad.default(p, k, groups, tau, eps, offset)[0]
 
 
-def plain(p, k, tau=0.1, *, groups=None, eps=1e-12):
+def plain(p, k, tau=0.1, *, groups=None, eps=1e-12, offset=None):
     """The inference op, differentiated through its registered backward (mclcore::infonce_backward)."""
-    return torch.ops.mclcore.infonce.default(p, k, groups, tau, eps)[0]
+    return torch.ops.mclcore.infonce.default(p, k, groups, tau, eps, offset)[0]
 
 
 # "public" with inputs requiring grad takes the fused op (test_public_function_picks_the_kernel checks that).
@@ -538,3 +539,336 @@ def test_bad_inputs_kernel_errors():
     _, la, lp = op(p, k, None, 0.1, 1e-12)
     with pytest.raises(RuntimeError, match="lse_all/lse_pos must be"):
         torch.ops.mclcore.infonce_backward(torch.tensor(1.0), p, k, None, la.float(), lp, 0.1, 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rectangular mode (offset given): B query rows against N >= B keys, row i's positive at key offset + i.
+
+
+def offsets(B, N):
+    """The first, a middle and the last block of B keys (the positions of rank 0, a middle rank, the last rank)."""
+    return sorted({0, (N - B) // 2, N - B})
+
+
+RECT = [(B, d, off) for B in (1, 7) for d in (5, 67) for off in offsets(B, 3 * B)]
+
+
+@pytest.mark.parametrize("path", ["fused", "plain", "public"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n_groups", [None, 3])
+@pytest.mark.parametrize("B, d, offset", RECT)
+def test_rectangular_matches_reference(B, d, offset, n_groups, dtype, path):
+    N = 3 * B
+    p, k, groups = sample_inputs(B, d, n_keys=N, dtype=dtype, seed=B + d + offset, n_groups=n_groups,
+                                 requires_grad=True)
+    loss, dp, dk = loss_and_grads(PATHS[path], p, k, tau=0.1, groups=groups, offset=offset)
+    rl, rdp, rdk = ref64(p, k, tau=0.1, groups=groups, offset=offset)
+    assert loss.shape == () and loss.dtype == dtype and dp.shape == (B, d) and dk.shape == (N, d)
+    torch.testing.assert_close(loss, rl.to(dtype), **TOL[dtype])
+    scale = max(rdp.abs().max().item(), rdk.abs().max().item())
+    tol = dict(rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * scale)
+    torch.testing.assert_close(dp, rdp.to(dtype), **tol)
+    torch.testing.assert_close(dk, rdk.to(dtype), **tol)
+
+
+@pytest.mark.parametrize("path", ["fused", "plain"])
+@pytest.mark.parametrize("n_groups", [None, 5])
+def test_rectangular_over_several_tiles(n_groups, path):
+    # B = TILE + 1 rows (several row blocks) against N = 3B keys (four column tiles, the last ragged); the offset of
+    # the middle block is not a multiple of any tile, so positives straddle tile edges.
+    B = TILE + 1
+    N = 3 * B
+    for offset in (0, B, N - B):
+        p, k, groups = sample_inputs(B, 20, n_keys=N, seed=offset, n_groups=n_groups, requires_grad=True)
+        got = loss_and_grads(PATHS[path], p, k, groups=groups, offset=offset)
+        for a, b in zip(got, ref64(p, k, groups=groups, offset=offset)):
+            torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("path", ["public", "plain"])
+@pytest.mark.parametrize("n_groups", [None, 2])
+def test_rectangular_non_contiguous_inputs(n_groups, path):
+    p, k, groups = sample_inputs(7, 11, n_keys=21, seed=1, n_groups=n_groups, requires_grad=True, contiguous=False)
+    assert not p.is_contiguous() and not k.is_contiguous() and (groups is None or not groups.is_contiguous())
+    got = loss_and_grads(PATHS[path], p, k, tau=0.2, groups=groups, offset=9)
+    for a, b in zip(got, ref64(p, k, tau=0.2, groups=groups, offset=9)):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n_groups", [None, 5])
+def test_rectangular_half_precision_inputs(dtype, n_groups):
+    p, k, groups = sample_inputs(30, 24, n_keys=90, dtype=dtype, seed=5, n_groups=n_groups, requires_grad=True)
+    loss, dp, dk = loss_and_grads(infonce, p, k, groups=groups, offset=60)
+    rl, rdp, rdk = ref64(p, k, groups=groups, offset=60)
+    assert loss.dtype == torch.float32 and dp.dtype == dtype and dk.dtype == dtype
+    torch.testing.assert_close(loss.double(), rl, rtol=1e-5, atol=1e-5)  # inputs are exact; compute is float32
+    scale = max(rdp.abs().max().item(), rdk.abs().max().item())
+    torch.testing.assert_close(dp.double(), rdp, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+    torch.testing.assert_close(dk.double(), rdk, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+
+
+@pytest.mark.parametrize("path", ["fused", "plain", "public"])
+@pytest.mark.parametrize("n_groups", [None, 3])
+def test_rectangular_with_n_equal_b_offset_0_is_the_square_mode(n_groups, path):
+    # Same kernels, same tiles: bit for bit, in float32 where a different summation order would show.
+    p, k, groups = sample_inputs(40, 9, dtype=torch.float32, seed=20, n_groups=n_groups, requires_grad=True)
+    square = loss_and_grads(PATHS[path], p, k, groups=groups)
+    rect = loss_and_grads(PATHS[path], p, k, groups=groups, offset=0)
+    for a, b in zip(rect, square):
+        assert torch.equal(a, b)
+    stats = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, 0.1, 1e-12, 0)
+    for a, b in zip(stats, torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, 0.1, 1e-12)):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("n_groups", [None, 4])
+@pytest.mark.parametrize("path", ["public", "plain"])
+def test_per_rank_losses_make_the_square_loss_of_the_whole_batch(world, n_groups, path):
+    # The cross-rank decomposition: rank r holds rows r B .. r B + B - 1 of the batch and meets every key. The mean of
+    # the ranks' losses is the square loss of the whole batch; the rows' dp, concatenated, are world times the whole
+    # batch's (each rank's mean is over B rows, not world B); the ranks' dk summed (what the all-gather's backward
+    # adds up) are world times the whole batch's dk.
+    B, d = 9, 6
+    N = world * B
+    p, k, groups = sample_inputs(N, d, seed=21 + world, n_groups=n_groups, requires_grad=True)
+    full, fdp, fdk = loss_and_grads(PATHS[path], p, k, groups=groups)
+    losses, dps, dks = [], [], []
+    for r in range(world):
+        pr = p.detach()[r * B:(r + 1) * B].clone().requires_grad_()
+        kr = k.detach().clone().requires_grad_()
+        loss, dp, dk = loss_and_grads(PATHS[path], pr, kr, groups=groups, offset=r * B)
+        losses.append(loss)
+        dps.append(dp)
+        dks.append(dk)
+    torch.testing.assert_close(torch.stack(losses).mean(), full, **TOL[torch.float64])
+    torch.testing.assert_close(torch.cat(dps) / world, fdp, **TOL[torch.float64])
+    torch.testing.assert_close(torch.stack(dks).sum(0) / world, fdk, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("n_groups", [None, 3])
+def test_rectangular_accumulation_paths_agree(monkeypatch, n_groups):
+    # B = 300 rows against N = 900 keys, 2 threads: per-thread dk buffers (default), the second pass over column blocks
+    # of keys (partial budget 0), the fused panels (R_f x N) and their recompute fallback (fused budget 0), and 1
+    # thread: the same gradients.
+    B, N = 300, 900
+    p, k, groups = sample_inputs(B, 20, n_keys=N, seed=22, n_groups=n_groups, requires_grad=True)
+    rl, rdp, rdk = ref64(p, k, groups=groups, offset=450)
+    threads = torch.get_num_threads()
+    try:
+        for nt in (2, 1):
+            torch.set_num_threads(nt)
+            for env in ({}, {"MCLCORE_INFONCE_PARTIAL_BYTES": "0"}, {"MCLCORE_INFONCE_FUSED_BYTES": "0"},
+                        {"MCLCORE_INFONCE_PARTIAL_BYTES": "0", "MCLCORE_INFONCE_FUSED_BYTES": "0"}):
+                for var in ("MCLCORE_INFONCE_PARTIAL_BYTES", "MCLCORE_INFONCE_FUSED_BYTES"):
+                    monkeypatch.delenv(var, raising=False)
+                for var, value in env.items():
+                    monkeypatch.setenv(var, value)
+                for fn in (infonce, plain):
+                    got = loss_and_grads(fn, p, k, groups=groups, offset=450)
+                    for a, b in zip(got, (rl, rdp, rdk)):
+                        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_rectangular_row_statistics():
+    p, k, groups = sample_inputs(30, 9, n_keys=120, seed=23, n_groups=7)
+    q = p / p.norm(dim=1, keepdim=True)
+    kh = k / k.norm(dim=1, keepdim=True)
+    S = q @ kh.t() / 0.3                                        # (30, 120)
+    own = torch.arange(30) + 50                                 # positive columns
+    _, lse_all, lse_pos = torch.ops.mclcore.infonce(p, k, groups, 0.3, 1e-12, 50)
+    torch.testing.assert_close(lse_all, torch.logsumexp(S, 1), **TOL[torch.float64])
+    same = groups[own][:, None] == groups[None, :]
+    torch.testing.assert_close(lse_pos, torch.logsumexp(S.masked_fill(~same, -math.inf), 1), **TOL[torch.float64])
+    _, _, diag = torch.ops.mclcore.infonce(p, k, None, 0.3, 1e-12, 50)
+    torch.testing.assert_close(diag, S[torch.arange(30), own], **TOL[torch.float64])
+
+
+def test_rectangular_member_stacked():
+    # p (M, B, d), k (M, N, d), groups (M, N): member m equals the unstacked call on its slices, all three ops.
+    M, B, N, d, off = 3, 5, 15, 4, 10
+    ms = [sample_inputs(B, d, n_keys=N, seed=30 + m, n_groups=3) for m in range(M)]
+    p, k, g = (torch.stack([x[i] for x in ms]) for i in range(3))
+    tol = TOL[torch.float64]
+    fwd = torch.ops.mclcore.infonce(p, k, g, 0.2, 1e-12, off)
+    assert fwd[0].shape == (M,) and fwd[1].shape == (M, B)
+    wg = torch.ops.mclcore.infonce_with_grad(p, k, g, 0.2, 1e-12, off)
+    assert wg[2].shape == (M, N, d)
+    gl = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    bwd = torch.ops.mclcore.infonce_backward(gl, p, k, g, fwd[1], fwd[2], 0.2, 1e-12, off)
+    for m in range(M):
+        one = torch.ops.mclcore.infonce(p[m], k[m], g[m], 0.2, 1e-12, off)
+        for a, b in zip(fwd, one):
+            torch.testing.assert_close(a[m], b, **tol)
+        for a, b in zip(wg, torch.ops.mclcore.infonce_with_grad(p[m], k[m], g[m], 0.2, 1e-12, off)):
+            torch.testing.assert_close(a[m], b, **tol)
+        for a, b in zip(bwd, torch.ops.mclcore.infonce_backward(gl[m], p[m], k[m], g[m], one[1], one[2], 0.2, 1e-12,
+                                                                off)):
+            torch.testing.assert_close(a[m], b, **tol)
+    pl, kl = p.clone().requires_grad_(), k.clone().requires_grad_()
+    got = infonce(pl, kl, 0.2, groups=g, offset=off)
+    from python.infonce import infonce_stacked
+    torch.testing.assert_close(got, infonce_stacked(p, k, 0.2, groups=g, offset=off), **tol)
+
+
+@pytest.mark.parametrize("n_groups", [None, 2])
+@pytest.mark.parametrize("offset", [0, 4, 9])
+def test_rectangular_opcheck(n_groups, offset):
+    p, k, groups = sample_inputs(3, 5, n_keys=12, seed=9, n_groups=n_groups, requires_grad=True)
+    torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, groups, 0.1, 1e-12, offset))
+    torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (p, k, groups, 0.1, 1e-12, offset))
+    _, lse_all, lse_pos = torch.ops.mclcore.infonce(p.detach(), k.detach(), groups, 0.1, 1e-12, offset)
+    g = torch.tensor(1.3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.mclcore.infonce_backward.default,
+                          (g, p.detach(), k.detach(), groups, lse_all, lse_pos, 0.1, 1e-12, offset))
+
+
+def test_rectangular_opcheck_non_contiguous_and_half():
+    p, k, _ = sample_inputs(2, 6, n_keys=7, requires_grad=True, contiguous=False)
+    torch.library.opcheck(torch.ops.mclcore.infonce.default, (p, k, None, 0.5, 1e-12, 3))
+    torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (p, k, None, 0.5, 1e-12, 5))
+    ph, kh, _ = sample_inputs(2, 6, n_keys=7, dtype=torch.bfloat16, seed=1)
+    torch.library.opcheck(torch.ops.mclcore.infonce_with_grad.default, (ph.requires_grad_(), kh, None, 0.5, 1e-12, 1))
+
+
+@pytest.mark.parametrize("n_groups", [None, 2])
+def test_rectangular_gradcheck_float64(n_groups):
+    p, k, groups = sample_inputs(3, 4, n_keys=8, seed=10, n_groups=n_groups, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda p, k: torch.ops.mclcore.infonce(p, k, groups, 0.4, 1e-12, 2)[0], (p, k))
+    assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.4, groups=groups, offset=5), (p, k))
+    b1, k1, g1 = sample_inputs(1, 4, n_keys=3, seed=11, n_groups=n_groups, requires_grad=True)  # one query row
+    assert torch.autograd.gradcheck(lambda p, k: infonce(p, k, 0.4, groups=g1, offset=2), (b1, k1))
+
+
+def test_rectangular_torch_compile_fullgraph():
+    p, k, groups = sample_inputs(10, 8, n_keys=30, dtype=torch.float32, seed=12, n_groups=3, requires_grad=True)
+
+    def fn(p, k, groups, offset):
+        return infonce(torch.tanh(p), k * 2.0, 0.2, groups=groups, offset=offset) * 3.0
+
+    compiled = torch.compile(fn, fullgraph=True, dynamic=True, backend="aot_eager")
+    for offset in (0, 20):
+        expect = loss_and_grads(lambda p, k: fn(p, k, groups, offset), p, k)
+        got = loss_and_grads(lambda p, k: compiled(p, k, groups, offset), p, k)
+        for a, b in zip(got, expect):
+            torch.testing.assert_close(a, b)
+    p2, k2, g2 = sample_inputs(7, 8, n_keys=28, dtype=torch.float32, seed=14, n_groups=3, requires_grad=True)
+    torch.testing.assert_close(compiled(p2, k2, g2, 14), fn(p2, k2, g2, 14))
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_rectangular_never_holds_a_b_by_n_tensor():
+    B, N, d = 2048, 8192, 16
+    p, k, _ = sample_inputs(B, d, n_keys=N, dtype=torch.float32, seed=13, requires_grad=True)
+    logits_bytes = B * N * 4  # 64 MiB: one B x N float32 tensor
+
+    def op():
+        infonce(p, k, offset=N - B).backward()
+
+    def ref():
+        ref_infonce(p, k, offset=N - B).backward()
+
+    op()
+    op_peak = _peak_extra_rss(op)
+    ref_peak = _peak_extra_rss(ref)
+    assert ref_peak > logits_bytes
+    assert op_peak < logits_bytes / 4, f"op peak {op_peak / 2**20:.1f} MiB"
+
+
+# Properties of the rectangular mode.
+
+
+@given(B=st.integers(1, 12), extra=st.integers(0, 20), d=st.integers(1, 8), seed=st.integers(0, 2**16),
+       n_groups=st.sampled_from([None, 1, 3]), where=st.floats(0, 1))
+def test_property_rectangular_matches_reference(B, extra, d, seed, n_groups, where):
+    N = max(B + extra, 2)
+    offset = round(where * (N - B))
+    p, k, groups = sample_inputs(B, d, n_keys=N, seed=seed, n_groups=n_groups, requires_grad=True)
+    got = loss_and_grads(infonce, p, k, groups=groups, offset=offset)
+    rl, rdp, rdk = ref64(p, k, groups=groups, offset=offset)
+    torch.testing.assert_close(got[0], rl, rtol=1e-10, atol=1e-12)
+    # atol 1e-12 on the gradients: at d = 1 the true gradients are 0 and both sides return rounding noise.
+    torch.testing.assert_close(got[1], rdp, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[2], rdk, rtol=1e-10, atol=1e-12)
+
+
+@given(world=st.integers(1, 4), B=st.integers(1, 6), d=st.integers(1, 8), seed=st.integers(0, 2**16),
+       n_groups=st.sampled_from([None, 2, 5]))
+def test_property_rank_losses_average_to_the_square_loss(world, B, d, seed, n_groups):
+    N = world * B
+    if N < 2:
+        return  # one row in all: no negatives, no InfoNCE
+    p, k, groups = sample_inputs(N, d, seed=seed, n_groups=n_groups)
+    parts = [infonce(p[r * B:(r + 1) * B], k, 0.1, groups=groups, offset=r * B) for r in range(world)]
+    torch.testing.assert_close(torch.stack(parts).mean(), infonce(p, k, 0.1, groups=groups), rtol=1e-12,
+                               atol=1e-12)
+
+
+@given(B=st.integers(1, 10), extra=st.integers(1, 12), d=st.integers(1, 8), seed=st.integers(0, 2**16),
+       n_groups=st.sampled_from([None, 3]))
+def test_property_rectangular_invariant_to_a_consistent_key_permutation(B, extra, d, seed, n_groups):
+    # Moving the block of positive keys to the front and shuffling the other keys changes nothing: the log-sum-exp
+    # runs over a set of columns, and the positives move with their ids.
+    N = B + extra
+    offset = extra // 2
+    p, k, groups = sample_inputs(B, d, n_keys=N, seed=seed, n_groups=n_groups)
+    gen = torch.Generator().manual_seed(seed)
+    pos = torch.arange(offset, offset + B)
+    rest = torch.cat([torch.arange(0, offset), torch.arange(offset + B, N)])
+    order = torch.cat([pos, rest[torch.randperm(rest.numel(), generator=gen)]])
+    g2 = None if groups is None else groups[order]
+    torch.testing.assert_close(infonce(p, k[order], 0.1, groups=g2, offset=0),
+                               infonce(p, k, 0.1, groups=groups, offset=offset), rtol=1e-12, atol=1e-12)
+
+
+def test_rectangular_bad_inputs_python_errors():
+    p, k, groups = sample_inputs(4, 3, n_keys=12, n_groups=2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"k: expected the shape of p \(4, 3\).*offset="):
+        infonce(p, k)                                               # more keys than rows, no offset
+    for off in (-1, 9, 100):
+        with pytest.raises(ValueError, match=r"offset: expected 0 <= offset <= N - B = 8 .*B = 4 rows, k N = 12.*"
+                                             rf"got {off}"):
+            infonce(p, k, offset=off)
+    for off in (True, 1.0, "2", torch.tensor(1)):
+        with pytest.raises(TypeError, match="offset: expected an integer"):
+            infonce(p, k, offset=off)
+    with pytest.raises(ValueError, match=r"groups: expected shape \(12,\), one id per row of k"):
+        infonce(p, k, groups=groups[:4], offset=0)                  # ids of the query rows instead of the keys
+    with pytest.raises(ValueError, match=r"k: expected shape \(N, 3\)"):
+        infonce(p, k[:, :2], offset=0)
+    with pytest.raises(ValueError, match=r"k: expected at least as many rows as p \(N >= B = 4\)"):
+        infonce(p, k[:3], offset=0)
+    with pytest.raises(ValueError, match="k: expected at least 2 key rows"):
+        infonce(p[:1], k[:1], offset=0)
+    with pytest.raises(ValueError, match=r"k: expected shape \(2, N, 3\)"):
+        infonce(torch.stack([p, p]), torch.stack([k, k, k]), offset=0)
+    torch.testing.assert_close(infonce(p[:1], k[:2], offset=1), ref_infonce(p[:1], k[:2], offset=1))  # B = 1 is fine
+
+
+def test_rectangular_bad_inputs_kernel_errors():
+    p, k, groups = sample_inputs(4, 3, n_keys=12, n_groups=2)
+    op = torch.ops.mclcore.infonce
+    with pytest.raises(RuntimeError, match=r"offset must satisfy 0 <= offset <= N - B = 8.*got offset = 9"):
+        op(p, k, None, 0.1, 1e-12, 9)
+    with pytest.raises(RuntimeError, match=r"offset must satisfy.*got offset = -1"):
+        op(p, k, None, 0.1, 1e-12, -1)
+    with pytest.raises(RuntimeError, match=r"groups must have shape \(N,\) = \(12,\) in rectangular mode"):
+        op(p, k, groups[:4], 0.1, 1e-12, 0)
+    with pytest.raises(RuntimeError, match=r"same number of features"):
+        op(p, k[:, :2], None, 0.1, 1e-12, 0)
+    with pytest.raises(RuntimeError, match=r"N >= B"):
+        op(p, k[:3], None, 0.1, 1e-12, 0)
+    with pytest.raises(RuntimeError, match=r"N >= 2"):
+        op(p[:1], k[:1], None, 0.1, 1e-12, 0)
+    with pytest.raises(RuntimeError, match=r"same shape.*need an offset"):
+        op(p, k, None, 0.1, 1e-12)
+    with pytest.raises(RuntimeError, match=r"k contains NaN or infinite values \(row 11\)"):
+        op(p, k.index_fill(0, torch.tensor([11]), float("nan")), None, 0.1, 1e-12, 0)
+    _, la, lp = op(p, k, None, 0.1, 1e-12, 8)
+    with pytest.raises(RuntimeError, match=r"lse_all/lse_pos must have shape \(4,\)"):
+        torch.ops.mclcore.infonce_backward(torch.tensor(1.0), p, k, None, la[:3], lp, 0.1, 1e-12, 8)
+    with pytest.raises(RuntimeError, match=r"member-stacked p \(M, B, d\) with an offset needs k of shape"):
+        op(torch.stack([p, p]), torch.stack([k, k, k]), None, 0.1, 1e-12, 0)

@@ -5,7 +5,8 @@ The interpreter needs ``TRITON_INTERPRET=1`` before the first ``import triton`` 
 run in one subprocess: this file executed as a script (``python tests/ops/test_triton.py``) runs every check of
 :data:`CHECKS` and prints one JSON object ``{name: null or failure message}``; the ``test_kernel`` cases read it.
 Sizes are small (the interpreter runs each program in numpy) and tiles are 16 x 16 so that B = 17 and 33 span several
-row and column tiles with ragged edges. In the interpreter ``tl.dot`` on bfloat16 is wrong (garbage, docs/DESIGN.md
+row and column tiles with ragged edges (the ``infonce-rect-*`` checks: the rectangular mode, B rows against N keys
+with the positives at an offset). In the interpreter ``tl.dot`` on bfloat16 is wrong (garbage, docs/DESIGN.md
 §5), so half precision is checked in float16 only: bfloat16 cannot be checked without a GPU (it runs in
 tests/ops/test_gpu.py).
 
@@ -46,21 +47,23 @@ def _tk():
     return tk
 
 
-def _make(B, d, dtype, seed, n_groups=None):
+def _make(B, d, dtype, seed, n_groups=None, n_keys=None):
+    """p (B, d), k (n_keys, d) (n_keys None: B), groups one id per key row or None."""
+    n_keys = B if n_keys is None else n_keys
     gen = torch.Generator().manual_seed(seed)
     p = torch.randn(B, d, generator=gen, dtype=torch.float64).to(dtype)
-    k = torch.randn(B, d, generator=gen, dtype=torch.float64).to(dtype)
-    groups = None if n_groups is None else torch.randint(0, n_groups, (B,), generator=gen)
+    k = torch.randn(n_keys, d, generator=gen, dtype=torch.float64).to(dtype)
+    groups = None if n_groups is None else torch.randint(0, n_groups, (n_keys,), generator=gen)
     return p, k, groups
 
 
-def _ref_infonce(p, k, groups, tau, eps, dtype=torch.float64):
+def _ref_infonce(p, k, groups, tau, eps, dtype=torch.float64, offset=None):
     """Loss and gradients of python/infonce.py on the same inputs, computed in ``dtype``."""
     from python.infonce import infonce as ref
 
     p_ = p.detach().to(dtype).requires_grad_()
     k_ = k.detach().to(dtype).requires_grad_()
-    loss = ref(p_, k_, tau, groups=groups, eps=eps)
+    loss = ref(p_, k_, tau, groups=groups, eps=eps, offset=offset)
     dp, dk = torch.autograd.grad(loss, (p_, k_))
     return loss.detach().double(), dp.double(), dk.double()
 
@@ -85,25 +88,28 @@ def _close(actual, expected, dtype, *, ref16=None, scale=1.0, floor16=0.0, what=
 
 
 def _check_infonce(B, d, dtype, n_groups, seed, tau=0.1, eps=1e-12, tiles=TILES, transform=None, half_dot=None,
-                   floors=True):
+                   floors=True, n_keys=None, offset=None):
     """half_dot: MCLCORE_TRITON_HALF_DOT for the call ("float32": the exact opt-out; None: the default, 16-bit
-    tensor-core products). floors=False: the float16 tensor-core results must meet the plain 2x rule."""
+    tensor-core products). floors=False: the float16 tensor-core results must meet the plain 2x rule. n_keys,
+    offset: the rectangular mode (B rows against n_keys keys, row i's positive at key offset + i)."""
     if half_dot is not None:
         os.environ["MCLCORE_TRITON_HALF_DOT"] = half_dot
         try:
-            return _check_infonce(B, d, dtype, n_groups, seed, tau, eps, tiles, transform, floors=floors)
+            return _check_infonce(B, d, dtype, n_groups, seed, tau, eps, tiles, transform, floors=floors,
+                                  n_keys=n_keys, offset=offset)
         finally:
             del os.environ["MCLCORE_TRITON_HALF_DOT"]
     import importlib
 
     tk = _tk()
-    p, k, groups = _make(B, d, dtype, seed, n_groups)
+    p, k, groups = _make(B, d, dtype, seed, n_groups, n_keys)
     if transform is not None:
         p, k, groups = transform(p, k, groups)
-    rl, rdp, rdk = _ref_infonce(p, k, groups, tau, eps)
+    rl, rdp, rdk = _ref_infonce(p, k, groups, tau, eps, offset=offset)
     tensor_cores = dtype == torch.float16 and \
         importlib.import_module("mclcore.ops.triton.infonce").dot_dtype(dtype) == torch.float16
-    ref16 = _ref_infonce(p, k, groups, tau, eps, torch.float16) if tensor_cores else (None,) * 3
+    ref16 = _ref_infonce(p, k, groups, tau, eps, torch.float16, offset) if tensor_cores else (None,) * 3
+    rect = {} if offset is None else {"offset": offset}  # square calls keep the op's default
     ct = torch.float64 if dtype == torch.float64 else torch.float32
     # Gradient scale: at d = 1 the true gradient is 0 (a unit q_i cannot move) and what remains is the rounding of
     # dq_i - q_i (q_i . dq_i), of the size of dq_i ~ 1 / (B tau |p_i|) (as in test_infonce.py).
@@ -114,15 +120,19 @@ def _check_infonce(B, d, dtype, n_groups, seed, tau=0.1, eps=1e-12, tiles=TILES,
     # float16 floors: rounding q / tau and k^ to float16 moves each S_ij by up to ~2^-11 |S_ij| <= 2^-11 / tau per
     # operand, so the loss by about 2^-10 / tau; gradients, relative to their scale, by about 2^-9.
     fl_loss, fl_grad = (2.0**-10 / tau, 2.0**-9 * scale) if floors else (0.0, 0.0)
-    loss, la, lp = tk.infonce(p, k, groups, tau, eps, **tiles)
+    loss, la, lp = tk.infonce(p, k, groups, tau, eps, **rect, **tiles)
     assert loss.dtype == ct and la.dtype == ct and lp.dtype == ct and loss.shape == () and la.shape == (B,)
     _close(loss, rl, dtype, ref16=ref16[0], floor16=fl_loss, what="infonce loss")
     # Row statistics, against the dense logits of the rounded inputs.
     q = p.double() / p.double().norm(dim=1, keepdim=True).clamp_min(eps)
     kh = k.double() / k.double().norm(dim=1, keepdim=True).clamp_min(eps)
-    S = q @ kh.t() / tau
-    pos = torch.eye(B, dtype=torch.bool) if groups is None else groups[:, None] == groups[None, :]
-    want_lp = S.diagonal() if groups is None else torch.logsumexp(S.masked_fill(~pos, float("-inf")), 1)
+    S = q @ kh.t() / tau                                            # (B, N)
+    own = torch.arange(B) + (offset or 0)                           # each row's positive key
+    if groups is None:
+        want_lp = S[torch.arange(B), own]
+    else:
+        pos = groups[own][:, None] == groups[None, :]
+        want_lp = torch.logsumexp(S.masked_fill(~pos, float("-inf")), 1)
     stat_tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     if tensor_cores:  # S from rows rounded to float16: |dS| <~ 2 * 2^-11 / tau
         stat_tol = dict(rtol=2e-3, atol=2.0**-9 / tau)
@@ -130,12 +140,13 @@ def _check_infonce(B, d, dtype, n_groups, seed, tau=0.1, eps=1e-12, tiles=TILES,
     torch.testing.assert_close(lp.double(), want_lp, **stat_tol)
 
     g = torch.tensor(1.7, dtype=ct)
-    dp, dk = tk.infonce_backward(g, p, k, groups, la, lp, tau, eps, **tiles)
+    dp, dk = tk.infonce_backward(g, p, k, groups, la, lp, tau, eps, **rect, **tiles)
     assert dp.dtype == dtype and dk.dtype == dtype and dp.is_contiguous() and dk.is_contiguous()
+    assert dp.shape == p.shape and dk.shape == k.shape
     _close(dp / 1.7, rdp, dtype, ref16=ref16[1], scale=scale, floor16=fl_grad, what="infonce_backward dp", output_half=True)
     _close(dk / 1.7, rdk, dtype, ref16=ref16[2], scale=scale, floor16=fl_grad, what="infonce_backward dk", output_half=True)
 
-    loss2, dp2, dk2 = tk.infonce_with_grad(p, k, groups, tau, eps, **tiles)
+    loss2, dp2, dk2 = tk.infonce_with_grad(p, k, groups, tau, eps, **rect, **tiles)
     assert loss2.dtype == ct and dp2.dtype == dtype and dk2.dtype == dtype
     _close(loss2, rl, dtype, ref16=ref16[0], floor16=fl_loss, what="infonce_with_grad loss")
     _close(dp2, rdp, dtype, ref16=ref16[1], scale=scale, floor16=fl_grad, what="infonce_with_grad dp", output_half=True)
@@ -195,6 +206,37 @@ def _check_infonce_stacked_matches_cpu_op():
             assert a.shape == b.shape
 
 
+def _check_infonce_rect_matches_cpu_op():
+    # Rectangular mode (offset): the C++ op's outputs (loss, row statistics, dp (B, d), dk (N, d)), unstacked in
+    # float32 and member-stacked (M = 2, k (M, N, d), groups (M, N)) in float64.
+    tk = _tk()
+    p, k, groups = _make(9, 5, torch.float32, 12, 4, n_keys=36)
+    for off in (0, 13, 27):
+        for a, b in zip(tk.infonce(p, k, groups, 0.2, 1e-12, off, **TILES),
+                        torch.ops.mclcore.infonce(p, k, groups, 0.2, 1e-12, off)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            assert a.dtype == b.dtype and a.shape == b.shape
+        for a, b in zip(tk.infonce_with_grad(p, k, groups, 0.2, 1e-12, off, **TILES),
+                        torch.ops.mclcore.infonce_with_grad(p, k, groups, 0.2, 1e-12, off)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            assert a.dtype == b.dtype and a.shape == b.shape
+    ms = [_make(5, 4, torch.float64, 40 + m, 3, n_keys=20) for m in range(2)]
+    p, k, groups = (torch.stack([x[i] for x in ms]) for i in range(3))
+    tol = dict(rtol=1e-10, atol=1e-12)
+    fwd = tk.infonce(p, k, groups, 0.2, 1e-12, 15, **TILES)
+    for a, b in zip(fwd, torch.ops.mclcore.infonce(p, k, groups, 0.2, 1e-12, 15)):
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(tk.infonce_with_grad(p, k, groups, 0.2, 1e-12, 15, **TILES),
+                    torch.ops.mclcore.infonce_with_grad(p, k, groups, 0.2, 1e-12, 15)):
+        torch.testing.assert_close(a, b, **tol)
+        assert a.shape == b.shape
+    g = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    for a, b in zip(tk.infonce_backward(g, p, k, groups, fwd[1], fwd[2], 0.2, 1e-12, 15, **TILES),
+                    torch.ops.mclcore.infonce_backward(g, p, k, groups, fwd[1], fwd[2], 0.2, 1e-12, 15)):
+        torch.testing.assert_close(a, b, **tol)
+        assert a.shape == b.shape
+
+
 def _check_critic_stacked_matches_cpu_op():
     # Member-stacked critic (M = 3): v (M, B, dv), weights (M, out, in); forward, workspace and backward as the C++ op.
     tk = _tk()
@@ -251,9 +293,16 @@ def _check_infonce_nonfinite_is_nan():
 def _check_infonce_bad_arguments():
     tk = _tk()
     p, k, _ = _make(5, 3, torch.float32, 0)
+    keys = torch.cat([k, k])  # (10, 3): the rectangular mode's keys
     cases = [((p, k[:4], None, 0.1, 1e-12), "same shape"), ((p, k, None, 0.0, 1e-12), "tau"),
              ((p, k, torch.zeros(5, dtype=torch.int32), 0.1, 1e-12), "groups must be int64"),
-             ((p, k.double(), None, 0.1, 1e-12), "same dtype")]
+             ((p, k.double(), None, 0.1, 1e-12), "same dtype"),
+             ((p, keys, None, 0.1, 1e-12), "need an offset"),
+             ((p, keys, None, 0.1, 1e-12, 6), "offset must satisfy 0 <= offset <= N - B = 5"),
+             ((p, keys, None, 0.1, 1e-12, -1), "offset must satisfy"),
+             ((p, k[:4], None, 0.1, 1e-12, 0), "N >= B"),
+             ((p, keys[:, :2], None, 0.1, 1e-12, 0), "same number of features"),
+             ((p, keys, torch.zeros(5, dtype=torch.int64), 0.1, 1e-12, 0), "groups must have shape (N,) = (10,)")]
     for args, words in cases:
         try:
             tk.infonce(*args, **TILES)
@@ -274,6 +323,13 @@ def _check_routing():
         got = _backend.CUDA_KERNELS["infonce"](p, k, groups, 0.1, 1e-12)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # The rectangular mode's offset reaches the launcher through the registered kernel (positionally, as the
+    # dispatcher passes it).
+    pr, kr, gr = _make(5, 5, torch.float32, 4, 3, n_keys=15)
+    with use_backend("triton"):
+        got = _backend.CUDA_KERNELS["infonce_with_grad"](pr, kr, gr, 0.1, 1e-12, 10)
+    for a, b in zip(got, torch.ops.mclcore.infonce_with_grad(pr, kr, gr, 0.1, 1e-12, 10)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     z, W, b = p[:2, :2].contiguous(), torch.randn(3, 2), torch.zeros(3)
     os.environ["MCLCORE_BACKEND"] = "triton"
     try:
@@ -405,6 +461,22 @@ CHECKS = {
     "infonce-f16-2x-default-tiles-B100": lambda: _check_infonce(100, 32, torch.float16, None, 23, tiles={},
                                                                floors=False),
     "infonce-stacked-matches-cpu-op": _check_infonce_stacked_matches_cpu_op,
+    # Rectangular mode: B rows against N keys, the positives at offset + i (first, middle and last block; offsets
+    # that are no multiple of the 16-wide tiles; B = 1).
+    "infonce-rect-f32-B1-N3-off2": lambda: _check_infonce(1, 5, torch.float32, None, 50, n_keys=3, offset=2),
+    "infonce-rect-f32-B7-N21-off9-g3": lambda: _check_infonce(7, 67, torch.float32, 3, 51, n_keys=21, offset=9),
+    "infonce-rect-f64-B17-N51-off0": lambda: _check_infonce(17, 5, torch.float64, None, 52, n_keys=51, offset=0),
+    "infonce-rect-f64-B17-N51-off34-g4": lambda: _check_infonce(17, 32, torch.float64, 4, 53, n_keys=51, offset=34),
+    "infonce-rect-f32-B33-N99-off40": lambda: _check_infonce(33, 5, torch.float32, None, 54, n_keys=99, offset=40),
+    "infonce-rect-f16-tensorcore-B17-N34-off17-g3": lambda: _check_infonce(17, 32, torch.float16, 3, 55, n_keys=34,
+                                                                          offset=17),
+    "infonce-rect-f16-exact-B7-N21-off14": lambda: _check_infonce(7, 5, torch.float16, None, 56, n_keys=21,
+                                                                  offset=14, half_dot="float32"),
+    "infonce-rect-default-tiles-B40-N130-off77-g5": lambda: _check_infonce(40, 40, torch.float32, 5, 57, tiles={},
+                                                                          n_keys=130, offset=77),
+    "infonce-rect-non-contiguous": lambda: _check_infonce(7, 5, torch.float32, 2, 58, transform=_non_contiguous,
+                                                          n_keys=21, offset=7),
+    "infonce-rect-matches-cpu-op": _check_infonce_rect_matches_cpu_op,
     "critic-stacked-matches-cpu-op": _check_critic_stacked_matches_cpu_op,
     "infonce-nonfinite": _check_infonce_nonfinite,
     "infonce-nonfinite-is-nan": _check_infonce_nonfinite_is_nan,
@@ -582,17 +654,17 @@ def _compile_sm90() -> dict:
         flags = {k: "constexpr" for k in tiles}
         rows = dict(q_ptr=ptr(dt), k_ptr=ptr(dt), g_ptr="*i64", la_ptr=ptr(acc), lp_ptr=ptr(acc))
         fwd = dict(tiles, D_CHUNK=32)
-        cases[f"infonce fwd {tag}"] = (inf._forward_kernel, {**rows, "B": "i32", "d": "i32", **flags,
-                                       "D_CHUNK": "constexpr"}, fwd)
+        cases[f"infonce fwd {tag}"] = (inf._forward_kernel, {**rows, "B": "i32", "N": "i32", "offset": "i32",
+                                       "d": "i32", **flags, "D_CHUNK": "constexpr"}, fwd)
         # The scalars are float64 kernel arguments (no device copy of constants).
         cases[f"infonce dq {tag}"] = (inf._dq_kernel, {**rows, "grad_ptr": ptr(acc), "inv_tau": "fp64",
                                       "eps": "fp64", "inv_b": "fp64", "p_ptr": ptr(raw), "p_stride_b": "i32",
                                       "p_stride_d": "i32", "pnorm_ptr": "*fp64", "dp_ptr": ptr(raw), "B": "i32",
-                                      "d": "i32", **flags}, tiles)
+                                      "N": "i32", "offset": "i32", "d": "i32", **flags}, tiles)
         cases[f"infonce dk {tag}"] = (inf._dk_kernel, {**rows, "grad_ptr": ptr(acc), "eps": "fp64", "inv_b": "fp64",
                                       "kraw_ptr": ptr(raw), "k_stride_b": "i32", "k_stride_d": "i32",
-                                      "knorm_ptr": "*fp64", "dk_ptr": ptr(raw), "B": "i32", "d": "i32", **flags},
-                                      tiles)
+                                      "knorm_ptr": "*fp64", "dk_ptr": ptr(raw), "B": "i32", "N": "i32",
+                                      "offset": "i32", "d": "i32", **flags}, tiles)
         cases[f"infonce normalize {tag}"] = (inf._normalize_kernel, dict(
             x_ptr=ptr(raw), out_ptr=ptr(dt), norm_ptr="*fp64", B="i32", d="i32", stride_b="i32", stride_d="i32",
             scale="fp64", eps="fp64", BLOCK_R="constexpr", BLOCK_D="constexpr"), dict(BLOCK_R=16, BLOCK_D=128))

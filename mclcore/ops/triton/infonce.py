@@ -11,6 +11,11 @@ Same semantics and outputs as the C++ CPU kernels (csrc/infonce/infonce_cpu.cpp,
     dq_i  = sum_j dS_ij k^_j / tau,     dk^_j = sum_i dS_ij q_i / tau
     dp_i  = (dq_i - q_i (q_i . dq_i)) / |p_i|  if |p_i| > eps  else  dq_i / eps      (same for dk)
 
+Rectangular mode (``offset`` given, as the C++ kernels): B query rows against N >= B keys, row i's positive is key
+``c_i = offset + i`` (``S_ii`` / ``[i == j]`` above read ``S_{i c_i}`` / ``[j == c_i]``), groups has one id per key
+(N,) and row i's own id is ``groups[c_i]``; 1/B is over the B rows, dk has N rows. Square mode is offset 0, N = B:
+every kernel takes N and the offset, and the square calls pass N = B, offset = 0.
+
 Flash-attention layout, no B x B tensor anywhere (memory O(B d)):
 
 1. ``_normalize_kernel`` writes ``qs = q / tau`` and ``k^`` once, (B, d) each, in the *dot dtype*, and the row
@@ -138,10 +143,11 @@ def _normalize_kernel(x_ptr, out_ptr, norm_ptr, B, d, stride_b, stride_d, scale:
 
 
 @triton.jit
-def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, d, HAS_GROUPS: tl.constexpr, IS_F64: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-                    D_CHUNK: tl.constexpr):
-    """Row statistics lse_all, lse_pos of one block of BLOCK_M rows (online log-sum-exp over column tiles).
+def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, N, offset, d, HAS_GROUPS: tl.constexpr,
+                    IS_F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PRECISION: tl.constexpr, D_CHUNK: tl.constexpr):
+    """Row statistics lse_all, lse_pos of one block of BLOCK_M of the B rows (online log-sum-exp over column tiles
+    of the N keys; row i's positive is key offset + i).
 
     The tile product runs over the features D_CHUNK at a time (q re-read from cache per chunk): float32 products
     on FMA units hold both operands in registers, and the whole (BLOCK_M, 128) query block spilled ~370 bytes per
@@ -157,10 +163,10 @@ def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, d, HAS_GROUPS: tl.co
     sp = tl.zeros([BLOCK_M], acc_t)
     diag = tl.zeros([BLOCK_M], acc_t)
     if HAS_GROUPS:
-        gi = tl.load(g_ptr + rows, mask=rmask, other=0)
-    for j0 in range(0, B, BLOCK_N):
+        gi = tl.load(g_ptr + offset + rows, mask=rmask, other=0)  # each row's own id: that of its positive key
+    for j0 in range(0, N, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        cmask = cols < B
+        cmask = cols < N
         S = tl.zeros([BLOCK_M, BLOCK_N], acc_t)
         for c0 in tl.static_range(0, BLOCK_D, D_CHUNK):
             dc = c0 + tl.arange(0, D_CHUNK)
@@ -185,10 +191,10 @@ def _forward_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, B, d, HAS_GROUPS: tl.co
             sp = sp * tl.exp(mp - mp_safe) + tl.sum(tl.exp(Sp - mp_safe[:, None]), axis=1)
             mp = mp_new
         else:
-            # S_ii from the same product the log-sum-exp sees (so lse_all_i >= S_ii holds after rounding), only
-            # on the tiles that hold part of the diagonal.
-            if (j0 < r0 + BLOCK_M) & (r0 < j0 + BLOCK_N):
-                diag += tl.sum(tl.where(rows[:, None] == cols[None, :], S, 0.0), axis=1)
+            # S_{i, offset+i} from the same product the log-sum-exp sees (so lse_all_i >= S_{i, offset+i} holds
+            # after rounding), only on the tiles that hold part of the (shifted) diagonal.
+            if (j0 < r0 + offset + BLOCK_M) & (r0 + offset < j0 + BLOCK_N):
+                diag += tl.sum(tl.where(rows[:, None] + offset == cols[None, :], S, 0.0), axis=1)
         m = m_new
     tl.store(la_ptr + rows, m + tl.log(s), mask=rmask)
     if HAS_GROUPS:
@@ -231,10 +237,11 @@ def _normalize_backward(G, x_ptr, rows, dcols, rmask, d, stride_b, stride_d, nor
 
 @triton.jit
 def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, inv_tau: tl.float64, eps: tl.float64,
-               inv_b: tl.float64, p_ptr, p_stride_b, p_stride_d, pnorm_ptr, dp_ptr, B, d,
+               inv_b: tl.float64, p_ptr, p_stride_b, p_stride_d, pnorm_ptr, dp_ptr, B, N, offset, d,
                HAS_GROUPS: tl.constexpr, IS_F64: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    """dp of one block of rows: dq_I = coef sum_J dS_IJ k^_J / tau, then through the normalisation of p."""
+    """dp of one block of the B rows: dq_I = coef sum_J dS_IJ k^_J / tau over the N keys, then through the
+    normalisation of p."""
     acc_t = tl.float64 if IS_F64 else tl.float32
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dcols = tl.arange(0, BLOCK_D)
@@ -242,12 +249,12 @@ def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, inv_tau: tl.float6
     q = tl.load(q_ptr + rows[:, None] * d + dcols[None, :], mask=rmask[:, None] & (dcols[None, :] < d), other=0.0)
     la = tl.load(la_ptr + rows, mask=rmask, other=0.0).to(acc_t)
     lp = tl.load(lp_ptr + rows, mask=rmask, other=0.0).to(acc_t)
-    gi = tl.load(g_ptr + rows, mask=rmask, other=0) if HAS_GROUPS else rows
+    gi = tl.load(g_ptr + offset + rows, mask=rmask, other=0) if HAS_GROUPS else rows
     rm1 = tl.exp(lp - la) - 1.0 if HAS_GROUPS else la  # (unused in diagonal mode)
     acc = tl.zeros([BLOCK_M, BLOCK_D], acc_t)
-    for j0 in range(0, B, BLOCK_N):
+    for j0 in range(0, N, BLOCK_N):
         cols = j0 + tl.arange(0, BLOCK_N)
-        cmask = cols < B
+        cmask = cols < N
         kb = tl.load(k_ptr + cols[:, None] * d + dcols[None, :], mask=cmask[:, None] & (dcols[None, :] < d),
                      other=0.0)                                                     # (BLOCK_N, BLOCK_D)
         S = tl.dot(q, tl.trans(kb), input_precision=PRECISION, out_dtype=acc_t)
@@ -256,9 +263,10 @@ def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, inv_tau: tl.float6
                      HAS_GROUPS, True)
         acc += tl.dot(P.to(kb.dtype), kb, input_precision=PRECISION, out_dtype=acc_t)
     if not HAS_GROUPS:
-        # Diagonal mode: dS_ii carries -1, so dq_I gets -k^_I: one row load per row instead of a test per element.
-        acc -= tl.load(k_ptr + rows[:, None] * d + dcols[None, :], mask=rmask[:, None] & (dcols[None, :] < d),
-                       other=0.0).to(acc_t)
+        # Diagonal mode: dS_{i, offset+i} carries -1, so dq_I gets -k^_{offset+I}: one row load per row instead of a
+        # test per element.
+        acc -= tl.load(k_ptr + (rows + offset)[:, None] * d + dcols[None, :],
+                       mask=rmask[:, None] & (dcols[None, :] < d), other=0.0).to(acc_t)
     # coef = g / (B tau), formed in float64 (the scalar arguments are float64).
     coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b) * f64(inv_tau)).to(acc_t)
     dq = acc * coef
@@ -270,16 +278,18 @@ def _dq_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, inv_tau: tl.float6
 
 @triton.jit
 def _dk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, eps: tl.float64, inv_b: tl.float64, kraw_ptr,
-               k_stride_b, k_stride_d, knorm_ptr, dk_ptr, B, d, HAS_GROUPS: tl.constexpr, IS_F64: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr):
-    """dk of one block of BLOCK_N key rows: dk^_J = coef sum_I dS_IJ^T qs_I, then through the normalisation of k.
+               k_stride_b, k_stride_d, knorm_ptr, dk_ptr, B, N, offset, d, HAS_GROUPS: tl.constexpr,
+               IS_F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """dk of one block of BLOCK_N of the N key rows: dk^_J = coef sum_I dS_IJ^T qs_I over the B query rows, then
+    through the normalisation of k.
 
     Tiles are computed transposed, S^T = k^_J qs_I^T (BLOCK_N, BLOCK_M), so the accumulator is row-major in J.
     """
     acc_t = tl.float64 if IS_F64 else tl.float32
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dcols = tl.arange(0, BLOCK_D)
-    cmask = cols < B
+    cmask = cols < N
     kn = tl.load(k_ptr + cols[:, None] * d + dcols[None, :], mask=cmask[:, None] & (dcols[None, :] < d), other=0.0)
     gj = tl.load(g_ptr + cols, mask=cmask, other=0) if HAS_GROUPS else cols
     acc = tl.zeros([BLOCK_N, BLOCK_D], acc_t)
@@ -291,14 +301,16 @@ def _dk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, eps: tl.float64, i
         St = tl.dot(kn, tl.trans(qb), input_precision=PRECISION, out_dtype=acc_t)     # (BLOCK_N, BLOCK_M) = S_IJ^T
         la = tl.load(la_ptr + rows, mask=rmask, other=0.0).to(acc_t)
         lp = tl.load(lp_ptr + rows, mask=rmask, other=0.0).to(acc_t)
-        gi = tl.load(g_ptr + rows, mask=rmask, other=0) if HAS_GROUPS else rows
+        gi = tl.load(g_ptr + offset + rows, mask=rmask, other=0) if HAS_GROUPS else rows
         Pt = _ds_tile(St, la[None, :], lp[None, :], la[None, :], gi[None, :], gj[:, None], rmask[None, :],
                       HAS_GROUPS, False)
         acc += tl.dot(Pt.to(qb.dtype), qb, input_precision=PRECISION, out_dtype=acc_t)
     if not HAS_GROUPS:
-        # Diagonal mode: dS_jj carries -1, so dk^_J gets -qs_J (one row load per row, no test per element).
-        acc -= tl.load(q_ptr + cols[:, None] * d + dcols[None, :], mask=cmask[:, None] & (dcols[None, :] < d),
-                       other=0.0).to(acc_t)
+        # Diagonal mode: dS_{j - offset, j} carries -1, so dk^_J gets -qs_{J - offset} where that row exists (one row
+        # load per row, no test per element).
+        own = cols - offset
+        acc -= tl.load(q_ptr + own[:, None] * d + dcols[None, :],
+                       mask=(cmask & (own >= 0) & (own < B))[:, None] & (dcols[None, :] < d), other=0.0).to(acc_t)
     coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b)).to(acc_t)
     dkn = acc * coef  # qs already carries the 1/tau
     dk = _normalize_backward(dkn, kraw_ptr, cols, dcols, cmask, d, k_stride_b, k_stride_d, knorm_ptr,
@@ -315,18 +327,36 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _check_inputs(p, k, groups, tau, eps):
-    # The messages of the C++ kernel's check_inputs (csrc/infonce/infonce_checks.h), RuntimeError like TORCH_CHECK.
+def _check_inputs(p, k, groups, tau, eps, offset):
+    """The rules and messages of the C++ kernels' check_inputs (csrc/infonce/infonce_checks.h), RuntimeError like
+    TORCH_CHECK; returns the offset (0 in square mode, ``offset`` None)."""
     if p.dim() != 2:
         raise RuntimeError(f"mclcore.infonce: p must be 2-D (B, d), got shape {tuple(p.shape)}")
     if k.dim() != 2:
-        raise RuntimeError(f"mclcore.infonce: k must be 2-D (B, d), got shape {tuple(k.shape)}")
-    if p.shape != k.shape:
-        raise RuntimeError(f"mclcore.infonce: p and k must have the same shape, got {tuple(p.shape)} and "
+        raise RuntimeError(f"mclcore.infonce: k must be 2-D (B, d), or (N, d) with an offset, got shape "
                            f"{tuple(k.shape)}")
     B, d = p.shape
-    if B < 2:
-        raise RuntimeError(f"mclcore.infonce: needs a batch of at least 2 rows (B >= 2), got B = {B}")
+    N = k.shape[0]
+    if offset is None:
+        if p.shape != k.shape:
+            raise RuntimeError(f"mclcore.infonce: p and k must have the same shape, got {tuple(p.shape)} and "
+                               f"{tuple(k.shape)} (keys with more rows than p need an offset: rectangular mode)")
+        if B < 2:
+            raise RuntimeError(f"mclcore.infonce: needs a batch of at least 2 rows (B >= 2), got B = {B}")
+    else:
+        if k.shape[1] != d:
+            raise RuntimeError(f"mclcore.infonce: p (B, d) and k (N, d) must have the same number of features d, "
+                               f"got {tuple(p.shape)} and {tuple(k.shape)}")
+        if B < 1:
+            raise RuntimeError(f"mclcore.infonce: needs at least 1 query row (B >= 1), got B = {B}")
+        if N < 2:
+            raise RuntimeError(f"mclcore.infonce: needs at least 2 keys (N >= 2), got N = {N}")
+        if N < B:
+            raise RuntimeError(f"mclcore.infonce: k must have at least as many rows as p (N >= B), got B = {B}, "
+                               f"N = {N}")
+        if not 0 <= offset <= N - B:
+            raise RuntimeError(f"mclcore.infonce: offset must satisfy 0 <= offset <= N - B = {N - B} (the positive "
+                               f"of row i is key offset + i), got offset = {offset} with B = {B}, N = {N}")
     if d < 1:
         raise RuntimeError(f"mclcore.infonce: needs d >= 1 features, got d = {d}")
     if d > MAX_D:
@@ -343,12 +373,16 @@ def _check_inputs(p, k, groups, tau, eps):
     if not (eps > 0 and eps < float("inf")):
         raise RuntimeError(f"mclcore.infonce: eps must be a positive finite number, got {eps}")
     if groups is not None:
-        if groups.dim() != 1 or groups.shape[0] != B:
+        if offset is not None and (groups.dim() != 1 or groups.shape[0] != N):
+            raise RuntimeError(f"mclcore.infonce: groups must have shape (N,) = ({N},) in rectangular mode (one id "
+                               f"per key row), got {tuple(groups.shape)}")
+        if offset is None and (groups.dim() != 1 or groups.shape[0] != B):
             raise RuntimeError(f"mclcore.infonce: groups must have shape (B,) = ({B},), got {tuple(groups.shape)}")
         if groups.dtype != torch.int64:
             raise RuntimeError(f"mclcore.infonce: groups must be int64, got {groups.dtype}")
         if groups.device != p.device:
             raise RuntimeError(f"mclcore.infonce: groups must be on {p.device}, got {groups.device}")
+    return 0 if offset is None else int(offset)
 
 
 # (BLOCK_M, BLOCK_N, num_warps) per operand dtype and kernel ("fwd": _forward_kernel; "bwd": _dq_kernel and
@@ -388,40 +422,41 @@ def _fwd_d_chunk(operand_dtype: torch.dtype, block_d: int) -> int:
 
 
 class _Prepared:
-    """qs = q / tau and k^ (contiguous, dot dtype), the float64 row norms of p and k, and the scalars the kernels take
-    as float64 arguments (1/tau, eps, 1/B)."""
+    """qs = q / tau (B, d) and k^ (N, d) (contiguous, dot dtype), the float64 row norms of p and k, and the scalars
+    the kernels take as float64 arguments (1/tau, eps, 1/B)."""
 
     def __init__(self, p, k, tau, eps, block_r=16):
         B, d = p.shape
+        N = k.shape[0]
         self.dot_dtype = dot_dtype(p.dtype)  # the input dtype for half inputs unless MCLCORE_TRITON_HALF_DOT=float32
         self.precision = dot_precision(p.dtype)
         self.inv_tau, self.eps, self.inv_b = 1.0 / tau, eps, 1.0 / B
         self.qs = torch.empty((B, d), dtype=self.dot_dtype, device=p.device)
-        self.kn = torch.empty((B, d), dtype=self.dot_dtype, device=p.device)
-        norms = torch.empty((2, B), dtype=torch.float64, device=p.device)
-        self.pnorm, self.knorm = norms[0], norms[1]
+        self.kn = torch.empty((N, d), dtype=self.dot_dtype, device=p.device)
+        norms = torch.empty((B + N,), dtype=torch.float64, device=p.device)
+        self.pnorm, self.knorm = norms[:B], norms[B:]
         block_d = max(16, triton.next_power_of_2(d))
-        grid = (triton.cdiv(B, block_r),)
-        _normalize_kernel[grid](p, self.qs, self.pnorm, B, d, p.stride(0), p.stride(1), self.inv_tau, eps,
-                                BLOCK_R=block_r, BLOCK_D=block_d)
-        _normalize_kernel[grid](k, self.kn, self.knorm, B, d, k.stride(0), k.stride(1), 1.0, eps,
-                                BLOCK_R=block_r, BLOCK_D=block_d)
+        _normalize_kernel[(triton.cdiv(B, block_r),)](p, self.qs, self.pnorm, B, d, p.stride(0), p.stride(1),
+                                                      self.inv_tau, eps, BLOCK_R=block_r, BLOCK_D=block_d)
+        _normalize_kernel[(triton.cdiv(N, block_r),)](k, self.kn, self.knorm, N, d, k.stride(0), k.stride(1), 1.0,
+                                                      eps, BLOCK_R=block_r, BLOCK_D=block_d)
         if check_finite_enabled() and not capturing(p):
             # Opt-in (MCLCORE_TRITON_CHECK_FINITE=1): the one host synchronisation of the op.
             bad = ~torch.isfinite(norms)
             if bool(bad.any()):
-                which, row = (int(v) for v in bad.nonzero()[0])
+                first = int(bad.nonzero()[0, 0])
+                which, row = (0, first) if first < B else (1, first - B)
                 raise RuntimeError(f"mclcore.infonce: {'pk'[which]} contains NaN or infinite values (row {row})")
 
 
-def _forward(prep, groups, B, d, ct, block_m, block_n):
+def _forward(prep, groups, B, N, offset, d, ct, block_m, block_n):
     lse_all = torch.empty((B,), dtype=ct, device=prep.qs.device)
     lse_pos = torch.empty((B,), dtype=ct, device=prep.qs.device)
     bm, bn, bd, warps = _tiles(d, prep.dot_dtype, "fwd", block_m, block_n)
     has_groups = groups is not None
     # Without groups the kernels never read g_ptr; any tensor stands in for it.
     _forward_kernel[(triton.cdiv(B, bm),)](prep.qs, prep.kn, groups if has_groups else lse_all, lse_all, lse_pos,
-                                           B, d, HAS_GROUPS=has_groups, IS_F64=ct == torch.float64,
+                                           B, N, offset, d, HAS_GROUPS=has_groups, IS_F64=ct == torch.float64,
                                            BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, PRECISION=prep.precision,
                                            D_CHUNK=_fwd_d_chunk(prep.dot_dtype, bd), num_warps=warps)
     return lse_all, lse_pos
@@ -433,56 +468,60 @@ def _loss(lse_all, lse_pos, ct):
     return ((lse_all.double() - lse_pos.double()).clamp_min_(0.0).sum() / lse_all.shape[0]).to(ct)
 
 
-def _gradients(prep, p, k, groups, lse_all, lse_pos, grad, block_m, block_n):
-    """dp, dk for the upstream gradient in the 1-element tensor ``grad`` (read on the device)."""
+def _gradients(prep, p, k, groups, offset, lse_all, lse_pos, grad, block_m, block_n):
+    """dp (B, d), dk (N, d) for the upstream gradient in the 1-element tensor ``grad`` (read on the device)."""
     B, d = p.shape
+    N = k.shape[0]
     ct = _compute_dtype(p.dtype)
     bm, bn, bd, warps = _tiles(d, prep.dot_dtype, "bwd", block_m, block_n)
     dp = torch.empty((B, d), dtype=p.dtype, device=p.device)
-    dk = torch.empty((B, d), dtype=k.dtype, device=k.device)
+    dk = torch.empty((N, d), dtype=k.dtype, device=k.device)
     has_groups = groups is not None
     g = groups if has_groups else lse_all
     common = dict(HAS_GROUPS=has_groups, IS_F64=ct == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
                   PRECISION=prep.precision, num_warps=warps)
     _dq_kernel[(triton.cdiv(B, bm),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.inv_tau, prep.eps,
-                                      prep.inv_b, p, p.stride(0), p.stride(1), prep.pnorm, dp, B, d, **common)
-    _dk_kernel[(triton.cdiv(B, bn),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.eps, prep.inv_b, k,
-                                      k.stride(0), k.stride(1), prep.knorm, dk, B, d, **common)
+                                      prep.inv_b, p, p.stride(0), p.stride(1), prep.pnorm, dp, B, N, offset, d,
+                                      **common)
+    _dk_kernel[(triton.cdiv(N, bn),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.eps, prep.inv_b, k,
+                                      k.stride(0), k.stride(1), prep.knorm, dk, B, N, offset, d, **common)
     return dp, dk
 
 
-def _begin(p, k, groups, tau, eps):
-    """The checks and the normalisation pass every entry point starts with: (prep, groups, B, d, compute dtype).
+def _begin(p, k, groups, tau, eps, offset):
+    """The checks and the normalisation pass every entry point starts with: (prep, groups, offset, B, N, d,
+    compute dtype); offset 0 in square mode.
 
     groups comes back contiguous: the kernels index it with stride 1 (a strided view such as ``groups[::2]`` read
     that way gave a wrong loss without any error)."""
     tau, eps = float(tau), float(eps)
-    _check_inputs(p, k, groups, tau, eps)
+    offset = _check_inputs(p, k, groups, tau, eps, offset)
     if groups is not None:
         groups = groups.contiguous()
     B, d = p.shape
-    return _Prepared(p, k, tau, eps), groups, B, d, _compute_dtype(p.dtype)
+    return _Prepared(p, k, tau, eps), groups, offset, B, k.shape[0], d, _compute_dtype(p.dtype)
 
 
-def infonce(p, k, groups, tau, eps, *, block_m=None, block_n=None):
+def infonce(p, k, groups, tau, eps, offset=None, *, block_m=None, block_n=None):
     """mclcore::infonce: (loss (), lse_all (B,), lse_pos (B,)) in the compute dtype (float64 or float32); member-stacked
     p, k (M, B, d) run member by member (mclcore/ops/_members.py)."""
     if p.dim() == 3:
-        return _members.infonce(infonce, p, k, groups, tau, eps, block_m=block_m, block_n=block_n)
+        return _members.infonce(infonce, p, k, groups, tau, eps, offset=offset, block_m=block_m, block_n=block_n)
     with device_guard(p):
-        prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
-        lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
+        prep, groups, offset, B, N, d, ct = _begin(p, k, groups, tau, eps, offset)
+        lse_all, lse_pos = _forward(prep, groups, B, N, offset, d, ct, block_m, block_n)
         return _loss(lse_all, lse_pos, ct), lse_all, lse_pos
 
 
-def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, *, block_m=None, block_n=None):
+def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, offset=None, *, block_m=None,
+                     block_n=None):
     """mclcore::infonce_backward: (dp, dk), contiguous, in the dtypes of p and k; member-stacked p, k (M, B, d) with
     grad_loss (M,) run member by member."""
     if p.dim() == 3:
         return _members.infonce_backward(infonce_backward, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps,
-                                         block_m=block_m, block_n=block_n)
+                                         offset=offset, block_m=block_m, block_n=block_n)
     with device_guard(p):
-        prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
+        prep, groups, offset, B, N, d, ct = _begin(p, k, groups, tau, eps, offset)
         if grad_loss.numel() != 1:
             raise RuntimeError(f"mclcore.infonce_backward: grad_loss must hold one value, got shape "
                                f"{tuple(grad_loss.shape)}")
@@ -496,17 +535,19 @@ def infonce_backward(grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, *, blo
                 raise RuntimeError(f"mclcore.infonce_backward: lse_all/lse_pos must be on {p.device}")
         # The upstream gradient stays on the device (read by the kernels): no host synchronisation for it.
         grad = grad_loss.reshape(1).to(device=p.device)
-        return _gradients(prep, p, k, groups, lse_all.contiguous(), lse_pos.contiguous(), grad, block_m, block_n)
+        return _gradients(prep, p, k, groups, offset, lse_all.contiguous(), lse_pos.contiguous(), grad, block_m,
+                          block_n)
 
 
-def infonce_with_grad(p, k, groups, tau, eps, *, block_m=None, block_n=None):
+def infonce_with_grad(p, k, groups, tau, eps, offset=None, *, block_m=None, block_n=None):
     """mclcore::infonce_with_grad: (loss, dp, dk) for an upstream gradient of 1, one normalisation pass; member-stacked
     p, k (M, B, d) run member by member."""
     if p.dim() == 3:
-        return _members.infonce(infonce_with_grad, p, k, groups, tau, eps, block_m=block_m, block_n=block_n)
+        return _members.infonce(infonce_with_grad, p, k, groups, tau, eps, offset=offset, block_m=block_m,
+                                block_n=block_n)
     with device_guard(p):
-        prep, groups, B, d, ct = _begin(p, k, groups, tau, eps)
-        lse_all, lse_pos = _forward(prep, groups, B, d, ct, block_m, block_n)
+        prep, groups, offset, B, N, d, ct = _begin(p, k, groups, tau, eps, offset)
+        lse_all, lse_pos = _forward(prep, groups, B, N, offset, d, ct, block_m, block_n)
         one = torch.ones((1,), dtype=ct, device=p.device)  # a fill on the device, no copy from the host
-        dp, dk = _gradients(prep, p, k, groups, lse_all, lse_pos, one, block_m, block_n)
+        dp, dk = _gradients(prep, p, k, groups, offset, lse_all, lse_pos, one, block_m, block_n)
         return _loss(lse_all, lse_pos, ct), dp, dk
