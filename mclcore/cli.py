@@ -41,8 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _process_group_started() -> bool:
+    """Whether a torch.distributed process group exists (without importing torch for commands that never did)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # under torchrun (`torchrun ... -m mclcore train ...`) the training loop starts the process group: the command
+    # that started it ends it; a caller that brought its own group (the tests) keeps it
+    had_group = _process_group_started()
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except USER_ERRORS as err:
@@ -52,6 +61,9 @@ def main(argv=None) -> int:
                                                               zipfile.BadZipFile)) else ""
         print(f"mcl {args.command}: {kind}{err}", file=sys.stderr)
         return 2
+    finally:
+        if not had_group and _process_group_started():
+            sys.modules["torch.distributed"].destroy_process_group()
 
 
 if __name__ == "__main__":

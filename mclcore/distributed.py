@@ -10,10 +10,18 @@ Conventions every study follows (the why is in the README's "More than one GPU")
 
 * rank 0 alone writes logs, checkpoints, metrics and figures (:attr:`Context.is_main`);
 * :func:`check_same` compares a value that must agree on every rank (the config) by an all-gather of its hash and
-  raises on *every* rank, naming the ranks that differ, so no rank is left waiting in a collective.
+  raises on *every* rank, naming the ranks that differ, so no rank is left waiting in a collective;
+* :func:`together` runs a piece that may fail on one rank only (loading data, writing a checkpoint) so that the
+  failure is raised on every rank (:class:`PeerError` on the others), ``rank0_first`` to fill a shared cache once;
+* the training loop (:mod:`mclcore.train.loop`) averages gradients with :func:`average_gradients` after backward
+  (no DistributedDataParallel wrapper; the loop's docstring says why), checks the global loss with :func:`mean`,
+  logs :func:`mean_scalars` and keeps the replicas equal with :func:`broadcast_module`;
+* :func:`alone` makes rank 0 act as a world of 1 for a block (evaluation after training: the other ranks have
+  exited, so nothing in it may wait for them).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,7 +30,11 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "launched", "env_world", "init", "context", "check_same", "barrier", "destroy"]
+__all__ = ["Context", "launched", "env_world", "init", "context", "check_same", "barrier", "destroy", "PeerError",
+           "together", "alone", "device_for", "mean", "mean_scalars", "average_gradients", "broadcast_module"]
+
+# Set by alone(): this process acts as rank 0 of a world of 1 (its process group, if any, is left as it is).
+_ALONE = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ def init(device: str | torch.device = "cpu", backend: str | None = None) -> Cont
     :func:`context`. ``backend``: None = "nccl" for a CUDA ``device``, "gloo" otherwise. A CUDA device is
     ``cuda:LOCAL_RANK`` (each rank its own GPU): the caller passes that device to its model."""
     ctx = env_world()
-    if ctx.world_size == 1 or (dist.is_available() and dist.is_initialized()):
+    if _ALONE or ctx.world_size == 1 or (dist.is_available() and dist.is_initialized()):
         return context()
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this PyTorch build; run without torchrun")
@@ -85,7 +97,9 @@ def init(device: str | torch.device = "cpu", backend: str | None = None) -> Cont
 
 def context() -> Context:
     """This process's :class:`Context` from the initialised process group, else from the environment (torchrun's
-    variables before :func:`init`; rank 0 of 1 without torchrun)."""
+    variables before :func:`init`; rank 0 of 1 without torchrun, or inside :func:`alone`)."""
+    if _ALONE:
+        return Context(0, 1, _env_int("LOCAL_RANK", 0))
     if dist.is_available() and dist.is_initialized():
         return Context(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", 0))
     return env_world()
@@ -123,3 +137,144 @@ def destroy() -> None:
     """Tear the process group down (end of a torchrun run); nothing when none was started."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------- failures on some ranks only
+class PeerError(RuntimeError):
+    """Raised on the ranks that did *not* fail when another rank's part of :func:`together` raised; the message names
+    that rank and its error. ``user_error``: whether that error was a user's mistake (see :func:`together`), so a
+    command can end every rank with the same exit code."""
+
+    def __init__(self, message: str, user_error: bool = False):
+        super().__init__(message)
+        self.user_error = user_error
+
+
+# What together() calls a user's mistake on the failing rank (the CLI says these in one line, exit code 2).
+USER_ERRORS = (ValueError, OSError, FloatingPointError, EOFError)
+
+
+def _raise_together(err: Exception | None, what: str, user_errors: tuple) -> None:
+    """Every rank learns whether any rank failed (one all-gather); the failing rank re-raises its own error, the
+    others raise :class:`PeerError` naming the first failing rank."""
+    report = None if err is None else (type(err).__name__, str(err), isinstance(err, user_errors))
+    every = [None] * context().world_size
+    dist.all_gather_object(every, report)
+    if err is not None:
+        raise err
+    for rank, rep in enumerate(every):
+        if rep is not None:
+            name, message, user = rep
+            raise PeerError(f"{what}: rank {rank} failed ({name}: {message})", user)
+
+
+def together(fn, what: str, *, rank0_first: bool = False, user_errors: tuple = USER_ERRORS):
+    """``fn()`` on every rank, returning its result; an exception on any rank is raised on *every* rank (its own on
+    the failing rank, :class:`PeerError` naming it elsewhere), so no rank goes on to wait for it in a collective.
+    Also a barrier: no rank returns before every rank has run ``fn``. ``rank0_first``: rank 0 runs ``fn`` before
+    the others do (a cache it fills is then read by them, not written by all at once). In one process: ``fn()``."""
+    if not context().distributed:
+        return fn()
+    rounds = (context().is_main, not context().is_main) if rank0_first else (True,)
+    result = None
+    for mine in rounds:
+        err = None
+        if mine:
+            try:
+                result = fn()
+            except Exception as e:  # noqa: BLE001 - re-raised below, on this rank as it was
+                err = e
+        _raise_together(err, what, user_errors)
+    return result
+
+
+@contextlib.contextmanager
+def alone():
+    """Inside the block this process is rank 0 of a world of 1 (:func:`context`; :func:`check_same`,
+    :func:`barrier`, :func:`init` do nothing): for work rank 0 does after the other ranks have left, such as the
+    evaluation after training, which must not wait for them."""
+    global _ALONE
+    before, _ALONE = _ALONE, True
+    try:
+        yield
+    finally:
+        _ALONE = before
+
+
+# ------------------------------------------------------------------------------------------- the training loop's
+def device_for(device: str | torch.device) -> torch.device:
+    """The device of this rank: under torchrun a CUDA device is ``cuda:LOCAL_RANK`` whatever index was asked for
+    (each rank its own GPU; a saved ``cuda:0`` resumes on every GPU); anything else, and one process, unchanged."""
+    dev = torch.device(device)
+    ctx = context()
+    if ctx.distributed and dev.type == "cuda":
+        return torch.device("cuda", ctx.local_rank)
+    return dev
+
+
+def mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of ``t`` (a detached copy; ``t`` itself in one process): the global batch's value of a
+    per-rank mean such as the loss."""
+    if not context().distributed:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out)
+    return out.div_(context().world_size)
+
+
+def mean_scalars(values: dict, device: torch.device | str = "cpu") -> dict:
+    """``{key: float}`` averaged over ranks (one all-reduce; ``device``: where the collective runs, the run's
+    device for NCCL). Every rank must pass the same keys; they are reduced in sorted order."""
+    if not context().distributed or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= context().world_size
+    return dict(zip(keys, t.tolist()))
+
+
+def average_gradients(params) -> None:
+    """Replace each ``p.grad`` by its mean over ranks (one all-reduce per dtype and device of a flat copy of the
+    gradients): after ``loss.backward()`` of a per-rank mean loss this is the gradient of the global batch's mean
+    loss, as DistributedDataParallel would leave it. A parameter without a gradient on some ranks counts as 0 there;
+    one without a gradient on every rank keeps ``grad = None`` (so the optimiser skips it, as in one process).
+    Every rank must pass the same parameters in the same order. Nothing in one process."""
+    world = context().world_size
+    if world == 1:
+        return
+    groups: dict[tuple, list] = {}
+    for p in params:
+        groups.setdefault((p.dtype, p.device), []).append(p)
+    for (dtype, device), ps in groups.items():
+        has = torch.tensor([p.grad is not None for p in ps], dtype=dtype, device=device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps] + [has])
+        dist.all_reduce(flat)
+        counts = flat[-len(ps):].tolist()           # on how many ranks each parameter had a gradient
+        grads = flat[:-len(ps)].div_(world)         # (sum of numel,) mean over ranks
+        offset = 0
+        for p, count in zip(ps, counts):
+            g = grads[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+            if count == 0:
+                continue
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)                     # in place: keeps the gradient's layout
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers (non-persistent ones too) into every rank's ``module``, in place: the
+    replicas start each phase equal even where a hook computed a buffer (a latent scale) on each rank's device.
+    Nothing in one process."""
+    if not context().distributed:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.is_contiguous():
+                dist.broadcast(t.data, 0)
+            else:                                   # collectives take dense tensors
+                buf = t.detach().contiguous()
+                dist.broadcast(buf, 0)
+                t.data.copy_(buf)

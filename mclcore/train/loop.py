@@ -20,6 +20,46 @@ optimisers, the step budget (``stop_after``), the finite-loss check, TensorBoard
 
 :func:`train_or_resume` and :func:`run_seeds` are the lifecycle of ``mcl train``: one run folder per seed,
 resumed or skipped, then evaluated, printed and written (``metrics.json``).
+
+More than one process (``torchrun --nproc-per-node N -m mclcore train ...``; :mod:`mclcore.distributed`). Without
+torchrun nothing below happens and one process runs exactly the code it always ran. Under torchrun:
+
+* **data parallel, global batch.** A config's batch sizes are the *global* batch: each of the N ranks draws
+  ``ctx.per_rank(B) = B / N`` rows per step, so one step sees B rows whatever N (a B that N does not divide is a
+  ValueError at start naming both, on every rank). The study says which config keys are batch sizes
+  (``Study.batch_sizes``) so the loop can check them before anything trains.
+* **sharding: per-rank seeded sampling, not a DistributedSampler.** The studies draw every batch afresh from the
+  step's streams (``ctx.rng`` indices into a dataset or episode pool, with replacement; ``ctx.generator`` noise);
+  there are no epochs to partition. Rank r of N gets its own child streams of the same ``(seed, phase, step)``
+  (``SeedSequence(spawn_key=(N, r))``), so the ranks' shards are independent, a resumed step draws what the
+  uninterrupted one did, and a world of 1 keeps the streams of a single process.
+* **gradients: averaged after backward, no DistributedDataParallel wrapper.** After ``loss.backward()`` each
+  rank's gradients are replaced by their mean over ranks (one all-reduce of a flat copy,
+  :func:`mclcore.distributed.average_gradients`), before the clip and the update: the gradient of the global
+  batch's mean loss, the same number DDP gives, so every replica takes the same step. Chosen over DDP because (1)
+  the studies call model methods (``model.losses``, ``model.ae.loss``) rather than ``forward``, and DDP only syncs
+  gradients of a forward run through its wrapper -- measured: calling a method of a DDP-wrapped module trains
+  silently unsynchronised replicas; (2) every model with MCL has parameters that get no gradient in a step (the
+  critic's output bias does not enter ``grad_z critic``), which DDP refuses without ``find_unused_parameters=True``
+  and re-wrapping per phase as the trainable set changes; (3) FactorVAE steps a second optimiser in
+  ``after_update`` (averaged by a step pre-hook that the loop registers on every optimiser but the first). MCL's
+  double backward (``create_graph=True``) needs nothing special here (DDP with ``find_unused_parameters`` also
+  handled it in torch 2.13, measured on gloo). The cost: the all-reduce does not overlap the backward pass as DDP's
+  buckets do.
+* **batch statistics.** Only the world model's optional IDM BatchNorm (``model.idm_norm``) has any: each rank
+  normalises with its shard's statistics (as DDP without SyncBatchNorm); the running statistics saved and
+  evaluated are rank 0's (as DDP's ``broadcast_buffers``). Losses that couple the rows of a batch -- MCL's InfoNCE
+  negatives (unless ``mcl.gather``), beta-TC-VAE's minibatch TC estimate, FactorVAE's permuted codes -- see their
+  rank's shard only; the rest are per-row means, for which the global step equals one process's step on all N shards.
+* **one writer.** Rank 0 alone writes ``config.json``, checkpoints (with the world size), TensorBoard (the logged
+  scalars are means over ranks) and progress; a checkpoint is written inside :func:`mclcore.distributed.together`,
+  so the other ranks wait for it and a failed write stops every rank. ``study.setup`` runs on rank 0 first (a
+  cache it fills is then read by the others). The given config is checked to be the same on every rank
+  (:func:`mclcore.distributed.check_same`), then the point each rank resumes from; parameters and buffers are
+  broadcast from rank 0 at the start and at each phase's begin and end.
+* **resume.** Every rank reads ``checkpoint.pt`` (``--out`` must be on a filesystem every node sees); a run resumed
+  with another world size says once what changes (the shards; the global batch does not).
+* **evaluation** (:func:`run_seeds`): after every seed has trained, rank 0 evaluates them alone; the others exit.
 """
 from __future__ import annotations
 
@@ -34,6 +74,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from mclcore import distributed
 from mclcore._io import load_checkpoint, save_checkpoint, write_json_atomic
 from mclcore.train.config import config_diff, from_dict, to_dict
 
@@ -57,30 +98,48 @@ class Study(Protocol):
     def train_step(self, model, cfg, phase: str, step: int, data, ctx: "StepContext") -> dict: ...
     # optional: begin_phase(model, cfg, phase, data), end_phase(model, cfg, phase, data),
     #   after_update(model, cfg, phase, step, data, ctx, out, opts) -> dict of extra logs,
-    #   grad_clip(cfg, phase) -> float (0: none), extra_state(data) -> dict, load_extra_state(data, state)
+    #   grad_clip(cfg, phase) -> float (0: none), extra_state(data) -> dict, load_extra_state(data, state),
+    #   batch_sizes(cfg) -> {config key: global batch size} (needed under torchrun: train_step draws
+    #   ctx.per_rank(size) rows of each)
 
 
 @dataclass
 class StepContext:
-    """The randomness of one step, a function of ``(seed, phase index, step)`` only. Each stream is made once per
-    step (on first use) and then shared, so hooks that draw after ``train_step`` continue the same stream."""
+    """The randomness of one step, a function of ``(seed, phase index, step)`` only -- and, under torchrun, of this
+    process's ``rank`` of ``world_size``. Each stream is made once per step (on first use) and then shared, so hooks
+    that draw after ``train_step`` continue the same stream."""
 
     seed: int
     phase_index: int
     step: int
     device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    def _seeds(self, *extra: int) -> np.random.SeedSequence:
+        # one process: the sequence of [seed, phase, step] exactly as always (spawn_key ()); rank r of N: a child
+        # sequence of it (spawn_key (N, r)), independent of every other rank's and of the one-process stream
+        shard = () if self.world_size == 1 else (self.world_size, self.rank)
+        return np.random.SeedSequence([self.seed, self.phase_index, self.step, *extra], spawn_key=shard)
 
     @functools.cached_property
     def rng(self) -> np.random.Generator:
         """numpy stream of the step (batch indices)."""
-        return np.random.default_rng([self.seed, self.phase_index, self.step])
+        return np.random.default_rng(self._seeds())
 
     @functools.cached_property
     def generator(self) -> torch.Generator:
         """torch stream of the step on the run's device (noise, diffusion times)."""
         g = torch.Generator(device=self.device)
-        g.manual_seed(int(np.random.default_rng([self.seed, self.phase_index, self.step, 1]).integers(0, 2 ** 62)))
+        g.manual_seed(int(np.random.default_rng(self._seeds(1)).integers(0, 2 ** 62)))
         return g
+
+    def per_rank(self, batch_size: int) -> int:
+        """This rank's share of a global batch of ``batch_size`` rows (``batch_size`` itself in one process)."""
+        if batch_size % self.world_size:
+            raise ValueError(f"batch size: the global batch {batch_size} is not divisible by the world size "
+                             f"{self.world_size}")
+        return batch_size // self.world_size
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,17 +185,32 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
         label: names the run in messages.
         seed, device, log_every, ckpt_every: default to the config's fields of those names (a study whose config
             has no such field passes them here).
+
+    Under torchrun every rank calls this with the same arguments (see the module doc); rank 0 alone writes.
     """
     from tqdm import tqdm
 
     seed = cfg.seed if seed is None else seed
     log_every = cfg.log_every if log_every is None else log_every
     ckpt_every = cfg.ckpt_every if ckpt_every is None else ckpt_every
+    world = distributed.context()                     # rank 0 of 1 without torchrun
     ckpt_path = None
     if out_dir is not None:
         ckpt_path = os.path.join(out_dir, checkpoint)
     else:
         write_config = log = False
+    if world.distributed:
+        if not hasattr(study, "batch_sizes"):         # said before any rank waits for another
+            raise ValueError(f"{label}: this study does not say which config fields are batch sizes "
+                             f"(Study.batch_sizes), so it cannot be split over {world.world_size} processes; run it "
+                             "without torchrun")
+        # the process group runs on this rank's device (cuda:LOCAL_RANK or the CPU: NCCL or gloo); the config of
+        # this call is checked to be every rank's before any file is read (raises on every rank)
+        run_device = distributed.device_for(resolve_device(cfg.device if device is None else device))
+        distributed.init(run_device)
+        distributed.check_same(to_dict(cfg), "config")
+        if not world.is_main:                         # rank 0 alone writes and shows progress
+            write_config = log = progress = False
     state = None
     if resume and ckpt_path is not None and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path)
@@ -145,14 +219,26 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
         if diff and config_mismatch == "error":
             raise ValueError(f"checkpoint: {ckpt_path} was written for a different run ({'; '.join(diff)}); "
                              f"delete it or use another output folder")
-        if diff:
+        if diff and world.is_main:
             print(f"resuming {out_dir} with its saved config (ignoring differences: {diff})", file=sys.stderr)
         cfg = saved
-    device = resolve_device(cfg.device if device is None else device)
+    if world.distributed:
+        # every rank must go on from the same checkpoint (a file some nodes cannot see would split the run), and
+        # every global batch must split into equal shards
+        at = None if state is None else [state["done"], state["phase"], state["step"], state["config"]]
+        distributed.check_same(at, "checkpoint (each rank read a different one or none: is --out on a filesystem "
+                                   "every node sees?)")
+        _check_global_batches(study, cfg, world.world_size)
+        device = run_device
+    else:
+        device = resolve_device(cfg.device if device is None else device)
     torch.manual_seed(seed)
     model = study.build_model(cfg).to(device)
-    data = study.setup(model, cfg, device)
-    if out_dir is not None:       # created once the data loaded: a bad --data-path leaves no empty run folder
+    # rank 0 first: a cache the study fills (generated episodes) is then read by the other ranks, and a failure on
+    # any rank (a missing data file) is raised on all of them
+    data = distributed.together(lambda: study.setup(model, cfg, device), f"{label}: loading the data",
+                                rank0_first=True)
+    if out_dir is not None and world.is_main:   # created once the data loaded: a bad --data-path leaves no folder
         os.makedirs(out_dir, exist_ok=True)
     done: list[str] = []
     cur_phase, cur_step, opt_states = None, 0, None
@@ -161,6 +247,7 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
         done, cur_phase, cur_step, opt_states = state["done"], state["phase"], state["step"], state["optim"]
         if hasattr(study, "load_extra_state"):
             study.load_extra_state(data, state.get("extra"))
+    distributed.broadcast_module(model)               # the replicas start equal (nothing in one process)
     if write_config:
         write_json_atomic(to_dict(cfg), os.path.join(out_dir, "config.json"), indent=1, sort_keys=False)
     writer = None
@@ -173,6 +260,9 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
     global_offset = sum(n for p, n in plan if p in done)
     if on_step is not None and state is not None:
         on_step(global_offset + (cur_step if cur_phase not in done else 0))
+    saved_world = state.get("world_size", 1) if state is not None else world.world_size
+    if saved_world != world.world_size and world.is_main and budget > 0 and any(p not in done for p, _ in plan):
+        print(_world_change(study, cfg, out_dir, saved_world, world.world_size), file=sys.stderr)
 
     try:
         for phase, n_steps in plan:
@@ -182,6 +272,7 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
             model.train()
             if hasattr(study, "begin_phase"):
                 study.begin_phase(model, cfg, phase, data)
+            distributed.broadcast_module(model)       # a hook may have set buffers (scales) on each rank's device
             params = study.trainable(model, cfg, phase)
             opts, scheds = study.optimizers(model, cfg, phase, params)
             if phase == cur_phase and opt_states is not None:
@@ -190,31 +281,46 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
                 for sc, s in zip(scheds, opt_states["sched"]):
                     sc.load_state_dict(s)
             clip = study.grad_clip(cfg, phase) if hasattr(study, "grad_clip") else 0.0
+            if world.distributed:
+                # the loop averages the first optimiser's gradients (and the clipped ones) itself, before the clip;
+                # an optimiser a study steps in after_update (FactorVAE's discriminator) averages in a pre-hook
+                synced = _unique([*params, *_optimised(opts[0])])
+                for o in opts[1:]:
+                    o.register_step_pre_hook(lambda opt, args, kwargs: distributed.average_gradients(_optimised(opt)))
 
             def snapshot(step: int) -> None:
-                if ckpt_path is None:
+                if ckpt_path is None or not world.is_main:
                     return
                 extra = study.extra_state(data) if hasattr(study, "extra_state") else None
-                save_checkpoint(ckpt_path, {
+                ckpt = {
                     "config": to_dict(cfg), "model": model.state_dict(), "done": list(done), "phase": phase,
                     "step": step, "extra": extra,
                     "optim": {"opt": [o.state_dict() for o in opts], "sched": [s.state_dict() for s in scheds]},
-                })
+                }
+                if world.distributed:                 # what a resume with another world size reports
+                    ckpt["world_size"] = world.world_size
+                save_checkpoint(ckpt_path, ckpt)
+
+            def checkpoint_now(step: int) -> None:  # rank 0 writes, the others wait; a failed write stops all
+                distributed.together(lambda: snapshot(step), f"{label}/{phase}: writing the checkpoint")
 
             index = study.PHASES.index(phase)
             bar = tqdm(range(start, n_steps), desc=f"{label}/{phase}", disable=not progress, dynamic_ncols=True)
             t0 = time.perf_counter()
             for step in bar:
                 if budget <= 0:
-                    snapshot(step)
+                    checkpoint_now(step)
                     bar.close()
                     return model, cfg, data, False
-                ctx = StepContext(seed, index, step, device)
+                ctx = StepContext(seed, index, step, device, world.rank, world.world_size)
                 out = study.train_step(model, cfg, phase, step, data, ctx)
-                loss = out["loss"]
-                check_finite(loss, f"{label}/{phase} step {step}", out.get("hint", ""))
+                loss = out["loss"]                    # under torchrun: the mean over this rank's shard
+                # under torchrun the global batch's loss, so that a NaN on any rank stops every rank
+                check_finite(distributed.mean(loss), f"{label}/{phase} step {step}", out.get("hint", ""))
                 opts[0].zero_grad(set_to_none=True)
                 loss.backward()
+                if world.distributed:
+                    distributed.average_gradients(synced)   # the global batch's gradient, before the clip
                 if clip:
                     torch.nn.utils.clip_grad_norm_(params, clip)
                 opts[0].step()
@@ -226,6 +332,7 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
                 if log_every and (step % log_every == 0 or step == n_steps - 1):
                     logs = {k: float(v.detach()) for k, v in {**out, **extra_logs}.items()
                             if torch.is_tensor(v) and v.ndim == 0}
+                    logs = distributed.mean_scalars(logs, device)    # the global batch's (means over ranks)
                     if scheds:
                         logs["lr"] = opts[0].param_groups[0]["lr"]
                     bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()})
@@ -233,14 +340,15 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
                         for k, v in logs.items():
                             writer.add_scalar(f"{phase}/{k}", v, global_offset + step)
                 if ckpt_every and (step + 1) % ckpt_every == 0 and step + 1 < n_steps:
-                    snapshot(step + 1)
+                    checkpoint_now(step + 1)
                 if on_step is not None:
                     on_step(1)
             if hasattr(study, "end_phase"):
                 study.end_phase(model, cfg, phase, data)
+            distributed.broadcast_module(model)
             done.append(phase)
             global_offset += n_steps
-            snapshot(n_steps)
+            checkpoint_now(n_steps)
             if progress:
                 print(f"{label}/{phase}: {n_steps - start} steps in {time.perf_counter() - t0:.1f} s",
                       file=sys.stderr)
@@ -249,6 +357,42 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
             writer.close()
     model.eval()
     return model, cfg, data, True
+
+
+def _optimised(opt) -> list[torch.nn.Parameter]:
+    """The parameters an optimiser steps, in its order."""
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def _unique(params) -> list[torch.nn.Parameter]:
+    """``params`` without repeats, first occurrence first (the same order on every rank)."""
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _check_global_batches(study, cfg, world_size: int) -> dict:
+    """The study's global batch sizes ``{config key: rows}``; ValueError naming the key and both numbers when
+    ``world_size`` does not divide one (the same on every rank: the configs were checked to be equal)."""
+    sizes = study.batch_sizes(cfg)
+    for key, rows in sizes.items():
+        if rows % world_size:
+            raise ValueError(f"{key}: the global batch {rows} is not divisible by the world size {world_size} "
+                             f"(torchrun --nproc-per-node x --nnodes); use a multiple of {world_size}")
+    return sizes
+
+
+def _world_change(study, cfg, out_dir, before: int, now: int) -> str:
+    """The one line said when a run resumes with another number of processes."""
+    sizes = study.batch_sizes(cfg) if hasattr(study, "batch_sizes") else {}
+    split = ", ".join(f"{k} {n} = {now} x {n // now} (was {before} x {n // before})" for k, n in sizes.items()
+                      if n % now == 0)
+    return (f"{out_dir}: resuming a run written by {before} process(es) with {now}: the global batch is unchanged"
+            f"{' (' + split + ')' if split else ''}, but every step now draws {now} shard(s) of its own, so the "
+            f"remaining steps see other samples than an uninterrupted {before}-process run would")
 
 
 # ------------------------------------------------------------------------------------------------ run lifecycle
@@ -263,8 +407,10 @@ def train_or_resume(out: str, args, train_fn) -> tuple[str, object]:
       starts over); ``--stop-after N`` stops with a checkpoint.
 
     Returns ``("ok", model)`` when the model is trained and ready to evaluate, ``("skip", None)`` when there is nothing
-    more to do for this run (said on stdout), ``("error", None)`` after an error said on stderr (exit code 2).
+    more to do for this run (said on stdout, by rank 0 alone under torchrun), ``("error", None)`` after an error said
+    on stderr (exit code 2).
     """
+    main = distributed.context().is_main
     metrics = os.path.join(out, "metrics.json")
     if args.eval_only:
         if not os.path.exists(os.path.join(out, "checkpoint.pt")):
@@ -276,14 +422,16 @@ def train_or_resume(out: str, args, train_fn) -> tuple[str, object]:
             return "error", None
         return "ok", model
     if os.path.exists(metrics) and not args.no_resume:
-        print(f"{out}: finished and evaluated (use --eval-only to re-evaluate, --no-resume to retrain)")
+        if main:
+            print(f"{out}: finished and evaluated (use --eval-only to re-evaluate, --no-resume to retrain)")
         return "skip", None
-    if args.no_resume and os.path.exists(metrics):
+    if args.no_resume and os.path.exists(metrics) and main:
         os.remove(metrics)
     model, finished = train_fn(resume=not args.no_resume, stop_after=args.stop_after, progress=not args.quiet,
                                log=True)
     if not finished:
-        print(f"{out}: stopped after {args.stop_after} steps (checkpoint saved; re-run to continue)")
+        if main:
+            print(f"{out}: stopped after {args.stop_after} steps (checkpoint saved; re-run to continue)")
         return "skip", None
     return "ok", model
 
@@ -330,9 +478,20 @@ def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run
     with ``--eval-only``, the ``eval`` section may differ) is refused with the differing fields, unless
     ``--no-resume`` retrains it with the given config. Errors of :data:`USER_ERRORS` end the command with one line
     on stderr and exit code 2 (``--debug`` re-raises them). Returns the exit code.
-    """
-    import json
 
+    Under torchrun every rank trains every seed; then rank 0 evaluates the trained runs alone (reloading each from
+    its checkpoint, as ``--eval-only`` does) while the other ranks return 0: nothing keeps them waiting in a
+    collective for the length of an evaluation. ``--eval-only`` is rank 0's alone from the start.
+    """
+    world = distributed.context()
+    if world.distributed and args.eval_only:
+        if not world.is_main:
+            return 0                        # nothing to train: rank 0 evaluates alone, the others are done
+        with distributed.alone():
+            return run_seeds(args, out_root=out_root, config_for_seed=config_for_seed, run_dir=run_dir,
+                             train_fn=train_fn, eval_config=eval_config, evaluate=evaluate, summary=summary,
+                             identity_ignore=identity_ignore)
+    trained = []                            # under torchrun: (cfg, out, t0, train_s) of runs rank 0 evaluates last
     for seed in args.seeds:
         cfg = config_for_seed(seed)
         out = os.path.join(out_root, run_dir(cfg))
@@ -351,28 +510,58 @@ def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run
                 continue
             train_s = time.perf_counter() - t0
             if args.no_eval:
-                print(f"{out}: trained in {train_s:.0f} s")
+                if world.is_main:
+                    print(f"{out}: trained in {train_s:.0f} s")
                 continue
-            saved = type(cfg)
-            cfg = eval_config(from_dict(saved, load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]))
-            previous = None
-            metrics_path = os.path.join(out, "metrics.json")
-            if args.eval_only and os.path.exists(metrics_path):
-                with open(metrics_path) as f:
-                    previous = json.load(f).get("seconds", {})
-                previous = previous.get("training_run", previous)
-            res = evaluate(model, cfg, out)
-            res.setdefault("seconds", {})
-            res["seconds"]["train_call"] = train_s
-            res["seconds"]["total_call"] = time.perf_counter() - t0
-            if previous is not None:        # keep the timing of the call that trained the run
-                res["seconds"]["training_run"] = previous
-            print(summary(out, res), flush=True)
-            write_json_atomic(res, metrics_path, indent=1, sort_keys=False)
+            if world.distributed:
+                trained.append((cfg, out, t0, train_s))
+                continue
+            _evaluate_run(args, model, cfg, out, t0, train_s, eval_config, evaluate, summary)
         except USER_ERRORS as err:
             if getattr(args, "debug", False):
                 raise
             print(f"mcl train: {out}: {type(err).__name__ + ': ' if isinstance(err, OSError) else ''}{err}",
                   file=sys.stderr)
             return 2
+        except distributed.PeerError as err:     # another rank's mistake (said there): end with its exit code
+            if getattr(args, "debug", False):
+                raise
+            print(f"mcl train: {out}: {err}", file=sys.stderr)
+            return 2 if err.user_error else 1
+    if not trained or not world.is_main:
+        return 0
+    with distributed.alone():
+        for cfg, out, t0, train_s in trained:
+            try:
+                model, _ = train_fn(cfg, out, resume=True, stop_after=0, progress=False, log=False)
+                _evaluate_run(args, model, cfg, out, t0, train_s, eval_config, evaluate, summary)
+            except USER_ERRORS as err:
+                if getattr(args, "debug", False):
+                    raise
+                print(f"mcl train: {out}: {type(err).__name__ + ': ' if isinstance(err, OSError) else ''}{err}",
+                      file=sys.stderr)
+                return 2
     return 0
+
+
+def _evaluate_run(args, model, cfg, out: str, t0: float, train_s: float, eval_config, evaluate, summary) -> None:
+    """Evaluate the trained run in ``out`` (its checkpoint's config, ``eval_config``-adjusted), print the summary
+    line, then write ``metrics.json`` (with the seconds of this call; ``--eval-only`` keeps the training call's)."""
+    import json
+
+    saved = type(cfg)
+    cfg = eval_config(from_dict(saved, load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]))
+    previous = None
+    metrics_path = os.path.join(out, "metrics.json")
+    if args.eval_only and os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            previous = json.load(f).get("seconds", {})
+        previous = previous.get("training_run", previous)
+    res = evaluate(model, cfg, out)
+    res.setdefault("seconds", {})
+    res["seconds"]["train_call"] = train_s
+    res["seconds"]["total_call"] = time.perf_counter() - t0
+    if previous is not None:        # keep the timing of the call that trained the run
+        res["seconds"]["training_run"] = previous
+    print(summary(out, res), flush=True)
+    write_json_atomic(res, metrics_path, indent=1, sort_keys=False)

@@ -21,7 +21,9 @@ to ``<run_dir>/mcl_diagnostics.json`` when :func:`train` returns (``mcl inspect-
 
 Randomness: the batch of a step comes from the loop's ``ctx.rng`` and the diffusion/VAE noise from
 ``ctx.generator``, both seeded by ``(seed, PHASES.index(phase), step)``; FactorVAE's discriminator step draws from the
-same generator after the VAE loss, as it always has. ``PHASES`` therefore never changes order.
+same generator after the VAE loss, as it always has. ``PHASES`` therefore never changes order. The batch sizes of the
+config are global: under torchrun each rank draws ``ctx.per_rank(batch_size)`` rows from its own streams
+(:func:`batch_sizes` names them for the loop's check).
 """
 from __future__ import annotations
 
@@ -32,11 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mclcore import distributed
 from mclcore.studies.disentangle.config import DIFFUSION_MODELS, MODELS, RunConfig, run_dir_name
 from mclcore.losses.monitor import MCLMonitor
 from mclcore.train import loop
 
-__all__ = ["PHASES", "MODELS", "build_model", "phases", "load_dataset", "Batches", "StudyData", "setup",
+__all__ = ["PHASES", "MODELS", "build_model", "phases", "batch_sizes", "load_dataset", "Batches", "StudyData", "setup",
            "trainable", "optimizers", "train_step", "after_update", "end_phase", "extra_state", "load_extra_state",
            "autocast", "train", "run_dir_name"]
 
@@ -73,6 +76,13 @@ def phases(cfg: RunConfig) -> list[tuple[str, int]]:
         return [("first_stage", cfg.first_stage.steps), ("stage1", cfg.stages.stage1_steps),
                 ("stage2", cfg.stages.stage2_steps)]
     return [("vae", cfg.vae.steps)]
+
+
+def batch_sizes(cfg: RunConfig) -> dict[str, int]:
+    """The global batch of each phase by config key (under torchrun each rank draws its share of it)."""
+    if cfg.model in DIFFUSION_MODELS:
+        return {"first_stage.batch_size": cfg.first_stage.batch_size, "stages.batch_size": cfg.stages.batch_size}
+    return {"vae.batch_size": cfg.vae.batch_size}
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -192,12 +202,12 @@ def train_step(model, cfg: RunConfig, phase: str, step: int, data: StudyData, ct
     """The forward pass of one step: ``{"loss": scalar, logs...}`` (the loop does backward and the update)."""
     device = data.device
     if phase == "first_stage":
-        x = data.batches.get(ctx.rng, cfg.first_stage.batch_size)          # (B, 3, 64, 64)
+        x = data.batches.get(ctx.rng, ctx.per_rank(cfg.first_stage.batch_size))    # (B, 3, 64, 64), B per rank
         with autocast(device, cfg):
             return model.first_stage.loss(x)                                # unconditional path (u = None)
     if phase in ("stage1", "stage2"):
         st = cfg.stages
-        x = data.batches.get(ctx.rng, st.batch_size)                        # (B, 3, 64, 64)
+        x = data.batches.get(ctx.rng, ctx.per_rank(st.batch_size))          # (B, 3, 64, 64), B per rank
         extra, logs = {}, {}
         if phase == "stage2" and cfg.model == "mddiff":
             extra = dict(lambda_recon=st.lambda_recon, lambda_mcl=st.lambda_mcl, mcl_z=st.mcl_z,
@@ -206,7 +216,7 @@ def train_step(model, cfg: RunConfig, phase: str, step: int, data: StudyData, ct
             out = model.losses(x, generator=ctx.generator, **extra)         # Eq. (19) terms
         out.update(logs)                                                    # MCL diagnostics on measured steps
         return out
-    x = data.batches.get(ctx.rng, cfg.vae.batch_size)
+    x = data.batches.get(ctx.rng, ctx.per_rank(cfg.vae.batch_size))
     with autocast(device, cfg):
         return model.losses(x, generator=ctx.generator)
 
@@ -244,6 +254,7 @@ def train(cfg: RunConfig, out_dir: str, **kw):
 
 def _write_diagnostics(data: StudyData, out_dir: str) -> None:
     """MDDiff: ``<out_dir>/mcl_diagnostics.json`` holds the measurements so far (also after a stop: they are
-    restored on resume; [] before any, which also replaces the file of an earlier run retrained in the folder)."""
-    if data.mcl is not None and out_dir is not None:
+    restored on resume; [] before any, which also replaces the file of an earlier run retrained in the folder).
+    Rank 0's under torchrun (its shard's measurements), written by it alone."""
+    if data.mcl is not None and out_dir is not None and distributed.context().is_main:
         data.mcl.write(out_dir)

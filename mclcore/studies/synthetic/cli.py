@@ -7,11 +7,17 @@
     mcl synthetic --preset quick --dzs 5 10 --epochs 40 --out DIR    # any field from the command line
     mcl synthetic --preset quick --set train.mcl.tau=0.07 --out DIR  # or any field by its dotted path
     mcl synthetic --config experiments/synthetic/configs/home_ground.json --out DIR
+    torchrun --nproc-per-node 4 -m mclcore synthetic --preset paper --out DIR  # units over 4 GPUs (or processes)
 
 Precedence: defaults <- ``--preset`` <- ``--config`` <- flags and ``--set``. Every field of
 :class:`~mclcore.studies.synthetic.config.StudyConfig` has a flag (``--dzs``; the train section's fields without
 its name, ``--epochs``, ``--mcl-tau``), generated from the dataclasses. The study itself is
 :func:`mclcore.studies.synthetic.run.run_study`.
+
+Under torchrun every rank runs the same command: the unfinished units are split over the ranks by estimated cost
+(each rank its own GPU, ``cuda:LOCAL_RANK``, or the CPU with ``--threads``; ``--workers N``: N processes per
+rank), rank 0 writes the tables once all are done, and a study resumes with any number of ranks
+(experiments/synthetic/README.md, "More than one process").
 """
 from __future__ import annotations
 
@@ -58,6 +64,8 @@ def resolve(args: argparse.Namespace) -> StudyConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mclcore.distributed import env_world
+    from mclcore.studies.synthetic.ranks import RankFailed
     from mclcore.studies.synthetic.run import OutDirMismatch, run_study
 
     try:
@@ -77,6 +85,13 @@ def run(args: argparse.Namespace) -> int:
         kind = f"{type(err).__name__}: " if isinstance(err, OSError) else ""
         print(f"mcl synthetic: {kind}{err}", file=sys.stderr)
         return 2
+    except RankFailed as err:     # under torchrun: another rank's error, already printed in full by that rank
+        if getattr(args, "debug", False):
+            raise
+        print(f"mcl synthetic: {err}", file=sys.stderr)
+        return 2 if err.user_error else 1
+    if not env_world().is_main:   # under torchrun rank 0 prints the results, once
+        return 0
     print(f"mcl synthetic: done. MCC table: {paths['table']}")
     if "violin" in paths:
         print(f"  violin plot (Fig. 5 style): {paths['violin']}")

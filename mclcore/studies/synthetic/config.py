@@ -117,6 +117,10 @@ class TrainConfig:
                 bad(name, "a finite number >= 0")
         if not isinstance(self.decoder_var_learned, bool):
             bad("decoder_var_learned", "true or false")
+        if self.mcl.gather:     # a unit trains in one process (torchrun spreads units, not batches): nothing to gather
+            raise ValueError("train.mcl.gather: expected false: the synthetic study trains every unit in one process "
+                             "(under torchrun the ranks share the units, not a batch), so there are no other ranks' "
+                             "negatives to gather")
         if not 0 < self.test_frac < 1:
             bad("test_frac", "a number in (0, 1)")
         if self.test_frac + self.val_frac >= 1:
@@ -184,7 +188,8 @@ class StudyConfig:
         held the cores.
     workers: processes that train units in parallel (default 1), each with ``threads`` threads; a unit is one
         model on one cell with all its seeds, so the results do not depend on it (tested). On the 2-core VM use
-        ``workers=2, threads=1``.
+        ``workers=2, threads=1``. Under torchrun: per rank, for the rank's share of the units (each rank on its
+        own device; experiments/synthetic/README.md, "More than one process").
     device: ``auto`` (cuda if available; MD-VAE+MCL units then run on the CPU when the MCL ops have no usable
         CUDA backend, and say so), ``cpu``, ``cuda``, ...
     tensorboard: write per-epoch losses to ``<out>/tensorboard``.

@@ -15,6 +15,9 @@ Everything goes under ``out``, each file written atomically (tmp file + ``os.rep
 * the reports of :mod:`mclcore.studies.synthetic.report` and ``tensorboard/`` (per-epoch losses).
 
 Killed runs restart from the last completed unit (and from the last checkpoint inside an unfinished unit).
+
+Under torchrun the ranks split the unfinished units between them, each unit trained by one rank alone, and rank 0
+writes the reports once every rank is done (:func:`run_study`); a study resumes with any number of ranks.
 """
 from __future__ import annotations
 
@@ -25,11 +28,14 @@ import statistics
 import sys
 import time
 
+from mclcore import distributed
 from mclcore._io import write_text_atomic
 from mclcore.train.config import config_diff
 from mclcore.studies.synthetic.config import StudyConfig
+from mclcore.studies.synthetic import ranks
 from mclcore.studies.synthetic.parallel import run_parallel
-from mclcore.studies.synthetic.units import _MCL_STEP_COST, Unit, _cell_id, build_units, cells, select_lambda
+from mclcore.studies.synthetic.units import (_MCL_STEP_COST, Unit, _cell_id, build_units, cells, rank_shares,
+                                             select_lambda)
 from mclcore.studies.synthetic.report import write_report
 
 __all__ = ["Unit", "build_units", "run_study", "choose_devices", "OutDirMismatch", "select_lambda"]
@@ -92,9 +98,13 @@ def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, wr
 
     t0 = time.time()
     diagnostics: list = []
-    rows = train(cfg, unit.seeds, lambdas if unit.model == "mdvae_mcl" else None,
-                 checkpoint=os.path.join(out, "checkpoints", f"{unit.uid}.pt"), on_step=on_step,
-                 on_epoch=on_epoch, device=device, diagnostics=diagnostics)
+    # Under torchrun a unit is this rank's alone (the ranks split the units, not a unit's batches): the training
+    # loop must act as one process, not average gradients with ranks that train other units. So must a spawned
+    # worker's, which inherits torchrun's variables but is no rank.
+    with distributed.alone():
+        rows = train(cfg, unit.seeds, lambdas if unit.model == "mdvae_mcl" else None,
+                     checkpoint=os.path.join(out, "checkpoints", f"{unit.uid}.pt"), on_step=on_step,
+                     on_epoch=on_epoch, device=device, diagnostics=diagnostics)
     seconds = time.time() - t0
     if writer is not None:
         writer.add_scalar("median/mcc", statistics.median(r["mcc"] for r in rows), cfg.epochs)
@@ -216,16 +226,8 @@ def choose_devices(study: StudyConfig) -> tuple[str, str]:
     raise ValueError(f"device: {why}; the MD-VAE+MCL units need it (use --device cpu or auto)")
 
 
-def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit=None) -> dict:
-    """Run (or resume) ``study`` into ``out``; returns the report paths. ``after_unit(record)`` is called after
-    each unit finishes (tests use it to interrupt a run)."""
-    import torch
-    from tqdm.auto import tqdm
-
-    study.validate()
-    if study.threads:
-        torch.set_num_threads(study.threads)
-    device, mcl_device = choose_devices(study)
+def _check_out(study: StudyConfig, out: str) -> None:
+    """Create ``out`` or check that it holds this study (config.json; execution-only fields may differ)."""
     os.makedirs(os.path.join(out, "units"), exist_ok=True)
     os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
     cfg_path = os.path.join(out, "config.json")
@@ -250,40 +252,105 @@ def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit
     else:
         write_text_atomic(cfg_path, cfg_text)
 
+
+def run_study(study: StudyConfig, out: str, *, progress: bool = True, after_unit=None) -> dict:
+    """Run (or resume) ``study`` into ``out``; returns the report paths. ``after_unit(record)`` is called after
+    each unit finishes (tests use it to interrupt a run).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this with the same study and ``out`` (checked: an error
+    on every rank otherwise). The units not finished in ``out`` are split over the ranks
+    (:func:`~mclcore.studies.synthetic.units.rank_shares`); each rank trains its share on its own device
+    (``cuda:LOCAL_RANK``, or the CPU with ``study.threads`` threads), with ``study.workers`` worker processes of its
+    own, and writes only its units' files (``units/``, ``checkpoints/``, ``tensorboard/``). Rank 0 alone writes
+    config.json, certificates.json and the reports; it waits for every rank's share, then writes the reports from
+    all unit records as one process would. ``out`` must be one directory every rank sees (on several nodes: a
+    shared file system). Every rank returns rank 0's report paths; an error on any rank is raised on every rank
+    (:class:`~mclcore.studies.synthetic.ranks.RankFailed` on the others)."""
+    import torch
+
+    study.validate()
+    if study.threads:
+        torch.set_num_threads(study.threads)
+    with ranks.world(*choose_devices(study)) as (ctx, group, device, mcl_device):
+        return _run_study(study, out, ctx, group, device, mcl_device, progress, after_unit)
+
+
+def _run_study(study: StudyConfig, out: str, ctx, group, device: str, mcl_device: str, progress: bool,
+               after_unit) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    if ctx.distributed:       # before anything is read or written: every rank runs the same study into one --out
+        distributed.check_same(study.to_dict(), "study config")
+        distributed.check_same(out, "--out")
     t0 = time.time()
     units = build_units(study)
-    certs = _certificates(study, out)
-    records, todo = [], []
-    for u in units:
-        rec = _load_unit(out, u)
-        records.append(rec)
-        if rec is None:
-            todo.append(u)
-    total = sum(u.cost(study) for u in units)
-    done = total - sum(u.cost(study) for u in todo)
-    print(f"mcl synthetic: {len(units)} units ({len(units) - len(todo)} already done) on {device}, "
-          f"{study.workers} worker(s) x {study.threads or torch.get_num_threads()} thread(s); results in {out}",
-          file=sys.stderr)
-    bar = tqdm(total=round(total), initial=round(done), unit="w", disable=not progress, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
+    certs, err = {}, None
     try:
-        if study.workers == 1:
-            for i, u in enumerate(units):
-                if records[i] is not None:
-                    continue
-                bar.set_postfix_str(u.uid)
-                w = _weight(u)
-                dev = mcl_device if u.model == "mdvae_mcl" else device
-                records[i] = _run_unit(study, u, out, dev, lambda n: bar.update(n * w), _writer_factory(study, out))
-                write_report(study, out, [r for r in records if r is not None], certs, None)
-                if after_unit is not None:
-                    after_unit(records[i])
-        else:
-            def finished(i: int) -> None:
-                write_report(study, out, [r for r in records if r is not None], certs, None)
-                if after_unit is not None:
-                    after_unit(records[i])
-            run_parallel(study, units, records, _unit_job, out, device, mcl_device, bar, finished)
-    finally:
-        bar.close()
-    return write_report(study, out, records, certs, time.time() - t0)
+        if ctx.is_main:       # config.json, certificates.json and the reports are rank 0's alone
+            _check_out(study, out)
+            certs = _certificates(study, out)
+    except Exception as e:    # every rank must learn of it first (ranks.exchange raises it after)
+        err = e
+    ranks.exchange(ctx, group, err)
+
+    records, err = [], None
+    try:
+        records = [_load_unit(out, u) for u in units]
+    except Exception as e:
+        err = e
+    ranks.same_view(ranks.exchange(ctx, group, err, sorted(u.uid for u, r in zip(units, records) if r)), out)
+    todo = [i for i, r in enumerate(records) if r is None]
+    mine = rank_shares(study, units, todo, ctx.world_size)[ctx.rank]       # one process: all of todo, in order
+    threads = study.threads or torch.get_num_threads()
+    if ctx.distributed:
+        total, done = sum(units[i].cost(study) for i in mine), 0.0            # the bar: rank 0's own share
+        print(f"mcl synthetic: {len(units)} units ({len(units) - len(todo)} already done); rank {ctx.rank} of "
+              f"{ctx.world_size} trains {len(mine)} on {device}, {study.workers} worker(s) x {threads} thread(s); "
+              f"results in {out}", file=sys.stderr)
+    else:
+        total = sum(u.cost(study) for u in units)
+        done = total - sum(units[i].cost(study) for i in todo)
+        print(f"mcl synthetic: {len(units)} units ({len(units) - len(todo)} already done) on {device}, "
+              f"{study.workers} worker(s) x {threads} thread(s); results in {out}", file=sys.stderr)
+
+    def finished(i: int) -> None:
+        if ctx.is_main:
+            if ctx.distributed:       # the other ranks' units finished so far, so the tables grow as in one process
+                records[:] = [r or _load_unit(out, u) for u, r in zip(units, records)]
+            write_report(study, out, [r for r in records if r is not None], certs, None)
+        if after_unit is not None:
+            after_unit(records[i])
+
+    err = None
+    try:
+        bar = tqdm(total=round(total), initial=round(done), unit="w", disable=not progress or not ctx.is_main,
+                   dynamic_ncols=True, bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
+        try:
+            if study.workers == 1:
+                for i in mine:
+                    u = units[i]
+                    bar.set_postfix_str(u.uid)
+                    w = _weight(u)
+                    dev = mcl_device if u.model == "mdvae_mcl" else device
+                    records[i] = _run_unit(study, u, out, dev, lambda n: bar.update(n * w),
+                                           _writer_factory(study, out))
+                    finished(i)
+            else:
+                run_parallel(study, units, records, _unit_job, out, device, mcl_device, bar, finished, todo=mine)
+        finally:
+            bar.close()
+    except Exception as e:
+        err = e
+    trained = ranks.exchange(ctx, group, err, mine)              # every rank's share, once all are done
+
+    paths, err = None, None
+    try:
+        if ctx.is_main:
+            if ctx.distributed:
+                records = [r or _load_unit(out, u) for u, r in zip(units, records)]
+                ranks.all_seen(trained, records, [_unit_path(out, u) for u in units])
+            paths = write_report(study, out, records, certs, time.time() - t0)
+    except Exception as e:
+        err = e
+    return ranks.exchange(ctx, group, err, paths)[0]

@@ -10,7 +10,7 @@ import statistics
 
 from mclcore.studies.synthetic.config import StudyConfig
 
-__all__ = ["Unit", "cells", "build_units", "select_lambda"]
+__all__ = ["Unit", "cells", "build_units", "chains", "rank_shares", "select_lambda"]
 
 # the 2-core AMD EPYC dev VM (2026-11) (benchmarks/bench_synthetic.py, 10 members, 1 thread: 62 vs 876 model-steps/s at dz = 5,
 # 57 vs 535 at dz = 20).
@@ -80,6 +80,41 @@ def build_units(study: StudyConfig) -> list[Unit]:
     return units
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Units over torchrun's ranks
+# --------------------------------------------------------------------------------------------------------------
+def chains(units: list[Unit], todo: list[int]) -> list[list[int]]:
+    """The indices ``todo`` of ``units`` grouped into chains that one rank must run together, in run order: a
+    tuning unit and its final MD-VAE+MCL unit (the final one reads the tuning unit's record, so splitting them
+    would make one rank wait for another mid-share); every other unit alone."""
+    by: dict = {}
+    for i in sorted(todo):
+        key = units[i].uid.removesuffix("-tune") if units[i].tune else units[i].uid
+        by.setdefault(key, []).append(i)
+    return list(by.values())
+
+
+def rank_shares(study: StudyConfig, units: list[Unit], todo: list[int], world_size: int) -> list[list[int]]:
+    """The indices of ``todo`` each of ``world_size`` ranks trains (disjoint, together all of ``todo``, each in
+    run order): the chains (:func:`chains`), costliest first, each to the rank with the least estimated cost so
+    far (:meth:`Unit.cost`; ties: the lower rank). Only the config and the finished units decide it, so every
+    rank computes the same split, and a resumed study splits what is left over however many ranks it has.
+
+    Greedy by cost rather than by unit index mod world size: an MD-VAE+MCL chain costs ~12x a VAE unit, and in
+    grid order the MCL chains of every cell fall on the same ranks. On the cost estimate, for the five presets at
+    2, 3, 4 and 8 ranks, the longest share over its lower bound max(total / ranks, costliest chain): greedy
+    1.00-1.07 (demo at 4 ranks 1.33, six equal units, either way); index mod world size the same on the presets
+    without MCL but 1.78 for quick and paper at 2 ranks and 3.56 for paper at 8."""
+    loads = [0.0] * world_size
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    groups = chains(units, todo)
+    cost = [sum(units[i].cost(study) for i in c) for c in groups]
+    order = sorted(range(len(cost)), key=lambda k: (-cost[k], k))
+    for k in order:
+        r = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[r] += cost[k]
+        shares[r].extend(groups[k])
+    return [sorted(s) for s in shares]
 
 
 def select_lambda(tune_rows: list[dict]) -> tuple[float, dict]:

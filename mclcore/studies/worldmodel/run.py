@@ -22,7 +22,9 @@ readout accuracies, shortcut share and gradient ratio are logged (TensorBoard ``
 checkpoint and written to ``<run_dir>/mcl_diagnostics.json`` (``mcl inspect-mcl RUN_DIR``).
 
 Every step's randomness comes from the loop's :class:`~mclcore.train.loop.StepContext` (seeded by
-``(seed, phase, step)``), so a resumed run equals an uninterrupted one and a seed fixes the result.
+``(seed, phase, step)``), so a resumed run equals an uninterrupted one and a seed fixes the result. The batch sizes
+are global: under torchrun each rank draws ``ctx.per_rank(batch_size)`` transitions from its own streams
+(``batch_sizes`` names them for the loop's check).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mclcore import distributed
 from mclcore.losses.monitor import MCLMonitor
 from mclcore.studies.worldmodel.config import PHASES, VARIANTS, RunConfig
 from mclcore.studies.worldmodel.data import Episodes, encode_episodes, load_splits
@@ -112,6 +115,11 @@ class WorldModelStudy:
     def phases(cfg: RunConfig) -> list[tuple[str, int]]:
         return [("autoencoder", cfg.autoencoder.steps), ("dynamics", cfg.dynamics.steps)]
 
+    @staticmethod
+    def batch_sizes(cfg: RunConfig) -> dict[str, int]:
+        """The global batch of each phase by config key (under torchrun each rank draws its share of it)."""
+        return {"autoencoder.batch_size": cfg.autoencoder.batch_size, "dynamics.batch_size": cfg.dynamics.batch_size}
+
     def setup(self, model, cfg: RunConfig, device) -> TrainData:
         """The training episodes; the action standardisation buffers from them (saved with the weights)."""
         train_eps = load_splits(cfg, self.cache_dir)["train"]
@@ -174,16 +182,17 @@ class WorldModelStudy:
         step)), so a resumed step draws what the uninterrupted one did."""
         rng = ctx.rng
         if phase == "autoencoder":
-            b = cfg.autoencoder.batch_size
+            b = ctx.per_rank(cfg.autoencoder.batch_size)                                # this rank's rows
             ei, ti = rng.integers(0, data.n_eps, b), rng.integers(0, data.T + 1, b)
             return model.ae.loss(_frames(data, ei, ti))                                 # MSE on (B, 3, 64, 64)
         dy = cfg.dynamics
-        ei, ti = rng.integers(0, data.n_eps, dy.batch_size), rng.integers(0, data.T, dy.batch_size)
+        b = ctx.per_rank(dy.batch_size)                                                 # this rank's rows
+        ei, ti = rng.integers(0, data.n_eps, b), rng.integers(0, data.T, b)
         ei_t, ti_t = torch.from_numpy(ei).to(data.device), torch.from_numpy(ti).to(data.device)
         v_t, v_next = data.latents[ei_t, ti_t], data.latents[ei_t, ti_t + 1]            # (B, C, 16, 16) x 2
         self_context = None
         if dy.self_context > 0:     # scheduled sampling: the model's own prediction of frame t as context (t >= 1)
-            use = torch.from_numpy((rng.random(dy.batch_size) < dy.self_context) & (ti >= 1)).to(data.device)
+            use = torch.from_numpy((rng.random(b) < dy.self_context) & (ti >= 1)).to(data.device)
             prev = (ti_t - 1).clamp_min(0)
             self_context = (data.latents[ei_t, prev], data.actions[ei_t, prev], use)
         logs: dict = {}
@@ -216,6 +225,6 @@ def train(cfg: RunConfig, out_dir: str, *, cache_dir: str | None = None, **kw):
     """
     study = WorldModelStudy(cache_dir or default_cache_dir(out_dir))
     model, _cfg, data, finished = loop.train(study, cfg, out_dir, label=f"worldmodel-{cfg.variant}", **kw)
-    if data.mcl is not None:            # the measurements so far (restored on resume): mcl inspect-mcl RUN_DIR
-        data.mcl.write(out_dir)
+    if data.mcl is not None and distributed.context().is_main:   # the measurements so far (restored on resume):
+        data.mcl.write(out_dir)                                    # mcl inspect-mcl RUN_DIR; rank 0's shard
     return model, finished
