@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU run of issue #7 for one H100, within 9 minutes (the sum of the step timeouts is 530 s).
+# The prepared GPU run of issue #7 for one H100, within 9 minutes (the sum of the step timeouts is 540 s).
 #
 #   bash benchmarks/gpu_suite.sh                 # every step; logs and tables under benchmarks/results/gpu_suite/
 #   bash benchmarks/gpu_suite.sh --dry-run       # print the steps (timeout and command) without running anything
@@ -24,6 +24,9 @@
 #   profile              per-kernel split of the device time (torch.profiler) of infonce (bf16, B = 4096, 65536),
 #                        critic_grad (B = 4096), mech_derivs (dz = 10), the MCL step (B = 256):
 #                        benchmarks/results/gpu_profile.csv and <out>/profile.txt
+#   bench_mcl_gather     MCLConfig(gather=True) across GPUs (issue #21): with more than one GPU visible, torchrun
+#                        --nproc-per-node <#GPUs> (NCCL; 1 process vs N gathered vs N ungathered, B = 4096);
+#                        with one GPU, one process (the 1-process route alone, and it says so)
 #
 # The two drivers (sanitize_driver.py, profile_driver.py) are embedded below and written to <out>/drivers/ at the
 # start of a run (--write-drivers DIR writes them and exits: tests/test_gpu_suite.py runs them on the CPU).
@@ -330,6 +333,14 @@ add bench_mech_derivs 40 "$PY benchmarks/bench_mech_derivs.py --device cuda --ba
 add bench_mcl_step 30 "$PY benchmarks/bench_mcl_step.py --device cuda --rounds 3"
 add bench_mcl_diagnostics 25 "$PY benchmarks/bench_mcl_diagnostics.py --device cuda --rounds 3"
 add profile 30 "$PY $QDRV/profile_driver.py --device cuda --out-dir $QOUT"
+# last: the least to lose if the budget runs out. More than one GPU visible (CUDA_VISIBLE_DEVICES, else nvidia-smi):
+# torchrun over all of them (NCCL, each rank on cuda:LOCAL_RANK); one GPU: one process, which says so
+GATHER="benchmarks/bench_mcl_gather.py --device cuda --batch 4096 --rounds 3 --reps 10"
+add bench_mcl_gather 10 "n=\$(nvidia-smi -L 2>/dev/null | grep -c '^GPU'); \
+if [[ -n \"\${CUDA_VISIBLE_DEVICES:-}\" ]]; then n=\$(echo \"\$CUDA_VISIBLE_DEVICES\" | tr , ' ' | wc -w); fi; \
+if (( n > 1 )); then echo \"\$n GPUs visible: torchrun --nproc-per-node \$n\"; \
+$PY -m torch.distributed.run --standalone --nproc-per-node \$n $GATHER ; \
+else echo \"\$n GPU visible: one process, the one-process route alone (no scaling to measure)\"; $PY $GATHER ; fi"
 
 selected() {  # whether step $1 runs under --only
   [[ -z "$ONLY" ]] && return 0

@@ -28,7 +28,7 @@ BUDGET_S = 540  # 9 minutes on one H100
 STEP = re.compile(r"^\[(\d+)\] (\S+) \(timeout (\d+) s\): (.*)$")
 EXPECTED = ["env", "build", "pytest_gpu", "pytest_cuda_twins", "odd_sizes", "memcheck", "racecheck",
             "bench_infonce", "bench_critic_grad", "bench_mech_derivs", "bench_mcl_step", "bench_mcl_diagnostics",
-            "profile"]
+            "profile", "bench_mcl_gather"]
 
 
 def _bash(*args, env=None, timeout=120):
@@ -105,6 +105,10 @@ def test_steps_run_what_the_issue_asks(steps):
         assert name in cmd, f"{f} takes --device but the suite does not run it"
         assert f"benchmarks/{f}" in cmd[name] and "--device cuda" in cmd[name]
     assert "torch.profiler" in open(SUITE).read() and "--device cuda" in cmd["profile"]
+    # more than one GPU: torchrun over all of them; one GPU: the same benchmark in one process
+    gather = cmd["bench_mcl_gather"]
+    assert "--standalone --nproc-per-node $n benchmarks/bench_mcl_gather.py --device cuda" in gather
+    assert "if (( n > 1 ))" in gather and "one process" in gather
 
 
 def test_every_referenced_file_exists(steps, out_dir):
@@ -157,7 +161,7 @@ def test_every_command_line_is_accepted_by_its_argparse(steps):
     calls = [c for r in steps[0] for c in _script_calls(r["cmd"])]
     names = {os.path.basename(s) for s, _ in calls}
     assert {"bench_infonce.py", "bench_critic_grad.py", "bench_mech_derivs.py", "bench_mcl_step.py",
-            "bench_mcl_diagnostics.py", "sanitize_driver.py", "profile_driver.py"} <= names
+            "bench_mcl_diagnostics.py", "bench_mcl_gather.py", "sanitize_driver.py", "profile_driver.py"} <= names
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _PARSE, json.dumps(calls)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env=env)

@@ -2,7 +2,8 @@
 config mismatch across ranks (mclcore.studies.synthetic: run, units).
 
 CPU only: 2 ranks with gloo, each one thread. A tiny study (n = 300, 1 epoch, dz = 2; 4 units: beta-VAE, MD-VAE,
-and the MD-VAE+MCL tuning unit with its final unit) takes seconds; the torchrun launch is most of it.
+and the MD-VAE+MCL tuning unit with its final unit) takes seconds; the torchrun launch is most of it (the
+one-process reference runs meanwhile).
 """
 import csv
 import json
@@ -66,18 +67,25 @@ def _same_results(out, ref) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The study in one process (in this one) and under torchrun with 2 ranks: the two output folders."""
+    """The study under torchrun with 2 ranks and in one process (in this one, while torchrun starts: the launcher and
+    its ranks spend their first seconds importing torch): the two output folders."""
     root = tmp_path_factory.mktemp("distributed")
     config = root / "tiny.json"
     config.write_text(json.dumps(CONFIG))
-    one = root / "one"
-    study_run.run_study(StudyConfig.from_dict(CONFIG), str(one), progress=False)
-    two = root / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "mclcore", "synthetic", "--config", str(config), "--out", str(two), "--no-progress"],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return one, two, proc
+    one, two = root / "one", root / "two"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "mclcore", "synthetic", "--config", str(config), "--out", str(two),
+                             "--no-progress"], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        study_run.run_study(StudyConfig.from_dict(CONFIG), str(one), progress=False)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stdout + stderr
+    return one, two, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_two_ranks_give_the_results_of_one_process(runs):

@@ -15,7 +15,9 @@ What "the single-process step on the global batch" is here: rank r of 2 draws it
   order in which autograd adds up a parameter's contributions when it is used more than once (the generator runs
   again inside MCL): one process adds both shards' in one backward pass, two ranks add each shard's and then
   average. Measured: a float32 ulp or two (9.3e-10 on MDDiff, 1.9e-9 on the world model, 0 on the beta-VAE), so
-  the tolerance is rtol 1e-6 + atol 1e-9; a wrong shard or a wrong average moves a parameter by ~lr (>= 1e-4).
+  the tolerance is rtol 1e-6 + atol 1e-9; a wrong shard or a wrong average moves a parameter by ~lr (>= 1e-4);
+* with ``mcl.gather=true`` (the world model, :class:`GlobalMCL`) the same, except that the MCL term is ONE InfoNCE
+  over the concatenation of both shards' (z, u): the global batch's negatives. Same tolerance.
 """
 import argparse
 import contextlib
@@ -61,6 +63,9 @@ WORLDMODEL = ["log_every=1", "ckpt_every=2", "data.source=random", "data.n_sourc
               "model.latent_action_dim=3", "model.idm_ch=4", "model.idm_hidden=8", "model.idm_norm=true",
               "dynamics.steps=1", "dynamics.batch_size=6", "dynamics.warmup=2", "mcl.critic_hidden=8,8",
               "mcl.proj_dim=8", "dynamics.lambda_mcl=0.5"]
+# the world model's MCL comparison (test_mcl_gather_...): no BatchNorm on the IDM's mean, whose input bias then has a
+# gradient of float32 noise only (a shift BatchNorm removes), which Adam's first step turns into +-lr either way
+GATHER = ["model.idm_norm=false"]
 
 
 # ------------------------------------------------------------------------------------------------ the toy study
@@ -160,6 +165,35 @@ class ShardsInOne:
         return {"loss": sum(losses) / self.shards}
 
 
+class GlobalMCL(ShardsInOne):
+    """The world model's step of a 2-rank run with ``mcl.gather=true``, taken by one process (gather=false): each
+    shard's host loss as in :class:`ShardsInOne` (its own streams: rows, flow noise, the MCL term's noise level),
+    while the model's MCL call only records the shard's (generator, z, u); then ONE MCL loss on the concatenated
+    global batch, whose generator runs each shard's rows through that shard's generator (it carries the shard's
+    noise level and context). Loss = mean of the host losses + lambda_MCL L_MCL(global batch): what the ranks'
+    gradient average is when InfoNCE sees the global batch's negatives."""
+
+    def train_step(self, model, cfg, phase, step, data, ctx):
+        if phase != "dynamics":
+            return super().train_step(model, cfg, phase, step, data, ctx)
+        seen = []
+        model.mcl.forward = lambda g, z, u: seen.append((g, z, u)) or z.new_zeros(())
+        try:
+            host = super().train_step(model, cfg, phase, step, data, ctx)["loss"]
+        finally:
+            del model.mcl.forward
+        gens, zs, us = zip(*seen)
+        rows = [z.shape[0] for z in zs]
+
+        def generator(z, u):
+            return torch.cat([g(zr, ur) for g, zr, ur in zip(gens, z.split(rows), u.split(rows))])
+
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel([SDPBackend.MATH]):                    # as the model calls its MCL term
+            mcl = model.mcl(generator, torch.cat(zs), torch.cat(us))
+        return {"loss": host + cfg.dynamics.lambda_mcl * mcl}
+
+
 def _disentangle_cfg(model, extra):
     from mclcore.studies.disentangle.config import build_config
 
@@ -209,6 +243,15 @@ def _scenarios(rank: int, tmp: str) -> dict:
             study, cfg = _study(name, tmp)
             model, *_ = loop.train(study, cfg, None, progress=False, label=name)
             states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return states
+
+    def gather():            # the world model (LACG + MCL) with mcl.gather=true and =false (see GATHER)
+        states = {}
+        for on in (True, False):
+            study, cfg = _study("worldmodel", tmp)
+            cfg = apply_overrides(cfg, [*GATHER, f"mcl.gather={str(on).lower()}"])
+            model, *_ = loop.train(study, cfg, None, progress=False, label=f"gather-{on}")
+            states[on] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         return states
 
     def resume():
@@ -276,8 +319,8 @@ def _scenarios(rank: int, tmp: str) -> dict:
     cli_base = ["train", "betavae", "--dataset", "mpi3d", "--out", out, "--quiet",
                 *sum((["--set", s] for s in VAE), [])]
     scenarios = {
-        "toy": toy, "studies": studies, "resume": resume, "lifecycle": lifecycle, "gradients": gradients,
-        "peer_failure": peer_failure, "unsized": unsized,
+        "toy": toy, "studies": studies, "gather": gather, "resume": resume, "lifecycle": lifecycle,
+        "gradients": gradients, "peer_failure": peer_failure, "unsized": unsized,
         "mismatch": lambda: _cli([*cli_base, "--set", f"vae.lr={1e-3 * (rank + 1)}"]),
         "indivisible": lambda: _cli([*cli_base, "--set", "vae.batch_size=5"]),
     }
@@ -363,6 +406,35 @@ def test_each_study_step_equals_one_process_on_both_shards(ranks, name, monkeypa
     torch.manual_seed(cfg.seed)                               # the loop's initial weights: the step moved them
     init = dict(study.build_model(cfg).named_parameters())
     assert any(not torch.equal(p.detach(), init[k]) for k, p in params.items())
+
+
+def test_mcl_gather_under_torchrun_takes_the_single_process_mcl_step_on_the_global_batch(ranks):
+    """``mcl.gather=true`` through the loop: the world model (LACG + MCL, the cheapest study with MCL) stepped by 2
+    ranks equals one process (gather=false) whose MCL term is ONE InfoNCE over the concatenation of both shards'
+    (z, u) -- the global batch's negatives (:class:`GlobalMCL`) -- and the same 2-rank run with gather=false does not.
+
+    Why not simply one process on the concatenated global batch: each rank draws its rows, flow noise and the MCL
+    term's noise level from its own streams, and the model's MCL generator closes over its shard's noise level and
+    context, so one process drawing 6 rows from one stream would take another step. The concatenation is therefore
+    built from the shards' own draws (each shard drawn as its rank draws it, each shard's rows run through that
+    shard's generator); the host loss is per shard on both sides, as in the test above. ``GATHER``: no BatchNorm
+    on the IDM's mean (see there). Measured: at most 7.5e-9 (fdm.embed.weight; float32: the rectangular infonce
+    against the square one, the gathered keys' gradients summed in the all-gather's backward), within the
+    tolerance above; gather=false moves the IDM, the MCL heads and the critic by ~lr (1e-3) away from it. The
+    ranks also measured the MCL diagnostics at step 0 (``diagnose_every`` 50, gradient norms through the gathered
+    keys), the single process did not: they do not change the step."""
+    (r0, local), (r1, _) = ((r[True], r[False]) for r in _result(ranks, "gather"))
+    study, cfg = _study("worldmodel", ranks[1])
+    cfg = apply_overrides(cfg, [*GATHER, "mcl.diagnose_every=0"])
+    assert not cfg.mcl.gather and cfg.use_mcl and cfg.dynamics.lambda_mcl > 0
+    model, *_ = loop.train(GlobalMCL(study), cfg, None, progress=False, label="global-mcl")
+    params = dict(model.named_parameters())
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)  # replicas equal (buffers too)
+    for k, p in params.items():
+        torch.testing.assert_close(r0[k], p.detach(), rtol=1e-6, atol=1e-9, msg=lambda m: f"gather {k}: {m}")
+    off = {k: (local[k] - p.detach()).abs().max().item() for k, p in params.items()}  # gather=false: local negatives
+    assert max(v for k, v in off.items() if k.startswith("mcl.")) > 1e-4, off
+    assert all(torch.equal(local[k], r0[k]) for k in params if k.startswith("ae.")), "stage 1 has no MCL term"
 
 
 def test_resume_under_torchrun_equals_the_uninterrupted_run_and_rank0_alone_writes(ranks):
