@@ -16,9 +16,13 @@ such as infonce's opt-in finiteness check, passes and the launcher goes on to it
 ``MCLCORE_TRITON_*`` variable is unset first: the production defaults. The cases:
 
 * infonce: float16, bfloat16, float32, float64 inputs; diagonal and multi-positive (groups); B = 4096, d = 128 (the
-  benchmarks' width: the full tile table). ``--infonce-d 128 512`` adds d = 512 (MAX_D, where ``_tiles`` shrinks
-  the row tiles); ``--variants`` adds every value of MCLCORE_TRITON_HALF_DOT (16-bit) and MCLCORE_TRITON_FP32_DOT
-  (float32) (column ``setting``);
+  benchmarks' width: the full tile table). Both backward designs in every run (``backward_design`` in infonce.py):
+  the default one per dtype and precision (setting ``default``: the fused _dqdk_kernel + _dq_finish_kernel for
+  16-bit and float64, the split _dq_kernel + _dk_kernel for IEEE float32), the split one for every dtype (setting
+  ``MCLCORE_TRITON_INFONCE_BWD=split``, also what deterministic algorithms select) and the fused one of float32 as
+  TF32 runs it (setting ``MCLCORE_TRITON_FP32_DOT=tf32``, backward only). ``--infonce-d 128 512`` adds d = 512
+  (MAX_D, where ``_tiles`` shrinks the row tiles); ``--variants`` adds every value of MCLCORE_TRITON_HALF_DOT
+  (16-bit) and MCLCORE_TRITON_FP32_DOT (float32) (column ``setting``);
 * critic_grad / critic_grad_backward: every activation, float32 and float64, critic 90 -> 256 -> 256 -> 1, B = 256;
 * mech_derivs: every activation, float32 and float64, generator 10 -> 64 -> 64 -> 64, B = 64.
 
@@ -165,6 +169,19 @@ def _switches(variants: bool) -> dict:
     return out
 
 
+def _backward_designs(bwd_env, fp32_env, family: str, setting: str, variants: bool) -> list:
+    """The infonce backward launches captured besides a setting's own (the production defaults pick one design per
+    dtype and precision, mclcore.ops.triton.infonce.backward_design): ``[(label, {var: value})]``. Always the split
+    design (MCLCORE_TRITON_INFONCE_BWD=split, which torch.use_deterministic_algorithms(True) also selects); for
+    float32 also the fused design as TF32 runs it (MCLCORE_TRITON_FP32_DOT=tf32; already there with ``variants``)."""
+    if not bwd_env:
+        return []
+    out = [(f"{bwd_env}=split" if setting == "default" else f"{setting} {bwd_env}=split", {bwd_env: "split"})]
+    if family == "float32" and setting == "default" and fp32_env and not variants:
+        out.append((f"{fp32_env}=tf32", {fp32_env: "tf32"}))
+    return out
+
+
 @contextlib.contextmanager
 def _env(values: dict):
     old = {k: os.environ.get(k) for k in values}
@@ -191,6 +208,10 @@ def capture_launches(infonce_d=INFONCE_D, variants: bool = False) -> list[Launch
     cg = importlib.import_module("mclcore.ops.triton.critic_grad")
     md = importlib.import_module("mclcore.ops.triton.mech_derivs")
     switches = _switches(variants)
+    # The infonce backward's second design (MCLCORE_TRITON_INFONCE_BWD=split, also what
+    # torch.use_deterministic_algorithms(True) selects): captured in every run, labelled by its setting.
+    bwd_env = getattr(importlib.import_module("mclcore.ops.triton.infonce"), "BWD_ENV", None)
+    fp32_env = getattr(importlib.import_module("mclcore.ops.triton._launch"), "FP32_DOT_ENV", None)
     launches: list[Launch] = []
 
     def record(op, case, dtype, setting, call):
@@ -218,8 +239,15 @@ def capture_launches(infonce_d=INFONCE_D, variants: bool = False) -> list[Launch
                         tk.infonce_backward(torch.ones((), dtype=ct), p, k, groups, la, la.clone(), tau, eps)
                         tk.infonce_with_grad(p, k, groups, tau, eps)
 
+                    def backward(p=p, k=k, groups=groups, la=la, ct=ct):
+                        tk.infonce_backward(torch.ones((), dtype=ct), p, k, groups, la, la.clone(), tau, eps)
+
+                    case = f"{mode} B={INFONCE_B} d={d}"
                     with _env(env):
-                        record("infonce", f"{mode} B={INFONCE_B} d={d}", dtype, setting, calls)
+                        record("infonce", case, dtype, setting, calls)
+                    for label, extra in _backward_designs(bwd_env, fp32_env, family, setting, variants):
+                        with _env({**env, **extra}):
+                            record("infonce", case, dtype, label, backward)
     B, dv, hidden = 256, 10 + 64 + 16, 256
     for dtype in (torch.float32, torch.float64):
         for act in cg.ACTIVATIONS:

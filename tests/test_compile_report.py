@@ -9,7 +9,8 @@ driver. Assertions, for every kernel, dtype and target:
 * no register spills (ptxas: 0 bytes spill stores and loads);
 * shared memory within the per-block maximum (227 KiB on sm_90, 163 KiB on sm_80: the SM's 228 / 164 KiB less the
   1 KiB reserved per block; a launch asking for more fails);
-* tensor-core instructions (mma / wgmma in the PTX) in every 16-bit infonce kernel with a tl.dot;
+* tensor-core instructions (mma / wgmma in the PTX) in every 16-bit infonce kernel with a tl.dot, in both backward
+  designs (the fused default and MCLCORE_TRITON_INFONCE_BWD=split, which the report always compiles too);
 * the whole report within 2 minutes (measured here, on the CI machine).
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ KNOWN_SPILLS = {
     ("sm_80", "_dq_kernel", "float32", "HAS_GROUPS=False IS_F64=False BLOCK_M=64 BLOCK_N=32 BLOCK_D=128"):
         "float32 _dq_kernel, diagonal mode, at the float32 'bwd' tiles (64, 32, 8 warps) spills 12 B stores / 12 B "
         "loads per thread on sm_80 (none on sm_90: the table was chosen on sm_90)",
+    **{("sm_80", "_dk_kernel", dt, "HAS_GROUPS=False IS_F64=False BLOCK_M=64 BLOCK_N=64 BLOCK_D=128"):
+       f"{dt} _dk_kernel (the split backward: 16-bit inputs run the fused one unless MCLCORE_TRITON_INFONCE_BWD=split "
+       f"or deterministic algorithms), diagonal mode, at the 16-bit 'bwd' tiles (64, 64, 8 warps) spills 8 B stores "
+       f"/ 8 B loads per thread on sm_80 since the rectangular mode (none on sm_90)" for dt in ("float16", "bfloat16")},
 }
 
 # triton is not imported in this process: the report runs in a subprocess
@@ -115,11 +120,15 @@ def test_shared_memory_within_the_per_block_maximum(report):
 
 
 def test_tensor_cores_in_every_16bit_infonce_kernel(report):
+    # The production defaults and the split backward (MCLCORE_TRITON_INFONCE_BWD=split, also what deterministic
+    # algorithms select).
     rows = [r for r in report["rows"] if r["op"] == "infonce" and r["dtype"] in ("float16", "bfloat16")
-            and r["setting"] == "default" and not r.get("error")]
+            and r["setting"] in ("default", "MCLCORE_TRITON_INFONCE_BWD=split") and not r.get("error")]
     with_dot = [r for r in rows if r["dot_operand"]]
-    # forward, dq and dk (the kernels with tl.dot) x 2 dtypes x 2 modes x 2 targets
-    assert len(with_dot) >= 24, f"expected >= 24 16-bit infonce kernels with tl.dot, got {len(with_dot)}"
+    # forward, fused dq/dk, split dq and split dk (the kernels with tl.dot) x 2 dtypes x 2 modes x 2 targets
+    assert len(with_dot) >= 32, f"expected >= 32 16-bit infonce kernels with tl.dot, got {len(with_dot)}"
+    kernels = {r["kernel"] for r in with_dot}
+    assert kernels >= {"_forward_kernel", "_dqdk_kernel", "_dq_kernel", "_dk_kernel"}, kernels
     missing = [f"{_where(r)}: tl.dot on {r['dot_operand']}, no mma / wgmma in the PTX" for r in with_dot
                if not r["tensor_core"]]
     assert not missing, "16-bit infonce kernels without tensor-core instructions:\n" + "\n".join(missing)

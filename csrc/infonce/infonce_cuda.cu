@@ -15,7 +15,7 @@
 // whose defaults (N < 0: N = B; offset 0) are the square mode, the launch signature of
 // tests/ops/test_cuda_compile.py's emulation harness.
 //
-// Kernels (all on the current stream, no host synchronisation except the optional finiteness check below):
+// Kernels (all on the current stream, no host synchronisation unless the opt-in finiteness check below is on):
 //  1. normalise_kernel: one warp per row of p and of k. Sum of squares in float64 (rescaled by the row's largest
 //     magnitude when it overflows, as the CPU), writes qs = q / tau and kn = k^ in the compute dtype T (float32 for
 //     float16 / bfloat16 / float32 inputs, float64 for float64) and the float64 norms |p_i|, |k_i|.
@@ -51,10 +51,14 @@
 // --use_fast_math, which would turn expf into the ex2.approx-based __expf), logs of the row sums in float64.
 // Half types are read once and computed in float32; loss / lse_all / lse_pos come back in float32 (float64 for
 // float64 inputs), dp and dk in the dtypes of p and k, all contiguous, as on the CPU.
-// Finiteness: the CPU op raises on a NaN / infinite row of p or k. Here the normalisation records the first such
-// row in a device flag and the host reads it back (one small device-to-host copy, i.e. a synchronisation, per call);
-// skipped while the stream is being captured into a CUDA graph, and when MCLCORE_CUDA_CHECK_FINITE=0 (then such
-// rows simply give NaN results).
+// Finiteness, on the device by default (no host synchronisation: the launch path can be captured in a CUDA graph,
+// as the Triton one): the normalisation records the first NaN / infinite row of p and of k in a device flag
+// (``bad``), and the kernels after it read the flag: combine_kernel writes NaN row statistics, loss_kernel a NaN
+// loss and norm_bwd_kernel NaN gradients (every entry: each gradient row depends on every input row through the
+// softmax), so a non-finite input can never give a finite wrong result. MCLCORE_CUDA_CHECK_FINITE=1 (read at every
+// call, like MCLCORE_TRITON_CHECK_FINITE) restores the CPU op's error, "mclcore.infonce: p contains NaN or infinite
+// values (row r)", at one small device-to-host copy (a synchronisation) per call; skipped while the stream is being
+// captured into a CUDA graph. (Until 2026-12 the check was on by default and =0 turned it off.)
 // Tensor cores: not used (plain FMA). tf32 would move S by ~1e-3 / tau, outside the float32 tolerance of the CPU op.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -127,6 +131,12 @@ __device__ __forceinline__ T neg_inf() {
 template <typename T>
 __device__ __forceinline__ double max_finite() {
   return sizeof(T) == 8 ? DBL_MAX : static_cast<double>(FLT_MAX);
+}
+
+__device__ __forceinline__ double nan_value() { return __longlong_as_double(0x7ff8000000000000LL); }
+// Whether the normalisation flagged a non-finite row of p or of k (bad: its two flags, INT_MAX = none; null: no).
+__device__ __forceinline__ bool any_bad(const int* bad) {
+  return bad != nullptr && (bad[0] != INT_MAX || bad[1] != INT_MAX);
 }
 
 // (m, s) stands for m + log(s); merge (m2, s2) into it.
@@ -222,7 +232,7 @@ __global__ void normalise_kernel(const In* __restrict__ p, const In* __restrict_
     }
     if (!finite) {
       if (lane == 0) {
-        norms[i] = __longlong_as_double(0x7ff8000000000000LL);  // NaN
+        norms[i] = nan_value();
         atomicMin(bad + which, static_cast<int>(i));
       }
       for (int64_t j = lane; j < d; j += 32) out[j] = T(0);
@@ -339,11 +349,16 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Merge the nsplit partial states of each row: lse_all_i = m + log s (and lse_pos in multi-positive mode).
+// bad (may be null): the normalisation's flags; a non-finite input row makes every statistic NaN.
 template <typename T>
 __global__ void combine_kernel(const T* __restrict__ part, int nsplit, int64_t B, bool multi, T* __restrict__ la,
-                               T* __restrict__ lp) {
+                               T* __restrict__ lp, const int* __restrict__ bad = nullptr) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B) return;
+  if (any_bad(bad)) {
+    la[i] = lp[i] = static_cast<T>(nan_value());
+    return;
+  }
   T m = neg_inf<T>(), s = T(0), mp = neg_inf<T>(), sp = T(0);
   for (int k = 0; k < nsplit; ++k) {
     const T* q = part + (static_cast<int64_t>(k) * B + i) * 4;
@@ -354,20 +369,24 @@ __global__ void combine_kernel(const T* __restrict__ part, int nsplit, int64_t B
   if (multi) lp[i] = static_cast<T>(static_cast<double>(mp) + log(static_cast<double>(sp)));
 }
 
-// loss = mean_i max(0, la_i - lp_i), summed in float64 by one block (fixed order: deterministic).
+// loss = mean_i max(0, la_i - lp_i), summed in float64 by one block (fixed order: deterministic). A NaN term stays
+// NaN (fmax would drop it), and a flagged non-finite input (bad, may be null) makes the loss NaN.
 template <typename T>
-__global__ void loss_kernel(const T* __restrict__ la, const T* __restrict__ lp, int64_t B, T* __restrict__ loss) {
+__global__ void loss_kernel(const T* __restrict__ la, const T* __restrict__ lp, int64_t B, T* __restrict__ loss,
+                            const int* __restrict__ bad = nullptr) {
   __shared__ double red[kThreads];
   double acc = 0;
-  for (int64_t i = threadIdx.x; i < B; i += kThreads)
-    acc += fmax(0.0, static_cast<double>(la[i]) - static_cast<double>(lp[i]));
+  for (int64_t i = threadIdx.x; i < B; i += kThreads) {
+    const double v = static_cast<double>(la[i]) - static_cast<double>(lp[i]);
+    acc += v > 0.0 ? v : (v == v ? 0.0 : v);
+  }
   red[threadIdx.x] = acc;
   __syncthreads();
   for (int o = kThreads / 2; o > 0; o >>= 1) {
     if (threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
     __syncthreads();
   }
-  if (threadIdx.x == 0) *loss = static_cast<T>(red[0] / static_cast<double>(B));
+  if (threadIdx.x == 0) *loss = static_cast<T>(any_bad(bad) ? nan_value() : red[0] / static_cast<double>(B));
 }
 
 // ------------------------------------------------------------------------------------------------------------
@@ -517,16 +536,22 @@ __global__ void __launch_bounds__(kThreads)
 // 4. Back through the normalisation, one warp per row: out_i = gradient w.r.t. the raw row given G_i = gscale g_i
 //    w.r.t. u_i = uscale (stored row): (G_i - u_i (u_i . G_i)) / |x_i| when |x_i| > eps, else G_i / eps.
 //    g and out may be the same buffer (in place when Out is T), hence no __restrict__ on them.
+//    g holds nsplit partial sums (stride B d), added here. bad (may be null): the normalisation's flags; a
+//    non-finite input row makes every gradient entry NaN.
 template <typename T, typename Out>
-//    g holds nsplit partial sums (stride B d), added here.
 __global__ void norm_bwd_kernel(const T* g, int nsplit, const T* __restrict__ u, const double* __restrict__ norms,
-                                int64_t B, int64_t d, T uscale, T gscale, double eps, Out* out) {
+                                int64_t B, int64_t d, T uscale, T gscale, double eps, Out* out,
+                                const int* __restrict__ bad = nullptr) {
   const int lane = threadIdx.x % 32;
   const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (i >= B) return;
   const T* gi = g + i * d;
   const T* ui = u + i * d;
   Out* oi = out + i * d;
+  if (any_bad(bad)) {  // warp-uniform
+    for (int64_t j = lane; j < d; j += 32) oi[j] = static_cast<Out>(static_cast<T>(nan_value()));
+    return;
+  }
   const int64_t stride = B * d;
   auto gsum = [&](int64_t j) {
     T v = gi[j];
@@ -564,12 +589,11 @@ int sm_count(int device) {
   return cache[device];
 }
 
+// MCLCORE_CUDA_CHECK_FINITE=1: raise on non-finite rows, at one synchronisation per call (read at every call;
+// default off: the flag stays on the device and the outputs become NaN).
 bool check_finite_enabled() {
-  static const bool yes = [] {
-    const char* v = std::getenv("MCLCORE_CUDA_CHECK_FINITE");
-    return v == nullptr || std::string(v) != "0";
-  }();
-  return yes;
+  const char* v = std::getenv("MCLCORE_CUDA_CHECK_FINITE");
+  return v != nullptr && std::string(v) == "1";
 }
 
 using infonce_checks::compute_dtype;
@@ -588,8 +612,10 @@ struct Prepared {
   Tensor qs, kn;       // (B, d) and (N, d), compute dtype: q / tau, k^
   Tensor pnorm, knorm;  // (B,) and (N,) float64
   Tensor groups;       // (N,) int64 contiguous, or undefined
+  Tensor bad;          // (2,) int32 on the device: first non-finite row of p and of k (INT_MAX: none)
   int64_t B = 0, N = 0, d = 0, off = 0;  // query rows, key rows, features; row i's positive is key off + i
   const int64_t* gptr() const { return groups.defined() ? groups.const_data_ptr<int64_t>() : nullptr; }
+  const int* badptr() const { return bad.const_data_ptr<int>(); }
 };
 
 template <typename T, typename In>
@@ -607,7 +633,8 @@ Prepared prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& 
   in.kn = at::empty({N, d}, opts);
   in.pnorm = at::empty({B}, pc.options().dtype(at::kDouble));
   in.knorm = at::empty({N}, pc.options().dtype(at::kDouble));
-  Tensor bad = at::empty({2}, pc.options().dtype(at::kInt)).fill_(INT_MAX);
+  in.bad = at::empty({2}, pc.options().dtype(at::kInt)).fill_(INT_MAX);
+  const Tensor& bad = in.bad;
   const int64_t warps = B + N;
   const int per_block = 8;  // warps per block
   const unsigned grid = static_cast<unsigned>((warps + per_block - 1) / per_block);
@@ -619,6 +646,7 @@ Prepared prepare(const Tensor& p, const Tensor& k, const std::optional<Tensor>& 
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   if (check_finite_enabled() && capture == cudaStreamCaptureStatusNone) {
+    // Opt-in (MCLCORE_CUDA_CHECK_FINITE=1): the one host synchronisation of the op.
     const Tensor b = bad.cpu();  // synchronises
     const int* bp = b.const_data_ptr<int>();
     TORCH_CHECK(bp[0] == INT_MAX, "mclcore.infonce: p contains NaN or infinite values (row ", bp[0], ")");
@@ -646,10 +674,10 @@ void forward(const Prepared& in, Tensor& la, Tensor& lp, Tensor& loss, int devic
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   combine_kernel<T><<<static_cast<unsigned>((B + 255) / 256), 256, 0, stream>>>(
       part.const_data_ptr<T>(), static_cast<int>(nsplit), B, in.groups.defined(), la.mutable_data_ptr<T>(),
-      lp.mutable_data_ptr<T>());
+      lp.mutable_data_ptr<T>(), in.badptr());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   loss_kernel<T><<<1, kThreads, 0, stream>>>(la.const_data_ptr<T>(), lp.const_data_ptr<T>(), B,
-                                             loss.mutable_data_ptr<T>());
+                                             loss.mutable_data_ptr<T>(), in.badptr());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -710,11 +738,11 @@ std::tuple<Tensor, Tensor> backward(const Prepared& in, const T* la, const T* lp
   norm_bwd_kernel<T, In><<<static_cast<unsigned>((B + per_block - 1) / per_block), 32 * per_block, 0, stream>>>(
       dq.const_data_ptr<T>(), static_cast<int>(gq.nsplit), in.qs.const_data_ptr<T>(),
       in.pnorm.const_data_ptr<double>(), B, d, static_cast<T>(tau), static_cast<T>(1.0 / tau), eps,
-      dp.mutable_data_ptr<In>());
+      dp.mutable_data_ptr<In>(), in.badptr());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   norm_bwd_kernel<T, In><<<static_cast<unsigned>((N + per_block - 1) / per_block), 32 * per_block, 0, stream>>>(
       dkh.const_data_ptr<T>(), static_cast<int>(gk.nsplit), in.kn.const_data_ptr<T>(),
-      in.knorm.const_data_ptr<double>(), N, d, T(1), T(1), eps, dk.mutable_data_ptr<In>());
+      in.knorm.const_data_ptr<double>(), N, d, T(1), T(1), eps, dk.mutable_data_ptr<In>(), in.badptr());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dp, dk};
 }

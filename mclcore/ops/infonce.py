@@ -245,10 +245,11 @@ def infonce(
     values (B d + N d in rectangular mode), until the backward scales them; otherwise it runs the forward alone
     (``mclcore::infonce``).
 
-    Non-finite inputs raise ValueError on the CPU (found by the kernel, which takes every row's norm). On CUDA the
-    Triton path never synchronises with the host (it can be captured in a CUDA graph), so it does not look: a NaN /
-    inf row makes the loss NaN (``MCLCORE_TRITON_CHECK_FINITE=1`` restores the ValueError at one synchronisation per
-    call); the CUDA C++ backend still checks, with a synchronisation, unless ``MCLCORE_CUDA_CHECK_FINITE=0``.
+    Non-finite inputs raise ValueError on the CPU (found by the kernel, which takes every row's norm). On CUDA
+    neither backend synchronises with the host by default (both can be captured in a CUDA graph), so neither raises:
+    a NaN / inf row makes the loss NaN (Triton: and the gradients that depend on the row; CUDA C++: every output).
+    ``MCLCORE_TRITON_CHECK_FINITE=1`` resp. ``MCLCORE_CUDA_CHECK_FINITE=1`` (read at every call) restores the
+    ValueError at one synchronisation per call.
     """
     stacked = isinstance(p, torch.Tensor) and p.dim() == 3  # member-stacked: p, k (M, B, d), groups (M, B)
     _checks.tensor(p, "p", ndim=2 + stacked)

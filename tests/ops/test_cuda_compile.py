@@ -234,8 +234,8 @@ template <class T> void forward(const Prep<T>& in, const int64_t* groups, int64_
   std::vector<T> part(nsplit * B * 4);
   la.assign(B, T(-7)); lp.assign(B, T(-7));
   launch(dim3(ntiles, nsplit), dim3(kThreads), [&] { fwd_kernel<T>(in.qs.data(), in.kn.data(), groups, B, d, (int)tps, part.data(), lp.data()); });
-  launch(dim3((B + 255) / 256), dim3(256), [&] { combine_kernel<T>(part.data(), (int)nsplit, B, groups != nullptr, la.data(), lp.data()); });
-  launch(dim3(1), dim3(kThreads), [&] { loss_kernel<T>(la.data(), lp.data(), B, &loss); });
+  launch(dim3((B + 255) / 256), dim3(256), [&] { combine_kernel<T>(part.data(), (int)nsplit, B, groups != nullptr, la.data(), lp.data(), in.bad); });
+  launch(dim3(1), dim3(kThreads), [&] { loss_kernel<T>(la.data(), lp.data(), B, &loss, in.bad); });
   fprintf(stderr, "fwd: ntiles %ld nsplit %ld\n", (long)ntiles, (long)nsplit);
 }
 template <class T, class In> void backward(const Prep<T>& in, const int64_t* groups, int64_t B, int64_t d, const T* la, const T* lp, const T* gptr, double tau, double eps, std::vector<In>& dp, std::vector<In>& dk) {
@@ -255,8 +255,8 @@ template <class T, class In> void backward(const Prep<T>& in, const int64_t* gro
   launch(grid, dim3(kThreads), [&] { grad_kernel<T, true>(in.qs.data(), in.kn.data(), groups, la, lp, gptr, coef0, B, d, (int)cpb, (int)tps, dkh.data()); });
   dp.assign(B * d, In(NAN)); dk.assign(B * d, In(NAN));
   const int per_block = 8; const unsigned gn = (B + per_block - 1) / per_block;
-  launch(dim3(gn), dim3(32 * per_block), [&] { norm_bwd_kernel<T, In>(dq.data(), (int)nsplit, in.qs.data(), in.pn.data(), B, d, T(tau), T(1.0 / tau), eps, dp.data()); });
-  launch(dim3(gn), dim3(32 * per_block), [&] { norm_bwd_kernel<T, In>(dkh.data(), (int)nsplit, in.kn.data(), in.kn_n.data(), B, d, T(1), T(1), eps, dk.data()); });
+  launch(dim3(gn), dim3(32 * per_block), [&] { norm_bwd_kernel<T, In>(dq.data(), (int)nsplit, in.qs.data(), in.pn.data(), B, d, T(tau), T(1.0 / tau), eps, dp.data(), in.bad); });
+  launch(dim3(gn), dim3(32 * per_block), [&] { norm_bwd_kernel<T, In>(dkh.data(), (int)nsplit, in.kn.data(), in.kn_n.data(), B, d, T(1), T(1), eps, dk.data(), in.bad); });
   fprintf(stderr, "bwd: ntiles %ld groups_y %ld cpb %ld nsplit %ld\n", (long)ntiles, (long)groups_y, (long)cpb, (long)nsplit);
 }
 
@@ -385,6 +385,55 @@ def test_infonce_kernels_emulated(infonce_emulator, B, d, dtype, multi, sms):
 
     assert close(res["dp"], g * gp) and close(res["dk"], g * gk), log  # backward, upstream gradient g
     assert close(res["dp1"], gp) and close(res["dk1"], gk), log  # the training path's gradient (g = 1)
+
+
+@pytest.mark.parametrize("which,row,value,multi", [("p", 5, float("nan"), False), ("k", 66, float("inf"), True),
+                                                   ("p", 0, float("-inf"), True)])
+def test_infonce_nonfinite_rows_give_nan_on_the_device(infonce_emulator, which, row, value, multi):
+    # The default launch path does not synchronise for the finiteness check (MCLCORE_CUDA_CHECK_FINITE=1 opts in):
+    # the normalisation's device flag names the first bad row of p and of k, and the kernels after it make the
+    # row statistics, the loss and every gradient entry NaN (never a finite wrong result), forward and backward.
+    import numpy as np
+    import torch
+
+    exe, tmp = infonce_emulator
+    B, d = 70, 24
+    gen = torch.Generator().manual_seed(row)
+    p = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(B, d, generator=gen, dtype=torch.float64)
+    (p if which == "p" else k)[row, 3] = value
+    groups = torch.randint(0, 5, (B,), generator=gen).numpy() if multi else None
+    res, log = _emulate(exe, tmp, p, k, groups, "f32", 0.1, 1e-12, 0.7, 132)
+    int_max = 2**31 - 1
+    assert list(res["bad"]) == ([row, int_max] if which == "p" else [int_max, row]), log
+    assert np.isnan(res["loss"]), log
+    for name in ("la", "lp", "dp", "dk", "dp1", "dk1"):
+        assert np.isnan(res[name]).all(), (name, log)
+
+
+def test_infonce_host_finiteness_check_is_opt_in():
+    # check_finite_enabled() of csrc/infonce/infonce_cuda.cu (host code, compiled alone with g++): on only for
+    # MCLCORE_CUDA_CHECK_FINITE=1, read at every call.
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no g++")
+    src = open(os.path.join(ROOT, "csrc", "infonce", "infonce_cuda.cu")).read()
+    a = src.index("bool check_finite_enabled() {")
+    body = src[a:src.index("\n}\n", a) + 3]
+    main = ("#include <cstdio>\n#include <cstdlib>\n#include <string>\n" + body +
+            "int main() { std::printf(\"%d\", check_finite_enabled()); setenv(\"MCLCORE_CUDA_CHECK_FINITE\", \"1\", 1);"
+            " std::printf(\"%d\", check_finite_enabled()); setenv(\"MCLCORE_CUDA_CHECK_FINITE\", \"0\", 1);"
+            " std::printf(\"%d\", check_finite_enabled()); return 0; }\n")
+    with tempfile.TemporaryDirectory(prefix="mclcore_cf_") as tmp:
+        with open(os.path.join(tmp, "cf.cpp"), "w") as f:
+            f.write(main)
+        exe = os.path.join(tmp, "cf")
+        proc = subprocess.run([cxx, "-std=c++17", "-o", exe, os.path.join(tmp, "cf.cpp")], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+        env = {k: v for k, v in os.environ.items() if k != "MCLCORE_CUDA_CHECK_FINITE"}
+        out = subprocess.run([exe], capture_output=True, text=True, env=env).stdout
+    assert out == "010", f"unset / =1 / =0 gave {out!r}, expected off / on / off"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -630,12 +679,20 @@ def test_cuda_infonce_matches_cpu(dtype, B, d, multi):
         torch.testing.assert_close(o.cpu().double(), r.double(), rtol=tol[0], atol=tol[0] * scale)
 
 
-def test_cuda_infonce_rejects_nonfinite_rows():
-    torch = _cuda_ops_or_skip("_cuda_infonce")
+def test_cuda_infonce_rejects_nonfinite_rows(monkeypatch):
+    # Default: no synchronisation, NaN outputs; MCLCORE_CUDA_CHECK_FINITE=1 (read at every call): the CPU op's error.
+    torch = _cuda_ops_or_skip("_cuda_infonce", "_cuda_infonce_with_grad")
     p = torch.randn(8, 4, device="cuda")
     p[5, 1] = float("nan")
+    k = torch.randn(8, 4, device="cuda")
+    monkeypatch.delenv("MCLCORE_CUDA_CHECK_FINITE", raising=False)
+    loss, la, lp = torch.ops.mclcore._cuda_infonce(p, k, None, 0.1, 1e-12)
+    assert torch.isnan(loss) and torch.isnan(la).all() and torch.isnan(lp).all()
+    loss, dp, dk = torch.ops.mclcore._cuda_infonce_with_grad(p, k, None, 0.1, 1e-12)
+    assert torch.isnan(loss) and torch.isnan(dp).all() and torch.isnan(dk).all()
+    monkeypatch.setenv("MCLCORE_CUDA_CHECK_FINITE", "1")
     with pytest.raises(RuntimeError, match=r"p contains NaN or infinite values \(row 5\)"):
-        torch.ops.mclcore._cuda_infonce(p, torch.randn(8, 4, device="cuda"), None, 0.1, 1e-12)
+        torch.ops.mclcore._cuda_infonce(p, k, None, 0.1, 1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -176,19 +176,93 @@ def test_infonce_matches_the_cpu_kernel(backend):
 
 
 def test_infonce_nonfinite_input(backend, monkeypatch):
-    # The CUDA C++ kernel checks (one synchronisation, unless MCLCORE_CUDA_CHECK_FINITE=0 at process start); the
-    # Triton path does not synchronise by default (the loss is NaN) and checks with MCLCORE_TRITON_CHECK_FINITE=1.
+    # Neither backend synchronises by default (the loss is NaN); MCLCORE_TRITON_CHECK_FINITE=1 resp.
+    # MCLCORE_CUDA_CHECK_FINITE=1 (read at every call) checks, at one synchronisation per call.
     _need(backend, "infonce_with_grad")
     p, k, _ = _make(9, 4, torch.float32, seed=6)
     p[4, 2] = float("inf")
-    if backend == "triton":
-        monkeypatch.delenv("MCLCORE_TRITON_CHECK_FINITE", raising=False)
-        assert torch.isnan(infonce(p, k))
-        monkeypatch.setenv("MCLCORE_TRITON_CHECK_FINITE", "1")
-    elif os.environ.get("MCLCORE_CUDA_CHECK_FINITE") == "0":
-        pytest.skip("MCLCORE_CUDA_CHECK_FINITE=0 turns the CUDA C++ check off")
+    var = "MCLCORE_TRITON_CHECK_FINITE" if backend == "triton" else "MCLCORE_CUDA_CHECK_FINITE"
+    monkeypatch.delenv(var, raising=False)
+    assert torch.isnan(infonce(p, k))
+    monkeypatch.setenv(var, "1")
     with pytest.raises(ValueError, match="p: contains NaN or infinite values"):
         infonce(p, k)
+
+
+@pytest.mark.parametrize("dtype,fp32_dot", [(torch.bfloat16, None), (torch.float16, None), (torch.float32, "tf32"),
+                                           (torch.float32, "ieee"), (torch.float64, None)])
+@pytest.mark.parametrize("B,N,d,n_groups", [(1000, 1000, 128, None), (257, 257, 67, 8), (300, 1200, 128, 5)])
+def test_infonce_triton_backward_designs(monkeypatch, dtype, fp32_dot, B, N, d, n_groups):
+    # The fused backward (one S per tile, dq by float32 atomic adds) and the split one (S twice, deterministic),
+    # each forced, against the float64 reference (the 2x rule) and each other; square, multi-positive and
+    # rectangular (offset = 2 B). float32 "ieee" forces the fused kernel where it spills (the default is split
+    # there): still correct, only slower.
+    if not _backend.triton_available():
+        pytest.skip("triton does not import")
+    from mclcore.ops import triton as tk
+
+    if fp32_dot:
+        monkeypatch.setenv("MCLCORE_TRITON_FP32_DOT", fp32_dot)
+    gen = torch.Generator(device="cpu").manual_seed(B + N + d)
+    p = torch.randn(B, d, generator=gen, dtype=torch.float64).to(DEV, dtype)
+    k = torch.randn(N, d, generator=gen, dtype=torch.float64).to(DEV, dtype)
+    groups = None if n_groups is None else torch.randint(0, n_groups, (N,), generator=gen).to(DEV)
+    offset = None if N == B else 2 * B
+    rect = {} if offset is None else {"offset": offset}
+    tau = 0.1
+
+    def ref(p_, k_, dt):
+        p_, k_ = p_.detach().to(dt).requires_grad_(), k_.detach().to(dt).requires_grad_()
+        loss = ref_infonce(p_, k_, tau, groups=groups, eps=1e-12, offset=offset)
+        return torch.autograd.grad(loss, (p_, k_))
+
+    rdp, rdk = ref(p, k, torch.float64)
+    sdp, sdk = ref(p, k, dtype)
+    scale = max(rdp.abs().max().item(), rdk.abs().max().item())
+    u = 2.0**-11 if fp32_dot == "tf32" else UNIT[dtype]  # TF32 keeps 10 mantissa bits
+    out = {}
+    for design in ("fused", "split"):
+        monkeypatch.setenv("MCLCORE_TRITON_INFONCE_BWD", design)
+        loss, dp, dk = tk.infonce_with_grad(p, k, groups, tau, 1e-12, **rect)
+        _, la, lp = tk.infonce(p, k, groups, tau, 1e-12, **rect)
+        dp2, dk2 = tk.infonce_backward(torch.tensor(1.0, device=DEV, dtype=la.dtype), p, k, groups, la, lp, tau,
+                                       1e-12, **rect)
+        for name, a, r, s_ in (("dp", dp, rdp, sdp), ("dk", dk, rdk, sdk), ("dp bwd", dp2, rdp, sdp),
+                               ("dk bwd", dk2, rdk, sdk)):
+            _within(_max_err(a, r), _max_err(s_, r), 16 * u * scale, f"{design} {name}")
+        out[design] = (dp, dk)
+    tol = 64 * u * scale
+    for a, b, name in zip(out["fused"], out["split"], ("dp", "dk")):
+        assert _max_err(a, b) <= tol, f"fused vs split {name}: {_max_err(a, b):.3g} > {tol:.3g}"
+
+
+def test_infonce_triton_backward_determinism(monkeypatch):
+    # The split backward is bitwise reproducible, and torch.use_deterministic_algorithms(True) selects it whatever
+    # MCLCORE_TRITON_INFONCE_BWD says; the fused one's dk is too (one program per key row), its dp may differ in
+    # the last bits between runs (float32 atomic adds in arrival order).
+    if not _backend.triton_available():
+        pytest.skip("triton does not import")
+    from mclcore.ops import triton as tk
+
+    p, k, groups = _make(2048, 128, torch.bfloat16, seed=12, n_groups=16)
+    monkeypatch.setenv("MCLCORE_TRITON_INFONCE_BWD", "split")
+    split = [tk.infonce_with_grad(p, k, groups, 0.1, 1e-12) for _ in range(3)]
+    for run in split[1:]:
+        for a, b in zip(run, split[0]):
+            assert torch.equal(a, b)
+    monkeypatch.setenv("MCLCORE_TRITON_INFONCE_BWD", "fused")
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = tk.infonce_with_grad(p, k, groups, 0.1, 1e-12)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for a, b in zip(det, split[0]):
+        assert torch.equal(a, b)
+    fused = [tk.infonce_with_grad(p, k, groups, 0.1, 1e-12) for _ in range(3)]
+    scale = split[0][1].double().abs().max().item()
+    for run in fused:
+        assert torch.equal(run[2], fused[0][2])                         # dk: no atomics
+        assert _max_err(run[1], split[0][1]) <= 2.0**-7 * scale         # dp: bf16 output rounding of a reordering
 
 
 def test_infonce_memory_is_linear_in_B(backend):

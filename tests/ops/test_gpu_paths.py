@@ -17,7 +17,9 @@
    ``mclcore.ops._backend.host_checks`` answers as for CUDA tensors, so infonce (forward and backward, with groups),
    critic_grad (forward and its second-order backward) and mech_derivs go wrapper -> dispatcher -> autograd ->
    launcher under the detector. Self-checks show the detector catches each kind of call, the opt-in
-   MCLCORE_TRITON_CHECK_FINITE=1 and the wrappers' CPU-only finiteness check.
+   MCLCORE_TRITON_CHECK_FINITE=1 and the wrappers' CPU-only finiteness check. The CUDA C++ InfoNCE's host code
+   (C++, invisible to the detector) is read as source: its only synchronising call is the opt-in finiteness check
+   (MCLCORE_CUDA_CHECK_FINITE=1); by default its device-side flag makes the outputs NaN instead.
    The eager checks of the wrappers that read values on the host (mech_derivs' "z holds no NaN") run on the CPU
    only (skipped for CUDA tensors, :func:`mclcore.ops._backend.host_checks`); infonce's non-finite check lives in
    the kernels (C++ CPU: raises; Triton: opt-in).
@@ -327,6 +329,46 @@ def cuda_route():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The CUDA C++ InfoNCE (csrc/infonce/infonce_cuda.cu): the detector above cannot see C++ code, and its kernels need
+# a GPU, so its host side is read as source: every call that can synchronise with the host sits inside the opt-in
+# finiteness check (MCLCORE_CUDA_CHECK_FINITE=1). That the check is off unless the variable is 1, and that the
+# device-side flag then makes the outputs NaN, is tested in tests/ops/test_cuda_compile.py (g++ and the CUDA
+# emulation); on a GPU, test_gpu_ops_do_not_synchronise below runs it under torch.cuda.set_sync_debug_mode("error").
+
+_CPP_SYNC = (r"\.cpu\(", r"\.item\s*[<(]", r"\.tolist\(", r"_local_scalar_dense", r"\bcudaMemcpy\s*\(",
+             r"cudaMemcpyDeviceToHost", r"cudaStreamSynchronize", r"cudaDeviceSynchronize", r"cudaEventSynchronize",
+             r"\bkCPU\b", r"\.equal\(", r"\.is_nonzero\(")
+
+
+def _block_after(src: str, start: int) -> tuple[int, int]:
+    """(begin, end) of the brace block that opens first at or after ``start``."""
+    i = src.index("{", start)
+    depth = 0
+    for j in range(i, len(src)):
+        depth += {"{": 1, "}": -1}.get(src[j], 0)
+        if depth == 0:
+            return i, j
+    raise AssertionError("unbalanced braces")
+
+
+def test_cuda_infonce_host_code_synchronises_only_when_asked():
+    import re
+
+    src = open(os.path.join(ROOT, "csrc", "infonce", "infonce_cuda.cu")).read()
+    host = src.index("// Host side.")
+    # Comments blanked out (same length, so offsets and line numbers stay).
+    src = src[:host] + re.sub(r"//[^\n]*", lambda m: " " * len(m.group(0)), src[host:])
+    guard = src.index("if (check_finite_enabled()", host)
+    begin, end = _block_after(src, guard)
+    hits = [(m.start(), m.group(0)) for pat in _CPP_SYNC for m in re.finditer(pat, src[host:])]
+    assert any(begin < host + at < end for at, _ in hits), "the opt-in check no longer reads the flag back?"
+    outside = [(src.count("\n", 0, host + at) + 1, what) for at, what in hits if not begin < host + at < end]
+    assert not outside, f"host synchronisation outside the opt-in finiteness check (line, call): {outside}"
+    # The launches pass the device flag on (the default path's replacement for the check).
+    assert src.count("in.badptr()") >= 4, "combine_kernel, loss_kernel and both norm_bwd_kernel launches read the flag"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The interpreter checks (this file run as a script with TRITON_INTERPRET=1)
 
 
@@ -400,6 +442,13 @@ def _check_launchers_sync_free():
             _sync_free_calls(cases)
         for op in ("infonce", "infonce_with_grad", "infonce_backward"):  # 16-bit tensor-core path
             _triton_call(op, c16[op][0])
+        # Both backward designs on float32 (the default there is split; fused: a zero-filled dq buffer and atomics).
+        os.environ["MCLCORE_TRITON_INFONCE_BWD"] = "fused"
+        try:
+            for op in ("infonce_with_grad", "infonce_backward"):
+                _triton_call(op, c32[op][0])
+        finally:
+            del os.environ["MCLCORE_TRITON_INFONCE_BWD"]
 
 
 def _check_wrappers_cuda_route_sync_free():
@@ -483,7 +532,7 @@ def _recorded_launches(sink):
     import importlib
 
     inf = importlib.import_module("mclcore.ops.triton.infonce")
-    names = ("_normalize_kernel", "_forward_kernel", "_dq_kernel", "_dk_kernel")
+    names = ("_normalize_kernel", "_forward_kernel", "_dq_kernel", "_dk_kernel", "_dqdk_kernel", "_dq_finish_kernel")
     originals = {n: getattr(inf, n) for n in names}
 
     class Recorder:
@@ -521,14 +570,26 @@ def _precisions(dtype, env=None):
             else:
                 os.environ[k] = v
     out = {name: (kw.get("PRECISION"), dt) for name, kw, dt in sink}
-    assert set(out) == {"_normalize_kernel", "_forward_kernel", "_dq_kernel", "_dk_kernel"}, out
+    # The backward is one of the two designs (mclcore.ops.triton.infonce.backward_design).
+    assert set(out) in (set(_KERNELS["split"]), set(_KERNELS["fused"])), out
     return out
 
 
+_KERNELS = {"split": ("_normalize_kernel", "_forward_kernel", "_dq_kernel", "_dk_kernel"),
+            "fused": ("_normalize_kernel", "_forward_kernel", "_dqdk_kernel", "_dq_finish_kernel")}
+_PRODUCT_KERNELS = ("_forward_kernel", "_dq_kernel", "_dk_kernel", "_dqdk_kernel")  # the kernels with tl.dot
+
+
+def _design(dtype, env=None) -> str:
+    """The backward design an infonce_with_grad call on ``dtype`` inputs launches."""
+    names = set(_precisions(dtype, env))
+    return "fused" if "_dqdk_kernel" in names else "split"
+
+
 def _products(dtype, env=None):
-    """(precision, operand dtype) shared by the three product kernels of a call (they must agree)."""
+    """(precision, operand dtype) shared by the product kernels of a call (they must agree)."""
     pr = _precisions(dtype, env)
-    prods = {pr[n] for n in ("_forward_kernel", "_dq_kernel", "_dk_kernel")}
+    prods = {pr[n] for n in _PRODUCT_KERNELS if n in pr}
     assert len(prods) == 1, pr
     assert pr["_normalize_kernel"][1] == next(iter(prods))[1], pr  # rows are written in the operand dtype
     return next(iter(prods))
@@ -568,6 +629,40 @@ def _check_precision_follows_torch_tf32():
         m.fp32_precision = "tf32"
         assert _products(torch.float32, {"MCLCORE_TRITON_FP32_DOT": "ieee"}) == ("ieee", torch.float32)
         assert _products(torch.float32, {"MCLCORE_TRITON_FP32_DOT": "auto"}) == ("tf32", torch.float32)
+    finally:
+        m.fp32_precision = "none"
+
+
+def _check_backward_design():
+    # Fused (three tile products, dq by atomic adds) where the products run on tensor cores; split (four products,
+    # bitwise reproducible) on the FMA units, under tf32x3, when asked, and always under deterministic algorithms.
+    m = torch.backends.cuda.matmul
+    m.fp32_precision = "none"
+    try:
+        assert _design(torch.float16) == _design(torch.bfloat16) == _design(torch.float64) == "fused"
+        assert _design(torch.float32) == "split"                                           # IEEE: FMA units
+        assert _design(torch.float16, {"MCLCORE_TRITON_HALF_DOT": "float32"}) == "split"   # float32 IEEE products
+        assert _design(torch.float32, {"MCLCORE_TRITON_FP32_DOT": "tf32"}) == "fused"
+        assert _design(torch.float32, {"MCLCORE_TRITON_FP32_DOT": "tf32x3"}) == "split"
+        m.fp32_precision = "tf32"
+        assert _design(torch.float32) == "fused"                                           # TF32 allowed
+        m.fp32_precision = "none"
+        env = "MCLCORE_TRITON_INFONCE_BWD"
+        assert _design(torch.float32, {env: "fused"}) == "fused"
+        assert _design(torch.float16, {env: "split"}) == _design(torch.float64, {env: " Split "}) == "split"
+        assert _design(torch.float16, {env: "auto"}) == _design(torch.float16, {env: ""}) == "fused"
+        torch.use_deterministic_algorithms(True)
+        try:
+            for dtype in (torch.float16, torch.float32, torch.float64):
+                assert _design(dtype) == _design(dtype, {env: "fused"}) == "split", dtype
+        finally:
+            torch.use_deterministic_algorithms(False)
+        try:
+            _precisions(torch.float16, {env: "atomic"})
+        except ValueError as err:
+            assert env in str(err), str(err)
+        else:
+            raise AssertionError(f"no error for {env}=atomic")
     finally:
         m.fp32_precision = "none"
 
@@ -631,6 +726,7 @@ CHECKS = {
     "precision-defaults": _check_precision_defaults,
     "precision-follows-torch-tf32": _check_precision_follows_torch_tf32,
     "precision-bad-values": _check_precision_bad_values,
+    "backward-design": _check_backward_design,
     "tf32-modes-run": _check_tf32_modes_run,
     "scalar-arguments-float64": _check_scalar_arguments_are_float64,
 }
@@ -645,7 +741,7 @@ def _worker() -> None:
 def interpreted():
     pytest.importorskip("triton")
     return run_file(__file__, drop_env=("MCLCORE_BACKEND", "MCLCORE_TRITON_HALF_DOT", "MCLCORE_TRITON_FP32_DOT",
-                                        "MCLCORE_TRITON_CHECK_FINITE"))
+                                        "MCLCORE_TRITON_CHECK_FINITE", "MCLCORE_TRITON_INFONCE_BWD"))
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
@@ -740,11 +836,9 @@ def test_gpu_ops_do_not_synchronise(backend, which):
           "mech_derivs": "mech_derivs"}[which]
     if backend not in _backends_for(op):
         pytest.skip(f"backend {backend} cannot run {op} here")
-    if backend == "cuda" and op.startswith("infonce") and os.environ.get("MCLCORE_CUDA_CHECK_FINITE") != "0":
-        # csrc/infonce/infonce_cuda.cu reads its finiteness flag back (a synchronisation) unless this variable is 0
-        # when the process starts (it is read once).
-        pytest.skip("the CUDA C++ InfoNCE synchronises for its finiteness check (MCLCORE_CUDA_CHECK_FINITE=0 "
-                    "at process start turns it off)")
+    if backend == "cuda" and op.startswith("infonce") and os.environ.get("MCLCORE_CUDA_CHECK_FINITE") == "1":
+        # csrc/infonce/infonce_cuda.cu reads its finiteness flag back (a synchronisation) only when asked to.
+        pytest.skip("MCLCORE_CUDA_CHECK_FINITE=1 opts the CUDA C++ InfoNCE into its synchronising finiteness check")
     with mclcore.ops.use_backend(backend):
         _, fn, _ = next(c for c in _public_calls() if c[0] == which)
         fn()

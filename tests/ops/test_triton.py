@@ -10,6 +10,8 @@ with the positives at an offset). In the interpreter ``tl.dot`` on bfloat16 is w
 §5), so half precision is checked in float16 only: bfloat16 cannot be checked without a GPU (it runs in
 tests/ops/test_gpu.py).
 
+The ``infonce-bwd-designs-*`` checks force each backward design (MCLCORE_TRITON_INFONCE_BWD=fused: one S per tile,
+dq by atomic adds; =split: _dq_kernel + _dk_kernel) and compare them with the reference and with each other.
 Tolerances against float64 references on the same (rounded) inputs: float64 inputs 1e-9 relative (the kernels
 compute in float64), float32 1e-5 (IEEE float32 products: TF32 is off by default, as in PyTorch; the interpreter
 multiplies exactly whatever the precision, see tests/ops/test_gpu_paths.py for the TF32 switch). float16 with
@@ -235,6 +237,119 @@ def _check_infonce_rect_matches_cpu_op():
                     torch.ops.mclcore.infonce_backward(g, p, k, groups, fwd[1], fwd[2], 0.2, 1e-12, 15)):
         torch.testing.assert_close(a, b, **tol)
         assert a.shape == b.shape
+
+
+@__import__("contextlib").contextmanager
+def _bwd_design(design):
+    """MCLCORE_TRITON_INFONCE_BWD=design inside (None: unset, the default)."""
+    var = "MCLCORE_TRITON_INFONCE_BWD"
+    old = os.environ.pop(var, None)
+    if design is not None:
+        os.environ[var] = design
+    try:
+        yield
+    finally:
+        os.environ.pop(var, None)
+        if old is not None:
+            os.environ[var] = old
+
+
+def _check_backward_designs(B, d, dtype, n_groups, seed, n_keys=None, offset=None, transform=None, tiles=TILES):
+    """The fused backward (_dqdk_kernel + _dq_finish_kernel: one S per tile, dq by atomic adds) and the split one
+    (_dq_kernel + _dk_kernel), each forced, against the float64 reference (float64: 1e-10 relative to the gradient
+    scale; float32: 1e-5; float16 tensor-core products: the 2x rule) through infonce_backward (upstream gradient
+    1.7) and infonce_with_grad, and against each other (float64 1e-12, float32 1e-5, float16 2e-3 of the scale:
+    the summation orders differ, and float16 outputs are rounded)."""
+    tk = _tk()
+    p, k, groups = _make(B, d, dtype, seed, n_groups, n_keys)
+    if transform is not None:
+        p, k, groups = transform(p, k, groups)
+    tau, eps = 0.1, 1e-12
+    rect = {} if offset is None else {"offset": offset}
+    _, rdp, rdk = _ref_infonce(p, k, groups, tau, eps, offset=offset)
+    ref16 = _ref_infonce(p, k, groups, tau, eps, torch.float16, offset) if dtype == torch.float16 else (None,) * 3
+    norms = torch.cat([p.double().norm(dim=1), k.double().norm(dim=1)])
+    scale = max(rdp.abs().max().item(), rdk.abs().max().item(), 1.0 / (B * tau * norms[norms > eps].min().item()))
+    _, la, lp = tk.infonce(p, k, groups, tau, eps, **rect, **tiles)
+    ct = la.dtype
+    out = {}
+    for design in ("fused", "split"):
+        with _bwd_design(design):
+            dp, dk = tk.infonce_backward(torch.tensor(1.7, dtype=ct), p, k, groups, la, lp, tau, eps, **rect, **tiles)
+            _, dp1, dk1 = tk.infonce_with_grad(p, k, groups, tau, eps, **rect, **tiles)
+        assert dp.dtype == dk.dtype == dtype and dp.shape == p.shape and dk.shape == k.shape, design
+        assert dp.is_contiguous() and dk.is_contiguous()
+        for name, a, want, r16 in (("dp", dp / 1.7, rdp, ref16[1]), ("dk", dk / 1.7, rdk, ref16[2]),
+                                   ("with_grad dp", dp1, rdp, ref16[1]), ("with_grad dk", dk1, rdk, ref16[2])):
+            if dtype == torch.float64:
+                torch.testing.assert_close(a.double(), want, rtol=1e-10, atol=1e-10 * scale,
+                                           msg=lambda m: f"{design} {name}: {m}")
+            else:
+                _close(a, want, dtype, ref16=r16, scale=scale, floor16=2.0**-9 * scale, output_half=True,
+                       what=f"{design} {name}")
+        out[design] = (dp, dk, dp1, dk1)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3}[dtype]
+    for name, a, b in zip(("dp", "dk", "with_grad dp", "with_grad dk"), out["fused"], out["split"]):
+        torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol * scale * (1.7 if len(name) == 2 else 1),
+                                   msg=lambda m: f"fused vs split {name}: {m}")
+
+
+def _check_fused_backward_stacked():
+    # Member-stacked launches (M = 3, the launchers' member loop) on the fused backward, float32 (whose default is
+    # the split one), square with groups and rectangular: the C++ op's stacked gradients.
+    tk = _tk()
+    with _bwd_design("fused"):
+        for n_keys, offset, ng in ((None, None, 3), (33, 21, None)):
+            ms = [_make(7, 5, torch.float32, 60 + m, ng, n_keys) for m in range(3)]
+            p, k = torch.stack([x[0] for x in ms]), torch.stack([x[1] for x in ms])
+            groups = None if ng is None else torch.stack([x[2] for x in ms])
+            rect = {} if offset is None else {"offset": offset}
+            fwd = torch.ops.mclcore.infonce(p, k, groups, 0.2, 1e-12, **rect)
+            g = torch.tensor([0.5, -1.0, 2.0])
+            for a, b in zip(tk.infonce_backward(g, p, k, groups, fwd[1], fwd[2], 0.2, 1e-12, **rect, **TILES),
+                            torch.ops.mclcore.infonce_backward(g, p, k, groups, fwd[1], fwd[2], 0.2, 1e-12, **rect)):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            for a, b in zip(tk.infonce_with_grad(p, k, groups, 0.2, 1e-12, **rect, **TILES),
+                            torch.ops.mclcore.infonce_with_grad(p, k, groups, 0.2, 1e-12, **rect)):
+                assert a.shape == b.shape
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _check_fused_backward_nonfinite_is_nan():
+    # A NaN row through the fused backward: the rows that depend on it are NaN (as the split backward's).
+    tk = _tk()
+    p, k, _ = _make(5, 3, torch.float32, 0)
+    k[3, 1] = float("nan")
+    with _bwd_design("fused"):
+        for groups in (None, torch.tensor([0, 1, 0, 1, 1])):
+            loss, dp, dk = tk.infonce_with_grad(p, k, groups, 0.1, 1e-12, **TILES)
+            assert torch.isnan(loss) and bool(torch.isnan(dk[3]).all()), (loss, dk)
+
+
+def _backward_design_cases():
+    cases = {
+        # float64 (1e-10): B = 1 (rectangular), 7, 33; d = 5, 67; square, groups, rectangular at an offset that is
+        # no multiple of the 16-wide tiles.
+        "f64-B1-N3-off2": (1, 5, torch.float64, None, dict(n_keys=3, offset=2)),
+        "f64-B7-d67-g3": (7, 67, torch.float64, 3, {}),
+        "f64-B33-d5": (33, 5, torch.float64, None, {}),
+        "f64-B33-d67-N70-off20-g4": (33, 67, torch.float64, 4, dict(n_keys=70, offset=20)),
+        "f64-B7-d5-non-contiguous-g2": (7, 5, torch.float64, 2, dict(transform=_non_contiguous)),
+        # float32 (1e-5; its default backward is the split one: here both are forced).
+        "f32-B33-d67-g3": (33, 67, torch.float32, 3, {}),
+        "f32-B7-d5-N21-off14": (7, 5, torch.float32, None, dict(n_keys=21, offset=14)),
+        "f32-B17-d5-rect-non-contiguous-g2": (17, 5, torch.float32, 2, dict(transform=_non_contiguous, n_keys=21,
+                                                                            offset=3)),
+        "f32-B40-d40-default-tiles-N130-off77-g5": (40, 40, torch.float32, 5, dict(tiles={}, n_keys=130,
+                                                                                   offset=77)),
+        # float16 on tensor cores (16-bit tl.dot operands): the 2x rule.
+        "f16-B33-d5-g3": (33, 5, torch.float16, 3, {}),
+        "f16-B7-d67": (7, 67, torch.float16, None, {}),
+        "f16-B17-d32-N34-off17-g3": (17, 32, torch.float16, 3, dict(n_keys=34, offset=17)),
+    }
+    return {f"infonce-bwd-designs-{name}": (lambda a=a, seed=i: _check_backward_designs(*a[:4], seed=70 + seed, **a[4]))
+            for i, (name, a) in enumerate(cases.items())}
 
 
 def _check_critic_stacked_matches_cpu_op():
@@ -477,6 +592,10 @@ CHECKS = {
     "infonce-rect-non-contiguous": lambda: _check_infonce(7, 5, torch.float32, 2, 58, transform=_non_contiguous,
                                                           n_keys=21, offset=7),
     "infonce-rect-matches-cpu-op": _check_infonce_rect_matches_cpu_op,
+    # The two backward designs (fused: 4 tile products in forward + backward, dq by atomic adds; split: 5).
+    **_backward_design_cases(),
+    "infonce-bwd-fused-stacked": _check_fused_backward_stacked,
+    "infonce-bwd-fused-nonfinite-is-nan": _check_fused_backward_nonfinite_is_nan,
     "critic-stacked-matches-cpu-op": _check_critic_stacked_matches_cpu_op,
     "infonce-nonfinite": _check_infonce_nonfinite,
     "infonce-nonfinite-is-nan": _check_infonce_nonfinite_is_nan,
@@ -665,6 +784,11 @@ def _compile_sm90() -> dict:
                                       "kraw_ptr": ptr(raw), "k_stride_b": "i32", "k_stride_d": "i32",
                                       "knorm_ptr": "*fp64", "dk_ptr": ptr(raw), "B": "i32", "N": "i32",
                                       "offset": "i32", "d": "i32", **flags}, tiles)
+        cases[f"infonce dqdk {tag}"] = (inf._dqdk_kernel, {**rows, "grad_ptr": ptr(acc), "eps": "fp64",
+                                        "inv_b": "fp64", "kraw_ptr": ptr(raw), "k_stride_b": "i32",
+                                        "k_stride_d": "i32", "knorm_ptr": "*fp64", "dk_ptr": ptr(raw),
+                                        "dq_ptr": ptr(acc), "B": "i32", "N": "i32", "offset": "i32", "d": "i32",
+                                        **flags}, tiles)
         cases[f"infonce normalize {tag}"] = (inf._normalize_kernel, dict(
             x_ptr=ptr(raw), out_ptr=ptr(dt), norm_ptr="*fp64", B="i32", d="i32", stride_b="i32", stride_d="i32",
             scale="fp64", eps="fp64", BLOCK_R="constexpr", BLOCK_D="constexpr"), dict(BLOCK_R=16, BLOCK_D=128))
@@ -688,7 +812,7 @@ def _compile_sm90() -> dict:
             # Tensor cores by construction: every infonce tile product of 16-bit rows, of float32 rows under
             # tf32 / tf32x3, and of float64 rows (DMMA on sm_90) is a wgmma / mma instruction; only IEEE float32
             # products run on the FMA units.
-            if name.split()[1] in ("fwd", "dq", "dk"):
+            if name.split()[1] in ("fwd", "dq", "dk", "dqdk"):
                 tensor_core = "wgmma.mma_async" in kernel.asm["ptx"] or "mma.sync" in kernel.asm["ptx"]
                 want = not ("->fp32" in name and name.endswith("ieee"))
                 if tensor_core != want:

@@ -29,22 +29,56 @@ Flash-attention layout, no B x B tensor anywhere (memory O(B d)):
    every tile. Multi-positive mode still takes a second exp per positive-masked element here: the one-exp form
    (each element shifted by the maximum of its own set, the positives' share of the all-columns sum rescaled by one
    exp per row) spilled 12 B per thread on sm_80 in 16-bit at the (128, 64, 8 warps) tiles.
-3. ``_dq_kernel`` (row blocks, walks the columns) and ``_dk_kernel`` (column blocks, walks the rows) recompute
-   S tile by tile from the row statistics, form dS and accumulate ``dS k^`` resp. ``dS^T qs`` in registers, then
-   apply the normalisation backward to the raw rows of p resp. k (reloaded in float32/float64, so the projection
-   uses the exact unit vector, not its rounded dot-dtype copy). Two kernels instead of one with atomic adds into
-   dk: deterministic, and no B/BLOCK_M-way contention on every dk element, at the cost of computing S twice
-   (five B x B x d products for forward + backward instead of four; a fused dq/dk kernel with float32 atomic adds
-   into dq would save one, and has not been built: it needs a GPU to measure whether the saved product pays for
-   the contention and the extra pass, and it gives up bitwise-reproducible gradients).
-   In diagonal mode dS carries no -[i == j] on any tile: its contribution, -k^_I to dq resp. -qs_J to dk, is
-   subtracted once per row after the tile loop. In multi-positive mode _dq_kernel takes one exp per element: a
-   positive's exp(S - lse_all) is exp(S - lse_pos) exp(lse_pos - lse_all) (one exp per row), so
-   dS = exp(S - lse_pos) (exp(lse_pos - lse_all) - 1) there; _dk_kernel keeps the two-exp form (the extra row vector
-   spilled 32-40 B per thread in float32 on sm_90 at (64, 32, 8 warps)).
+3. The backward, in one of two designs (:func:`backward_design`; both recompute S tile by tile from the row
+   statistics, form dS and finish each gradient through the normalisation backward of the raw rows of p resp. k,
+   reloaded in float32/float64 so the projection uses the exact unit vector, not its rounded dot-dtype copy):
+
+   * **fused** (the default where the products run on tensor cores: 16-bit operands, float32 under TF32, float64):
+     ``_dqdk_kernel``, one program per block of BLOCK_N keys walking the B rows BLOCK_M at a time (FlashAttention-2
+     style), computes each S tile once and takes both gradient products from its dS tile: dk^_J += dS^T qs_I in
+     registers, and dq_I += dS k^_J added with relaxed ``tl.atomic_add`` into a zero-filled (B, d) buffer in the
+     compute dtype (float32; float64 for float64 inputs); ``_dq_finish_kernel`` (O(B d)) scales that buffer and
+     takes it through p's normalisation. **Three** B x N x d tile products in the backward, **four** in forward +
+     backward (``infonce_with_grad``: 1 + 3).
+   * **split**: ``_dq_kernel`` (row blocks, walks the columns) and ``_dk_kernel`` (column blocks, walks the rows),
+     each accumulating its gradient in registers: S is computed twice, **four** backward products, **five** in all.
+     Deterministic: every output element is summed by one program in a fixed order.
+
+   Why fused is the default where it is (measured without a GPU, benchmarks/compile_report.py at B = 4096, d = 128,
+   the production tile table, 2026-12; benchmarks/results/compile.csv): at 16-bit (64, 64, 8 warps) it compiles
+   with no spills on sm_90 (214 registers diagonal / 198 groups, 96.5-98 KiB shared memory, wgmma for all three
+   products, 1 block per SM) and sm_80 (255 registers, no spills, mma.sync), against the split kernels' 120-167
+   registers and 64-66 KiB (2 blocks per SM in diagonal mode, 1 in groups mode); float64 at (16, 16, 4 warps): 157-207
+   registers, no spills, 64 KiB, 2-3 blocks per SM; float32 under TF32 at (64, 32, 8 warps): 168-255 registers, no
+   spills. It saves one of five products (20% of the forward + backward FLOPs) and one exp per element of the
+   backward. Split stays the default for float32 products on the FMA units ("ieee", PyTorch's default) and for
+   "tf32x3": there the fused kernel holds the operands of three products in registers and spilled on sm_90 at every
+   tile tried (multi-positive mode: 428-796 B per thread at (64, 32), (32, 32), (32, 64), (64, 16) with 8 warps,
+   5176 B at (64, 32, 4 warps)); under tf32x3 316-712 B at (64, 32, 8 warps).
+   What an H100 run must still confirm (bench_infonce.py --device cuda): that the atomics cost less than the product
+   they save. The fused backward issues ceil(N / BLOCK_N) float32 atomic adds per element of dq (64 at
+   N = 4096, BLOCK_N = 64: 33.5 M for B = 4096, d = 128, about one per 6 BLOCK_N = 384 tile FLOPs), all into L2;
+   it runs ceil(N / BLOCK_N) programs (64 at N = 4096: under half of an H100's 132 SMs, as each split kernel) at 1
+   block per SM where the split ones fit 2 in diagonal mode. If it loses, ``MCLCORE_TRITON_INFONCE_BWD=split`` (or a
+   change of ``backward_design``'s auto rule) is the switch; a row split over a second grid axis (dk by atomics too)
+   is the next step if occupancy is what limits.
+   Determinism: float32 atomic adds complete in whatever order the programs reach them, so the fused dq (and dp) can
+   differ between runs in the last bits (dk does not: one program sums each dk row in a fixed order).
+   ``torch.use_deterministic_algorithms(True)`` (``torch.are_deterministic_algorithms_enabled()``, read at every
+   call) selects the split design, as does ``MCLCORE_TRITON_INFONCE_BWD=split``; ``=fused`` forces the fused one
+   (except under deterministic algorithms), ``auto`` (default) is the rule above.
+
+   In diagonal mode dS carries no -[i == j] on any tile, in either design: its contribution, -k^_{offset+I} to dq
+   and -qs_{J-offset} to dk, is applied once per row after the tile loop (the fused kernel adds dq's with one more
+   atomic add per row). In multi-positive mode _dq_kernel and _dqdk_kernel take one exp per element: a positive's
+   exp(S - lse_all) is exp(S - lse_pos) exp(lse_pos - lse_all) (one exp per row and row block), so
+   dS = exp(S - lse_pos) (exp(lse_pos - lse_all) - 1) there; _dk_kernel (split) keeps the two-exp form (the extra
+   row vector spilled 32-40 B per thread in float32 on sm_90 at (64, 32, 8 warps)). Counts per element of S in
+   multi-positive mode: forward 2 exps (see above), fused backward 1 (+ BLOCK_M per tile for the row factors),
+   split backward 1 (dq) + 2 (dk); diagonal mode: 1 per element in every kernel.
 
 ``infonce_with_grad`` is steps 1-3 with g = 1 (on a GPU the fused CPU trick of holding whole rows of S does not
-pay: S would not stay in registers; the forward pass is one product out of five).
+pay: S would not stay in registers; the forward pass is one product out of four (fused) or five (split)).
 
 dtypes (the default is fast: every product on tensor cores where the input precision allows it).
 
@@ -68,7 +102,8 @@ Loss, lse_all and lse_pos come back in float32 (float64 for float64 inputs), dp 
 C++ op.
 
 No host synchronisation and no host-to-device copy per call (CUDA-graph capturable): 1/tau, eps and 1/B are float64
-kernel arguments, the upstream gradient is read on the device. Non-finite inputs are not looked for by default (that
+kernel arguments, the upstream gradient is read on the device, the fused backward's dq buffer is zero-filled on the
+device. Non-finite inputs are not looked for by default (that
 needs a synchronisation): a NaN / inf row of p or k makes the loss NaN, and the gradients that depend on that row
 (the normalisation turns the whole row into NaN). ``MCLCORE_TRITON_CHECK_FINITE=1`` restores the check of the C++ op,
 ``RuntimeError("mclcore.infonce: p contains NaN or infinite values (row r)")`` (the public wrapper turns it into a
@@ -93,6 +128,29 @@ MAX_D = 512
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 HALF_DOT_ENV = "MCLCORE_TRITON_HALF_DOT"
 HALF_DOT_CHOICES = ("input", "float32")
+BWD_ENV = "MCLCORE_TRITON_INFONCE_BWD"
+BWD_CHOICES = ("auto", "fused", "split")
+
+
+def backward_design(operand_dtype: torch.dtype, precision: str) -> str:
+    """The backward of tl.dot operands of ``operand_dtype`` at ``precision`` (module docstring, step 3): "fused"
+    (_dqdk_kernel + _dq_finish_kernel: three tile products, dq by atomic adds) or "split" (_dq_kernel and _dk_kernel:
+    four tile products, bitwise reproducible).
+
+    ``MCLCORE_TRITON_INFONCE_BWD`` (read at every call): "auto" (default) is "fused" where the products run on tensor
+    cores and the fused kernel compiles without spills at the tile table (16-bit operands, float32 under "tf32",
+    float64), "split" for float32 products on the FMA units ("ieee": the fused kernel spilled on sm_90 at every tile
+    tried) and under "tf32x3" (316-712 B per thread); "fused" / "split" force one. Whatever the variable says,
+    ``torch.are_deterministic_algorithms_enabled()`` selects "split"."""
+    mode = os.environ.get(BWD_ENV, "auto").strip().lower() or "auto"
+    if mode not in BWD_CHOICES:
+        raise ValueError(f"{BWD_ENV}={mode!r}: expected 'auto' (default: fused where the products run on tensor "
+                         f"cores, split under torch.use_deterministic_algorithms), 'fused' or 'split'")
+    if torch.are_deterministic_algorithms_enabled() or mode == "split":
+        return "split"
+    if mode == "fused":
+        return "fused"
+    return "split" if operand_dtype == torch.float32 and precision in ("ieee", "tf32x3") else "fused"
 
 
 def dot_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -319,6 +377,77 @@ def _dk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, eps: tl.float64, i
              mask=cmask[:, None] & (dcols[None, :] < d))
 
 
+@triton.jit
+def _dqdk_kernel(q_ptr, k_ptr, g_ptr, la_ptr, lp_ptr, grad_ptr, eps: tl.float64, inv_b: tl.float64, kraw_ptr,
+                 k_stride_b, k_stride_d, knorm_ptr, dk_ptr, dq_ptr, B, N, offset, d, HAS_GROUPS: tl.constexpr,
+                 IS_F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """The fused backward (FlashAttention-2 style): one program per block of BLOCK_N of the N keys walks the B query
+    rows BLOCK_M at a time and computes each tile of S once, S^T = k^_J qs_I^T (BLOCK_N, BLOCK_M); from its dS
+    tile it accumulates dk^_J += dS^T qs_I in registers (finished and stored like _dk_kernel's) and adds the raw
+    dq_I contribution dS_IJ k^_J to the float32 (float64 for float64 inputs) buffer ``dq_ptr`` (B, d) with relaxed
+    atomic adds; _dq_finish_kernel turns that buffer into dp. Three tile products per tile instead of the split
+    path's four (S twice).
+
+    Multi-positive mode takes one exp per element: exp(S - lse_pos) (exp(lse_pos - lse_all) - 1) on a positive,
+    exp(S - lse_all) elsewhere, with the row factor exp(lse_pos - lse_all) - 1 formed once per row block (BLOCK_M
+    exps per tile). Diagonal mode: no -[i == j] on any tile; after the loop dk^_J takes -qs_{J - offset} and the dq
+    buffer -k^_J at rows J - offset (one atomic add per row)."""
+    acc_t = tl.float64 if IS_F64 else tl.float32
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dcols = tl.arange(0, BLOCK_D)
+    cmask = cols < N
+    dmask = dcols[None, :] < d
+    kn = tl.load(k_ptr + cols[:, None] * d + dcols[None, :], mask=cmask[:, None] & dmask, other=0.0)
+    gj = tl.load(g_ptr + cols, mask=cmask, other=0) if HAS_GROUPS else cols
+    acc = tl.zeros([BLOCK_N, BLOCK_D], acc_t)
+    for i0 in range(0, B, BLOCK_M):
+        rows = i0 + tl.arange(0, BLOCK_M)
+        rmask = rows < B
+        qb = tl.load(q_ptr + rows[:, None] * d + dcols[None, :], mask=rmask[:, None] & dmask, other=0.0)
+        St = tl.dot(kn, tl.trans(qb), input_precision=PRECISION, out_dtype=acc_t)     # (BLOCK_N, BLOCK_M) = S_IJ^T
+        la = tl.load(la_ptr + rows, mask=rmask, other=0.0).to(acc_t)
+        lp = tl.load(lp_ptr + rows, mask=rmask, other=0.0).to(acc_t)
+        gi = tl.load(g_ptr + offset + rows, mask=rmask, other=0) if HAS_GROUPS else rows
+        rm1 = tl.exp(lp - la) - 1.0 if HAS_GROUPS else la  # (unused in diagonal mode)
+        # Key rows past N hold k^ = 0: their dS entries multiply zero rows in both products, no mask needed.
+        Pt = _ds_tile(St, la[None, :], lp[None, :], rm1[None, :], gi[None, :], gj[:, None], rmask[None, :],
+                      HAS_GROUPS, True).to(qb.dtype)
+        acc += tl.dot(Pt, qb, input_precision=PRECISION, out_dtype=acc_t)
+        dq = tl.dot(tl.trans(Pt), kn, input_precision=PRECISION, out_dtype=acc_t)   # (BLOCK_M, BLOCK_D)
+        tl.atomic_add(dq_ptr + rows[:, None] * d + dcols[None, :], dq, mask=rmask[:, None] & dmask, sem="relaxed")
+    if not HAS_GROUPS:
+        # Diagonal mode's -[j == offset + i], once per key row: dk^_J gets -qs_{J - offset}, and dq_{J - offset} gets
+        # -k^_J (one more atomic add per row; each query row's positive lies in exactly one key block).
+        own = cols - offset
+        omask = (cmask & (own >= 0) & (own < B))[:, None] & dmask
+        acc -= tl.load(q_ptr + own[:, None] * d + dcols[None, :], mask=omask, other=0.0).to(acc_t)
+        tl.atomic_add(dq_ptr + own[:, None] * d + dcols[None, :], -kn.to(acc_t), mask=omask, sem="relaxed")
+    coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b)).to(acc_t)
+    dk = _normalize_backward(acc * coef, kraw_ptr, cols, dcols, cmask, d, k_stride_b, k_stride_d, knorm_ptr,
+                             f64(eps).to(acc_t), acc_t)
+    tl.store(dk_ptr + cols[:, None] * d + dcols[None, :], dk.to(dk_ptr.dtype.element_ty), mask=cmask[:, None] & dmask)
+
+
+@triton.jit
+def _dq_finish_kernel(dq_ptr, grad_ptr, inv_tau: tl.float64, eps: tl.float64, inv_b: tl.float64, p_ptr, p_stride_b,
+                      p_stride_d, pnorm_ptr, dp_ptr, B, d, IS_F64: tl.constexpr, BLOCK_R: tl.constexpr,
+                      BLOCK_D: tl.constexpr):
+    """dp of BLOCK_R rows from the fused backward's dq buffer (sum_j dS_ij k^_j without the coefficient, the
+    diagonal mode's -k^_{offset+i} included): the coefficient g / (B tau), then the normalisation backward of p.
+    O(B d)."""
+    acc_t = tl.float64 if IS_F64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    dcols = tl.arange(0, BLOCK_D)
+    rmask = rows < B
+    mask = rmask[:, None] & (dcols[None, :] < d)
+    acc = tl.load(dq_ptr + rows[:, None] * d + dcols[None, :], mask=mask, other=0.0).to(acc_t)
+    coef = (tl.load(grad_ptr).to(tl.float64) * f64(inv_b) * f64(inv_tau)).to(acc_t)
+    dp = _normalize_backward(acc * coef, p_ptr, rows, dcols, rmask, d, p_stride_b, p_stride_d, pnorm_ptr,
+                             f64(eps).to(acc_t), acc_t)
+    tl.store(dp_ptr + rows[:, None] * d + dcols[None, :], dp.to(dp_ptr.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Launchers (signatures of the registered ops, plus tile sizes for tests and tuning)
 
@@ -394,11 +523,17 @@ def _check_inputs(p, k, groups, tau, eps, offset):
 # at (64, 64, 8), no spill); "bwd" at (64, 32, 8): dq none, dk 32 bytes. With TF32 allowed (or tf32x3) float32
 # products run on tensor cores instead; the tiles stay those of the IEEE path. Timings on a GPU have not been taken
 # yet (bench_infonce.py --device cuda is the place to tune these).
+# "fused": _dqdk_kernel (BLOCK_N keys per program, BLOCK_M rows per step), chosen the same way: 16-bit (64, 64, 8)
+# compiles without spills on sm_90 (wgmma for its three products) and sm_80, (64, 128, 8) spills on sm_80, 4 warps
+# spill; float32 (64, 32, 8) is for TF32 products (no spills), the IEEE path runs the split design (see
+# backward_design); float64 (16, 16, 4) no spills.
 _TILES = {
-    "16bit": {"fwd": (128, 64, 8), "bwd": (64, 64, 8)},
-    "float32": {"fwd": (64, 64, 8), "bwd": (64, 32, 8)},
-    "float64": {"fwd": (32, 32, 4), "bwd": (16, 16, 4)},
+    "16bit": {"fwd": (128, 64, 8), "bwd": (64, 64, 8), "fused": (64, 64, 8)},
+    "float32": {"fwd": (64, 64, 8), "bwd": (64, 32, 8), "fused": (64, 32, 8)},
+    "float64": {"fwd": (32, 32, 4), "bwd": (16, 16, 4), "fused": (16, 16, 4)},
 }
+# Rows per program of _dq_finish_kernel (the fused backward's O(B d) epilogue).
+_FINISH_ROWS = 16
 # Features per tile product in _forward_kernel (None: all of BLOCK_D at once).
 _FWD_D_CHUNK = {"16bit": None, "float32": 32, "float64": None}
 
@@ -469,17 +604,29 @@ def _loss(lse_all, lse_pos, ct):
 
 
 def _gradients(prep, p, k, groups, offset, lse_all, lse_pos, grad, block_m, block_n):
-    """dp (B, d), dk (N, d) for the upstream gradient in the 1-element tensor ``grad`` (read on the device)."""
+    """dp (B, d), dk (N, d) for the upstream gradient in the 1-element tensor ``grad`` (read on the device), by the
+    backward design :func:`backward_design` picks."""
     B, d = p.shape
     N = k.shape[0]
     ct = _compute_dtype(p.dtype)
-    bm, bn, bd, warps = _tiles(d, prep.dot_dtype, "bwd", block_m, block_n)
+    fused = backward_design(prep.dot_dtype, prep.precision) == "fused"
+    bm, bn, bd, warps = _tiles(d, prep.dot_dtype, "fused" if fused else "bwd", block_m, block_n)
     dp = torch.empty((B, d), dtype=p.dtype, device=p.device)
     dk = torch.empty((N, d), dtype=k.dtype, device=k.device)
     has_groups = groups is not None
     g = groups if has_groups else lse_all
     common = dict(HAS_GROUPS=has_groups, IS_F64=ct == torch.float64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
                   PRECISION=prep.precision, num_warps=warps)
+    if fused:
+        # dq accumulates in the compute dtype through atomic adds: zero-filled on the device (no host copy).
+        dq = torch.zeros((B, d), dtype=ct, device=p.device)
+        _dqdk_kernel[(triton.cdiv(N, bn),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.eps, prep.inv_b, k,
+                                            k.stride(0), k.stride(1), prep.knorm, dk, dq, B, N, offset, d, **common)
+        _dq_finish_kernel[(triton.cdiv(B, _FINISH_ROWS),)](dq, grad, prep.inv_tau, prep.eps, prep.inv_b, p, p.stride(0),
+                                                           p.stride(1), prep.pnorm, dp, B, d,
+                                                           IS_F64=ct == torch.float64, BLOCK_R=_FINISH_ROWS,
+                                                           BLOCK_D=bd, num_warps=4)
+        return dp, dk
     _dq_kernel[(triton.cdiv(B, bm),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.inv_tau, prep.eps,
                                       prep.inv_b, p, p.stride(0), p.stride(1), prep.pnorm, dp, B, N, offset, d,
                                       **common)
