@@ -13,7 +13,7 @@ from mclcore.studies.worldmodel import report as wm_report
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "worldmodel", "cpu")
 RUNS = sorted(glob.glob(os.path.join(ROOT, "worldmodel-*-cpu-seed*")))
-TABLES = ("table.md", "details.md", "following.md", "table2.md", "mcl_effect.md", "latent_probe.md")
+TABLES = ("table.md", "details.md", "following.md", "table2.md", "gaps.md", "mcl_effect.md", "latent_probe.md")
 
 
 def test_committed_tables_are_regenerated_from_the_committed_runs(tmp_path):

@@ -168,12 +168,13 @@ def rollout_figure(rows: dict, states: np.ndarray, path: str, n_frames: int = 8,
 def report(run_dirs: list[str], out_dir: str) -> dict:
     """Combine finished runs: ``table.md`` (all runs, the paper beside), ``details.md``, and, from the runs'
     ``following.json`` (where some run has one): ``following.md`` (the action-following table pooled over the seeds
-    of each method), ``table2.md`` (Table 2 pooled over seeds with intervals), ``mcl_effect.md`` (X+MCL − X, paired);
+    of each method), ``table2.md`` (Table 2 pooled over seeds with intervals), ``gaps.md`` (the moving-region
+    gaps of issue #19's targets), ``mcl_effect.md`` (X+MCL − X, paired);
     ``latent_probe.md`` when a LACG run has a probe; ``rollout_acg.png`` / ``rollout_lacg.png`` (GT / X / X+MCL on
     the same target-task episodes, each method's lowest seed) from the runs that kept ``rollouts.npz``.
     Returns {name: path}."""
-    from mclcore.studies.worldmodel.seeds import (mcl_diagnostics_markdown, mcl_effect, mcl_effect_markdown,
-                                                  pooled_table_markdown, probe_markdown)
+    from mclcore.studies.worldmodel.seeds import (gaps_markdown, mcl_diagnostics_markdown, mcl_effect,
+                                                  mcl_effect_markdown, pooled_table_markdown, probe_markdown)
 
     results, rolls, follows = [], {}, []
     for d in run_dirs:
@@ -195,6 +196,7 @@ def report(run_dirs: list[str], out_dir: str) -> dict:
     if follows:
         for name, text in (("following", following_report_markdown(follows)),
                            ("table2", pooled_table_markdown(follows)),
+                           ("gaps", gaps_markdown(follows)),
                            ("mcl_effect", mcl_effect_markdown(mcl_effect(follows))
                             + ("\nMCL diagnostics at the end of training:\n\n" + mcl_diagnostics_markdown(results)
                                if mcl_diagnostics_markdown(results) else ""))):

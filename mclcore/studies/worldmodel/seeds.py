@@ -8,6 +8,8 @@ data); imports no training code.
   (the same samples as ``metrics.json``'s rows, kept per episode in ``following.json``), mean of the per-seed means
   with a hierarchical 95% bootstrap interval (seeds, then episodes:
   :func:`~mclcore.studies.worldmodel.following.pool_seeds`);
+* :func:`gaps_markdown` -- the issue's targets in one table: per method and split, the moving-region PSNR gaps
+  (right − shuffled one-step and open loop, open loop − copy-first, one-step − copy-last), pooled the same way;
 * :func:`mcl_effect` / :func:`mcl_effect_markdown` -- X+MCL − X per variant, paired by seed and episode (the
   evaluation episodes and the sampling noise are the same in every run), on the Table 2 metrics and on the
   action-following gap (right − shuffled);
@@ -21,7 +23,7 @@ import numpy as np
 from mclcore.studies.worldmodel.following import paired_gap, pool_seeds
 from mclcore.studies.worldmodel.report import _FMT, _ORDER, METRIC_KEYS, PAPER_TABLE2, SPLITS, _sorted
 
-__all__ = ["pooled_table_markdown", "mcl_effect", "mcl_effect_markdown", "mcl_diagnostics_markdown",
+__all__ = ["pooled_table_markdown", "gaps_markdown", "mcl_effect", "mcl_effect_markdown", "mcl_diagnostics_markdown",
            "probe_markdown"]
 def _groups(runs: list[tuple[dict, dict]]) -> dict:
     """(metrics.json, following data) pairs -> {(method, preset): {seed: (metrics, following)}}."""
@@ -66,6 +68,33 @@ def pooled_table_markdown(runs: list[tuple[dict, dict]]) -> str:
         rows.append(f"| {method} (ours, {preset}) | {','.join(str(s) for s in sorted(seeds))} | {n} | "
                     + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
+
+
+# the targets' columns: (header, mode, (a, b)) of moving-region PSNR paired gaps a - b
+_GAP_COLUMNS = (("one-step right − shuffled", "one_step", ("right", "shuffled")),
+                ("open-loop right − shuffled", "open_loop", ("right", "shuffled")),
+                ("open-loop right − copy (frame 0 repeated)", "open_loop", ("right", "copy_first")),
+                ("one-step right − copy-last", "one_step", ("right", "copy_last")))
+
+
+def gaps_markdown(runs: list[tuple[dict, dict]]) -> str:
+    """Per method, preset and split: the moving-region PSNR gaps of :data:`_GAP_COLUMNS`, each a per-episode paired
+    difference pooled over seeds (mean [95% hierarchical interval]); n = seeds x episodes with motion."""
+    out = ["| Method | preset | seeds | split | n | " + " | ".join(h for h, _, _ in _GAP_COLUMNS) + " |",
+           "|---|---|---|---|---|" + "---|" * len(_GAP_COLUMNS)]
+    for (method, preset), seeds in sorted(_groups(runs).items(), key=lambda kv: (_ORDER.get(kv[0][0], 9), kv[0][1])):
+        for split in SPLITS:
+            if not all(split in f["splits"] for _, f in seeds.values()):
+                continue
+            cells, n = [], 0
+            for _, kind, (a, b) in _GAP_COLUMNS:
+                pes = [f["splits"][split]["per_episode"][kind] for _, f in seeds.values()]
+                pooled = pool_seeds([paired_gap(pe[a]["moving_psnr"], pe[b]["moving_psnr"]) for pe in pes])
+                cells.append(_ci(pooled, "{:+.3f}"))
+                n = pooled["n"]
+            out.append(f"| {method} | {preset} | {','.join(str(s) for s in sorted(seeds))} | {split} | {n} | "
+                       + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 # what mcl_effect compares: (label, mode, quantity a or gap a-b, metric)
