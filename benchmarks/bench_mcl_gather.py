@@ -48,7 +48,7 @@ import torch.nn as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mclcore  # noqa: E402
-from benchmarks import common  # noqa: E402
+from benchmarks import bench_mcl_step, common  # noqa: E402
 from benchmarks.common import add_device_args, append_rows, print_table, setup_device  # noqa: E402
 from mclcore import distributed  # noqa: E402
 
@@ -61,16 +61,8 @@ def routes_of(world: int) -> tuple[str, ...]:
     return (ONE,) if world == 1 else (ONE, f"{world} procs, gather", f"{world} procs, no gather")
 
 
-class Generator(nn.Module):
-    """The small MLP generator of bench_mcl_step.py: [z, u] -> 64 -> 64 -> dx, leaky ReLU."""
-
-    def __init__(self, dz, du, dx, width=64):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dz + du, width), nn.LeakyReLU(0.2), nn.Linear(width, width),
-                                 nn.LeakyReLU(0.2), nn.Linear(width, dx))
-
-    def forward(self, z, u):  # (B, dz), (B, du) -> (B, dx)
-        return self.net(torch.cat([z, u], 1))
+# the small MLP generator of bench_mcl_step.py: [z, u] -> 64 -> 64 -> dx, leaky ReLU (one definition)
+Generator = bench_mcl_step.Generator
 
 
 def _barrier(world: int) -> None:

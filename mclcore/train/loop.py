@@ -518,11 +518,7 @@ def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run
                 continue
             _evaluate_run(args, model, cfg, out, t0, train_s, eval_config, evaluate, summary)
         except USER_ERRORS as err:
-            if getattr(args, "debug", False):
-                raise
-            print(f"mcl train: {out}: {type(err).__name__ + ': ' if isinstance(err, OSError) else ''}{err}",
-                  file=sys.stderr)
-            return 2
+            return _user_error(args, out, err)
         except distributed.PeerError as err:     # another rank's mistake (said there): end with its exit code
             if getattr(args, "debug", False):
                 raise
@@ -536,12 +532,16 @@ def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run
                 model, _ = train_fn(cfg, out, resume=True, stop_after=0, progress=False, log=False)
                 _evaluate_run(args, model, cfg, out, t0, train_s, eval_config, evaluate, summary)
             except USER_ERRORS as err:
-                if getattr(args, "debug", False):
-                    raise
-                print(f"mcl train: {out}: {type(err).__name__ + ': ' if isinstance(err, OSError) else ''}{err}",
-                      file=sys.stderr)
-                return 2
+                return _user_error(args, out, err)
     return 0
+
+
+def _user_error(args, out: str, err: Exception) -> int:
+    """A user's mistake in run ``out``: one line on stderr and exit code 2 (``--debug``: the traceback)."""
+    if getattr(args, "debug", False):
+        raise err
+    print(f"mcl train: {out}: {type(err).__name__ + ': ' if isinstance(err, OSError) else ''}{err}", file=sys.stderr)
+    return 2
 
 
 def _evaluate_run(args, model, cfg, out: str, t0: float, train_s: float, eval_config, evaluate, summary) -> None:
