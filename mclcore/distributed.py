@@ -13,9 +13,10 @@ Conventions every study follows (the why is in the README's "More than one GPU")
   raises on *every* rank, naming the ranks that differ, so no rank is left waiting in a collective;
 * :func:`together` runs a piece that may fail on one rank only (loading data, writing a checkpoint) so that the
   failure is raised on every rank (:class:`PeerError` on the others), ``rank0_first`` to fill a shared cache once;
-* the training loop (:mod:`mclcore.train.loop`) averages gradients with :func:`average_gradients` after backward
-  (no DistributedDataParallel wrapper; the loop's docstring says why), checks the global loss with :func:`mean`,
-  logs :func:`mean_scalars` and keeps the replicas equal with :func:`broadcast_module`;
+* the training loop (:mod:`mclcore.train.loop`) runs each step through PyTorch's DistributedDataParallel (the
+  loop's docstring says how), averages the gradients of an optimiser a study steps itself after the update
+  (FactorVAE's discriminator, outside DDP's forward) with :func:`average_gradients`, checks the global loss with
+  :func:`mean`, logs :func:`mean_scalars` and keeps the replicas equal with :func:`broadcast_module`;
 * :func:`alone` makes rank 0 act as a world of 1 for a block (evaluation after training: the other ranks have
   exited, so nothing in it may wait for them).
 """
@@ -237,7 +238,8 @@ def mean_scalars(values: dict, device: torch.device | str = "cpu") -> dict:
 def average_gradients(params) -> None:
     """Replace each ``p.grad`` by its mean over ranks (one all-reduce per dtype and device of a flat copy of the
     gradients): after ``loss.backward()`` of a per-rank mean loss this is the gradient of the global batch's mean
-    loss, as DistributedDataParallel would leave it. A parameter without a gradient on some ranks counts as 0 there;
+    loss, as DistributedDataParallel leaves it (the loop uses this for the gradients DDP does not see: a second
+    optimiser's, from a backward outside DDP's forward). A parameter without a gradient on some ranks counts as 0 there;
     one without a gradient on every rank keeps ``grad = None`` (so the optimiser skips it, as in one process).
     Every rank must pass the same parameters in the same order. Nothing in one process."""
     world = context().world_size

@@ -33,22 +33,29 @@ torchrun nothing below happens and one process runs exactly the code it always r
   there are no epochs to partition. Rank r of N gets its own child streams of the same ``(seed, phase, step)``
   (``SeedSequence(spawn_key=(N, r))``), so the ranks' shards are independent, a resumed step draws what the
   uninterrupted one did, and a world of 1 keeps the streams of a single process.
-* **gradients: averaged after backward, no DistributedDataParallel wrapper.** After ``loss.backward()`` each
-  rank's gradients are replaced by their mean over ranks (one all-reduce of a flat copy,
-  :func:`mclcore.distributed.average_gradients`), before the clip and the update: the gradient of the global
-  batch's mean loss, the same number DDP gives, so every replica takes the same step. Chosen over DDP because (1)
-  the studies call model methods (``model.losses``, ``model.ae.loss``) rather than ``forward``, and DDP only syncs
-  gradients of a forward run through its wrapper -- measured: calling a method of a DDP-wrapped module trains
-  silently unsynchronised replicas; (2) every model with MCL has parameters that get no gradient in a step (the
-  critic's output bias does not enter ``grad_z critic``), which DDP refuses without ``find_unused_parameters=True``
-  and re-wrapping per phase as the trainable set changes; (3) FactorVAE steps a second optimiser in
-  ``after_update`` (averaged by a step pre-hook that the loop registers on every optimiser but the first). MCL's
-  double backward (``create_graph=True``) needs nothing special here (DDP with ``find_unused_parameters`` also
-  handled it in torch 2.13, measured on gloo). The cost: the all-reduce does not overlap the backward pass as DDP's
-  buckets do.
+* **gradients: PyTorch's DistributedDataParallel.** Each phase wraps, once its trainable set is fixed, a thin
+  module that owns the model and whose ``forward`` is the study's ``train_step`` (``_Step``) in
+  ``DistributedDataParallel(find_unused_parameters=True, no buffer sync before each forward, device_ids=None)``
+  and runs every step through it: DDP's reducer hooks average the gradients of the phase's trainable parameters
+  over ranks during ``loss.backward()`` (bucketed, overlapping the backward pass), before the clip and the update
+  -- the gradient of the global batch's mean loss, so every replica takes the same step. Why the adapter: the
+  studies call model methods (``model.losses``, ``model.ae.loss``), not ``model.forward``, and DDP syncs only
+  the gradients of a forward run through its wrapper (measured: calling a method of a DDP-wrapped model trains
+  silently unsynchronised replicas). Why per phase: DDP hooks the parameters that require a gradient when it is
+  built, and the trainable set changes between phases (``first_stage -> stage1 -> stage2``). Why
+  ``find_unused_parameters``: every model with MCL has parameters that get no gradient in a step (the critic's
+  output bias does not enter ``grad_z critic``); one unused on every rank keeps ``grad = None`` (the optimiser
+  skips it, as in one process), one unused on some ranks counts as 0 there. MCL's double backward
+  (``autograd.grad(create_graph=True)`` inside the step) goes through DDP unchanged: ``autograd.grad`` does not
+  fire the reducer's hooks, the outer backward does. (PyTorch prints once per rank that it "did not find any
+  unused parameters" in a phase without any, such as the beta-VAE's: harmless.)
+  **Where DDP cannot serve: a second optimiser** that a study steps in ``after_update`` on a backward of its own
+  (FactorVAE's discriminator): that backward runs outside DDP's forward, where the reducer ignores its hooks, so
+  the loop registers a step pre-hook on every optimiser but the first that averages its parameters' gradients
+  (:func:`mclcore.distributed.average_gradients`, one all-reduce of a flat copy) before it steps.
 * **batch statistics.** Only the world model's optional IDM BatchNorm (``model.idm_norm``) has any: each rank
   normalises with its shard's statistics (as DDP without SyncBatchNorm); the running statistics saved and
-  evaluated are rank 0's (as DDP's ``broadcast_buffers``). Losses that couple the rows of a batch -- MCL's InfoNCE
+  evaluated are rank 0's (DDP syncs no buffers per step here; the loop broadcasts rank 0's at the phase's end). Losses that couple the rows of a batch -- MCL's InfoNCE
   negatives (unless ``mcl.gather``), beta-TC-VAE's minibatch TC estimate, FactorVAE's permuted codes -- see their
   rank's shard only; the rest are per-row means, for which the global step equals one process's step on all N shards.
 * **one writer.** Rank 0 alone writes ``config.json``, checkpoints (with the world size), TensorBoard (the logged
@@ -64,6 +71,7 @@ torchrun nothing below happens and one process runs exactly the code it always r
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import sys
@@ -281,10 +289,11 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
                 for sc, s in zip(scheds, opt_states["sched"]):
                     sc.load_state_dict(s)
             clip = study.grad_clip(cfg, phase) if hasattr(study, "grad_clip") else 0.0
+            forward = functools.partial(study.train_step, model)     # one process: the study's step as it is
             if world.distributed:
-                # the loop averages the first optimiser's gradients (and the clipped ones) itself, before the clip;
-                # an optimiser a study steps in after_update (FactorVAE's discriminator) averages in a pre-hook
-                synced = _unique([*params, *_optimised(opts[0])])
+                # DistributedDataParallel around the step (wrapped anew each phase: its trainable set); a second
+                # optimiser a study steps in after_update (FactorVAE's discriminator) averages in a pre-hook
+                forward = _data_parallel(study, model)
                 for o in opts[1:]:
                     o.register_step_pre_hook(lambda opt, args, kwargs: distributed.average_gradients(_optimised(opt)))
 
@@ -313,14 +322,12 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
                     bar.close()
                     return model, cfg, data, False
                 ctx = StepContext(seed, index, step, device, world.rank, world.world_size)
-                out = study.train_step(model, cfg, phase, step, data, ctx)
+                out = forward(cfg, phase, step, data, ctx)
                 loss = out["loss"]                    # under torchrun: the mean over this rank's shard
                 # under torchrun the global batch's loss, so that a NaN on any rank stops every rank
                 check_finite(distributed.mean(loss), f"{label}/{phase} step {step}", out.get("hint", ""))
                 opts[0].zero_grad(set_to_none=True)
-                loss.backward()
-                if world.distributed:
-                    distributed.average_gradients(synced)   # the global batch's gradient, before the clip
+                loss.backward()                       # under torchrun: DDP leaves the global batch's gradient
                 if clip:
                     torch.nn.utils.clip_grad_norm_(params, clip)
                 opts[0].step()
@@ -359,19 +366,38 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
     return model, cfg, data, True
 
 
+class _Step(torch.nn.Module):
+    """The study's ``train_step`` as the forward of a module that owns the model: what DistributedDataParallel wraps,
+    since its reducer syncs the gradients of a forward run through the wrapper only (the studies call model methods,
+    ``model.losses``, ``model.ae.loss``, not ``model.forward``)."""
+
+    def __init__(self, study, model: torch.nn.Module):
+        super().__init__()
+        self.study, self.model = study, model
+
+    def forward(self, cfg, phase: str, step: int, data, ctx: StepContext) -> dict:
+        return self.study.train_step(self.model, cfg, phase, step, data, ctx)
+
+
+def _data_parallel(study, model: torch.nn.Module) -> Callable:
+    """``(cfg, phase, step, data, ctx) -> out``: the step through DistributedDataParallel over the parameters that
+    require a gradient now (the phase's: :meth:`Study.trainable` set them). ``find_unused_parameters``: a step
+    leaves some without a gradient (the MCL critic's output bias); one unused on every rank
+    keeps ``grad = None``, as in one process. No buffer sync before each forward (``forward_sync_buffers=False``,
+    ``broadcast_buffers=False`` before torch 2.13): each rank keeps its own running statistics during a phase (the
+    replicas' buffers are made equal at each phase's begin and end, rank 0's saved). ``device_ids=None``: the inputs
+    (the study's data, kept where the study put it, on the CPU or the GPU) are passed as they are, not copied."""
+    if not any(p.requires_grad for p in model.parameters()):
+        return functools.partial(study.train_step, model)       # nothing to sync (DDP refuses such a module)
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                      else "broadcast_buffers")
+    return ddp(_Step(study, model), device_ids=None, find_unused_parameters=True, **{no_buffer_sync: False})
+
+
 def _optimised(opt) -> list[torch.nn.Parameter]:
     """The parameters an optimiser steps, in its order."""
     return [p for group in opt.param_groups for p in group["params"]]
-
-
-def _unique(params) -> list[torch.nn.Parameter]:
-    """``params`` without repeats, first occurrence first (the same order on every rank)."""
-    seen, out = set(), []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
 
 
 def _check_global_batches(study, cfg, world_size: int) -> dict:

@@ -165,6 +165,22 @@ class ShardsInOne:
         return {"loss": sum(losses) / self.shards}
 
 
+class AtPhaseEnd:
+    """A study whose ``end_phase`` records this rank's state dict per phase: the replicas as they trained, before the
+    loop's broadcast at the phase's end makes them rank 0's."""
+
+    def __init__(self, study):
+        self.study, self.PHASES, self.states = study, study.PHASES, {}
+
+    def __getattr__(self, name):
+        return getattr(self.study, name)
+
+    def end_phase(self, model, cfg, phase, data):
+        self.states[phase] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if hasattr(self.study, "end_phase"):
+            self.study.end_phase(model, cfg, phase, data)
+
+
 class GlobalMCL(ShardsInOne):
     """The world model's step of a 2-rank run with ``mcl.gather=true``, taken by one process (gather=false): each
     shard's host loss as in :class:`ShardsInOne` (its own streams: rows, flow noise, the MCL term's noise level),
@@ -212,7 +228,7 @@ def _study(name, tmp):
 
     if name == "worldmodel":
         return WorldModelStudy(os.path.join(tmp, "cache")), _worldmodel_cfg()
-    return disentangle, _disentangle_cfg(name, VAE if name == "betavae" else MDDIFF)
+    return disentangle, _disentangle_cfg(name, VAE if name in ("betavae", "factorvae") else MDDIFF)
 
 
 def _cli(argv) -> tuple[int, str]:
@@ -236,6 +252,37 @@ def _scenarios(rank: int, tmp: str) -> dict:
     def toy():
         model, _, data, _ = loop.train(Toy(), ToyConfig(), None, progress=False)
         return [p.detach().clone() for p in model.parameters()], data["rows"]
+
+    def engine():            # what syncs the toy's gradients: DDP's wrapper per phase, average_gradients for opts[1]
+        ddp, calls = torch.nn.parallel.DistributedDataParallel, {"wrap": [], "forward": 0, "average": 0}
+        init, forward, average = ddp.__init__, ddp.forward, distributed.average_gradients
+
+        def counted_init(self, module, *a, **kw):
+            calls["wrap"].append(sorted(n for n, p in module.named_parameters() if p.requires_grad))
+            init(self, module, *a, **kw)
+
+        def counted_forward(self, *a, **kw):
+            calls["forward"] += 1
+            return forward(self, *a, **kw)
+
+        def counted_average(params):
+            calls["average"] += 1
+            return average(params)
+
+        ddp.__init__, ddp.forward, distributed.average_gradients = counted_init, counted_forward, counted_average
+        try:
+            loop.train(Toy(), ToyConfig(), None, progress=False)
+        finally:
+            ddp.__init__, ddp.forward, distributed.average_gradients = init, forward, average
+        return calls
+
+    def factorvae():         # a second optimiser stepped in after_update, its parameters inside DDP's wrapper
+        study, cfg = _study("factorvae", tmp)
+        torch.manual_seed(cfg.seed)
+        init = {k: v.detach().clone() for k, v in study.build_model(cfg).state_dict().items()}
+        study = AtPhaseEnd(study)
+        loop.train(study, apply_overrides(cfg, ["vae.steps=2"]), None, progress=False, label="factorvae")
+        return init, study.states["vae"]
 
     def studies():
         states = {}
@@ -319,7 +366,7 @@ def _scenarios(rank: int, tmp: str) -> dict:
     cli_base = ["train", "betavae", "--dataset", "mpi3d", "--out", out, "--quiet",
                 *sum((["--set", s] for s in VAE), [])]
     scenarios = {
-        "toy": toy, "studies": studies, "gather": gather, "resume": resume, "lifecycle": lifecycle,
+        "toy": toy, "engine": engine, "factorvae": factorvae, "studies": studies, "gather": gather, "resume": resume, "lifecycle": lifecycle,
         "gradients": gradients, "peer_failure": peer_failure, "unsized": unsized,
         "mismatch": lambda: _cli([*cli_base, "--set", f"vae.lr={1e-3 * (rank + 1)}"]),
         "indivisible": lambda: _cli([*cli_base, "--set", "vae.batch_size=5"]),
@@ -389,6 +436,29 @@ def test_two_ranks_take_the_single_process_step_on_the_global_batch(ranks):
         assert (got - want).abs().max() <= 1e-12
     alone, *_ = loop.train(Toy(), ToyConfig(), None, progress=False)            # one shard only: not the same step
     assert max((got - want).abs().max() for got, want in zip(r0, alone.parameters())) > 1e-3
+
+
+def test_the_step_runs_through_distributed_data_parallel_wrapped_per_phase(ranks):
+    """DDP's reducer syncs the first optimiser's gradients during backward: one wrapper per phase over that phase's
+    trainable parameters (layer 0 in "a", layer 1 in "b"; layer 2, the second optimiser's, in both), every step's
+    forward through it; average_gradients is called only by the second optimiser's pre-hook (one per step)."""
+    for calls in _result(ranks, "engine"):
+        assert calls["wrap"] == [["model.0.bias", "model.0.weight", "model.2.bias", "model.2.weight"],
+                                 ["model.1.bias", "model.1.weight", "model.2.bias", "model.2.weight"]], calls
+        assert calls["forward"] == ToyConfig.steps_a + ToyConfig.steps_b
+        assert calls["average"] == ToyConfig.steps_a + ToyConfig.steps_b
+
+
+def test_factorvae_discriminator_steps_equal_on_every_rank(ranks):
+    """FactorVAE: the discriminator (inside DDP's wrapper, used by the VAE's TC term) is stepped by a second optimiser
+    in after_update, on a backward DDP does not sync: its pre-hook averages it, so the replicas are equal at the
+    phase's end before the loop's broadcast (:class:`AtPhaseEnd`; without the pre-hook the discriminators differ);
+    the discriminator and the VAE both moved."""
+    (init, r0), (_, r1) = _result(ranks, "factorvae")
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0), \
+        [k for k in r0 if not torch.equal(r0[k], r1[k])]
+    assert any(not torch.equal(r0[k], init[k]) for k in r0 if k.startswith("discriminator."))
+    assert any(not torch.equal(r0[k], init[k]) for k in r0 if not k.startswith("discriminator."))
 
 
 @pytest.mark.parametrize("name", ["betavae", "mddiff", "worldmodel"])
