@@ -51,7 +51,7 @@ import numpy as np
 from mclcore._io import save_figure, write_json_atomic, write_text_atomic
 from mclcore.metrics.stats import summarize
 
-__all__ = ["ACTION_MODES", "MODES", "ROWS", "METRICS", "GAPS", "NOISE_SEED_OFFSET", "paired_gap",
+__all__ = ["ACTION_MODES", "MODES", "ROWS", "METRICS", "GAPS", "NOISE_SEED_OFFSET", "paired_gap", "format_interval",
            "summarize_episodes", "pool_seeds", "summarize_following", "following_markdown", "run_markdown",
            "pool_runs", "per_frame_figure", "write_following", "load_following"]
 
@@ -166,15 +166,20 @@ _FMT = {"ssim": "{:.3f}", "psnr": "{:.2f}", "mse": "{:.4f}", "moving_psnr": "{:.
 _HEAD = ("SSIM", "PSNR", "MSE", "moving PSNR", "moving MSE")
 
 
+def format_interval(s: dict, fmt: str) -> str:
+    """``mean [lo, hi]`` of a summary in ``fmt``; the mean alone without an interval, "–" without a mean."""
+    if not math.isfinite(s["mean"]):
+        return "–"
+    if not math.isfinite(s["lo"]):
+        return fmt.format(s["mean"])
+    return f"{fmt.format(s['mean'])} [{fmt.format(s['lo'])}, {fmt.format(s['hi'])}]"
+
+
 def _cell(s: dict, metric: str, gap: bool = False) -> str:
     f = _FMT[metric]
     if gap:                 # differences are small: one more decimal
         f = "{:.%df}" % (int(f[-3]) + 1)
-    if not math.isfinite(s["mean"]):
-        return "–"
-    if not math.isfinite(s["lo"]):
-        return f.format(s["mean"])
-    return f"{f.format(s['mean'])} [{f.format(s['lo'])}, {f.format(s['hi'])}]"
+    return format_interval(s, f)
 
 
 def _row_label(row: str) -> str:

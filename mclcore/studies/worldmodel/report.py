@@ -194,12 +194,12 @@ def report(run_dirs: list[str], out_dir: str) -> dict:
     write_text_atomic(out["table"], table_markdown(results))
     write_text_atomic(out["details"], details_markdown(results))
     if follows:
+        diag = mcl_diagnostics_markdown(results)
         for name, text in (("following", following_report_markdown(follows)),
                            ("table2", pooled_table_markdown(follows)),
                            ("gaps", gaps_markdown(follows)),
                            ("mcl_effect", mcl_effect_markdown(mcl_effect(follows))
-                            + ("\nMCL diagnostics at the end of training:\n\n" + mcl_diagnostics_markdown(results)
-                               if mcl_diagnostics_markdown(results) else ""))):
+                            + (f"\nMCL diagnostics at the end of training:\n\n{diag}" if diag else ""))):
             out[name] = os.path.join(out_dir, f"{name}.md")
             write_text_atomic(out[name], text)
     if any("latent_action_probe" in r for r in results):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mclcore.studies.worldmodel.following import paired_gap, pool_seeds
+from mclcore.studies.worldmodel.following import format_interval as _ci, paired_gap, pool_seeds
 from mclcore.studies.worldmodel.report import _FMT, _ORDER, METRIC_KEYS, PAPER_TABLE2, SPLITS, _sorted
 
 __all__ = ["pooled_table_markdown", "gaps_markdown", "mcl_effect", "mcl_effect_markdown", "mcl_diagnostics_markdown",
@@ -31,14 +31,6 @@ def _groups(runs: list[tuple[dict, dict]]) -> dict:
     for r, f in runs:
         groups.setdefault((r["method"], r["preset"]), {})[r["seed"]] = (r, f)
     return groups
-
-
-def _ci(s: dict, fmt: str) -> str:
-    if not np.isfinite(s["mean"]):
-        return "–"
-    if not np.isfinite(s["lo"]):
-        return fmt.format(s["mean"])
-    return f"{fmt.format(s['mean'])} [{fmt.format(s['lo'])}, {fmt.format(s['hi'])}]"
 
 
 def pooled_table_markdown(runs: list[tuple[dict, dict]]) -> str:
