@@ -382,3 +382,27 @@ def test_idm_options_norm_logvar_init_and_delta_inputs():
                        idm_norm=True, idm_inputs="delta", idm_logvar_init=-6.0)
     other.load_state_dict(sd)
     assert float(other.idm.delta_scale) == 5.0
+
+
+def test_supervised_ceiling_reads_an_action_that_the_frames_show():
+    """The ceiling's IDM is trained on the true action: where action 0 sets the brightness change between frames it
+    is read back (R^2 high), while action 1 (noise the frames never show) is not; ACG and bad steps are refused."""
+    from mclcore.studies.worldmodel.data import Episodes
+    from mclcore.studies.worldmodel.latent_probe import supervised_ceiling
+
+    rng = np.random.default_rng(2)
+
+    def eps(n, T=6):
+        a = rng.uniform(-1, 1, size=(n, T, 4)).astype(np.float32)
+        level = 128 + 12 * np.concatenate([np.zeros((n, 1)), np.cumsum(a[..., 0], 1)], 1)        # (n, T+1)
+        frames = np.clip(level[:, :, None, None, None] + rng.normal(0, 2, (n, T + 1, 64, 64, 3)), 0, 255)
+        return Episodes(frames.astype(np.uint8), a, np.zeros((n, T + 1, 11), np.float32), np.zeros(n, np.int64),
+                        np.zeros(n, np.int64))
+    torch.manual_seed(0)
+    res = supervised_ceiling(small_model("lacg", mcl=False), eps(24), eps(6), steps=150, batch=32)
+    assert res["r2_per_dim"][0] > 0.8 and res["r2_per_dim"][1] < 0.3, res["r2_per_dim"]
+    assert res["same_embodiment"]["n_train"] == 24 * 6 and res["steps"] == 150
+    with pytest.raises(ValueError, match="LACG"):
+        supervised_ceiling(small_model("acg", mcl=False), eps(2), eps(2), steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        supervised_ceiling(small_model("lacg", mcl=False), eps(2), eps(2), steps=0)

@@ -7,7 +7,9 @@ action that encodes the end-effector displacement gives R^2 near 1 on ``dx, dy, 
 
 * :func:`ridge_probe` -- the regression on given features (numpy; any features, tested on synthetic data);
 * :func:`latent_action_probe` -- the IDM features of a :class:`~mclcore.models.worldmodel.WorldModel` on two
-  episode sets, then :func:`ridge_probe`.
+  episode sets, then :func:`ridge_probe`;
+* :func:`supervised_ceiling` -- the same probe on an IDM of the same architecture trained *with* the true actions
+  (the ceiling of what this IDM can carry from the autoencoder's latent frame pairs).
 
 R^2 per action dimension is ``1 - SSE / SST`` on the held-out set (SST about the held-out mean, as
 ``sklearn.metrics.r2_score``); ``r2`` is their mean over the 4 dimensions (sklearn's "uniform_average"),
@@ -28,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ridge_probe", "idm_features", "latent_action_probe"]
+__all__ = ["ridge_probe", "idm_features", "latent_action_probe", "supervised_ceiling"]
 
 
 def ridge_probe(x_train, y_train, x_eval, y_eval, alpha: float = 1e-3) -> dict:
@@ -77,9 +79,15 @@ def idm_features(model, episodes, device="cpu", batch: int = 256) -> tuple[np.nd
     from mclcore.studies.worldmodel.data import encode_episodes
 
     lat = encode_episodes(model, episodes, device, batch)                  # (N, T+1, C, H, W)
+    return _idm_means(model.idm, lat, batch), episodes.actions.reshape(-1, episodes.actions.shape[-1])
+
+
+@torch.no_grad()
+def _idm_means(idm, lat: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """The IDM's posterior means (N*T, d_a) over every transition of latent episodes ``lat`` (N, T+1, C, H, W)."""
     v_t, v_n = lat[:, :-1].flatten(0, 1), lat[:, 1:].flatten(0, 1)
-    mus = [model.idm(v_t[i:i + batch], v_n[i:i + batch], sample=False)[1].cpu() for i in range(0, len(v_t), batch)]
-    return torch.cat(mus).numpy(), episodes.actions.reshape(-1, episodes.actions.shape[-1])
+    mus = [idm(v_t[i:i + batch], v_n[i:i + batch], sample=False)[1].cpu() for i in range(0, len(v_t), batch)]
+    return torch.cat(mus).numpy()
 
 
 def latent_action_probe(model, train_episodes, eval_episodes, *, alpha: float = 1e-3, device="cpu") -> dict:
@@ -117,4 +125,74 @@ def latent_action_probe(model, train_episodes, eval_episodes, *, alpha: float = 
             res["same_embodiment"] = same
     res["kl_per_dim"] = [round(float(k), 4) for k in kl]
     res["kl_total"] = float(kl.sum())
+    return res
+
+
+def supervised_ceiling(model, train_episodes, eval_episodes, *, steps: int = 3000, batch: int = 64,
+                       lr: float = 1e-3, seed: int = 0, alpha: float = 1e-3, inputs: str | None = None,
+                       device="cpu") -> dict:
+    """The ceiling of the latent-action probe: an IDM of the LACG model's architecture, trained on the true action.
+
+    A fresh :class:`~mclcore.models.worldmodel.modules.InverseDynamics` with the model's hyper-parameters (channels,
+    latent size d_a, width, inputs, mean normalisation, ``delta_scale``) plus a linear head ``d_a -> 4`` is trained
+    by mean squared error on the standardised recorded actions of ``train_episodes`` (Adam, ``steps`` x ``batch``,
+    seeded), on the frozen autoencoder latents of ``model``, the IDM's own inputs. Its posterior mean is then
+    probed exactly as :func:`latent_action_probe` probes the LACG latent (ridge, cross- and same-embodiment fits,
+    R^2 on ``eval_episodes``). ``inputs`` overrides the IDM's input choice (``"frames"``: both frames and their
+    difference, which can show the gripper's state, not only its change; None: the model's). The LACG latent is learnt without the action, so it can at best reach this number;
+    the gap between the two says how much the objective, not the architecture or the frames, leaves out.
+    Returns :func:`ridge_probe`'s dict plus ``r2_displacement``, ``same_embodiment`` (as in
+    :func:`latent_action_probe`), ``train_mse`` (the last 100 steps' mean) and ``steps``.
+    """
+    from mclcore.models.worldmodel.modules import InverseDynamics
+    from mclcore.studies.worldmodel.data import encode_episodes
+
+    if getattr(model, "variant", None) != "lacg":
+        raise ValueError("model: the supervised ceiling needs a LACG model (it copies the IDM's architecture)")
+    for name, v in (("steps", steps), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    old = model.idm
+    idm_args = dict(latent_channels=old.latent_channels, action_dim=old.action_dim,
+                    ch=old.net[0].out_channels, hidden=old.head[0].out_features, norm=old.mu_norm is not None,
+                    inputs=old.inputs if inputs is None else inputs)
+    with torch.no_grad():
+        lat_tr = encode_episodes(model, train_episodes, device)                  # (N, T+1, C, 16, 16)
+        lat_ev = encode_episodes(model, eval_episodes, device)
+    v_t, v_n = lat_tr[:, :-1].flatten(0, 1), lat_tr[:, 1:].flatten(0, 1)         # (N T, C, 16, 16)
+    y = torch.as_tensor(train_episodes.actions.reshape(-1, train_episodes.actions.shape[-1]),
+                        dtype=torch.float32, device=device)                       # (N T, 4)
+    ys = (y - y.mean(0)) / y.std(0).clamp_min(1e-6)
+    torch.manual_seed(seed)
+    idm = InverseDynamics(**idm_args).to(device)
+    idm.delta_scale.copy_(old.delta_scale)
+    head = torch.nn.Linear(idm_args["action_dim"], y.shape[1]).to(device)
+    opt = torch.optim.Adam([*idm.parameters(), *head.parameters()], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    idm.train()
+    for _ in range(steps):
+        i = torch.randint(len(v_t), (min(batch, len(v_t)),), generator=gen).to(device)
+        _, mu, _ = idm(v_t[i], v_n[i], sample=False)
+        loss = (head(mu) - ys[i]).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    idm.eval()
+    x_tr, x_ev = _idm_means(idm, lat_tr), _idm_means(idm, lat_ev)
+    y_tr = train_episodes.actions.reshape(-1, train_episodes.actions.shape[-1])
+    y_ev = eval_episodes.actions.reshape(-1, eval_episodes.actions.shape[-1])
+    res = ridge_probe(x_tr, y_tr, x_ev, y_ev, alpha)
+    res["r2_displacement"] = float(np.nanmean(res["r2_per_dim"][:3]))
+    res["same_embodiment"] = None
+    embs = np.unique(np.asarray(eval_episodes.embodiment))
+    if embs.size == 1:
+        keep = np.repeat(np.asarray(train_episodes.embodiment) == embs[0], x_tr.shape[0] // len(train_episodes))
+        if keep.sum() >= 2:
+            same = ridge_probe(x_tr[keep], y_tr[keep], x_ev, y_ev, alpha)
+            same["r2_displacement"] = float(np.nanmean(same["r2_per_dim"][:3]))
+            res["same_embodiment"] = same
+    res["train_mse"] = float(np.mean(losses[-100:]))
+    res["steps"] = steps
     return res
