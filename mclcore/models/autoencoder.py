@@ -14,7 +14,10 @@ convolution. The fusion starts as the identity on the image channels and zero on
 trained unconditionally (stage 0) is exactly reproduced until training moves the fusion weights.
 
 Training here uses an L1 + MSE pixel loss and the VQ codebook/commitment losses (beta = 0.25). The perceptual and
-adversarial losses of the original VQGAN are left out (no LPIPS/VGG weights offline); the README says so.
+adversarial losses of VQGAN (taming's ``VQLPIPSWithDiscriminator``, which the public MDDiff code trains its first
+stage with) are options of :meth:`VQAutoencoder.loss`, off by default: an LPIPS perceptual term (needs
+user-supplied LPIPS weights, :mod:`mclcore.metrics.lpips`) and a hinge-loss :class:`PatchDiscriminator` with
+taming's adaptive weight.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from mclcore.models.unet import ResBlock, norm
 
-__all__ = ["VectorQuantizer", "AEEncoder", "AEDecoder", "VQAutoencoder"]
+__all__ = ["VectorQuantizer", "AEEncoder", "AEDecoder", "VQAutoencoder", "PatchDiscriminator", "hinge_d_loss"]
 
 
 class VectorQuantizer(nn.Module):
@@ -178,12 +181,46 @@ class VQAutoencoder(nn.Module):
         """Reconstruction ``(x_rec in [-1,1] scale, vq_loss)`` of images x in [0, 1]."""
         return self.decode(self.encode(x), u, return_vq_loss=True)
 
-    def loss(self, x: torch.Tensor, u: torch.Tensor | None = None) -> dict:
-        """L1 + MSE pixel loss (on the [-1, 1] scale) + VQ loss; see the module docstring."""
+    def loss(self, x: torch.Tensor, u: torch.Tensor | None = None, *, perceptual: nn.Module | None = None,
+             perceptual_weight: float = 0.0, discriminator: nn.Module | None = None,
+             adversarial_weight: float = 0.0) -> dict:
+        """L1 + MSE pixel loss (on the [-1, 1] scale) + VQ loss; see the module docstring. Optional (VQGAN's):
+
+        * ``perceptual_weight x mean LPIPS(x, x_rec)`` with ``perceptual`` an LPIPS module taking images in [0, 1]
+          (:class:`mclcore.metrics.lpips.LPIPS`; the reconstruction is mapped unclamped so gradients pass);
+        * ``adversarial_weight x w x (-mean D(x_rec))`` with ``discriminator`` D (:class:`PatchDiscriminator`),
+          ``w = |grad_L L_nll| / (|grad_L L_G| + 1e-4)`` clamped to [0, 1e4] and detached, ``L`` the decoder's last
+          convolution weight (taming's ``calculate_adaptive_weight``; L_nll = pixel + perceptual). The step's images
+          and detached reconstructions come back as ``x_real``, ``x_rec`` (both on the [-1, 1] scale D sees) for
+          the discriminator's own step.
+        """
+        if perceptual_weight and perceptual is None:
+            raise ValueError("perceptual: perceptual_weight > 0 needs an LPIPS module")
+        if adversarial_weight and discriminator is None:
+            raise ValueError("discriminator: adversarial_weight > 0 needs a discriminator")
         rec, vq = self(x, u)
         target = x * 2 - 1
         rec_loss = (rec.float() - target).abs().mean() + (rec.float() - target).pow(2).mean()
-        return {"loss": rec_loss + vq, "rec": rec_loss, "vq": vq}
+        out = {}
+        nll = rec_loss
+        if perceptual_weight:
+            p_loss = perceptual((rec.float() + 1) / 2, x.float()).mean()
+            nll = nll + perceptual_weight * p_loss
+            out["perceptual"] = p_loss.detach()
+        loss = nll + vq
+        if adversarial_weight:
+            g_loss = -discriminator(rec.float()).mean()
+            last = self.decoder.out[-1].weight
+            if torch.is_grad_enabled() and last.requires_grad:
+                g_nll = torch.autograd.grad(nll, last, retain_graph=True)[0]
+                g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+                w = (g_nll.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+            else:                                   # no graph (evaluation): taming uses 0 there too
+                w = torch.zeros((), device=x.device)
+            loss = loss + adversarial_weight * w * g_loss
+            # both on the decoder's [-1, 1] scale, what D saw above, for the discriminator's own step
+            out.update(g_loss=g_loss.detach(), adv_weight=w, x_real=target.detach(), x_rec=rec.detach().float())
+        return {"loss": loss, "rec": rec_loss, "vq": vq, **out}
 
     @torch.no_grad()
     def set_scale_from(self, x: torch.Tensor) -> float:
@@ -198,6 +235,41 @@ class VQAutoencoder(nn.Module):
         with torch.no_grad():
             idx = self.quantize(self.encode(x) / self.scale_factor)[2]
         return float(idx.unique().numel()) / self.quantize.n_embed
+
+
+class PatchDiscriminator(nn.Module):
+    """The pix2pix / taming PatchGAN (``NLayerDiscriminator``): (B, 3, H, W) on the [-1, 1] scale -> patch logits.
+
+    Conv(4x4/2) + LeakyReLU(0.2); then ``n_layers - 1`` blocks Conv(4x4/2, no bias) + BatchNorm + LeakyReLU with
+    widths ``ndf x min(2^n, 8)``; one more such block at stride 1; a final Conv(4x4/1) to one channel. Weights
+    initialised as taming's ``weights_init``: conv N(0, 0.02), BatchNorm weight N(1, 0.02), bias 0.
+    """
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False), nn.BatchNorm2d(ndf * mult),
+                       nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """0.5 (mean relu(1 - D(x)) + mean relu(1 + D(x_rec))): the discriminator's hinge loss (taming's default)."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -21,9 +21,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["make_beta_schedule", "GaussianDiffusion", "SCHEDULES"]
+__all__ = ["make_beta_schedule", "GaussianDiffusion", "SCHEDULES", "LOSSES"]
 
 SCHEDULES = ("ldm_linear", "linear")
+# The loss on the predicted noise: "mse" (Ho et al. 2020's simple loss, our default) or "l1" (the public MDDiff /
+# EncDiff configs' ``loss_type: l1``: LDM's get_loss, mean |eps - eps_theta|).
+LOSSES = ("mse", "l1")
 
 
 def make_beta_schedule(num_timesteps: int = 1000, beta_start: float = 0.0015, beta_end: float = 0.0155,
@@ -44,11 +47,16 @@ EpsModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  #
 
 
 class GaussianDiffusion(nn.Module):
-    """Schedule buffers plus ``q_sample``, the training loss and DDIM sampling. Holds no learnable parameters."""
+    """Schedule buffers plus ``q_sample``, the training loss and DDIM sampling. Holds no learnable parameters.
+
+    ``loss``: ``"mse"`` (default) or ``"l1"`` on the predicted noise (see :data:`LOSSES`)."""
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 0.0015, beta_end: float = 0.0155,
-                 schedule: str = "ldm_linear"):
+                 schedule: str = "ldm_linear", loss: str = "mse"):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+        self.loss = loss
         betas = make_beta_schedule(num_timesteps, beta_start, beta_end, schedule)
         abar = torch.cumprod(1.0 - betas, dim=0)
         self.num_timesteps = num_timesteps
@@ -73,7 +81,8 @@ class GaussianDiffusion(nn.Module):
 
     def training_losses(self, model: EpsModel, x0: torch.Tensor, context: torch.Tensor, *,
                         generator: torch.Generator | None = None) -> dict:
-        """Simple DDPM loss ``E_{t, eps} |eps - eps_theta(x_t, t, context)|^2`` (mean over all elements).
+        """Simple DDPM loss ``E_{t, eps} |eps - eps_theta(x_t, t, context)|^2`` (mean over all elements; the mean
+        absolute error with ``loss="l1"``).
 
         ``t`` uniform in [0, T) and ``eps ~ N(0, I)`` are drawn from ``generator`` (on x0's device), so a training
         step is reproducible from its seed. Returns ``{"loss", "t", "x_t", "eps", "eps_pred", "x0_pred"}``.
@@ -83,7 +92,8 @@ class GaussianDiffusion(nn.Module):
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.q_sample(x0, t, noise)
         eps_pred = model(x_t, t, context)
-        loss = (eps_pred.float() - noise.float()).pow(2).mean()
+        err = eps_pred.float() - noise.float()
+        loss = err.abs().mean() if self.loss == "l1" else err.pow(2).mean()
         return {"loss": loss, "t": t, "x_t": x_t, "eps": noise, "eps_pred": eps_pred,
                 "x0_pred": self.predict_x0(x_t, t, eps_pred.to(x_t.dtype))}
 

@@ -23,6 +23,7 @@ import sys
 # name -> "module:function(model_name, args) -> int", imported only when chosen (keeps `mcl --help` light)
 _DIS = "mclcore.studies.disentangle.cli:run"
 TRAINERS = {"mddiff": _DIS, "encdiff": _DIS, "betavae": _DIS, "factorvae": _DIS, "btcvae": _DIS,
+            "disdiff": _DIS, "infogan_cr": _DIS,
             "worldmodel": "mclcore.studies.worldmodel.cli:run"}
 DATASETS = ("shapes3d", "mpi3d", "cars3d", "tabletop")
 PRESETS = ("cpu-smoke", "cpu", "paper", "gpu")

@@ -118,10 +118,12 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, monkeypatch):
     model, _ = study.train(cfg, str(tmp_path / "run"), progress=False, log=False)
     # write=True: evaluate writes metrics.json itself (mcl train leaves that to run_seeds, after its timings)
     res = evaluate(model, cfg, str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), progress=False, write=True)
-    for key in ("factorvae", "dci", "fid", "lpips_proxy"):
+    for key in ("factorvae", "dci", "fid_standin", "lpips_proxy"):
         assert np.isfinite(res[key])
-    assert 0 <= res["factorvae"] <= 1 and 0 <= res["dci"] <= 1 and res["fid"] >= 0
-    assert res["fid_label"] == "FID (dataset-trained net)"
+    assert 0 <= res["factorvae"] <= 1 and 0 <= res["dci"] <= 1 and res["fid_standin"] >= 0
+    # no weight files configured: the stand-ins, labelled, and never under the real metrics' keys
+    assert res["fid_label"] == "FID stand-in (dataset-trained net)" and res["fid_kind"] == "standin"
+    assert res["lpips_kind"] == "standin" and "fid" not in res and "lpips" not in res
     saved = json.load(open(tmp_path / "run" / "metrics.json"))
     assert saved["dci"] == res["dci"]
     for name in ("swap", "traversal", "attention"):

@@ -37,8 +37,11 @@ def config_for(model_name: str, args: argparse.Namespace, seed: int):
 
 
 def _summary(out: str, res: dict) -> str:
-    return (f"{out}: FactorVAE {res['factorvae']:.3f}  DCI {res['dci']:.3f}  {res['fid_label']} {res['fid']:.2f}  "
-            f"{res['lpips_label']} {res['lpips_proxy']:.4f}  ({res['seconds']['total_call']:.0f} s)")
+    from mclcore.studies.disentangle.kinds import fid_of, lpips_of
+
+    fid, lp = fid_of(res)[0], lpips_of(res)[0]          # each printed beside its label (real or stand-in)
+    return (f"{out}: FactorVAE {res['factorvae']:.3f}  DCI {res['dci']:.3f}  {res['fid_label']} {fid:.2f}  "
+            f"{res['lpips_label']} {lp:.4f}  ({res['seconds']['total_call']:.0f} s)")
 
 
 def run(model_name: str, args: argparse.Namespace) -> int:
@@ -51,6 +54,12 @@ def run(model_name: str, args: argparse.Namespace) -> int:
 
     try:
         configs = {seed: config_for(model_name, args, seed) for seed in args.seeds}
+        if not args.no_eval and configs:                # a wrong metric weight file fails now, not after training
+            from mclcore.studies.disentangle.evaluate import weight_paths
+            from mclcore.studies.disentangle.fid import check_weight_files
+
+            first = next(iter(configs.values()))
+            check_weight_files(weight_paths(first), first.eval.lpips_net)
     except (ValueError, FileNotFoundError) as err:
         print(f"mcl train {model_name}: {err}", file=sys.stderr)
         return 2

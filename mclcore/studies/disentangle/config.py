@@ -10,17 +10,19 @@ pre-rendered Cars3D pool, the beta-TCVAE weight) <- ``--set a.b=v``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from mclcore.losses.mcl import MCLConfig
 from mclcore.metrics.dci import DCI_MODELS
+from mclcore.studies.disentangle.baseline_config import DisDiffConfig, InfoGANConfig, validate_baselines
 from mclcore.train.config import check_numbers, merge
 
 __all__ = ["MODELS", "DIFFUSION_MODELS", "DATASETS", "PRESETS", "DATASET_SIZES", "PAPER_LAMBDA_MCL", "DataConfig",
            "FirstStageConfig", "DiffusionModelConfig", "StagesConfig", "VAEConfig", "EvalConfig", "RunConfig",
            "study_mcl_config", "build_config", "validate", "run_dir_name"]
 
-MODELS = ("mddiff", "encdiff", "betavae", "factorvae", "btcvae")
+MODELS = ("mddiff", "encdiff", "betavae", "factorvae", "btcvae", "disdiff", "infogan_cr")   # the last two: baselines.py
 DIFFUSION_MODELS = ("mddiff", "encdiff")
 DATASETS = ("shapes3d", "mpi3d", "cars3d")
 DATASET_SIZES = {"shapes3d": 480000, "mpi3d": 1036800, "cars3d": 17568}
@@ -39,7 +41,28 @@ class DataConfig:
 
 @dataclass
 class FirstStageConfig:
-    """VQ autoencoder 64x64x3 -> 3x16x16 (:class:`mclcore.models.autoencoder.VQAutoencoder`)."""
+    """VQ autoencoder 64x64x3 -> 3x16x16 (:class:`mclcore.models.autoencoder.VQAutoencoder`).
+
+    Ours vs the public MDDiff code (the EncDiff fork that implements MCL: its ``configs/autoencoder/*_vq_4_16.yaml``
+    and ``configs/mcl/*.yaml``, read 2026-12):
+
+    * ``ch``: base width. Ours 128 (LDM's VQ-f4 width; what our runs used); theirs **32** (``ddconfig.ch: 32`` on
+      every dataset), ``--set first_stage.ch=32``.
+    * losses: ours L1 + MSE pixel loss + VQ loss. Theirs taming's ``VQLPIPSWithDiscriminator``: L1 + LPIPS-VGG
+      perceptual loss (``perceptual_weight`` 1.0, taming's default) + a hinge-loss PatchGAN discriminator
+      (``disc_weight: 0.75`` with taming's adaptive weight, ``disc_start: 0``, 3 layers, 64 filters) + codebook
+      loss. Here both are options, off by default (0.0: the perceptual loss needs LPIPS weight files we cannot
+      download, and without them the runs stay as they were):
+
+      - ``perceptual_weight`` > 0 adds ``perceptual_weight x LPIPS(x, x_rec)`` with :mod:`mclcore.metrics.lpips`
+        (``perceptual_net``: ``"vgg"`` as taming, or ``"alex"``), whose two weight files are
+        ``perceptual_backbone`` (torchvision ImageNet weights) and ``perceptual_weights`` (LPIPS v0.1 linear
+        layers): required when the weight is > 0;
+      - ``adversarial_weight`` > 0 trains :class:`mclcore.models.autoencoder.PatchDiscriminator`
+        (``disc_layers``, ``disc_ndf``; Adam at ``lr``, betas 0.5/0.9 as the autoencoder) with the hinge loss and
+        adds ``adversarial_weight x w_adapt x (-mean D(x_rec))``, ``w_adapt`` = |grad L_rec| / (|grad L_G| + 1e-4)
+        on the decoder's last convolution (taming's adaptive weight, clamped to [0, 1e4]); theirs 0.75.
+    """
     ch: int = 128
     ch_mult: tuple = (1, 2, 4)
     num_res_blocks: int = 2
@@ -48,11 +71,32 @@ class FirstStageConfig:
     steps: int = 50000
     batch_size: int = 32
     lr: float = 1e-4              # Adam
+    perceptual_weight: float = 0.0
+    perceptual_net: str = "vgg"
+    perceptual_backbone: str | None = None
+    perceptual_weights: str | None = None
+    adversarial_weight: float = 0.0
+    disc_layers: int = 3
+    disc_ndf: int = 64
 
 
 @dataclass
 class DiffusionModelConfig:
-    """EncDiff/MDDiff backbone (App. D.4). UNet attention at downsampling factors ``attention_ds``."""
+    """EncDiff/MDDiff backbone (App. D.4). UNet attention at downsampling factors ``attention_ds``.
+
+    Ours vs the public MDDiff code (the EncDiff fork implementing MCL, ``configs/latent-diffusion/*-encdiff.yaml``
+    and ``configs/mcl/*.yaml``):
+
+    * ``loss``: the diffusion loss on the predicted noise, ``"mse"`` (ours: the DDPM "simple" loss of Ho et al.
+      2020, what our runs used) or ``"l1"`` (theirs: ``loss_type: l1`` in every EncDiff/MCL config; LDM's
+      ``get_loss``, mean absolute error).
+    * ``attention_ds``: the downsampling factors of the 16x16 latent with a transformer block (cross-attention
+      to the concept tokens; the middle block always has one). Ours (2, 4, 8) = 8x8, 4x4, 2x2 (our reading of
+      App. D.4, "the three downsampled resolutions"); theirs ``attention_resolutions: [1, 2, 4]``, which LDM's
+      UNet reads as factors ``ds`` starting at 1, i.e. **16x16**, 8x8 and 4x4 (the config's comment "8, 4, 2" does
+      not match that code): ``--set diffusion.attention_ds=1,2,4``. Each entry must be a power of two the U-Net
+      reaches (at most ``2 ** (len(unet_mult) - 1)``).
+    """
     num_concepts: int = 20
     encoder_hidden: int = 128
     encoder_fc: int = 256
@@ -67,6 +111,7 @@ class DiffusionModelConfig:
     beta_start: float = 0.0015
     beta_end: float = 0.0155
     schedule: str = "ldm_linear"
+    loss: str = "mse"
 
 
 @dataclass
@@ -75,7 +120,13 @@ class StagesConfig:
 
     ``lambda_recon``, ``lambda_mcl``: the weights of Eq. (19) in stage 2 (MDDiff only); ``mcl_z``: what z is for
     MCL, ``"clean"`` z_0 = E(x) or ``"pred_x0"`` (see :mod:`mclcore.models.encdiff`). The MCL module's own options
-    are the ``mcl`` section."""
+    are the ``mcl`` section.
+
+    ``freeze_decoder``: MDDiff's stage 2 trains the u-decoder (decoder + post_quant_conv) through L_recon and L_MCL
+    (ours, False: App. D.4 makes the decoder the generator g(z, u) that MCL regularises). True keeps it frozen, as
+    the public MDDiff code does (its ``instantiate_first_stage`` sets ``requires_grad = False`` on the whole first
+    stage and ``configure_optimizers`` adds only the U-Net, the concept encoder and the MCL critic and heads): the
+    MCL gradient then reaches only the concept encoder and tokenizer (through u), the critic and the heads."""
     batch_size: int = 128
     stage1_steps: int = 37500     # 10 epochs of Shapes3D at batch 128 (set per dataset by build_config)
     stage2_steps: int = 37500
@@ -87,6 +138,7 @@ class StagesConfig:
     lambda_recon: float = 0.1
     lambda_mcl: float = 1e-3      # 1e-4 for MPI3D (build_config)
     mcl_z: str = "clean"
+    freeze_decoder: bool = False
 
 
 @dataclass
@@ -110,7 +162,14 @@ class EvalConfig:
     """Evaluation. ``sample_scale`` multiplies every sample count of the disentanglement_lib protocol.
     ``dci_model``: ``gbt`` (disentanglement_lib's gradient-boosted trees, the default since 2026-12-06; the runs in
     experiments/disentanglement/README.md were scored with ``hist_gbt``, whose tie-breaking gives a duplicated code
-    no importance: see mclcore.metrics.dci) or ``hist_gbt`` (30x faster at the full protocol)."""
+    no importance: see mclcore.metrics.dci) or ``hist_gbt`` (30x faster at the full protocol).
+
+    Real FID / LPIPS need weight files (never downloaded; each field falls back to its environment variable):
+    ``fid_weights`` (``$MCLCORE_FID_WEIGHTS``): pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (or a
+    TorchScript feature network, labelled as such); ``lpips_backbone`` (``$MCLCORE_LPIPS_BACKBONE``): torchvision's
+    ImageNet weights of ``lpips_net`` (``"alex"``, the LPIPS default, or ``"vgg"``); ``lpips_weights``
+    (``$MCLCORE_LPIPS_WEIGHTS``): LPIPS v0.1's linear layers for that net. Without them the columns are the
+    labelled stand-ins ``fid_standin`` / ``lpips_proxy`` (:mod:`mclcore.studies.disentangle.fid`)."""
     sample_scale: float = 1.0
     dci_model: str = "gbt"
     ddim_steps: int = 50
@@ -118,6 +177,9 @@ class EvalConfig:
     recon_samples: int = 1000
     featnet_steps: int = 3000
     fid_weights: str | None = None
+    lpips_net: str = "alex"
+    lpips_backbone: str | None = None
+    lpips_weights: str | None = None
     figures: bool = True
 
 
@@ -144,6 +206,8 @@ class RunConfig:
     stages: StagesConfig = field(default_factory=StagesConfig)
     mcl: MCLConfig = field(default_factory=study_mcl_config)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    disdiff: DisDiffConfig = field(default_factory=DisDiffConfig)
+    infogan: InfoGANConfig = field(default_factory=InfoGANConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -163,6 +227,7 @@ PRESETS: dict[str, dict] = {
         "stages": {"batch_size": 32, "stage1_steps": 150, "stage2_steps": 30, "base_lr1": 3e-5, "base_lr2": 1e-5,
                    "warmup1": 50, "warmup2": 10},
         "mcl": {"critic_hidden": (64,), "proj_dim": 64},
+        "disdiff": {"num_concepts": 6, "pca_samples": 512},
         "vae": {"hidden": 32, "fc": 128, "disc_width": 256, "disc_depth": 3, "steps": 800, "batch_size": 32,
                 "lr": 1e-3, "disc_lr": 1e-3},
         "eval": {"sample_scale": 0.02, "ddim_steps": 10, "fid_samples": 300, "recon_samples": 64,
@@ -218,8 +283,54 @@ def validate(cfg: RunConfig) -> RunConfig:
                              "gradient on the u-decoder to weigh)")
     if cfg.eval.dci_model not in DCI_MODELS:
         raise ValueError(f"eval.dci_model: expected one of {DCI_MODELS}, got {cfg.eval.dci_model!r}")
+    _validate_options(cfg)
+    validate_baselines(cfg)
     check_numbers(cfg)
     return cfg
+
+
+def _file_option(name: str, path) -> None:
+    if path is not None and not (isinstance(path, str) and os.path.isfile(path)):
+        raise ValueError(f"{name}: no such file {path!r}")
+
+
+def _validate_options(cfg: RunConfig) -> None:
+    """The options matching the public MDDiff code and the metric weight files (see the section docstrings)."""
+    from mclcore.metrics.lpips import LPIPS_NETS
+    from mclcore.models.diffusion import LOSSES
+
+    d, fs, e = cfg.diffusion, cfg.first_stage, cfg.eval
+    if d.loss not in LOSSES:
+        raise ValueError(f"diffusion.loss: expected one of {LOSSES}, got {d.loss!r}")
+    deepest = 2 ** (len(d.unet_mult) - 1)
+    for ds in d.attention_ds:
+        if not isinstance(ds, int) or ds < 1 or ds & (ds - 1) or ds > deepest:
+            raise ValueError(f"diffusion.attention_ds: {ds!r} is not a downsampling factor of this U-Net (powers of "
+                             f"two up to 2 ** (len(unet_mult) - 1) = {deepest}; 1 is the 16x16 latent itself)")
+    if cfg.stages.freeze_decoder and cfg.model == "mddiff" and cfg.mcl.weighting == "relative":
+        raise ValueError("stages.freeze_decoder: a frozen decoder has no gradient to weigh mcl.weighting='relative' "
+                         "against; use mcl.weighting=absolute")
+    for name, net in (("first_stage.perceptual_net", fs.perceptual_net), ("eval.lpips_net", e.lpips_net)):
+        if net not in LPIPS_NETS:
+            raise ValueError(f"{name}: expected one of {LPIPS_NETS}, got {net!r}")
+    for name in ("perceptual_weight", "adversarial_weight"):
+        if getattr(fs, name) < 0:
+            raise ValueError(f"first_stage.{name}: expected >= 0, got {getattr(fs, name)}")
+    if fs.perceptual_weight > 0 and not (fs.perceptual_backbone and fs.perceptual_weights):
+        raise ValueError("first_stage.perceptual_weight: a perceptual loss needs LPIPS weights: set "
+                         "first_stage.perceptual_backbone (torchvision ImageNet weights) and "
+                         "first_stage.perceptual_weights (LPIPS v0.1 linear layers)")
+    for name in ("disc_layers", "disc_ndf"):
+        if getattr(fs, name) < 1:
+            raise ValueError(f"first_stage.{name}: expected an int >= 1, got {getattr(fs, name)}")
+    if bool(e.lpips_backbone) != bool(e.lpips_weights):
+        raise ValueError("eval.lpips_backbone, eval.lpips_weights: real LPIPS needs both files (or neither: the "
+                         "labelled stand-in)")
+    for name in ("perceptual_backbone", "perceptual_weights"):
+        if fs.perceptual_weight > 0:
+            _file_option(f"first_stage.{name}", getattr(fs, name))
+    for name in ("fid_weights", "lpips_backbone", "lpips_weights"):
+        _file_option(f"eval.{name}", getattr(e, name))
 
 
 def run_dir_name(cfg: RunConfig) -> str:

@@ -1,7 +1,8 @@
 """Evaluation of a trained disentanglement run: Table 1's metrics, Table 6's generation quality and the figures.
 
 :func:`evaluate` computes the FactorVAE score and DCI disentanglement (:mod:`mclcore.metrics`, the
-disentanglement_lib protocol scaled by ``eval.sample_scale``), FID and the LPIPS stand-in (:mod:`.fid`) and writes
+disentanglement_lib protocol scaled by ``eval.sample_scale``), FID and LPIPS (the real metrics when their weight
+files are configured, else the labelled stand-ins; :mod:`.fid`) and writes
 the figures (:mod:`.figures`). It returns the result dict; ``mcl train`` (:func:`mclcore.train.loop.run_seeds`)
 adds the call's timings, prints the summary and then writes ``metrics.json``, so a run folder never holds a
 ``metrics.json`` without its timings (``write=True`` writes it here, for callers outside that lifecycle).
@@ -15,12 +16,13 @@ import numpy as np
 import torch
 
 from mclcore._io import write_json_atomic
+from mclcore.studies.disentangle.baseline_config import BASELINE_MODELS
 from mclcore.studies.disentangle.config import DIFFUSION_MODELS, RunConfig
 from mclcore.losses.monitor import last_measurement
 from mclcore.studies.disentangle.run import autocast, load_dataset
 from mclcore.train.loop import resolve_device
 
-__all__ = ["representation", "evaluate", "generate_samples", "reconstruct"]
+__all__ = ["representation", "evaluate", "generate_samples", "reconstruct", "weight_paths"]
 
 
 def representation(model, cfg: RunConfig, device):
@@ -31,9 +33,22 @@ def representation(model, cfg: RunConfig, device):
     return torch_representation(enc, device=device, batch_size=512)
 
 
+def weight_paths(cfg: RunConfig) -> dict:
+    """The metric weight files of an evaluation: each ``eval.*`` field, else its environment variable
+    (``MCLCORE_FID_WEIGHTS``, ``MCLCORE_LPIPS_BACKBONE``, ``MCLCORE_LPIPS_WEIGHTS``), else None (stand-in)."""
+    from mclcore.metrics.inception import FID_WEIGHTS_ENV
+    from mclcore.metrics.lpips import LPIPS_BACKBONE_ENV, LPIPS_WEIGHTS_ENV
+
+    e = cfg.eval
+    return {"fid_weights": e.fid_weights or os.environ.get(FID_WEIGHTS_ENV) or None,
+            "lpips_backbone": e.lpips_backbone or os.environ.get(LPIPS_BACKBONE_ENV) or None,
+            "lpips_weights": e.lpips_weights or os.environ.get(LPIPS_WEIGHTS_ENV) or None}
+
+
 def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = None, progress: bool = True,
              write: bool = False) -> dict:
-    """Disentanglement metrics, FID, the LPIPS stand-in and figures (into ``out_dir/figures``). Returns the dict
+    """Disentanglement metrics, FID, LPIPS (real or labelled stand-in: ``fid`` / ``fid_standin``, ``lpips`` /
+    ``lpips_proxy``, with ``fid_kind`` and ``lpips_kind``) and figures (into ``out_dir/figures``). Returns the dict
     that becomes ``metrics.json`` (written here only with ``write=True``); for MDDiff also the last MCL measurement
     of training (``mcl_weight``, ``mcl_loss``, ``mcl_acc``, ``mcl_acc_generator``, ``mcl_acc_direct``,
     ``mcl_chance``, ``mcl_shortcut_share``, ``mcl_grad_ratio``, ``mcl_step``) when the run logged one.
@@ -63,22 +78,28 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
                 "sample_scale": e.sample_scale})
     res["seconds"]["metrics"] = time.perf_counter() - t0
 
-    # ---- generation quality (Table 6)
+    # ---- generation quality (Table 6): real FID / LPIPS when their weight files are configured, else the
+    # labelled stand-ins (fid_standin, lpips_proxy); see mclcore.studies.disentangle.fid
     t0 = time.perf_counter()
+    paths = weight_paths(cfg)
     feats = fidlib.get_feature_net(dataset, cfg.data.dataset + ("-file" if cfg.data.data_path else "-twin"),
                                    cache_dir or os.path.join(out_dir, "..", "cache"),
-                                   fidlib.FeatureNetConfig(steps=e.featnet_steps), e.fid_weights, device, progress)
+                                   fidlib.FeatureNetConfig(steps=e.featnet_steps), paths["fid_weights"], device,
+                                   progress, lpips_net=e.lpips_net, lpips_backbone=paths["lpips_backbone"],
+                                   lpips_weights=paths["lpips_weights"])
     rng = np.random.default_rng([cfg.seed, 1234])
     real = to_float_nchw(dataset.observations_at(dataset.sample_index(e.fid_samples, rng)))      # (N, 3, 64, 64)
     cond = to_float_nchw(dataset.observations_at(dataset.sample_index(e.fid_samples, rng)))
     fake = generate_samples(model, cfg, cond, device, seed=cfg.seed)
-    res["fid"] = fidlib.frechet_distance(feats.features(real.to(device)), feats.features(fake.to(device)))
-    res["fid_label"], res["fid_samples"] = feats.fid_label, e.fid_samples
+    res[feats.fid_key] = fidlib.frechet_distance(feats.features(real.to(device)), feats.features(fake.to(device)))
+    res["fid_kind"], res["fid_label"], res["fid_samples"] = feats.fid_kind, feats.fid_label, e.fid_samples
+    if paths["fid_weights"]:
+        res["fid_weights"] = paths["fid_weights"]
     x = real[: e.recon_samples].to(device)                                                       # (R, 3, 64, 64)
     rec = reconstruct(model, cfg, x, device, seed=cfg.seed)
-    d = fidlib.feature_distance(feats.layer_net, x, rec)                                         # (R,)
-    res["lpips_proxy"], res["lpips_proxy_std"] = float(d.mean()), float(d.std())
-    res["lpips_label"] = feats.lpips_label
+    d = feats.distance(x, rec)                                                                   # (R,)
+    res[feats.lpips_key], res[feats.lpips_key + "_std"] = float(d.mean()), float(d.std())
+    res["lpips_kind"], res["lpips_label"] = feats.lpips_kind, feats.lpips_label
     res["recon_mse"] = float((x - rec).pow(2).mean())
     res["seconds"]["generation"] = time.perf_counter() - t0
 
@@ -96,6 +117,10 @@ def generate_samples(model, cfg: RunConfig, cond_images: torch.Tensor, device, s
                      batch_size: int = 250) -> torch.Tensor:
     """Samples for FID. Diffusion: DDIM from noise conditioned on the concept codes of *other* real images (EncDiff
     needs a code to sample); VAEs: decode z ~ N(0, I). Returns (N, 3, 64, 64) in [0, 1] on the CPU."""
+    if cfg.model in BASELINE_MODELS:        # DisDiff, InfoGAN-CR: mclcore.studies.disentangle.baselines
+        from mclcore.studies.disentangle import baselines
+
+        return baselines.generate_samples(model, cfg, cond_images, device, seed, batch_size)
     g = torch.Generator(device=device).manual_seed(seed + 777)
     outs = []
     for i in range(0, len(cond_images), batch_size):
@@ -114,6 +139,10 @@ def generate_samples(model, cfg: RunConfig, cond_images: torch.Tensor, device, s
 def reconstruct(model, cfg: RunConfig, x: torch.Tensor, device, seed: int) -> torch.Tensor:
     """Reconstructions in [0, 1]: diffusion models generate from noise conditioned on s = E(x) (EncDiff's
     protocol, the concept code is the only information passed); VAEs decode the posterior mean."""
+    if cfg.model in BASELINE_MODELS:        # DisDiff, InfoGAN-CR: mclcore.studies.disentangle.baselines
+        from mclcore.studies.disentangle import baselines
+
+        return baselines.reconstruct(model, cfg, x, device, seed)
     g = torch.Generator(device=device).manual_seed(seed + 778)
     with autocast(device, cfg):
         if cfg.model in DIFFUSION_MODELS:

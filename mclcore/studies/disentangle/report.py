@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+from mclcore.studies.disentangle.kinds import fid_of, lpips_of
+
 __all__ = ["DATASETS", "NAMES", "PAPER_T1", "PAPER_T6", "ROWS", "load", "fmt", "table1", "table6", "tables", "main"]
 
 DATASETS = ("cars3d", "shapes3d", "mpi3d")
@@ -42,8 +44,8 @@ PAPER_T6 = {
 # (type, display name, our model name or None when not implemented)
 ROWS = [
     ("VAE", "β-VAE", "betavae"), ("VAE", "FactorVAE", "factorvae"), ("VAE", "β-TCVAE", "btcvae"),
-    ("GAN", "InfoGAN-CR", None), ("GAN", "LatentDisco", None), ("GAN", "GANspace", None), ("GAN", "DisCo", None),
-    ("Diffusion", "DisDiff", None), ("Diffusion", "EncDiff", "encdiff"), ("Diffusion", "MDDiff", "mddiff"),
+    ("GAN", "InfoGAN-CR", "infogan_cr"), ("GAN", "LatentDisco", None), ("GAN", "GANspace", None), ("GAN", "DisCo", None),
+    ("Diffusion", "DisDiff", "disdiff"), ("Diffusion", "EncDiff", "encdiff"), ("Diffusion", "MDDiff", "mddiff"),
 ]
 
 
@@ -87,19 +89,32 @@ def table1(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(rs: list, of, digits: int) -> str:
+    """One Table-6 cell: the runs' values of one kind; a stand-in value is marked "(stand-in)" and runs of
+    different kinds are never averaged together."""
+    vals = [of(r) for r in rs]
+    vals = [(v, k) for v, k in vals if v is not None]
+    kinds = {k for _, k in vals}
+    if len(kinds) > 1:
+        return "mixed kinds: " + ", ".join(sorted(kinds))
+    cell = fmt([v for v, _ in vals], digits)
+    return cell + " (stand-in)" if kinds == {"standin"} else cell
+
+
 def table6(runs: dict) -> str:
-    """Table 6 (FID, LPIPS) as Markdown, with a note naming our FID network and LPIPS stand-in."""
+    """Table 6 (FID, LPIPS) as Markdown, with a note naming our FID network and LPIPS (real or stand-in)."""
     labels = sorted({(r["fid_label"], r["lpips_label"]) for rs in runs.values() for r in rs})
     head = "| Method | source | " + " | ".join(f"{NAMES[d]} FID ↓ | {NAMES[d]} LPIPS ↓" for d in DATASETS) + " |"
     lines = [head, "|" + "---|" * (2 + 2 * len(DATASETS))]
     for name, model in (("EncDiff", "encdiff"), ("MDDiff", "mddiff"), ("β-VAE", "betavae"),
-                        ("FactorVAE", "factorvae"), ("β-TCVAE", "btcvae")):
+                        ("FactorVAE", "factorvae"), ("β-TCVAE", "btcvae"),
+                        ("DisDiff", "disdiff"), ("InfoGAN-CR", "infogan_cr")):
         if name in PAPER_T6:
             lines.append(f"| {name} | paper (Inception FID, LPIPS) | " + " | ".join(PAPER_T6[name]) + " |")
         cells = []
         for d in DATASETS:
             rs = runs.get((model, d), [])
-            cells += [fmt([r["fid"] for r in rs], 2), fmt([r["lpips_proxy"] for r in rs], 4)]
+            cells += [_cell(rs, fid_of, 2), _cell(rs, lpips_of, 4)]
         if any(c != "–" for c in cells):
             lines.append(f"| {name} | ours | " + " | ".join(cells) + " |")
     note = "; ".join(f"ours: FID = {a}, LPIPS column = {b}" for a, b in labels)

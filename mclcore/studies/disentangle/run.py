@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from mclcore import distributed
+from mclcore.studies.disentangle.baseline_config import BASELINE_MODELS
 from mclcore.studies.disentangle.config import DIFFUSION_MODELS, MODELS, RunConfig, run_dir_name
 from mclcore.losses.monitor import MCLMonitor
 from mclcore.train import loop
@@ -49,7 +50,9 @@ PHASES = ("first_stage", "stage1", "stage2", "vae")   # a phase's index seeds it
 # -------------------------------------------------------------------------------------------------- building
 def build_model(cfg: RunConfig) -> torch.nn.Module:
     """The model of ``cfg.model`` with freshly initialised weights (the loop seeds torch with ``cfg.seed``)."""
-    from mclcore.models.autoencoder import VQAutoencoder
+    if cfg.model in BASELINE_MODELS:        # DisDiff, InfoGAN-CR: their own study object (baselines.py)
+        return _baselines().build_model(cfg)
+    from mclcore.models.autoencoder import PatchDiscriminator, VQAutoencoder
     from mclcore.models.encdiff import EncDiff, MDDiff
     from mclcore.models.image_vae import ImageVAE
 
@@ -62,16 +65,19 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
                   unet=dict(channels=d.unet_channels, channel_mult=d.unet_mult, num_res_blocks=d.unet_res_blocks,
                             attention_ds=d.attention_ds, heads=d.heads),
                   diffusion=dict(num_timesteps=d.timesteps, beta_start=d.beta_start, beta_end=d.beta_end,
-                                 schedule=d.schedule))
-        if cfg.model == "encdiff":
-            return EncDiff(ae, **kw)
-        return MDDiff(ae, mcl=cfg.mcl, **kw)
+                                 schedule=d.schedule, loss=d.loss))
+        model = EncDiff(ae, **kw) if cfg.model == "encdiff" else MDDiff(ae, mcl=cfg.mcl, **kw)
+        if fs.adversarial_weight > 0:     # the first stage's PatchGAN (trained in first_stage only; checkpointed)
+            model.first_stage_disc = PatchDiscriminator(3, fs.disc_ndf, fs.disc_layers)
+        return model
     v = cfg.vae
     return ImageVAE(cfg.model, v.latent_dim, v.hidden, v.fc, v.beta, v.gamma, v.disc_width, v.disc_depth)
 
 
 def phases(cfg: RunConfig) -> list[tuple[str, int]]:
     """[(phase name, steps)] in order."""
+    if cfg.model in BASELINE_MODELS:        # DisDiff, InfoGAN-CR: their own study object (baselines.py)
+        return _baselines().phases(cfg)
     if cfg.model in DIFFUSION_MODELS:
         return [("first_stage", cfg.first_stage.steps), ("stage1", cfg.stages.stage1_steps),
                 ("stage2", cfg.stages.stage2_steps)]
@@ -80,6 +86,8 @@ def phases(cfg: RunConfig) -> list[tuple[str, int]]:
 
 def batch_sizes(cfg: RunConfig) -> dict[str, int]:
     """The global batch of each phase by config key (under torchrun each rank draws its share of it)."""
+    if cfg.model in BASELINE_MODELS:        # DisDiff, InfoGAN-CR: their own study object (baselines.py)
+        return _baselines().batch_sizes(cfg)
     if cfg.model in DIFFUSION_MODELS:
         return {"first_stage.batch_size": cfg.first_stage.batch_size, "stages.batch_size": cfg.stages.batch_size}
     return {"vae.batch_size": cfg.vae.batch_size}
@@ -130,12 +138,21 @@ class StudyData:
     batches: Batches
     device: torch.device
     mcl: MCLMonitor | None = None
+    perceptual: torch.nn.Module | None = None
 
 
 def setup(model, cfg: RunConfig, device: torch.device) -> StudyData:
     dataset = load_dataset(cfg)
     monitor = MCLMonitor(cfg.stages.lambda_mcl, cfg.mcl) if cfg.model == "mddiff" else None
-    return StudyData(dataset, Batches(dataset, cfg, device), device, monitor)
+    perceptual = None
+    fs = cfg.first_stage
+    if cfg.model in DIFFUSION_MODELS and fs.perceptual_weight > 0:
+        # LPIPS of the first stage's perceptual loss: frozen, kept out of the model (not checkpointed, not trained)
+        from mclcore.metrics.lpips import load_lpips
+
+        perceptual = load_lpips(fs.perceptual_net, fs.perceptual_backbone, fs.perceptual_weights, device,
+                                what="first_stage.perceptual").to(device)
+    return StudyData(dataset, Batches(dataset, cfg, device), device, monitor, perceptual)
 
 
 def extra_state(data: StudyData) -> dict:
@@ -146,6 +163,12 @@ def extra_state(data: StudyData) -> dict:
 def load_extra_state(data: StudyData, state: dict | None) -> None:
     if data.mcl is not None and state:
         data.mcl.load_state_dict(state.get("mcl"))
+
+
+def _baselines():
+    from mclcore.studies.disentangle import baselines   # imports this module: imported on first use
+
+    return baselines
 
 
 # ---------------------------------------------------------------------------------------------------- phases
@@ -159,8 +182,10 @@ def trainable(model, cfg: RunConfig, phase: str) -> list[torch.nn.Parameter]:
         mods = [model.concept_encoder, model.tokenizer, model.unet]
     elif phase == "stage2":
         mods = [model.concept_encoder, model.tokenizer, model.unet]
-        if cfg.model == "mddiff":   # u-decoder (through L_recon and L_MCL) and the MCL critic + heads
-            mods += [model.first_stage.decoder, model.first_stage.post_quant_conv, model.mcl]
+        if cfg.model == "mddiff":   # the MCL critic + heads, and the u-decoder (through L_recon and L_MCL) ...
+            mods += [model.mcl]
+            if not cfg.stages.freeze_decoder:   # ... unless frozen as in the public MDDiff code
+                mods += [model.first_stage.decoder, model.first_stage.post_quant_conv]
     else:
         mods = [model]
     params = []
@@ -172,11 +197,18 @@ def trainable(model, cfg: RunConfig, phase: str) -> list[torch.nn.Parameter]:
 
 
 def optimizers(model, cfg: RunConfig, phase: str, params) -> tuple[list, list]:
-    """(optimizers, schedulers) of a phase: Adam (betas 0.5/0.9) for the first stage; AdamW at base_lr x batch
+    """(optimizers, schedulers) of a phase: Adam (betas 0.5/0.9) for the first stage (+ the PatchGAN's Adam, same
+    settings, second in the list, with ``first_stage.adversarial_weight > 0``); AdamW at base_lr x batch
     with a linear warm-up for the two diffusion stages (App. D.4); Adam for the VAEs (+ the FactorVAE
     discriminator's Adam, betas 0.5/0.9, second in the list)."""
     if phase == "first_stage":
-        return [torch.optim.Adam(params, lr=cfg.first_stage.lr, betas=(0.5, 0.9))], []
+        opts = [torch.optim.Adam(params, lr=cfg.first_stage.lr, betas=(0.5, 0.9))]
+        disc = getattr(model, "first_stage_disc", None)
+        if disc is not None:
+            for p in disc.parameters():      # trainable() froze everything outside the first stage
+                p.requires_grad_(True)
+            opts.append(torch.optim.Adam(disc.parameters(), lr=cfg.first_stage.lr, betas=(0.5, 0.9)))
+        return opts, []
     if phase in ("stage1", "stage2"):
         st = cfg.stages
         base, warm = (st.base_lr1, st.warmup1) if phase == "stage1" else (st.base_lr2, st.warmup2)
@@ -203,8 +235,11 @@ def train_step(model, cfg: RunConfig, phase: str, step: int, data: StudyData, ct
     device = data.device
     if phase == "first_stage":
         x = data.batches.get(ctx.rng, ctx.per_rank(cfg.first_stage.batch_size))    # (B, 3, 64, 64), B per rank
-        with autocast(device, cfg):
-            return model.first_stage.loss(x)                                # unconditional path (u = None)
+        fs = cfg.first_stage
+        with autocast(device, cfg):                                         # unconditional path (u = None)
+            return model.first_stage.loss(x, perceptual=data.perceptual, perceptual_weight=fs.perceptual_weight,
+                                          discriminator=getattr(model, "first_stage_disc", None),
+                                          adversarial_weight=fs.adversarial_weight)
     if phase in ("stage1", "stage2"):
         st = cfg.stages
         x = data.batches.get(ctx.rng, ctx.per_rank(st.batch_size))          # (B, 3, 64, 64), B per rank
@@ -223,7 +258,18 @@ def train_step(model, cfg: RunConfig, phase: str, step: int, data: StudyData, ct
 
 def after_update(model, cfg: RunConfig, phase: str, step: int, data: StudyData, ctx: loop.StepContext, out: dict,
                  opts: list) -> dict:
-    """FactorVAE's discriminator step, after the VAE's update, on the step's codes and the same generator."""
+    """FactorVAE's discriminator step, after the VAE's update, on the step's codes and the same generator; the
+    first stage's PatchGAN step (hinge loss on the step's images and detached reconstructions)."""
+    if phase == "first_stage" and getattr(model, "first_stage_disc", None) is not None:
+        from mclcore.models.autoencoder import hinge_d_loss
+
+        with autocast(data.device, cfg):
+            disc = model.first_stage_disc
+            d_loss = hinge_d_loss(disc(out["x_real"]), disc(out["x_rec"]))
+        opts[1].zero_grad(set_to_none=True)
+        d_loss.backward()
+        opts[1].step()
+        return {"disc": d_loss.detach()}
     if phase != "vae" or model.discriminator is None:
         return {}
     with autocast(data.device, cfg):
@@ -247,6 +293,8 @@ def train(cfg: RunConfig, out_dir: str, **kw):
     """Train ``cfg`` into ``out_dir`` (checkpoint.pt, config.json, tb/; MDDiff: mcl_diagnostics.json) with
     :func:`mclcore.train.loop.train`; ``kw``: its ``resume``, ``stop_after``, ``progress``, ``log``. Returns
     ``(model, finished)``."""
+    if cfg.model in BASELINE_MODELS:        # DisDiff, InfoGAN-CR: their own study object (baselines.py)
+        return _baselines().train(cfg, out_dir, **kw)
     model, _, data, finished = loop.train(sys.modules[__name__], cfg, out_dir, label=cfg.model, **kw)
     _write_diagnostics(data, out_dir)
     return model, finished
