@@ -16,8 +16,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import summarize  # noqa: E402
+from mclcore.studies.disentangle.kinds import fid_of  # noqa: E402
 
 METRICS = ("factorvae", "dci", "fid", "lpips_proxy", "recon_mse")
+
+
+def _metric(m: dict, k: str) -> float:
+    """metrics.json value of ``k``; FID through kinds.fid_of (stand-in runs write ``fid_standin``, real ones
+    ``fid``), so both old and new result files are read."""
+    return fid_of(m)[0] if k == "fid" else m[k]
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
 
 
@@ -46,10 +53,15 @@ def main(argv=None) -> int:
              f"mcl_ablation.sh.", "", "| metric | default (per seed) | λ_MCL = 0 (per seed) | Δ mean [95% CI] |",
              "|---|---|---|---|"]
     for k in METRICS:
-        d = [arms["default"][s][1][k] for s in seeds]
-        z = [arms["lambda0"][s][1][k] for s in seeds]
+        d = [_metric(arms["default"][s][1], k) for s in seeds]
+        z = [_metric(arms["lambda0"][s][1], k) for s in seeds]
         st = summarize([x - y for x, y in zip(d, z)])
-        lines.append(f"| {k} | {', '.join(f'{v:.4g}' for v in d)} | {', '.join(f'{v:.4g}' for v in z)} | "
+        kinds = {fid_of(arms[a][s][1])[1] for a in ("default", "lambda0") for s in seeds} if k == "fid" else set()
+        if len(kinds) > 1:       # a real FID and a stand-in are different quantities: never differenced
+            print(f"mcl_ablation_report: runs mix FID kinds {sorted(kinds)}; re-evaluate them alike", file=sys.stderr)
+            return 2
+        label = f"fid ({kinds.pop()})" if kinds else k
+        lines.append(f"| {label} | {', '.join(f'{v:.4g}' for v in d)} | {', '.join(f'{v:.4g}' for v in z)} | "
                      f"{st['mean']:+.4g} [{st['lo']:+.4g}, {st['hi']:+.4g}] |")
     lines += ["", "MCL diagnostics of the default arm (last measurement, per seed):", "",
               "| seed | " + " | ".join(DIAG) + " |", "|---|" + "---|" * len(DIAG)]

@@ -59,8 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "config.json)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--fid-weights", default=None, metavar="FILE",
-                   help="TorchScript feature network for FID (e.g. an Inception you exported); default: a small "
-                        "network trained on the dataset (labelled as such). Nothing is downloaded")
+                   help="FID weights: pytorch-fid's pt_inception-2015-12-05 state dict (the FID InceptionV3, "
+                        "also $MCLCORE_FID_WEIGHTS), or a TorchScript feature network; default: a stand-in network "
+                        "trained on the dataset (labelled fid_standin). Nothing is downloaded")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-eval", action="store_true", help="train only")
     p.add_argument("--eval-only", action="store_true", help="(re-)evaluate the finished run(s)")
