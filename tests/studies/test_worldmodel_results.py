@@ -28,3 +28,20 @@ def test_committed_tables_are_regenerated_from_the_committed_runs(tmp_path):
         assert open(os.path.join(tmp_path, name)).read() == open(committed).read(), \
             f"{name} differs from the report of the committed runs: rerun the command in experiments/worldmodel/README.md"
     assert not any(k.startswith(("ACG", "LACG")) for k in out)          # no rollouts.npz committed: no figures
+
+
+def test_committed_idm_ceiling_table_is_regenerated_from_its_json():
+    """experiments/worldmodel/cpu/idm_ceiling.md (pasted into the README) is the table of the committed
+    idm_ceiling.json, every pre-registered cell present."""
+    import importlib.util
+    import json
+
+    path = os.path.join(ROOT, "..", "idm_ceiling.py")
+    spec = importlib.util.spec_from_file_location("idm_ceiling", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    data = json.load(open(os.path.join(ROOT, "idm_ceiling.json")))
+    cells = {(r["seed"], r["inputs"], r["steps"], r["split"]) for r in data["rows"]}
+    assert cells == {(s, i, n, sp) for s in mod.SEEDS for i in mod.INPUTS for n in mod.STEPS for sp in mod.SPLITS}
+    lacg = {int(k): v for k, v in data["lacg"].items()}
+    assert mod.table(data["rows"], lacg) == open(os.path.join(ROOT, "idm_ceiling.md")).read()
