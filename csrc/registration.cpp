@@ -72,6 +72,22 @@ TORCH_LIBRARY(mclcore, m) {
       "mech_derivs(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? in_bias, Tensor? film_scale, "
       "Tensor? film_shift, str[] activations, float[] act_params) -> (Tensor, Tensor)");
 
+  // Compositional contrast of an MLP generator (docs/DESIGN.md §2.5), per sample with J = dx/dz (dx x dz):
+  //   C = sum_n sum_{i<j} |J_ni| |J_nj|,   Q = sum_{n,i} J_ni^2   (Q: for the scale-free normalisation C / Q).
+  // z, weights, biases, in_bias, activations, act_params as mech_derivs (no FiLM inputs; any dx >= 1). J by forward
+  // mode (one GEMM per layer over the value and dz tangent rows of each sample). Returns (C: (B,), Q: (B,), saved:
+  // 1-D workspace of the layer stacks, read by the backward so it recomputes nothing; not differentiable), C and Q
+  // contiguous in z's dtype (float32 or float64).
+  m.def(
+      "comp_contrast(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? in_bias, str[] activations, "
+      "float[] act_params) -> (Tensor, Tensor, Tensor)");
+  // Backward of comp_contrast: given grad_c, grad_q (B,), returns dL/dz (B, dz), dL/dW_l, dL/db_l and dL/d in_bias
+  // (B, h_0; returned whether in_bias was given or not: it is the first layer's pre-activation adjoint). Exact
+  // (reverse mode through the forward-mode Jacobian, s'' included). Not itself differentiable (no double backward).
+  m.def(
+      "comp_contrast_backward(Tensor grad_c, Tensor grad_q, Tensor z, Tensor[] weights, Tensor[] biases, "
+      "Tensor? in_bias, Tensor saved, str[] activations, float[] act_params) -> (Tensor, Tensor[], Tensor[], Tensor)");
+
   // The CUDA C++ twins of the public ops, private: each has its public op's schema under the name _cuda_<op>, and
   // mclcore/ops/_backend.py (its OPS table lists them) calls it from the public op's CUDA kernel when the "cuda"
   // backend is selected. They get a kernel ONLY in CUDA builds, from the TORCH_LIBRARY_IMPL(mclcore, CUDA) blocks of

@@ -7,13 +7,14 @@
     factor_vae_score(ds, rep, rng=0)             # {"factorvae.eval_accuracy": ..., ...}
 
 Dataset metrics take ``(dataset, representation, rng)`` and follow the disentanglement_lib protocol by default
-(see each module's docstring); ``*_from_codes`` variants take precomputed codes and integer factors. ``mcc`` and
-``lps_from_codes`` work on arrays. Pass one :class:`EncodedDataset` to several metrics to encode each grid point
-once (or use :func:`evaluate`).
+(see each module's docstring); ``*_from_codes`` variants take precomputed codes and integer factors. ``mcc``,
+``lps_from_codes`` and ``infomec`` (InfoM / InfoE / InfoC of codes against sources) work on arrays. Pass one
+:class:`EncodedDataset` to several metrics to encode each grid point once (or use :func:`evaluate`).
 """
 from mclcore.metrics.dci import DCI_MODELS, completeness, dci, dci_from_codes, disentanglement, importance_matrix
 from mclcore.metrics.evaluate import METRICS, evaluate
 from mclcore.metrics.factorvae import factor_vae_score
+from mclcore.metrics.infomec import infomec
 from mclcore.metrics.lps import lps, lps_from_codes
 from mclcore.metrics.mcc import correlation_matrix, mcc
 from mclcore.metrics.mig import mig, mig_from_codes
@@ -23,5 +24,6 @@ from mclcore.metrics.utils import EncodedDataset, histogram_discretize, torch_re
 __all__ = [
     "factor_vae_score", "dci", "dci_from_codes", "importance_matrix", "disentanglement", "completeness",
     "DCI_MODELS", "mig", "mig_from_codes", "sap", "sap_from_codes", "mcc", "correlation_matrix", "lps",
-    "lps_from_codes", "evaluate", "METRICS", "EncodedDataset", "torch_representation", "histogram_discretize",
+    "lps_from_codes", "infomec", "evaluate", "METRICS", "EncodedDataset", "torch_representation",
+    "histogram_discretize",
 ]

@@ -12,6 +12,7 @@ _ext.load()
 from mclcore.ops.infonce import infonce  # noqa: E402
 from mclcore.ops.critic_grad import critic_grad  # noqa: E402
 from mclcore.ops.mech_derivs import mech_derivs  # noqa: E402
+from mclcore.ops.comp_contrast import comp_contrast  # noqa: E402
 from mclcore.ops._backend import available, use_backend  # noqa: E402
 
-__all__ = ["infonce", "critic_grad", "mech_derivs", "use_backend", "available"]
+__all__ = ["infonce", "critic_grad", "mech_derivs", "comp_contrast", "use_backend", "available"]

@@ -60,6 +60,8 @@ OPS: dict[str, Op] = {
     "mech_derivs": Op("mech_derivs", cuda_cpp=True),
     "critic_grad": Op("critic_grad"),
     "critic_grad_backward": Op("critic_grad"),
+    "comp_contrast": Op("comp_contrast"),
+    "comp_contrast_backward": Op("comp_contrast"),
 }
 
 _override: str | None = None

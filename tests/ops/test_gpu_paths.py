@@ -125,6 +125,17 @@ def op_cases(dtype=torch.float64, device="cpu", infonce_dtype=None):
     cases["mech_derivs"] = ([z, mws, mbs, ib, sc, sh, ["softplus"], [0.7]],
                             [("z", 0, None), ("in_bias", 3, None), ("film_scale", 4, None), ("film_shift", 5, None)]
                             + [(f"weights[{i}]", 1, i) for i in range(2)] + [(f"biases[{i}]", 2, i) for i in range(2)])
+    # comp_contrast: the same generator (in_bias, no FiLM); the workspace from the C++ CPU op (shared layout).
+    layers = [(f"weights[{i}]", 1, i) for i in range(2)] + [(f"biases[{i}]", 2, i) for i in range(2)]
+    cargs = [z, mws, mbs, ib, ["tanh"], [0.0]]
+    csaved = torch.ops.mclcore.comp_contrast(*[t.cpu() if isinstance(t, torch.Tensor) else
+                                               [x.cpu() for x in t] if i in (1, 2) else t
+                                               for i, t in enumerate(cargs)])[2].to(device)
+    cases["comp_contrast"] = (cargs, [("z", 0, None), ("in_bias", 3, None)] + layers)
+    gc, gq = _randn(gen, Bm, dtype=dtype, device=device), _randn(gen, Bm, dtype=dtype, device=device)
+    cases["comp_contrast_backward"] = ([gc, gq, *cargs[:4], csaved, *cargs[4:]],
+                                       [("grad_c", 0, None), ("grad_q", 1, None), ("z", 2, None), ("in_bias", 5, None)]
+                                       + [(n, i + 2, j) for n, i, j in layers])
     return cases
 
 

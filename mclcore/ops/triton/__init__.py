@@ -30,6 +30,7 @@ from mclcore.ops._backend import OPS as _OPS
 from mclcore.ops.triton.critic_grad import critic_grad, critic_grad_backward
 from mclcore.ops.triton.infonce import infonce, infonce_backward, infonce_with_grad
 from mclcore.ops.triton.mech_derivs import mech_derivs
+from mclcore.ops.triton.comp_contrast import comp_contrast, comp_contrast_backward
 
 # One launcher per op of the table with a Triton implementation (tests/ops/test_backend.py checks that each exists).
 __all__ = [op for op, info in _OPS.items() if info.triton]

@@ -3,6 +3,7 @@
     mcl synthetic --preset demo --out runs/synthetic-demo            # the README demo: a few minutes on a CPU
     mcl synthetic --preset quick --out runs/synthetic-quick          # both processes, all four models + MCL
     mcl synthetic --preset landscape --out runs/synthetic-landscape  # the protocol levers, ~1 h on 2 cores
+    mcl synthetic --preset principles --out runs/synthetic-principles # CompVAE, MMD-VAE, QLAE, InterVAE vs the VAEs
     mcl synthetic --preset paper --out runs/synthetic-paper          # 30 seeds x 200 epochs x 15 cells: a GPU job
     mcl synthetic --preset quick --dzs 5 10 --epochs 40 --out DIR    # any field from the command line
     mcl synthetic --preset quick --set train.mcl.tau=0.07 --out DIR  # or any field by its dotted path
@@ -35,7 +36,8 @@ __all__ = ["add_arguments", "resolve", "run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="demo: the README demo (minutes); quick: all models + MCL (minutes); landscape: the "
-                        "protocol levers (about an hour on 2 cores); cpu-paper: Fig. 5 / Table 5 at a CPU budget; "
+                        "protocol levers (about an hour on 2 cores); principles: four disentanglement principles "
+                        "beside the VAEs (issue #23); cpu-paper: Fig. 5 / Table 5 at a CPU budget; "
                         "paper: the paper's grid (a GPU job)")
     p.add_argument("--config", default=None, help="JSON file of StudyConfig fields (applied after --preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

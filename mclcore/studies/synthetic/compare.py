@@ -23,7 +23,11 @@ from mclcore.metrics.stats import summarize
 
 __all__ = ["PAIRS", "cell_key", "paired", "unpaired", "fmt_ci", "landscape"]
 
-MODEL_NAMES = {"betavae": "β-VAE", "ivae": "iVAE", "mdvae": "MD-VAE", "mdvae_mcl": "MD-VAE+MCL"}
+MODEL_NAMES = {"betavae": "β-VAE", "ivae": "iVAE", "mdvae": "MD-VAE", "mdvae_mcl": "MD-VAE+MCL",
+               "compvae": "CompVAE", "mmdvae": "MMD-VAE", "qlae": "QLAE", "intervae": "InterVAE"}
+# One colour per model for every plot of the study (report.py's and this module's).
+COLORS = {"betavae": "#8c8c8c", "ivae": "#4c72b0", "mdvae": "#dd8452", "mdvae_mcl": "#c44e52",
+          "compvae": "#55a868", "mmdvae": "#8172b3", "qlae": "#937860", "intervae": "#da8bc3"}
 # (a, b): report a - b, paired by seed, where both models ran
 PAIRS = (("mdvae", "betavae"), ("mdvae", "ivae"), ("mdvae_mcl", "mdvae"))
 # The paper's §5.1 medians at dz = 5, |U| = 8 (the magnitudes the landscape looks for; report.py keeps the rest).
@@ -195,7 +199,7 @@ def _cells_plot(cells: list, vals: dict, ceil: dict, models: list, certs: dict |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"betavae": "#8c8c8c", "ivae": "#4c72b0", "mdvae": "#dd8452", "mdvae_mcl": "#c44e52"}
+    colors = COLORS
     varying = [i for i in range(7) if len({c[i] for c in cells}) > 1]
     names = ("process", "dz", "|U|", "mixing", "dec. var", "learnt", "shift")
     fig, ax = plt.subplots(figsize=(1.2 + 1.9 * len(cells), 3.6))

@@ -11,12 +11,15 @@ import math
 
 from mclcore.data.synthetic import MIXINGS, PROCESSES
 from mclcore.losses.mcl import MCLConfig
+from mclcore.losses.mmd import IMQ_SCALES, RBF_BANDWIDTHS
+from mclcore.models.principles import PRINCIPLE_MODELS
 from mclcore.models.vae import MODELS as VAE_MODELS
+from mclcore.studies.synthetic.principles import validate_principle_fields
 from mclcore.train.config import from_dict, merge, to_dict
 
 __all__ = ["MODELS", "TrainConfig", "StudyConfig", "PRESETS", "PER_UNIT", "AXES", "preset", "synthetic_mcl"]
 
-MODELS = (*VAE_MODELS, "mdvae_mcl")
+MODELS = (*VAE_MODELS, "mdvae_mcl", *PRINCIPLE_MODELS)
 MIN_EVAL_ROWS = 20      # fewest rows an MCC is computed on (see TrainConfig.splits)
 
 
@@ -46,7 +49,8 @@ class TrainConfig:
             (0 except when choosing lambda_mcl). eval_split: ``"test"`` or ``"val"``: where MCC is measured.
         lrd_mean_bound, lrd_std_low, lrd_std_high: LRD prior mu_n ~ U(-b, b), s_n ~ U(low, high) (iVAE: 0.5, 3).
     Model (:mod:`mclcore.models.vae`):
-        model: ``"betavae"``, ``"ivae"``, ``"mdvae"`` or ``"mdvae_mcl"``.
+        model: ``"betavae"``, ``"ivae"``, ``"mdvae"``, ``"mdvae_mcl"``, or a principle model ``"compvae"``,
+            ``"mmdvae"``, ``"qlae"``, ``"intervae"`` (:mod:`mclcore.models.principles`).
         hidden: hidden width, 0 for App. D.3's ``max(64, 4 dz)``. slope: leaky-ReLU slope of the networks (0.2).
         beta: beta-VAE's KL weight (4; iVAE and MD-VAE use 1). decoder_var: Gaussian decoder variance (0.01, the
             simulation's noise variance; App. D.3 does not give it, and it is the main lever of the results, see
@@ -60,7 +64,10 @@ class TrainConfig:
             ``z . A u`` term), which solves the InfoNCE without touching the generator: we measured L_MCL at 0.003
             after 100 steps while its decoder gradient stayed 1e-5..4e-4 of the ELBO's, before lambda (dz = 5,
             |U| = 8; experiments/synthetic/mcl_gradient_scale.py).
-    Optimisation (App. D.3): lr (1e-3, Adam), batch_size (256), epochs (200).
+    Principle models and evaluation metrics (issue #23): ``mmd_*`` (mmdvae), ``qlae_*``, ``comp_*`` (compvae),
+        ``inter_prob`` (intervae), ``eval_metrics`` (extra columns: LPS, InfoMEC); each field, its default and
+        why: :mod:`mclcore.studies.synthetic.principles`; the models: :mod:`mclcore.models.principles`.
+    Optimisation (App. D.3): lr (1e-3, Adam; AdamW for ``qlae``), batch_size (256), epochs (200).
     Bookkeeping: checkpoint_every: write a resumable checkpoint every this many epochs (0: only at the end).
     """
 
@@ -87,6 +94,21 @@ class TrainConfig:
     decoder_var_learned: bool = False
     lambda_mcl: float = 0.1
     mcl: MCLConfig = dataclasses.field(default_factory=synthetic_mcl)
+    mmd_weight: float = 1000.0
+    mmd_kernel: str = "imq"
+    mmd_bandwidths: tuple[float, ...] = RBF_BANDWIDTHS
+    mmd_scales: tuple[float, ...] = IMQ_SCALES
+    mmd_prior: str = "gaussian"
+    mmd_rows: int = 128
+    qlae_values: int = 10
+    qlae_quant_weight: float = 0.01
+    qlae_commit_weight: float = 0.01
+    qlae_weight_decay: float = 0.1
+    comp_lambda: float = 0.1
+    comp_beta: float = 1.0
+    comp_rows: int = 64
+    inter_prob: float = 0.5
+    eval_metrics: tuple[str, ...] = ()
     lr: float = 1e-3
     batch_size: int = 256
     epochs: int = 200
@@ -115,6 +137,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 bad(name, "a finite number >= 0")
+        validate_principle_fields(self, bad)
         if not isinstance(self.decoder_var_learned, bool):
             bad("decoder_var_learned", "true or false")
         if self.mcl.gather:     # a unit trains in one process (torchrun spreads units, not batches): nothing to gather
@@ -175,7 +198,7 @@ class StudyConfig:
         TrainConfig fields ``mixing``, ``decoder_var``, ``shift_scale``); empty (default): one value, the train
         section's. When an axis is given, its train field must stay at its default. Every combination is a cell
         (``--preset landscape``); the report then adds the landscape table and heat maps of paired differences.
-    models: among ``betavae``, ``ivae``, ``mdvae``, ``mdvae_mcl``.
+    models: among ``betavae``, ``ivae``, ``mdvae``, ``mdvae_mcl``, ``compvae``, ``mmdvae``, ``qlae``, ``intervae``.
     seeds: seeds per unit (paper: 30), ``first_seed``, ``first_seed + 1``, ... Seed s draws the dataset and the
         model's initialisation, so the seeds of a cell are independent replications (iVAE's protocol).
     lambda_grid: candidate lambda_MCL (paper: [0.01, 0.1]); one value skips tuning. tune_seeds: seeds per
@@ -299,6 +322,9 @@ class StudyConfig:
 #   8 seeds, 40 epochs of N = 20,000 instead of 30 seeds, 200 epochs of 50,000 (no MCL, which the paper never ran
 #   on synthetic data and which costs 12x a step).
 # paper: the paper's grid (§5.1 + Table 5) with its protocol, plus MCL.
+# principles: issue #23's four principles (compositional contrast, MMD prior, latent quantization, interventional
+#   head) beside beta-VAE / iVAE / MD-VAE on the paper's process (GMD, leaky-ReLU mixing, dz = 5, |U| = 8), the
+#   quick setting (10 epochs of N = 20,000), 5 seeds, with LPS and InfoMEC in every row; defaults untuned.
 PRESETS = {
     "cpu-paper": {"processes": ["gmd"], "dzs": [5, 10, 20], "alphabets": [2, 4, 8, 16, 32],
                   "models": ["betavae", "ivae", "mdvae"], "seeds": 8, "lambda_grid": [0.1], "certify_latents": 64,
@@ -311,6 +337,10 @@ PRESETS = {
                   "decoder_vars": [0.01, 0.03, 0.1, 0.3, 1.0], "shift_scales": [0.0, 1.0],
                   "models": ["betavae", "ivae", "mdvae"], "seeds": 8, "lambda_grid": [0.1], "certify_latents": 64,
                   "workers": 2, "train": {"epochs": 60, "n": 20_000, "checkpoint_every": 10}},
+    "principles": {"processes": ["gmd"], "dzs": [5], "alphabets": [8],
+                   "models": ["betavae", "ivae", "mdvae", "compvae", "mmdvae", "qlae", "intervae"], "seeds": 5,
+                   "lambda_grid": [0.1], "certify_latents": 64, "workers": 2,
+                   "train": {"epochs": 10, "n": 20_000, "checkpoint_every": 2, "eval_metrics": ["lps", "infomec"]}},
     "quick": {"processes": ["gmd", "lrd"], "dzs": [5], "alphabets": [8],
               "models": ["betavae", "ivae", "mdvae", "mdvae_mcl"], "seeds": 5, "lambda_grid": [0.01, 0.1],
               "tune_seeds": 2, "tune_epochs": 4, "certify_latents": 64,

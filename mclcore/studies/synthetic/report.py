@@ -11,7 +11,7 @@ import statistics
 
 from mclcore._io import save_figure, write_text_atomic
 from mclcore.metrics.stats import summarize
-from mclcore.studies.synthetic.compare import MODEL_NAMES, PAIRS, fmt_ci, landscape, paired
+from mclcore.studies.synthetic.compare import COLORS, MODEL_NAMES, PAIRS, fmt_ci, landscape, paired
 from mclcore.studies.synthetic.config import StudyConfig
 
 __all__ = ["PAPER", "MODEL_NAMES", "write_report"]
@@ -45,7 +45,8 @@ _CSV_COLUMNS = ["process", "mixing", "dz", "n_alphabet", "model", "seed", "lambd
                 "mcc_spearman", "neg_elbo", "rec", "kl", "mcl_loss", "epochs", "steps", "members", "unit",
                 "unit_seconds", "mcl_weight", "mcl_acc", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance",
                 "mcl_shortcut_share", "mcl_grad_ratio", "mcc_ceiling", "active_dims", "kl_per_dim", "snr",
-                "decoder_var", "decoder_var_learned", "decoder_var_final", "shift_scale", "modulation_range"]
+                "decoder_var", "decoder_var_learned", "decoder_var_final", "shift_scale", "modulation_range",
+                "objective", "principle_loss", "lps", "lps_max", "infomec_m", "infomec_e", "infomec_c"]
 
 
 def _cell(v) -> str:
@@ -271,7 +272,7 @@ def _violin(study: StudyConfig, vals: dict, U0: int, path: str, ceil: dict | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"betavae": "#8c8c8c", "ivae": "#4c72b0", "mdvae": "#dd8452", "mdvae_mcl": "#c44e52"}
+    colors = COLORS
     fig, axes = plt.subplots(1, len(study.processes), figsize=(4.2 * len(study.processes), 3.4), squeeze=False)
     width = 0.8 / len(study.models)
     for ax, process in zip(axes[0], study.processes):
@@ -315,7 +316,7 @@ def _sweep_plot(study: StudyConfig, vals: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"betavae": "#8c8c8c", "ivae": "#4c72b0", "mdvae": "#dd8452", "mdvae_mcl": "#c44e52"}
+    colors = COLORS
     styles = {"gmd": "-", "lrd": ":"}
     fig, axes = plt.subplots(1, len(study.dzs), figsize=(3.6 * len(study.dzs), 3.2), squeeze=False)
     for ax, dz in zip(axes[0], study.dzs):

@@ -10,6 +10,8 @@ members share the stack. Objective per member (paper Eq. 1 and §4.2)::
     L = -ELBO(x, u)                                  betavae (KL x beta), ivae, mdvae
     L = -ELBO(x, u) + lambda_mcl * L_MCL(G, z, u)    mdvae_mcl: mclcore.MCL on the MD-VAE decoder G(z, u),
                                                       z the encoder's reparameterised sample
+    L = the principle model's loss                   compvae, mmdvae, qlae (AdamW), intervae (their extra noise:
+                                                      each member's batch stream after its eps; models/principles.py)
 
 **MCL under stacking.** Each member's MCL regulariser is its own :class:`mclcore.MCL` module at initialisation;
 the members' modules run stacked (:class:`mclcore.losses.mcl.StackedMCL`: one call of each native op for the
@@ -30,6 +32,7 @@ from mclcore.losses.diagnostics import MCLWeight, gradient_norms, readout
 from mclcore.models.vae import StackedVAE
 from mclcore.studies.synthetic.config import MODELS, TrainConfig
 from mclcore.studies.synthetic.members import Members
+from mclcore.studies.synthetic.principles import PRINCIPLE_MODELS, eval_metrics, principle_model, principle_row
 from mclcore.train import loop
 
 __all__ = ["MODELS", "TrainConfig", "train", "load_checkpoint", "MCL_OPS"]
@@ -93,6 +96,8 @@ class StackedStudy:
         import mclcore
 
         dx = _dataset(tuple((k, getattr(cfg, k)) for k in _DATA_KEYS), self.seeds[0]).x.shape[1]
+        if cfg.model in PRINCIPLE_MODELS:
+            return Members.build(principle_model(cfg, dx, [derive_seed(s, _INIT) for s in self.seeds]), None)
         vae = StackedVAE("mdvae" if cfg.model == "mdvae_mcl" else cfg.model, dx, cfg.du, cfg.dz,
                          [derive_seed(s, _INIT) for s in self.seeds], hidden=cfg.hidden or None, slope=cfg.slope,
                          beta=cfg.beta if cfg.model == "betavae" else 1.0, decoder_var=cfg.decoder_var,
@@ -126,6 +131,8 @@ class StackedStudy:
         return list(model.parameters())
 
     def optimizers(self, model: Members, cfg: TrainConfig, phase: str, params) -> tuple[list, list]:
+        if cfg.model == "qlae":      # the paper's AdamW; decoupled weight decay is elementwise too: M independent
+            return [torch.optim.AdamW(model.vae.param_groups(cfg.qlae_weight_decay), lr=cfg.lr)], []
         return [model.adam(params, cfg.lr)], []                          # M independent Adams (elementwise)
 
     def train_step(self, model: Members, cfg: TrainConfig, phase: str, step: int, d: StackData, ctx) -> dict:
@@ -133,13 +140,15 @@ class StackedStudy:
         epoch, s = divmod(step, d.steps_per_epoch)
         if s == 0:                                                              # a new epoch: new batch order
             d.perm = torch.stack([torch.randperm(d.n_train, generator=g) for g in d.rngs]).to(d.X.device)
-            d.sums = {k: torch.zeros(M, dtype=torch.float64, device=d.X.device) for k in ("loss", "rec", "kl", "mcl")}
+            d.sums = {k: torch.zeros(M, dtype=torch.float64, device=d.X.device) for k in ("loss", "rec", "kl", "mcl")
+                      + (("aux",) if cfg.model in PRINCIPLE_MODELS else ())}
         idx = d.perm[:, s * B:(s + 1) * B]                                      # (M, b), b <= B
         b = idx.shape[1]
         x = d.X[d.data_of[:, None], idx]                                        # (M, b, dx)
         u = d.U[d.data_of[:, None], idx]                                        # (M, b, du)
         eps = torch.stack([torch.randn(b, dz, generator=g) for g in d.rngs]).to(d.X.device)  # (M, b, dz)
-        out = model.vae(x, u, eps)                                              # per member (M,)
+        extra = model.vae.draw(b, d.rngs) if cfg.model in PRINCIPLE_MODELS else None   # after each member's eps
+        out = model.vae(x, u, eps) if extra is None else model.vae(x, u, eps, extra.to(d.X.device))   # (M,) each
         loss = out["loss"]                                                      # (M,) -ELBO
         if model.has_mcl:
             gids = d.UI[d.data_of[:, None], idx] if cfg.mcl.multi_positive else None       # (M, b)
@@ -151,8 +160,9 @@ class StackedStudy:
             loss = loss + w * l_mcl
         else:
             l_mcl = torch.zeros(M, device=d.X.device)
-        for k, v in (("loss", loss), ("rec", out["rec"]), ("kl", out["kl"]), ("mcl", l_mcl)):
-            d.sums[k] += v.detach().double() * b
+        for k, v in (("loss", loss), ("rec", out["rec"]), ("kl", out["kl"]), ("mcl", l_mcl), ("aux", out.get("aux"))):
+            if k in d.sums:         # "aux": principle models only
+                d.sums[k] += v.detach().double() * b
         if s == d.steps_per_epoch - 1:
             d.history.append({k: (v / d.n_train).cpu().tolist() for k, v in d.sums.items()})   # epoch means
 
@@ -219,8 +229,9 @@ def _evaluation_extras(cfg: TrainConfig, vae: StackedVAE, seeds: list[int], x_ev
 
     key = tuple((k, getattr(cfg, k)) for k in _DATA_KEYS)
     kl_sum = torch.zeros(x_ev.shape[0], cfg.dz, dtype=torch.float64)
+    gaussian = getattr(vae, "gaussian_posterior", True)       # qlae: a deterministic code, no KL to report
     with torch.no_grad():
-        for i in range(0, x_ev.shape[1], chunk):
+        for i in range(0, x_ev.shape[1] if gaussian else 0, chunk):
             x, u = x_ev[:, i:i + chunk], u_ev[:, i:i + chunk]
             mu, logvar = vae.encode(x, u)                                        # (M, b, dz)
             mu, logvar = mu.double(), logvar.double()
@@ -236,9 +247,10 @@ def _evaluation_extras(cfg: TrainConfig, vae: StackedVAE, seeds: list[int], x_ev
     for m, seed in enumerate(seeds):
         data = _dataset(key, seed)
         ceiling = mcc(data.z[rows].double().numpy(), data.u_blind(rows).numpy(), "pearson")["mcc.mean"]
-        kl_m = kl_dim[m].tolist()
+        kl_m = kl_dim[m].tolist() if gaussian else None
         out.append({"mcc_ceiling": ceiling, "kl_per_dim": kl_m,
-                    "active_dims": int(sum(v > ACTIVE_KL for v in kl_m)), "snr": data.snr(cfg.noise_var)})
+                    "active_dims": int(sum(v > ACTIVE_KL for v in kl_m)) if gaussian else None,
+                    "snr": data.snr(cfg.noise_var)})
     return out
 
 
@@ -269,7 +281,9 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
         ``mdvae_mcl`` also the last diagnostics ``mcl_weight``, ``mcl_acc``, ``mcl_acc_generator``,
         ``mcl_acc_direct``, ``mcl_chance``, ``mcl_shortcut_share``, ``mcl_grad_ratio``. Every row also has
         ``mcc_ceiling`` (the oracle MCC of the best u-blind recovery y = z * m(u) + b(u)), ``kl_per_dim`` (list,
-        dz), ``active_dims`` and ``snr`` (:func:`_evaluation_extras`; they change none of the other numbers).
+        dz), ``active_dims`` and ``snr`` (:func:`_evaluation_extras`; they change none of the other numbers; None
+        KL columns for qlae). Principle models add ``objective`` and ``principle_loss``, and ``cfg.eval_metrics``
+        adds ``lps``, ``lps_max``, ``infomec_*`` (:mod:`mclcore.studies.synthetic.principles`).
     """
     import os
 
@@ -322,7 +336,7 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
     x_ev, u_ev = d.X[d.data_of, lo:hi], d.U[d.data_of, lo:hi]                  # (M, Ne, dx), (M, Ne, du)
     with torch.no_grad():
         z_hat = vae.posterior_mean(x_ev, u_ev).cpu()                            # (M, Ne, dz)
-    last, has_mcl = d.history[-1], cfg.model == "mdvae_mcl"
+    last, has_mcl, principle = d.history[-1], cfg.model == "mdvae_mcl", cfg.model in PRINCIPLE_MODELS
     extras = _evaluation_extras(cfg, vae, seeds, x_ev, u_ev, slice(lo, hi))
     dec_var, rows = vae.decoder_variance().tolist(), []                         # (M,): learnt, or the fixed one
     for m in range(M):
@@ -335,6 +349,8 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
                      "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M, "decoder_var_final": dec_var[m],
                      **{k: getattr(cfg, k) for k in ("decoder_var", "decoder_var_learned", "shift_scale",
                                                      "modulation_range")}, **extras[m]})
+        rows[-1].update(principle_row(cfg, last, m) if principle else {})
+        rows[-1].update(eval_metrics(cfg, d.Z[d.data_of[m].item(), lo:hi], z_hat[m], seeds[m]))
         if has_mcl and d.diagnostics:      # the last measurement (the unit record keeps them all)
             last_d = d.diagnostics[-1]
             rows[-1].update({f"mcl_{k}": last_d[k][m] for k in ("weight", "acc", "acc_generator", "acc_direct",

@@ -1,0 +1,122 @@
+"""The principle models' part of the synthetic study (issue #23): building them from a TrainConfig, validating
+their TrainConfig fields, their result-row fields, and the extra evaluation metrics (LPS, InfoMEC) of any model.
+The models themselves and every design assumption: :mod:`mclcore.models.principles`.
+
+TrainConfig fields (none of these defaults was tuned on this study):
+
+    mmd_weight: weight of MMD^2 in ``mmdvae`` (1000: the reconstruction is 50 x the squared error at
+        decoder_var 0.01, so the WAE's 10 on a unit-scale error is ~500-1000 here). mmd_kernel: ``"imq"``
+        (default, the WAE's) or ``"rbf"``. mmd_bandwidths: the RBF mixture's bandwidths (0.5, 1, 2, 4).
+        mmd_scales: the IMQ's scales of C = 2 dz (0.1 ... 10, the WAE's). mmd_prior: the factorised prior
+        sampled, ``"gaussian"`` (default), ``"laplace"`` or ``"uniform"`` (unit variance each). mmd_rows: codes
+        of each batch (and prior samples) the MMD is estimated on (128; 0: the batch): unbiased either way, and
+        the whole batch cost 2.6x MD-VAE's training time in the quick setting (module doc of principles).
+    qlae_values: codebook values per latent dimension (10, the paper's). qlae_quant_weight,
+        qlae_commit_weight: codebook and commitment losses (0.01 each, the paper's). qlae_weight_decay: AdamW
+        weight decay on the encoder and decoder (0.1, the paper's "unusually high" one; lr stays ``lr``).
+    comp_lambda: weight of the compositional contrast C(z) in ``compvae`` (0.1). comp_beta: its KL weight
+        (1: a plain VAE, the contrast is the principle under test). comp_rows: rows of each batch C is
+        estimated on (64; 0: all; the batch is a random permutation, so the estimate is unbiased).
+    inter_prob: probability that an ``intervae`` member intervenes on one concept at a step (0.5).
+Evaluation: eval_metrics: extra columns of every row, any of ``"lps"`` (Latent Predictability Score of the
+    scored codes, MLP regressors: columns ``lps``, ``lps_max``), ``"lps_linear"`` (the same with least
+    squares; same columns, so not both) and ``"infomec"`` (InfoM / InfoE / InfoC of the codes against the true
+    z: ``infomec_m``, ``infomec_e``, ``infomec_c``), on the evaluation split. Default none: the study's other
+    presets keep their cost; ``--preset principles`` turns both on. They draw no random numbers of training
+    and change no other number.
+"""
+from __future__ import annotations
+
+import math
+
+
+from mclcore.losses.mmd import KERNELS as MMD_KERNELS, PRIORS as MMD_PRIORS
+from mclcore.models.principles import (PRINCIPLE_MODELS, StackedCompVAE, StackedInterVAE, StackedMMDVAE,
+                                       StackedQLAE)
+
+__all__ = ["PRINCIPLE_MODELS", "EVAL_METRICS", "principle_model", "principle_row", "eval_metrics",
+           "validate_principle_fields"]
+
+# Extra evaluation metrics a row can carry (TrainConfig.eval_metrics): the Latent Predictability Score of the
+# codes (MLP regressors, or least squares) and InfoMEC of the codes against the true z (mclcore.metrics).
+EVAL_METRICS = ("lps", "lps_linear", "infomec")
+
+
+def validate_principle_fields(cfg, bad) -> None:
+    """``bad(name, expected)`` (raises) for the first invalid principle field of the TrainConfig ``cfg``."""
+    for name, allowed in (("mmd_kernel", MMD_KERNELS), ("mmd_prior", MMD_PRIORS)):
+        if getattr(cfg, name) not in allowed:
+            bad(name, f"one of {allowed}")
+    for name, lo in (("qlae_values", 2), ("comp_rows", 0), ("mmd_rows", 0)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            bad(name, f"an integer >= {lo}")
+    if cfg.mmd_rows == 1:
+        bad("mmd_rows", "0 (the whole batch) or an integer >= 2")
+    for name in ("mmd_weight", "qlae_quant_weight", "qlae_commit_weight", "qlae_weight_decay", "comp_lambda",
+                 "comp_beta", "inter_prob"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            bad(name, "a finite number >= 0")
+    if cfg.inter_prob > 1:
+        bad("inter_prob", "a probability in [0, 1]")
+    for name in ("mmd_bandwidths", "mmd_scales"):
+        v = getattr(cfg, name)
+        if not isinstance(v, tuple) or not v or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                    or not math.isfinite(x) or x <= 0 for x in v):
+            bad(name, "a non-empty list of positive finite numbers")
+    em = cfg.eval_metrics
+    if not isinstance(em, tuple) or any(m not in EVAL_METRICS for m in em) or len(set(em)) != len(em) \
+            or {"lps", "lps_linear"} <= set(em):
+        bad("eval_metrics", f"distinct values from {EVAL_METRICS} ('lps' or 'lps_linear', not both)")
+
+
+def principle_model(cfg, dx: int, init_seeds: list[int]):
+    """The stacked principle model of ``cfg.model`` with the TrainConfig's hyper-parameters (module doc of
+    :mod:`mclcore.models.principles`)."""
+    kw = dict(hidden=cfg.hidden or None, slope=cfg.slope, decoder_var=cfg.decoder_var,
+              learn_decoder_var=cfg.decoder_var_learned)
+    if cfg.model == "mmdvae":
+        return StackedMMDVAE(dx, cfg.du, cfg.dz, init_seeds, mmd_weight=cfg.mmd_weight, kernel=cfg.mmd_kernel,
+                             bandwidths=cfg.mmd_bandwidths, scales=cfg.mmd_scales, prior=cfg.mmd_prior,
+                             rows=cfg.mmd_rows, **kw)
+    if cfg.model == "qlae":
+        return StackedQLAE(dx, cfg.du, cfg.dz, init_seeds, n_values=cfg.qlae_values,
+                           quant_weight=cfg.qlae_quant_weight, commit_weight=cfg.qlae_commit_weight, **kw)
+    if cfg.model == "compvae":
+        return StackedCompVAE(dx, cfg.du, cfg.dz, init_seeds, comp_lambda=cfg.comp_lambda,
+                              comp_rows=min(cfg.comp_rows, cfg.batch_size), beta=cfg.comp_beta, **kw)
+    return StackedInterVAE(dx, cfg.du, cfg.dz, init_seeds, inter_prob=cfg.inter_prob, **kw)
+
+
+def principle_row(cfg, last: dict, m: int) -> dict:
+    """Row fields of member m of a principle model from its last epoch's means ``last``: the objective is not an
+    ELBO, so ``neg_elbo`` is its ELBO part -(rec - beta kl) (qlae: kl = 0, the reconstruction term), beside
+    ``objective`` and ``principle_loss`` (the principle's own term, unweighted)."""
+    beta = cfg.comp_beta if cfg.model == "compvae" else 1.0
+    return {"neg_elbo": -(last["rec"][m] - beta * last["kl"][m]), "objective": last["loss"][m],
+            "principle_loss": last["aux"][m]}
+
+
+def eval_metrics(cfg, z_true: torch.Tensor, z_hat: torch.Tensor, seed: int) -> dict:
+    """``cfg.eval_metrics`` of one member's scored codes z_hat (Ne, dz) against the true z (Ne, dz): ``lps``,
+    ``lps_max`` (Latent Predictability Score, seeded by the member's seed) and ``infomec_m``, ``infomec_e``,
+    ``infomec_c`` (:func:`mclcore.metrics.infomec`). A metric undefined on these codes (a constant code dimension)
+    is None, not an error: the row's other numbers stand."""
+    from mclcore.metrics import infomec, lps_from_codes
+
+    out: dict = {}
+    zh = z_hat.double().numpy()
+    if "lps" in cfg.eval_metrics or "lps_linear" in cfg.eval_metrics:
+        try:
+            r = lps_from_codes(zh, regressor="linear" if "lps_linear" in cfg.eval_metrics else "mlp", seed=seed)
+            out.update(lps=r["lps.score"], lps_max=r["lps.max"])
+        except ValueError:
+            out.update(lps=None, lps_max=None)
+    if "infomec" in cfg.eval_metrics:
+        try:
+            r = infomec(z_true.double().numpy(), zh)
+            out.update(infomec_m=r["infomec.m"], infomec_e=r["infomec.e"], infomec_c=r["infomec.c"])
+        except ValueError:
+            out.update(infomec_m=None, infomec_e=None, infomec_c=None)
+    return out

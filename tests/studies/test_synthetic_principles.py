@@ -1,0 +1,162 @@
+"""The principle models in the synthetic harness (compvae, mmdvae, qlae, intervae; issue #23): smoke, stacked
+members equal one-by-one runs, determinism, resume, evaluation metrics, config errors, the principles preset.
+
+Tiny configs (n 400, dz 2, 2-3 epochs, width 16): seconds on 2 cores.
+"""
+import dataclasses
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from mclcore.losses.mcl import MCLConfig
+from mclcore.models.principles import PRINCIPLE_MODELS
+from mclcore.studies.synthetic import cli
+from mclcore.studies.synthetic import run as study_run
+from mclcore.studies.synthetic.config import MODELS, PRESETS, StudyConfig
+from mclcore.studies.synthetic.train import TrainConfig, load_checkpoint, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+
+def tiny(**kw) -> TrainConfig:
+    base = dict(dz=2, n_alphabet=3, n=400, epochs=2, batch_size=64, hidden=16,
+                mcl=MCLConfig(multi_positive=True, critic_hidden=(16, 16)), checkpoint_every=1, comp_rows=16)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _numbers(rows):
+    return [(r["seed"], r["mcc"], r["mcc_spearman"], r["neg_elbo"], r["rec"], r["kl"], r["objective"],
+             r["principle_loss"]) for r in rows]
+
+
+def test_the_models_are_offered():
+    assert set(PRINCIPLE_MODELS) <= set(MODELS)
+
+
+@pytest.mark.parametrize("model", PRINCIPLE_MODELS)
+def test_smoke_each_principle_model(model):
+    rows = train(tiny(model=model), [0, 1])
+    for r in rows:
+        assert r["model"] == model and r["steps"] == 2 * math.ceil(320 / 64)
+        assert 0.0 <= r["mcc"] <= 1.0 and math.isfinite(r["objective"]) and math.isfinite(r["principle_loss"])
+        assert (r["active_dims"] is None) == (model == "qlae") and (r["kl_per_dim"] is None) == (model == "qlae")
+        assert r["neg_elbo"] == pytest.approx(-r["rec"] if model == "qlae" else r["neg_elbo"])
+        assert r["mcl_loss"] is None and "lps" not in r                   # eval_metrics off by default
+    if model == "intervae":
+        assert 0 < rows[0]["principle_loss"] < 1                          # the share of steps that intervened
+    if model == "mmdvae":
+        assert rows[0]["principle_loss"] < 0.5                            # MMD^2 of the codes to N(0, I)
+
+
+@pytest.mark.parametrize("model", PRINCIPLE_MODELS)
+def test_stacked_members_equal_one_by_one(model):
+    cfg = tiny(model=model)
+    batched = train(cfg, [0, 1, 0])
+    single = [train(cfg, [s])[0] for s in (0, 1, 0)]
+    for rb, rs in zip(batched, single):
+        for k in ("mcc", "mcc_spearman", "rec", "kl", "objective", "principle_loss"):
+            assert rb[k] == pytest.approx(rs[k], rel=1e-5, abs=1e-6), (model, k)
+    assert batched[0]["objective"] != batched[1]["objective"]
+
+
+@pytest.mark.parametrize("model", ["mmdvae", "intervae"])
+def test_determinism_same_seed_same_numbers(model):
+    cfg = tiny(model=model)
+    a, b = train(cfg, [3, 4]), train(cfg, [3, 4])
+    assert _numbers(a) == _numbers(b)                                      # bit-identical
+    assert _numbers(train(cfg, [5, 6])) != _numbers(a)
+
+
+@pytest.mark.parametrize("model", PRINCIPLE_MODELS)
+def test_resume_inside_a_unit_gives_the_same_numbers(tmp_path, model):
+    # mmdvae's prior samples and intervae's targets come from the member streams, qlae's AdamW state from the
+    # optimiser: all must resume exactly.
+    cfg = tiny(model=model, epochs=3)
+    ref = train(cfg, [0, 1])
+    ck = str(tmp_path / "unit.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill(e, means):
+        if e == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, [0, 1], checkpoint=ck, on_epoch=kill)
+    assert load_checkpoint(ck)["step"] == 2 * math.ceil(320 / 64)
+    assert _numbers(train(cfg, [0, 1], checkpoint=ck)) == _numbers(ref)
+
+
+def test_principle_knobs_act():
+    base = train(tiny(model="compvae"), [0])[0]
+    off = train(tiny(model="compvae", comp_lambda=0.0), [0])[0]
+    assert off["objective"] == pytest.approx(off["neg_elbo"], rel=1e-6) and base["objective"] > base["neg_elbo"]
+    rbf = train(tiny(model="mmdvae", mmd_kernel="rbf"), [0])[0]
+    assert rbf["objective"] != train(tiny(model="mmdvae"), [0])[0]["objective"]
+    never = train(tiny(model="intervae", inter_prob=0.0), [0])[0]
+    assert never["principle_loss"] == 0.0
+    wd0 = train(tiny(model="qlae", qlae_weight_decay=0.0), [0])[0]
+    assert wd0["objective"] != train(tiny(model="qlae"), [0])[0]["objective"]
+
+
+def test_eval_metrics_add_columns_and_change_no_number():
+    cfg = tiny(model="qlae")
+    bare = train(cfg, [0, 1])
+    rows = train(dataclasses.replace(cfg, eval_metrics=("lps_linear", "infomec")), [0, 1])
+    assert _numbers(rows) == _numbers(bare)
+    for r in rows:
+        assert 0 <= r["lps"] <= r["lps_max"] <= 1
+        for k in ("infomec_m", "infomec_e", "infomec_c"):
+            assert 0 <= r[k] <= 1, k
+    # on an existing model too: its numbers stay those of the run without the metrics
+    ref = train(tiny(model="betavae"), [0])
+    more = train(tiny(model="betavae", eval_metrics=("infomec",)), [0])
+    assert [ref[0][k] for k in ("mcc", "neg_elbo", "kl")] == [more[0][k] for k in ("mcc", "neg_elbo", "kl")]
+    assert "infomec_m" in more[0] and "lps" not in more[0]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("mmd_kernel", "cauchy"), ("mmd_prior", "student"), ("mmd_weight", -1.0), ("mmd_bandwidths", ()),
+    ("mmd_scales", (1.0, 0.0)), ("qlae_values", 1), ("qlae_weight_decay", float("nan")),
+    ("qlae_commit_weight", -0.1), ("comp_lambda", -1.0), ("comp_rows", -1), ("comp_beta", float("inf")),
+    ("inter_prob", 1.5), ("mmd_rows", 1), ("eval_metrics", ("mig",)), ("eval_metrics", ("lps", "lps_linear"))])
+def test_bad_principle_fields_are_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        train(tiny(model="mmdvae", **{field: value}), [0])
+
+
+def test_a_study_with_every_model_reports_them(tmp_path):
+    study = StudyConfig.from_dict(dict(
+        processes=["gmd"], dzs=[2], alphabets=[3], models=["betavae", *PRINCIPLE_MODELS], seeds=2,
+        lambda_grid=[0.1], certify_latents=0, tensorboard=False,
+        train={"n": 300, "epochs": 1, "batch_size": 64, "hidden": 16, "comp_rows": 16,
+               "eval_metrics": ["lps_linear", "infomec"]}))
+    paths = study_run.run_study(study, str(tmp_path), progress=False)
+    table = open(paths["table"]).read()
+    for name in ("CompVAE", "MMD-VAE", "QLAE", "InterVAE"):
+        assert f"| {name} | **" in table, name
+    import csv
+
+    with open(paths["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"betavae", *PRINCIPLE_MODELS} and len(rows) == 10
+    for r in rows:
+        assert 0 <= float(r["infomec_m"]) <= 1 and 0 <= float(r["lps"]) <= 1
+        assert (r["principle_loss"] == "") == (r["model"] == "betavae")
+
+
+def test_principles_preset_is_pre_registered():
+    p = PRESETS["principles"]
+    assert p["models"] == ["betavae", "ivae", "mdvae", "compvae", "mmdvae", "qlae", "intervae"]
+    assert p["dzs"] == [5] and p["alphabets"] == [8] and p["processes"] == ["gmd"] and p["seeds"] >= 5
+    assert p["workers"] == 2 and p["train"]["epochs"] == PRESETS["quick"]["train"]["epochs"]
+    assert p["train"]["n"] == PRESETS["quick"]["train"]["n"]
+    with open(os.path.join(REPO, "experiments", "synthetic", "configs", "principles.json")) as f:
+        assert json.load(f) == cli.preset("principles").to_dict()
+    assert cli.preset("principles").validate().train.eval_metrics == ("lps", "infomec")
