@@ -37,18 +37,39 @@ tuned (issue #23 pre-registers the defaults).
 **qlae: latent quantization** (Hsu et al. 2023, QLAE). Deterministic encoder to z_c (dz); per latent dimension a
 learnable scalar codebook of ``n_values`` values (default 10, initialised evenly on [-0.5, 0.5] as the paper's
 code); ``z_q`` = the nearest value per dimension; the decoder sees ``z_c + sg(z_q - z_c)`` (straight-through);
-codebook (quantisation) and commitment losses weighted 0.01 each, and weight decay 0.1 (AdamW, decoupled) on the
-encoder and decoder, not the codebooks: the paper's defaults. Assumptions: the paper's binary cross-entropy
-becomes our Gaussian decoder, and the latent losses are scaled by its 1 / (2 decoder_var) so that their weight
-relative to the reconstruction stays the paper's (see ``latent_scale``); it uses twice as many latents as sources,
+codebook (quantisation) and commitment losses (the paper weights them 0.01 each; we use 10, see "Latent-loss
+weights" below), and weight decay 0.1 (AdamW, decoupled) on the encoder and decoder, not the codebooks: the
+paper's. Assumptions: the paper's binary cross-entropy becomes our Gaussian decoder, and the latent losses are
+scaled by its 1 / (2 decoder_var) (see ``latent_scale``); it uses twice as many latents as sources,
 we use dz (as every model of the study;
 MCC matches min(K_true, K_hat) pairs either way); the squared losses are summed over dimensions and averaged over
 the batch; the representation scored (MCC, LPS, InfoMEC) is z_c, the encoder's output that the commitment loss
 holds at the codebook (z_q can have constant columns when a dimension uses one value, and a correlation is then
-undefined); u-blind like the paper's autoencoder. Measured (quick setting, dz = 5, seed 0, 2026-12-06): without the
-1 / (2 decoder_var) factor the commitment loss reached 5e7 (MCC 0.23); with it 2.8e4 (MCC 0.30): the encoder still
-runs far outside the codebook, whose values move at most ~lr per step (630 steps); a faster codebook (its own lr,
-or values spanning the prior's range) is the open lever, not tried.
+undefined); u-blind like the paper's autoencoder.
+
+**Latent-loss weights: 10 each, not the paper's 0.01** (the study's default; ``quant_weight`` / ``commit_weight``
+expose any other). With the paper's 0.01 the straight-through gradient of our Gaussian reconstruction ran the
+encoder away from the codebook: once z_c is past the last code value, z_q stops changing while the decoder keeps
+pushing, so only the commitment loss holds it. Measured on the quick setting (dz = 5, 10 epochs of 20,000, seeds
+0 / 1, 2-core VM, 2026-12-06): without the 1 / (2 decoder_var) factor the commitment loss (summed over dz, batch
+mean) reached 5e7; with it, by weights (and codebook range r):
+
+====================  ===================  ==================  ============
+weights (r)           commitment loss      reconstruction      MCC
+====================  ===================  ==================  ============
+0.01 (0.5)            2.8e4 / 4.9e4        -511 / -675         0.30 / 0.32
+0.01 (1, 2, 3)        1.6e4 ... 3.8e3      -484 ... -334       0.29 ... 0.43
+1 (0.5)               1.3 / 4.0            -77 / -153          0.43 / 0.43
+**10 (0.5)**          0.035 / 0.059        -13 / -54           0.49 / 0.49
+10 (1) / 10 (2)       0.04-0.05 / 0.07-0.08  -3..-30 / 4..-86  0.42-0.51
+100 (1)               0.009 / 0.0006       -162 / -1424        0.43 / 0.20
+====================  ===================  ==================  ============
+
+10 is the smallest weight of that grid at which the encoder's output stays within about one code spacing of its
+code (spacing 0.11 at r = 0.5) while the reconstruction is the best of the grid; 100 starves the reconstruction
+(seed 1). The choice was made on the commitment loss and the reconstruction, the model working as a quantised
+autoencoder, not on MCC (shown for completeness). The paper's weights sit beside a Bernoulli image likelihood whose
+per-latent gradient is far smaller than our Gaussian one at decoder_var = 0.01.
 
 **compvae: compositional contrast** (mechanistic independence, Type S; the surrogate loss of that paper). The
 principle constrains the generator g(z): its Jacobian columns (how each latent acts on x) should have disjoint or
@@ -239,8 +260,8 @@ class StackedQLAE(_StackedPrinciple):
 
     gaussian_posterior = False
 
-    def __init__(self, dx, du, dz, init_seeds, *, n_values: int = 10, quant_weight: float = 0.01,
-                 commit_weight: float = 0.01, **kw):
+    def __init__(self, dx, du, dz, init_seeds, *, n_values: int = 10, quant_weight: float = 10.0,
+                 commit_weight: float = 10.0, value_range: float = 0.5, **kw):
         super().__init__("qlae", dx, du, dz, init_seeds, u_enc=False, u_dec=False, enc_out=dz, **kw)
         if isinstance(n_values, bool) or not isinstance(n_values, int) or n_values < 2:
             raise ValueError(f"n_values: expected an integer >= 2, got {n_values!r}")
@@ -252,7 +273,8 @@ class StackedQLAE(_StackedPrinciple):
         # epochs, MCC 0.23; 2026-12-06), so the latent losses carry the same 1 / (2 decoder_var) factor.
         self.latent_scale = 0.5 / self.decoder_var
         M = len(self._gens)
-        self.codebook = nn.Parameter(torch.linspace(-0.5, 0.5, n_values).repeat(M, dz, 1))   # (M, dz, V)
+        r = _check_number("value_range", value_range, strict=True)
+        self.codebook = nn.Parameter(torch.linspace(-r, r, n_values).repeat(M, dz, 1))       # (M, dz, V)
 
     def encode(self, x, u):
         return self.encoder(x), None

@@ -101,9 +101,10 @@ class TrainConfig:
     mmd_prior: str = "gaussian"
     mmd_rows: int = 128
     qlae_values: int = 10
-    qlae_quant_weight: float = 0.01
-    qlae_commit_weight: float = 0.01
+    qlae_quant_weight: float = 10.0
+    qlae_commit_weight: float = 10.0
     qlae_weight_decay: float = 0.1
+    qlae_range: float = 0.5
     comp_lambda: float = 0.1
     comp_beta: float = 1.0
     comp_rows: int = 64

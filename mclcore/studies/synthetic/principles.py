@@ -11,9 +11,11 @@ TrainConfig fields (none of these defaults was tuned on this study):
         sampled, ``"gaussian"`` (default), ``"laplace"`` or ``"uniform"`` (unit variance each). mmd_rows: codes
         of each batch (and prior samples) the MMD is estimated on (128; 0: the batch): unbiased either way, and
         the whole batch cost 2.6x MD-VAE's training time in the quick setting (module doc of principles).
-    qlae_values: codebook values per latent dimension (10, the paper's). qlae_quant_weight,
-        qlae_commit_weight: codebook and commitment losses (0.01 each, the paper's). qlae_weight_decay: AdamW
-        weight decay on the encoder and decoder (0.1, the paper's "unusually high" one; lr stays ``lr``).
+    qlae_values: codebook values per latent dimension (10, the paper's). qlae_range: the codebook starts evenly
+        on [-r, r] (0.5). qlae_quant_weight, qlae_commit_weight: codebook and commitment losses (10 each, times
+        the model's 1 / (2 decoder_var); the paper's 0.01 let the encoder run away from the codebook here: see
+        "qlae" in mclcore/models/principles.py). qlae_weight_decay: AdamW weight decay on the encoder and decoder
+        (0.1, the paper's "unusually high" one; lr stays ``lr``).
     comp_lambda: weight of the compositional contrast C(z) in ``compvae`` (0.1). comp_beta: its KL weight
         (1: a plain VAE, the contrast is the principle under test). comp_rows: rows of each batch C is
         estimated on (64; 0: all; the batch is a random permutation, so the estimate is unbiased).
@@ -82,7 +84,8 @@ def principle_model(cfg, dx: int, init_seeds: list[int]):
                              rows=cfg.mmd_rows, **kw)
     if cfg.model == "qlae":
         return StackedQLAE(dx, cfg.du, cfg.dz, init_seeds, n_values=cfg.qlae_values,
-                           quant_weight=cfg.qlae_quant_weight, commit_weight=cfg.qlae_commit_weight, **kw)
+                           quant_weight=cfg.qlae_quant_weight, commit_weight=cfg.qlae_commit_weight,
+                           value_range=cfg.qlae_range, **kw)
     if cfg.model == "compvae":
         return StackedCompVAE(dx, cfg.du, cfg.dz, init_seeds, comp_lambda=cfg.comp_lambda,
                               comp_rows=min(cfg.comp_rows, cfg.batch_size), beta=cfg.comp_beta, **kw)
