@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace mclcore::infonce_members {
@@ -42,20 +43,39 @@ inline std::optional<at::Tensor> member_groups(const std::optional<at::Tensor>& 
   return groups->select(0, m);
 }
 
+// The one per-member loop of the stacked entry points: call(m) for m = 0..M-1, each returning a tuple of tensors, and
+// the i-th tensors of all members stacked along a new leading axis (the i-th output).
+template <size_t I, typename Tuple>
+at::Tensor stack_column(const std::vector<Tuple>& outs) {
+  std::vector<at::Tensor> ts;
+  ts.reserve(outs.size());
+  for (const auto& o : outs) ts.push_back(std::get<I>(o));
+  return at::stack(ts);
+}
+
+template <typename Tuple, size_t... I>
+Tuple stack_outputs(const std::vector<Tuple>& outs, std::index_sequence<I...>) {
+  return Tuple{stack_column<I>(outs)...};
+}
+
+template <typename Call>
+auto over_members(int64_t M, const Call& call) {
+  using Tuple = decltype(call(int64_t{0}));
+  std::vector<Tuple> outs;
+  outs.reserve(M);
+  for (int64_t m = 0; m < M; ++m) outs.push_back(call(m));
+  return stack_outputs(outs, std::make_index_sequence<std::tuple_size<Tuple>::value>{});
+}
+
 // infonce / infonce_with_grad: f(p_m, k_m, groups_m, tau, eps, offset) -> 3 tensors, stacked along a new leading axis.
 template <typename F>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const F& f, const at::Tensor& p, const at::Tensor& k,
                                                        const std::optional<at::Tensor>& groups, double tau,
                                                        double eps, std::optional<int64_t> offset) {
   check(p, k, groups, offset);
-  std::vector<at::Tensor> a, b, c;
-  for (int64_t m = 0; m < p.size(0); ++m) {
-    auto [x, y, z] = f(p.select(0, m), k.select(0, m), member_groups(groups, m), tau, eps, offset);
-    a.push_back(x);
-    b.push_back(y);
-    c.push_back(z);
-  }
-  return {at::stack(a), at::stack(b), at::stack(c)};
+  return over_members(p.size(0), [&](int64_t m) {
+    return f(p.select(0, m), k.select(0, m), member_groups(groups, m), tau, eps, offset);
+  });
 }
 
 // infonce_backward: grad_loss (M,), lse_all / lse_pos (M, B).
@@ -72,14 +92,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const F& f, const at::Tensor& grad_l
     TORCH_CHECK(t->dim() == 2 && t->size(0) == M, "mclcore.infonce_backward: member-stacked p needs lse_all/lse_pos "
                 "of shape (M, B) = (", M, ", ", p.size(1), "), got ", t->sizes());
   const at::Tensor g = grad_loss.reshape({M});
-  std::vector<at::Tensor> a, b;
-  for (int64_t m = 0; m < M; ++m) {
-    auto [x, y] = f(g.select(0, m), p.select(0, m), k.select(0, m), member_groups(groups, m), lse_all.select(0, m),
-                    lse_pos.select(0, m), tau, eps, offset);
-    a.push_back(x);
-    b.push_back(y);
-  }
-  return {at::stack(a), at::stack(b)};
+  return over_members(M, [&](int64_t m) {
+    return f(g.select(0, m), p.select(0, m), k.select(0, m), member_groups(groups, m), lse_all.select(0, m),
+             lse_pos.select(0, m), tau, eps, offset);
+  });
 }
 
 }  // namespace mclcore::infonce_members

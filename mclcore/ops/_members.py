@@ -78,8 +78,7 @@ def infonce(fn: Callable, p, k, groups, tau, eps, **kwargs):
     ``offset=``), groups (M, B) (or (M, N)) or None: its three outputs, each stacked along a new leading member
     axis. ``kwargs`` (the offset, tile sizes) go to every call."""
     M = _check_infonce(p, k, groups, kwargs.get("offset"))
-    outs = [fn(p[m], k[m], None if groups is None else groups[m], tau, eps, **kwargs) for m in range(M)]
-    return tuple(torch.stack(o) for o in zip(*outs))
+    return _over_members(M, lambda m: fn(p[m], k[m], None if groups is None else groups[m], tau, eps, **kwargs))
 
 
 def infonce_backward(fn: Callable, grad_loss, p, k, groups, lse_all, lse_pos, tau, eps, **kwargs):
@@ -94,6 +93,11 @@ def infonce_backward(fn: Callable, grad_loss, p, k, groups, lse_all, lse_pos, ta
             raise RuntimeError(f"mclcore.infonce_backward: member-stacked p needs lse_all/lse_pos of shape (M, B) = "
                                f"({M}, {p.shape[1]}), got {tuple(t.shape)}")
     g = grad_loss.reshape(M)
-    outs = [fn(g[m], p[m], k[m], None if groups is None else groups[m], lse_all[m], lse_pos[m], tau, eps, **kwargs)
-            for m in range(M)]
-    return tuple(torch.stack(o) for o in zip(*outs))
+    return _over_members(M, lambda m: fn(g[m], p[m], k[m], None if groups is None else groups[m], lse_all[m],
+                                         lse_pos[m], tau, eps, **kwargs))
+
+
+def _over_members(M: int, call: Callable) -> tuple:
+    """The one per-member loop of the infonce launchers: ``call(m)`` (a tuple of tensors) for every member, the i-th
+    tensors of all members stacked along a new leading axis (the i-th output)."""
+    return tuple(torch.stack(o) for o in zip(*(call(m) for m in range(M))))

@@ -88,6 +88,31 @@ def test_critic_grad_stacked_matches_the_reference_to_1e12_in_float64():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_critic_grad_stacked_backward_row_chunks_write_the_stacked_outputs(threads):
+    # The stacked backward writes each member's gradients straight into its views of the stacked outputs (chunk 0 of
+    # the rows sums into them, further chunks are added at the end). B = 160 >= 2 x 64 rows makes two chunks on two
+    # threads; every member must still get exactly its own per-member call's gradients (float64, 1e-12).
+    M, B, dv = 3, 160, 5
+    v, ws, bs = stacked_critic(M, B, dv, hidden=(6, 4))
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = critic_grad(v, ws, bs)
+        up = torch.randn(M, B, dv, dtype=F64, generator=torch.Generator().manual_seed(3))
+        g_stacked = grads(out, up, [v, *ws, *bs])
+        for m in range(M):
+            vm = v[m].detach().requires_grad_()
+            wm = [w[m].detach().requires_grad_() for w in ws]
+            bm = [b[m].detach().requires_grad_() for b in bs]
+            g_m = grads(critic_grad(vm, wm, bm), up[m], [vm, *wm, *bm])
+            for gs, gm in zip(g_stacked, g_m):
+                torch.testing.assert_close(gs[m], gm, rtol=0, atol=1e-12)
+        assert not g_stacked[-1].any()          # the last bias never reaches grad_v c: its gradient is written 0
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("contiguous", [True, False])
 def test_critic_grad_stacked_opcheck(contiguous):
     v, ws, bs = stacked_critic(3, 7, 5, hidden=(6,), contiguous=contiguous)
