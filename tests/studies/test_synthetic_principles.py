@@ -136,18 +136,21 @@ def test_a_study_with_every_model_reports_them(tmp_path):
         processes=["gmd"], dzs=[2], alphabets=[3], models=["betavae", *PRINCIPLE_MODELS], seeds=2,
         lambda_grid=[0.1], certify_latents=0, tensorboard=False,
         train={"n": 300, "epochs": 1, "batch_size": 64, "hidden": 16, "comp_rows": 16,
-               "eval_metrics": ["lps_linear", "infomec"]}))
+               "eval_metrics": ["lps_linear", "infomec", "dci_mig_sap"]}))
     paths = study_run.run_study(study, str(tmp_path), progress=False)
     table = open(paths["table"]).read()
+    principles = open(paths["principles"]).read()
     for name in ("CompVAE", "MMD-VAE", "QLAE", "InterVAE"):
         assert f"| {name} | **" in table, name
+        assert f"| {name} | " in principles and f"| {name} − β-VAE | " not in principles, name
+    assert "| model | MCC | LPS | InfoM | InfoE | InfoC | DCI D | DCI C | MIG | SAP |" in principles
     import csv
 
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert {r["model"] for r in rows} == {"betavae", *PRINCIPLE_MODELS} and len(rows) == 10
     for r in rows:
-        assert 0 <= float(r["infomec_m"]) <= 1 and 0 <= float(r["lps"]) <= 1
+        assert 0 <= float(r["infomec_m"]) <= 1 and 0 <= float(r["lps"]) <= 1 and 0 <= float(r["mig"]) <= 1
         assert (r["principle_loss"] == "") == (r["model"] == "betavae")
 
 
@@ -159,4 +162,31 @@ def test_principles_preset_is_pre_registered():
     assert p["train"]["n"] == PRESETS["quick"]["train"]["n"]
     with open(os.path.join(REPO, "experiments", "synthetic", "configs", "principles.json")) as f:
         assert json.load(f) == cli.preset("principles").to_dict()
-    assert cli.preset("principles").validate().train.eval_metrics == ("lps", "infomec")
+    assert cli.preset("principles").validate().train.eval_metrics == ("lps", "infomec", "dci_mig_sap")
+
+
+def test_dci_mig_sap_read_the_true_latents_and_not_a_mixture():
+    """The binned-z DCI / MIG / SAP columns: near 1 for the true z itself (up to a permutation and scale), low for
+    a random linear mixture of it; they can fail either way."""
+    import types
+
+    from mclcore.studies.synthetic.principles import eval_metrics
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3000, 4, generator=g)
+    cfg = types.SimpleNamespace(eval_metrics=("dci_mig_sap",))
+    same = eval_metrics(cfg, z, 3 * z[:, [2, 0, 3, 1]], 0)
+    mixed = eval_metrics(cfg, z, z @ torch.randn(4, 4, generator=g), 0)
+    for k in ("dci_d", "dci_c", "mig", "sap"):
+        assert same[k] > 0.9 and mixed[k] < 0.6, (k, same[k], mixed[k])
+
+
+def test_principles_table_pairs_by_seed_against_md_vae():
+    from mclcore.studies.synthetic.principles import principles_table
+
+    rows = [{"process": "gmd", "dz": 5, "n_alphabet": 8, "model": m, "seed": s, "mcc": v + 0.01 * s, "mig": None}
+            for m, v in (("mdvae", 0.5), ("qlae", 0.4)) for s in range(3)]
+    text = principles_table(rows)
+    assert "| MD-VAE | 0.51 [" in text and "| QLAE − MD-VAE | -0.10 [-0.10, -0.10] |" in text
+    assert "MIG" not in text                                     # a column with no value anywhere is left out
+    assert principles_table([dict(r, model="betavae") for r in rows]) is None

@@ -22,10 +22,14 @@ TrainConfig fields (none of these defaults was tuned on this study):
     inter_prob: probability that an ``intervae`` member intervenes on one concept at a step (0.5).
 Evaluation: eval_metrics: extra columns of every row, any of ``"lps"`` (Latent Predictability Score of the
     scored codes, MLP regressors: columns ``lps``, ``lps_max``), ``"lps_linear"`` (the same with least
-    squares; same columns, so not both) and ``"infomec"`` (InfoM / InfoE / InfoC of the codes against the true
-    z: ``infomec_m``, ``infomec_e``, ``infomec_c``), on the evaluation split. Default none: the study's other
-    presets keep their cost; ``--preset principles`` turns both on. They draw no random numbers of training
-    and change no other number.
+    squares; same columns, so not both), ``"infomec"`` (InfoM / InfoE / InfoC of the codes against the true
+    z: ``infomec_m``, ``infomec_e``, ``infomec_c``) and ``"dci_mig_sap"`` (``dci_d``, ``dci_c`` with lasso
+    regressors, ``mig``, ``sap`` against the true z cut into 20 equal-width bins per dimension, as
+    disentanglement_lib treats continuous factors; DCI and SAP fitted on the first half of the evaluation rows and
+    scored on the second; SAP in its continuous-factor form, the R^2 of each code for each binned factor: with 20
+    classes the discrete form's single-threshold classifiers score even the true z near 0.01), on the evaluation
+    split. Default none: the study's other presets keep their cost;
+    ``--preset principles`` turns them on. They draw no random numbers of training and change no other number.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ __all__ = ["PRINCIPLE_MODELS", "EVAL_METRICS", "principle_model", "principle_row
 
 # Extra evaluation metrics a row can carry (TrainConfig.eval_metrics): the Latent Predictability Score of the
 # codes (MLP regressors, or least squares) and InfoMEC of the codes against the true z (mclcore.metrics).
-EVAL_METRICS = ("lps", "lps_linear", "infomec")
+EVAL_METRICS = ("lps", "lps_linear", "infomec", "dci_mig_sap")
 
 
 def validate_principle_fields(cfg, bad) -> None:
@@ -122,4 +126,65 @@ def eval_metrics(cfg, z_true: torch.Tensor, z_hat: torch.Tensor, seed: int) -> d
             out.update(infomec_m=r["infomec.m"], infomec_e=r["infomec.e"], infomec_c=r["infomec.c"])
         except ValueError:
             out.update(infomec_m=None, infomec_e=None, infomec_c=None)
+    if "dci_mig_sap" in cfg.eval_metrics:
+        from mclcore.metrics import dci_from_codes, histogram_discretize, mig_from_codes, sap_from_codes
+
+        f = histogram_discretize(z_true.double().numpy(), 20)                  # (Ne, dz) bins 1..20
+        h = zh.shape[0] // 2
+        try:
+            d = dci_from_codes(zh[:h], f[:h], zh[h:], f[h:], model="lasso", seed=seed)
+            out.update(dci_d=d["dci.disentanglement"], dci_c=d["dci.completeness"])
+        except ValueError:
+            out.update(dci_d=None, dci_c=None)
+        try:
+            out["mig"] = mig_from_codes(zh, f)["mig.score"]
+        except ValueError:
+            out["mig"] = None
+        try:
+            out["sap"] = sap_from_codes(zh, f, continuous_factors=True)["sap.score"]
+        except ValueError:
+            out["sap"] = None
     return out
+
+
+# (column, label) of the principles table: every score of a row that exists for every model
+PRINCIPLE_COLUMNS = (("mcc", "MCC"), ("lps", "LPS"), ("infomec_m", "InfoM"), ("infomec_e", "InfoE"),
+                     ("infomec_c", "InfoC"), ("dci_d", "DCI D"), ("dci_c", "DCI C"), ("mig", "MIG"), ("sap", "SAP"))
+
+
+def principles_table(runs: list[dict], baseline: str = "mdvae") -> str | None:
+    """Markdown: per cell, each model's mean [95% bootstrap interval] over seeds of every score in
+    ``PRINCIPLE_COLUMNS`` present in the rows, then each model minus ``baseline`` paired by seed. None when no
+    principle model ran. A missing value (a metric undefined on a seed's codes) leaves that seed out of the cell,
+    and the cell's n says so."""
+    from mclcore.studies.synthetic.compare import MODEL_NAMES, fmt_ci, paired
+    from mclcore.metrics.stats import summarize
+
+    if not any(r["model"] in PRINCIPLE_MODELS for r in runs):
+        return None
+    cols = [(k, lab) for k, lab in PRINCIPLE_COLUMNS if any(r.get(k) is not None for r in runs)]
+    cells = sorted({(r["process"], r["dz"], r["n_alphabet"]) for r in runs})
+    lines = ["## Principles side by side (issue #23)", "",
+             "Mean [95% bootstrap interval] over seeds (n = seeds with a defined value); differences paired by seed "
+             f"(the same dataset on both sides) against {MODEL_NAMES.get(baseline, baseline)}. Scores of the "
+             "posterior means (QLAE: the encoder's continuous output) against the true z on the evaluation split.",
+             ""]
+    for cell in cells:
+        rows = [r for r in runs if (r["process"], r["dz"], r["n_alphabet"]) == cell]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        lines += [f"### {cell[0]}, dz = {cell[1]}, |U| = {cell[2]}", "",
+                  "| model | " + " | ".join(lab for _, lab in cols) + " |", "|---|" + "---|" * len(cols)]
+
+        def by_seed(model, k):
+            return {r["seed"]: float(r[k]) for r in rows if r["model"] == model and r.get(k) is not None}
+        for m in models:
+            lines.append(f"| {MODEL_NAMES.get(m, m)} | " + " | ".join(
+                fmt_ci(summarize(list(by_seed(m, k).values())), n=False) for k, _ in cols) + " |")
+        if baseline in models:
+            for m in models:
+                if m != baseline:
+                    lines.append(f"| {MODEL_NAMES.get(m, m)} − {MODEL_NAMES.get(baseline, baseline)} | " + " | ".join(
+                        fmt_ci(paired(by_seed(m, k), by_seed(baseline, k)), signed=True, n=False) for k, _ in cols)
+                        + " |")
+        lines.append("")
+    return "\n".join(lines)

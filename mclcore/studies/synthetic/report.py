@@ -12,6 +12,7 @@ import statistics
 from mclcore._io import save_figure, write_text_atomic
 from mclcore.metrics.stats import summarize
 from mclcore.studies.synthetic.compare import COLORS, MODEL_NAMES, PAIRS, fmt_ci, landscape, paired
+from mclcore.studies.synthetic.principles import principles_table
 from mclcore.studies.synthetic.config import StudyConfig
 
 __all__ = ["PAPER", "MODEL_NAMES", "write_report"]
@@ -46,7 +47,8 @@ _CSV_COLUMNS = ["process", "mixing", "dz", "n_alphabet", "model", "seed", "lambd
                 "unit_seconds", "mcl_weight", "mcl_acc", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance",
                 "mcl_shortcut_share", "mcl_grad_ratio", "mcc_ceiling", "active_dims", "kl_per_dim", "snr",
                 "decoder_var", "decoder_var_learned", "decoder_var_final", "shift_scale", "modulation_range",
-                "objective", "principle_loss", "lps", "lps_max", "infomec_m", "infomec_e", "infomec_c"]
+                "objective", "principle_loss", "lps", "lps_max", "infomec_m", "infomec_e", "infomec_c",
+                "dci_d", "dci_c", "mig", "sap"]
 
 
 def _cell(v) -> str:
@@ -243,6 +245,10 @@ def write_report(study: StudyConfig, out: str, records: list[dict], certs: dict,
         lines.append("")
         paths["certificates"] = _write_certificates(certs, out)
     write_text_atomic(paths["table"], "\n".join(lines))
+    principles = principles_table(runs)
+    if principles:
+        paths["principles"] = os.path.join(out, "principles.md")
+        write_text_atomic(paths["principles"], principles)
     if runs:
         _violin(study, vals, U0, paths["violin"], ceil)
         if len(sweep) > 1:
