@@ -36,6 +36,7 @@
 #include <torch/library.h>
 
 #include "../parallel.h"
+#include "../mlp_activation.h"
 
 #include <algorithm>
 #include <cmath>
@@ -45,21 +46,9 @@
 namespace mclcore {
 namespace {
 
-enum class Act { Tanh, Sigmoid, Softplus, Gelu, Silu, SmoothLeaky, Relu, LeakyRelu, Identity };
+using mlp::Act;
 
-Act parse_act(const std::string& s) {
-  if (s == "tanh") return Act::Tanh;
-  if (s == "sigmoid") return Act::Sigmoid;
-  if (s == "softplus") return Act::Softplus;
-  if (s == "gelu") return Act::Gelu;
-  if (s == "silu") return Act::Silu;
-  if (s == "smooth_leaky") return Act::SmoothLeaky;
-  if (s == "relu") return Act::Relu;
-  if (s == "leaky_relu") return Act::LeakyRelu;
-  if (s == "identity") return Act::Identity;
-  TORCH_CHECK(false, "comp_contrast: activations: expected tanh, sigmoid, softplus, gelu, silu, smooth_leaky, relu, ",
-              "leaky_relu or identity; got '", s, "'");
-}
+Act parse_act(const std::string& s) { return mlp::parse_act(s, "comp_contrast"); }
 
 // Piecewise-linear activations have s'' = 0: the backward skips the s'' term for them.
 bool curved(Act a) { return !(a == Act::Relu || a == Act::LeakyRelu || a == Act::Identity); }

@@ -36,6 +36,7 @@
 #include <torch/library.h>
 
 #include "mech_derivs_checks.h"
+#include "../mlp_activation.h"
 
 #include <algorithm>
 #include <atomic>
@@ -47,21 +48,9 @@
 namespace mclcore {
 namespace {
 
-enum class Act { Tanh, Sigmoid, Softplus, Gelu, Silu, SmoothLeaky, Relu, LeakyRelu, Identity };
+using mlp::Act;
 
-Act parse_act(const std::string& s) {
-  if (s == "tanh") return Act::Tanh;
-  if (s == "sigmoid") return Act::Sigmoid;
-  if (s == "softplus") return Act::Softplus;
-  if (s == "gelu") return Act::Gelu;
-  if (s == "silu") return Act::Silu;
-  if (s == "smooth_leaky") return Act::SmoothLeaky;
-  if (s == "relu") return Act::Relu;
-  if (s == "leaky_relu") return Act::LeakyRelu;
-  if (s == "identity") return Act::Identity;
-  TORCH_CHECK(false, "mech_derivs: activations: expected tanh, sigmoid, softplus, gelu, silu, smooth_leaky, relu, ",
-              "leaky_relu or identity; got '", s, "'");
-}
+Act parse_act(const std::string& s) { return mlp::parse_act(s, "mech_derivs"); }
 
 // sigma(a) and 1 - sigma(a) without cancellation.
 inline void sigmoid_pair(double a, double& sg, double& om) {

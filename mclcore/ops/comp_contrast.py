@@ -115,66 +115,13 @@ _backend.register_cuda("comp_contrast")
 _backend.register_cuda("comp_contrast_backward")
 
 
-def _expand(value, n: int, name: str) -> list:
-    if isinstance(value, (str, float, int)) or value is None:
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise ValueError(f"{name}: expected one entry per activation ({n}), got {len(value)}")
-    return value
-
-
 def prepare(z, weights, biases, activation="tanh", act_param=None, *, in_bias=None, final_activation=False):
     """Checked arguments of the raw op: ``(z, weights, biases, in_bias, activations, act_params)`` (biases None
     replaced by zeros). Raises ValueError / TypeError naming the argument (shared with mclcore.losses)."""
-    _checks.tensor(z, "z", ndim=2)
-    if z.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"z: expected float32 or float64, got {z.dtype}")
-    B, dz = z.shape
-    if dz < 1:
-        raise ValueError(f"z: expected at least one latent dimension, got shape {tuple(z.shape)}")
-    if isinstance(weights, torch.Tensor) or isinstance(biases, torch.Tensor):
-        raise TypeError("weights, biases: expected a list of tensors, one per layer (nn.Linear layout)")
-    weights, biases = list(weights), list(biases)
-    if len(weights) < 1:
-        raise ValueError("weights: expected at least one layer")
-    if len(biases) != len(weights):
-        raise ValueError(f"biases: expected {len(weights)} entries (one per layer, None for no bias), "
-                         f"got {len(biases)}")
-    fan_in = dz
-    for i, w in enumerate(weights):
-        _checks.tensor(w, f"weights[{i}]", ndim=2)
-        if w.dtype != z.dtype:
-            raise TypeError(f"weights[{i}]: expected dtype {z.dtype} (that of z), got {w.dtype}")
-        if w.shape[1] != fan_in:
-            raise ValueError(f"weights[{i}]: expected {fan_in} input features, got shape {tuple(w.shape)}")
-        if w.shape[0] < 1:
-            raise ValueError(f"weights[{i}]: expected at least one output feature, got shape {tuple(w.shape)}")
-        if biases[i] is None:
-            biases[i] = w.new_zeros(w.shape[0])
-        _checks.tensor(biases[i], f"biases[{i}]", ndim=1)
-        if tuple(biases[i].shape) != (w.shape[0],):
-            raise ValueError(f"biases[{i}]: expected shape ({w.shape[0]},), got {tuple(biases[i].shape)}")
-        if biases[i].dtype != z.dtype:
-            raise TypeError(f"biases[{i}]: expected dtype {z.dtype} (that of z), got {biases[i].dtype}")
-        fan_in = w.shape[0]
-    n_act = len(weights) if final_activation else len(weights) - 1
-    acts = _expand(activation, n_act, "activation")
-    for a in acts:
-        if a not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {a!r}")
-    params = _expand(act_param, n_act, "act_param")
-    params = [float(DEFAULT_PARAMS.get(a, 0.0) if p is None else p) for a, p in zip(acts, params)]
-    for a, p in zip(acts, params):
-        if a == "softplus":
-            _checks.positive_float(p, "act_param (softplus beta)")
-    if in_bias is not None:
-        _checks.tensor(in_bias, "in_bias", ndim=2)
-        if tuple(in_bias.shape) != (B, weights[0].shape[0]):
-            raise ValueError(f"in_bias: expected shape ({B}, {weights[0].shape[0]}) (one row per sample of z, one "
-                             f"column per unit of the first layer), got {tuple(in_bias.shape)}")
-        if in_bias.dtype != z.dtype:
-            raise TypeError(f"in_bias: expected dtype {z.dtype} (that of z), got {in_bias.dtype}")
+    weights, biases, acts, params, _ = _checks.mlp(z, weights, biases, activation, act_param, final_activation,
+                                                   activations=ACTIVATIONS, default_params=DEFAULT_PARAMS)
+    B = z.shape[0]
+    in_bias = _checks.per_sample(in_bias, "in_bias", B, weights[0].shape[0], z.dtype)
     devices = {t.device for t in (z, *weights, *biases, in_bias) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"comp_contrast: all tensors must be on one device, got {sorted(map(str, devices))}")

@@ -83,26 +83,6 @@ torch.library.register_autograd("mclcore::mech_derivs", _backward, setup_context
 _backend.register_cuda("mech_derivs")
 
 
-def _per_sample(x, name: str, B: int, cols: int, dtype: torch.dtype):
-    if x is None:
-        return None
-    _checks.tensor(x, name, ndim=2)
-    if tuple(x.shape) != (B, cols):
-        raise ValueError(f"{name}: expected shape ({B}, {cols}) (one row per sample of z), got {tuple(x.shape)}")
-    if x.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype} (that of z), got {x.dtype}")
-    return x
-
-
-def _expand(value, n: int, name: str) -> list:
-    if isinstance(value, (str, float, int)) or value is None:
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise ValueError(f"{name}: expected one entry per activation ({n}), got {len(value)}")
-    return value
-
-
 def mech_derivs(
     z: torch.Tensor,
     weights: Sequence[torch.Tensor],
@@ -142,49 +122,16 @@ def mech_derivs(
     Non-finite z raises ValueError on the CPU. On CUDA the call never synchronises with the host (it can be captured
     in a CUDA graph): z is not checked, and a sample with NaN / inf gets NaN V (and a NaN or infinite L).
     """
-    _checks.tensor(z, "z", ndim=2)
-    if z.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"z: expected float32 or float64, got {z.dtype}")
+    weights, biases, acts, params, dx = _checks.mlp(
+        z, weights, biases, activation, act_param, final_activation, activations=ACTIVATIONS,
+        default_params=DEFAULT_PARAMS)
     B, dz = z.shape
-    if dz < 1:
-        raise ValueError(f"z: expected at least one latent dimension, got shape {tuple(z.shape)}")
-    weights, biases = list(weights), list(biases)
-    if len(weights) < 1:
-        raise ValueError("weights: expected at least one layer")
-    if len(biases) != len(weights):
-        raise ValueError(f"biases: expected {len(weights)} entries (one per layer, None for no bias), "
-                         f"got {len(biases)}")
-    fan_in = dz
-    for i, w in enumerate(weights):
-        _checks.tensor(w, f"weights[{i}]", ndim=2)
-        if w.dtype != z.dtype:
-            raise TypeError(f"weights[{i}]: expected dtype {z.dtype} (that of z), got {w.dtype}")
-        if w.shape[1] != fan_in:
-            raise ValueError(f"weights[{i}]: expected {fan_in} input features, got shape {tuple(w.shape)}")
-        if biases[i] is None:
-            biases[i] = w.new_zeros(w.shape[0])
-        _checks.tensor(biases[i], f"biases[{i}]", ndim=1)
-        if tuple(biases[i].shape) != (w.shape[0],) or biases[i].dtype != z.dtype:
-            raise ValueError(f"biases[{i}]: expected shape ({w.shape[0]},) and dtype {z.dtype}, got "
-                             f"{tuple(biases[i].shape)} {biases[i].dtype}")
-        fan_in = w.shape[0]
-    dx = fan_in
     if dx < dz:
         raise ValueError(f"weights: the generator's output has dx = {dx} < dz = {dz}; J^T J is then singular, so "
                          f"log|J| and V are undefined (mechanism derivatives need dx >= dz)")
-    n_act = len(weights) if final_activation else len(weights) - 1
-    acts = _expand(activation, n_act, "activation")
-    for a in acts:
-        if a not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {a!r}")
-    params = _expand(act_param, n_act, "act_param")
-    params = [float(DEFAULT_PARAMS.get(a, 0.0) if p is None else p) for a, p in zip(acts, params)]
-    for a, p in zip(acts, params):
-        if a == "softplus":
-            _checks.positive_float(p, "act_param (softplus beta)")
-    in_bias = _per_sample(in_bias, "in_bias", B, weights[0].shape[0], z.dtype)
-    film_scale = _per_sample(film_scale, "film_scale", B, dz, z.dtype)
-    film_shift = _per_sample(film_shift, "film_shift", B, dz, z.dtype)
+    in_bias = _checks.per_sample(in_bias, "in_bias", B, weights[0].shape[0], z.dtype)
+    film_scale = _checks.per_sample(film_scale, "film_scale", B, dz, z.dtype)
+    film_shift = _checks.per_sample(film_shift, "film_shift", B, dz, z.dtype)
     devices = {t.device for t in (z, *weights, *biases, in_bias, film_scale, film_shift) if t is not None}
     if len(devices) > 1:
         raise ValueError(f"mech_derivs: all tensors must be on one device, got {sorted(map(str, devices))}")
