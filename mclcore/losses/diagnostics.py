@@ -76,6 +76,24 @@ def readout(mcl, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key
     return {"acc": acc, "acc_generator": acc_gen, "acc_direct": acc_dir, "chance": chance, "shortcut_share": share}
 
 
+def _rank_mean(grads, params) -> list:
+    """``grads`` averaged over the ranks of a data-parallel run (torchrun: what DistributedDataParallel applies to the
+    parameters), so every rank measures the same norms and weighs L_MCL alike; unchanged in one process (and inside
+    ``distributed.alone()``, where a rank trains on its own). One all-reduce of a flat float64 copy; a parameter
+    without a gradient counts as zeros. Every rank must call it at the same step (the monitors' ``due`` rule is the
+    same on every rank)."""
+    from mclcore import distributed
+
+    ctx = distributed.context()
+    if not ctx.distributed:
+        return list(grads)
+    full = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in full])
+    torch.distributed.all_reduce(flat)
+    flat /= ctx.world_size
+    return [piece.view(t.shape) for piece, t in zip(flat.split([t.numel() for t in full]), full)]
+
+
 def gradient_norms(mcl_term: torch.Tensor, host_loss: torch.Tensor, params: Sequence[torch.Tensor], *,
                    members: int | None = None) -> dict:
     """Norms of ``grad mcl_term`` and ``grad host_loss`` on ``params`` (the generator's) and ``ratio`` = mcl / host.
@@ -83,12 +101,15 @@ def gradient_norms(mcl_term: torch.Tensor, host_loss: torch.Tensor, params: Sequ
     ``mcl_term`` is the MCL loss as it enters the objective (lambda applied). Both graphs are kept
     (``retain_graph``) for the step's own backward. ``members``: the params are stacks of M independent models
     (leading dim M) and the losses sums over them: the norms are per member, (M,) tensors.
-    Raises ValueError when the host loss has no gradient on ``params`` (relative weighting would divide by 0)."""
+    Under torchrun (a data-parallel run) the gradients are first averaged over the ranks (:func:`_rank_mean`), so
+    the norms, and the relative weight built on them, are those of the gradients the optimiser applies, the same on
+    every rank. Raises ValueError when the host loss has no gradient on ``params`` (relative weighting would divide
+    by 0)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("params: none of the generator's parameters requires grad")
-    g_mcl = torch.autograd.grad(mcl_term, params, retain_graph=True, allow_unused=True)
-    g_host = torch.autograd.grad(host_loss, params, retain_graph=True, allow_unused=True)
+    g_mcl = _rank_mean(torch.autograd.grad(mcl_term, params, retain_graph=True, allow_unused=True), params)
+    g_host = _rank_mean(torch.autograd.grad(host_loss, params, retain_graph=True, allow_unused=True), params)
 
     def norm(grads):
         sq = [g.detach().double().pow(2) for g in grads if g is not None]

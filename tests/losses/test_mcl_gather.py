@@ -64,6 +64,14 @@ def single_process(name: str, world: int):
     return loss.detach(), [None if g is None else g.detach() for g in grads]
 
 
+def _relative_norms(step: Step, w, z, u) -> dict:
+    """``MCLWeight.update`` on the generator for the MCL loss and a host loss (mean squared output) of (z, u)."""
+    mcl = step(z, u)
+    host = step.G(torch.cat([z, u], 1)).pow(2).mean()
+    n = w.update(mcl, host, list(step.G.parameters()))
+    return {"grad_mcl": n["grad_mcl"], "grad_host": n["grad_host"], "weight": w.weight()}
+
+
 def _worker(rank: int, world: int, store: str, out: str) -> None:
     try:
         dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
@@ -78,6 +86,13 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
             loss = ddp(z[rows], u[rows], ids[rows] if name == "explicit-groups" else None)
             loss.backward()
             results[name] = (loss.detach(), [None if p.grad is None else p.grad.clone() for p in step.parameters()])
+        # The relative weight's gradient norms under a process group: measured on the rank's half, averaged over
+        # the ranks (what DDP applies), the same on every rank.
+        from mclcore.losses.diagnostics import MCLWeight
+
+        step = Step(MCLConfig(critic_hidden=(16, 16), proj_dim=8), seed=0)
+        w = MCLWeight(0.5, "relative", every=10)
+        results["relative"] = _relative_norms(step, w, z[rows], u[rows])
         # Unequal local batch sizes: every rank raises, naming each rank's size.
         step = Step(MCLConfig(critic_hidden=(16, 16), proj_dim=8, gather=True), seed=0)
         n = B_LOCAL + 2 * rank
@@ -173,3 +188,31 @@ def test_stacked_mcl_refuses_gather():
     with pytest.raises(ValueError, match="mcl.gather: StackedMCL"):
         StackedMCL.from_members(members)
     assert StackedMCL.from_members([mclcore.MCL(DZ, DX, DU, critic_hidden=(8,), proj_dim=4)]).members == 1
+
+
+def test_relative_weight_uses_the_rank_averaged_gradients_on_every_rank(two_ranks):
+    """Under a process group the relative weight's norms are those of the gradients averaged over the ranks (what
+    DDP applies): equal on both ranks, and equal to one process's average of the two halves' gradients (1e-12); a
+    rank's own half alone gives other norms (so the test can tell)."""
+    from mclcore.losses.diagnostics import MCLWeight
+
+    z, u, _ = batch(2)
+    grads = {"mcl": [], "host": []}
+    for r in range(2):
+        step = Step(MCLConfig(critic_hidden=(16, 16), proj_dim=8), seed=0)
+        rows = slice(r * B_LOCAL, (r + 1) * B_LOCAL)
+        params = list(step.G.parameters())
+        grads["mcl"].append(torch.autograd.grad(step(z[rows], u[rows]), params, retain_graph=True))
+        host = step.G(torch.cat([z[rows], u[rows]], 1)).pow(2).mean()
+        grads["host"].append(torch.autograd.grad(host, params))
+
+    def norm(k):
+        return torch.stack([((a + b) / 2).pow(2).sum() for a, b in zip(*grads[k])]).sum().sqrt()
+    want_mcl, want_host = norm("mcl"), norm("host")
+    for res in (two_ranks[0]["relative"], two_ranks[1]["relative"]):
+        assert torch.allclose(res["grad_mcl"], want_mcl, rtol=1e-12, atol=0)
+        assert torch.allclose(res["grad_host"], want_host, rtol=1e-12, atol=0)
+        assert torch.allclose(torch.as_tensor(res["weight"]), 0.5 * want_host / want_mcl, rtol=1e-12, atol=0)
+    alone = _relative_norms(Step(MCLConfig(critic_hidden=(16, 16), proj_dim=8), seed=0), MCLWeight(0.5, "relative"),
+                            z[:B_LOCAL], u[:B_LOCAL])
+    assert not torch.allclose(alone["grad_mcl"], want_mcl, rtol=1e-6, atol=0)
