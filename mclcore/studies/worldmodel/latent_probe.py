@@ -90,6 +90,25 @@ def _idm_means(idm, lat: torch.Tensor, batch: int = 256) -> np.ndarray:
     return torch.cat(mus).numpy()
 
 
+def _probes(x_tr, y_tr, x_ev, y_ev, train_episodes, eval_episodes, alpha: float) -> dict:
+    """:func:`ridge_probe` across embodiments plus ``r2_displacement`` (mean R^2 of dx, dy, dz) and
+    ``same_embodiment``: the probe refitted on the training transitions of the evaluation episodes' (single)
+    embodiment, with its ``embodiment``; None when they mix embodiments or fewer than 2 training transitions match."""
+    res = ridge_probe(x_tr, y_tr, x_ev, y_ev, alpha)
+    res["r2_displacement"] = float(np.nanmean(res["r2_per_dim"][:3]))
+    res["same_embodiment"] = None
+    embs = np.unique(np.asarray(eval_episodes.embodiment))
+    if embs.size == 1:
+        steps = x_tr.shape[0] // len(train_episodes)                          # transitions per episode (T)
+        keep = np.repeat(np.asarray(train_episodes.embodiment) == embs[0], steps)
+        if keep.sum() >= 2:
+            same = ridge_probe(x_tr[keep], y_tr[keep], x_ev, y_ev, alpha)
+            same["r2_displacement"] = float(np.nanmean(same["r2_per_dim"][:3]))
+            same["embodiment"] = int(embs[0])
+            res["same_embodiment"] = same
+    return res
+
+
 def latent_action_probe(model, train_episodes, eval_episodes, *, alpha: float = 1e-3, device="cpu") -> dict:
     """The latent-action probe of a LACG model: ridge from the IDM mean to the true action, fitted on
     ``train_episodes``, R^2 on ``eval_episodes`` (see the module docstring). Adds ``r2_displacement`` (mean R^2 of
@@ -111,18 +130,7 @@ def latent_action_probe(model, train_episodes, eval_episodes, *, alpha: float = 
         kl = (0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)).mean(0).cpu().numpy()
     finally:
         model.train(was_training)
-    res = ridge_probe(x_tr, y_tr, x_ev, y_ev, alpha)
-    res["r2_displacement"] = float(np.nanmean(res["r2_per_dim"][:3]))
-    res["same_embodiment"] = None
-    embs = np.unique(np.asarray(eval_episodes.embodiment))
-    if embs.size == 1:
-        steps = x_tr.shape[0] // len(train_episodes)                          # transitions per episode (T)
-        keep = np.repeat(np.asarray(train_episodes.embodiment) == embs[0], steps)
-        if keep.sum() >= 2:
-            same = ridge_probe(x_tr[keep], y_tr[keep], x_ev, y_ev, alpha)
-            same["r2_displacement"] = float(np.nanmean(same["r2_per_dim"][:3]))
-            same["embodiment"] = int(embs[0])
-            res["same_embodiment"] = same
+    res = _probes(x_tr, y_tr, x_ev, y_ev, train_episodes, eval_episodes, alpha)
     res["kl_per_dim"] = [round(float(k), 4) for k in kl]
     res["kl_total"] = float(kl.sum())
     return res
@@ -183,16 +191,7 @@ def supervised_ceiling(model, train_episodes, eval_episodes, *, steps: int = 300
     x_tr, x_ev = _idm_means(idm, lat_tr), _idm_means(idm, lat_ev)
     y_tr = train_episodes.actions.reshape(-1, train_episodes.actions.shape[-1])
     y_ev = eval_episodes.actions.reshape(-1, eval_episodes.actions.shape[-1])
-    res = ridge_probe(x_tr, y_tr, x_ev, y_ev, alpha)
-    res["r2_displacement"] = float(np.nanmean(res["r2_per_dim"][:3]))
-    res["same_embodiment"] = None
-    embs = np.unique(np.asarray(eval_episodes.embodiment))
-    if embs.size == 1:
-        keep = np.repeat(np.asarray(train_episodes.embodiment) == embs[0], x_tr.shape[0] // len(train_episodes))
-        if keep.sum() >= 2:
-            same = ridge_probe(x_tr[keep], y_tr[keep], x_ev, y_ev, alpha)
-            same["r2_displacement"] = float(np.nanmean(same["r2_per_dim"][:3]))
-            res["same_embodiment"] = same
+    res = _probes(x_tr, y_tr, x_ev, y_ev, train_episodes, eval_episodes, alpha)
     res["train_mse"] = float(np.mean(losses[-100:]))
     res["steps"] = steps
     return res
