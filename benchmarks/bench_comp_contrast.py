@@ -10,11 +10,17 @@ and its gradient w.r.t. z and every weight and bias (``torch.autograd.grad``), i
   (the "create_graph" path a user would write).
 
 Times are best-of-rounds medians in alternating rounds (benchmarks.common.paired_times), so the ratios compare the
-sides under the same load. ``err_f64`` is the largest normwise relative error of C and of every gradient, op vs the
-jacfwd reference, in float64 on the same generator.
+sides under the same load; on CUDA every timed call ends with torch.cuda.synchronize (benchmarks.common.median_time),
+as in the other benchmarks. ``err_f64`` is the largest normwise relative error of C and of every gradient, op vs the
+jacfwd reference, in float64 on the same generator (at B = min(batch, 64)).
+
+``--device cuda`` runs all three sides on the GPU: the op through its CUDA kernel (the Triton launchers of
+mclcore/ops/triton/comp_contrast.py with cuBLAS products; comp_contrast has no CUDA C++ twin, so ``--backend cuda``
+fails with the backend's error), the torch.func references as plain torch ops; default batches B = 256 and 4096
+(the GPU's regime; the CPU default is 256 alone). Without a CUDA device it exits at once with one line.
 
     python benchmarks/bench_comp_contrast.py [--quick] [--threads 2] [--reps 30] [--rounds 5]
-    python benchmarks/bench_comp_contrast.py --device cuda [--backend triton]
+    python benchmarks/bench_comp_contrast.py --device cuda [--backend triton] [--batch 256 4096] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -75,7 +81,8 @@ def main(argv=None):
     ap.add_argument("--dz", type=int, default=10)
     ap.add_argument("--dx", type=int, default=64)
     ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, nargs="+", default=None,
+                    help="batch sizes B (default: 256 on the CPU, 256 4096 with --device cuda)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     ap.add_argument("--activation", nargs="+", default=["leaky_relu", "gelu"])
     add_paired_args(ap)
@@ -84,22 +91,29 @@ def main(argv=None):
     backend = setup_device(args)
     dev = args.device
     torch.set_num_threads(args.threads)
+    if args.batch is None:
+        args.batch = [256, 4096] if dev == "cuda" else [256]
     if args.quick:
-        args.batch, args.reps, args.rounds = 16, 2, 1
+        args.batch, args.reps, args.rounds = [16], 2, 1
     widths = (args.width, args.width, args.dx)
     rows = []
     for activation in args.activation:
-        inputs = sample_inputs(args.batch, args.dz, widths=widths, seed=1, dtype=torch.float32, device=dev,
-                               requires_grad=True)
-        t_op, t_fwd, t_rev = paired_times(list(_sides(inputs, activation)), device=dev, rounds=args.rounds,
-                                          reps=args.reps)
-        err = rel_err_f64(min(args.batch, 64), args.dz, widths, activation, dev)
-        best_ref = min(t_fwd, t_rev)
-        rows.append({"activation": activation, "dz": args.dz, "dx": args.dx, "width": args.width, "B": args.batch,
-                     "dtype": "float32", "threads": torch.get_num_threads(), "op_ms": 1e3 * t_op,
-                     "jacfwd_ms": 1e3 * t_fwd, "jacrev_ms": 1e3 * t_rev, "speedup_vs_best": best_ref / t_op,
-                     "speedup_vs_jacfwd": t_fwd / t_op, "speedup_vs_jacrev": t_rev / t_op, "err_f64": err,
-                     **({"backend": backend} if dev == "cuda" else {})})
+        err = rel_err_f64(min(min(args.batch), 64), args.dz, widths, activation, dev)  # once: it does not depend on B
+        for batch in args.batch:
+            inputs = sample_inputs(batch, args.dz, widths=widths, seed=1, dtype=torch.float32, device=dev,
+                                   requires_grad=True)
+            t_op, t_fwd, t_rev = paired_times(list(_sides(inputs, activation)), device=dev, rounds=args.rounds,
+                                              reps=args.reps)
+            # a reference that ran out of GPU memory comes back as None (paired_times): reported, not compared
+            refs = [t for t in (t_fwd, t_rev) if t is not None]
+            ratio = lambda t: None if t is None or t_op is None else t / t_op  # noqa: E731
+            ms = lambda t: None if t is None else 1e3 * t  # noqa: E731
+            rows.append({"activation": activation, "dz": args.dz, "dx": args.dx, "width": args.width, "B": batch,
+                         "dtype": "float32", "threads": torch.get_num_threads(), "op_ms": ms(t_op),
+                         "jacfwd_ms": ms(t_fwd), "jacrev_ms": ms(t_rev),
+                         "speedup_vs_best": ratio(min(refs)) if refs else None,
+                         "speedup_vs_jacfwd": ratio(t_fwd), "speedup_vs_jacrev": ratio(t_rev), "err_f64": err,
+                         **({"backend": backend} if dev == "cuda" else {})})
     print_table(rows, ["activation", "dz", "dx", "width", "B", "threads", "op_ms", "jacfwd_ms", "jacrev_ms",
                        "speedup_vs_best", "speedup_vs_jacfwd", "speedup_vs_jacrev", "err_f64"])
     if not args.quick:

@@ -5,15 +5,16 @@
     python benchmarks/compile_report.py --variants --infonce-d 128 512   # also the switches and d = 512 (~4x longer)
 
 What is compiled: exactly the launches the production launchers make. Each launcher of :mod:`mclcore.ops.triton`
-(infonce, infonce_backward, infonce_with_grad, critic_grad, critic_grad_backward, mech_derivs) is called on CPU
-tensors with ``JITFunction.run`` replaced by a recorder, so the tile sizes, ``num_warps``, ``num_stages`` (the
-launchers pass none: Triton's default 3), the tl.dot operand dtype and precision and the type and alignment of every
-argument are whatever the launcher picks from its tile table (``_TILES`` / ``_tiles`` / ``_FWD_D_CHUNK`` /
-``dot_dtype`` / ``dot_precision`` in infonce.py, ``_BLOCK`` in critic_grad.py, ``block=128`` in mech_derivs.py) at
-that moment: nothing of the table is copied here, so the report follows the kernels as they change. The recorder
-zero-fills the floating tensors of each launch instead of running it (so that a host-side check of the results,
-such as infonce's opt-in finiteness check, passes and the launcher goes on to its next launch). Every
-``MCLCORE_TRITON_*`` variable is unset first: the production defaults. The cases:
+(infonce, infonce_backward, infonce_with_grad, critic_grad, critic_grad_backward, mech_derivs, comp_contrast,
+comp_contrast_backward) is called on CPU tensors with ``JITFunction.run`` replaced by a recorder, so the tile sizes,
+``num_warps``, ``num_stages`` (the launchers pass none: Triton's default 3), the tl.dot operand dtype and precision
+and the type and alignment of every argument are whatever the launcher picks from its tile table (``_TILES`` /
+``_tiles`` / ``_FWD_D_CHUNK`` / ``dot_dtype`` / ``dot_precision`` in infonce.py, ``_BLOCK`` in critic_grad.py,
+``block=128`` in mech_derivs.py, ``block=64`` in comp_contrast.py) at that moment: nothing of the table is copied
+here, so the report follows the kernels as they change. The recorder zero-fills the floating tensors of each launch
+instead of running it (so that a host-side check of the results, such as infonce's opt-in finiteness check, passes
+and the launcher goes on to its next launch). Every ``MCLCORE_TRITON_*`` variable is unset first: the production
+defaults. The cases:
 
 * infonce: float16, bfloat16, float32, float64 inputs; diagonal and multi-positive (groups); B = 4096, d = 128 (the
   benchmarks' width: the full tile table). Both backward designs in every run (``backward_design`` in infonce.py):
@@ -24,7 +25,15 @@ such as infonce's opt-in finiteness check, passes and the launcher goes on to it
   (MAX_D, where ``_tiles`` shrinks the row tiles); ``--variants`` adds every value of MCLCORE_TRITON_HALF_DOT
   (16-bit) and MCLCORE_TRITON_FP32_DOT (float32) (column ``setting``);
 * critic_grad / critic_grad_backward: every activation, float32 and float64, critic 90 -> 256 -> 256 -> 1, B = 256;
-* mech_derivs: every activation, float32 and float64, generator 10 -> 64 -> 64 -> 64, B = 64.
+* mech_derivs: every activation, float32 and float64, generator 10 -> 64 -> 64 -> 64, B = 64;
+* comp_contrast / comp_contrast_backward: every activation, float32 and float64, generator 10 -> 64 -> 64 -> 64
+  (bench_comp_contrast's: two activated hidden layers, linear output), B = 256, forward then backward (its four
+  kernels: _act_kernel per activation, _contrast_kernel, _jacobian_adjoint_kernel, _deactivate_kernel with and
+  without the s'' term). Its matrix products are torch.mm (cuBLAS) and not in the report: the Triton kernels are
+  elementwise and per-sample reductions, with no tl.dot, so no tensor-core instruction is expected there. One
+  generator: the sizes reach the kernels only as integer arguments (widths, dz), which Triton specialises on
+  divisibility by 16 and on == 1, and the launch configuration (block, warps) does not depend on them; other sizes
+  (an odd width, dz = 1) compile such variants of the same kernels, not in this run (each would add ~6 s to it).
 
 Each distinct specialisation (kernel, argument types and divisibility, constexprs, options) is compiled once per
 target with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90 | 80, 32), options=...)``: no GPU and no
@@ -207,6 +216,7 @@ def capture_launches(infonce_d=INFONCE_D, variants: bool = False) -> list[Launch
         del os.environ[var]
     cg = importlib.import_module("mclcore.ops.triton.critic_grad")
     md = importlib.import_module("mclcore.ops.triton.mech_derivs")
+    cc = importlib.import_module("mclcore.ops.triton.comp_contrast")
     switches = _switches(variants)
     # The infonce backward's second design (MCLCORE_TRITON_INFONCE_BWD=split, also what
     # torch.use_deterministic_algorithms(True) selects): captured in every run, labelled by its setting.
@@ -274,6 +284,24 @@ def capture_launches(infonce_d=INFONCE_D, variants: bool = False) -> list[Launch
                 tk.mech_derivs(z, ws, bs, None, None, None, [act, act], [params.get(act, 0.0)] * 2)
 
             record("mech_derivs", f"{act} B={B} {dz}->{width}->{width}->{width}", dtype, "default", calls)
+    # comp_contrast: bench_comp_contrast's generator (dz 10 -> 64 -> 64 -> dx 64, activated hidden layers, linear
+    # output), every activation; the launchers' own block (no block= passed: the production default).
+    B, dz, width = 256, 10, 64
+    cc_params = {"softplus": 1.0, "smooth_leaky": 0.2, "leaky_relu": 0.2}
+    for dtype in (torch.float32, torch.float64):
+        for act in cc.ACTIVATIONS:
+            z = torch.randn(B, dz, generator=gen, dtype=dtype)
+            ws = [torch.randn(width, dz, dtype=dtype), torch.randn(width, width, dtype=dtype),
+                  torch.randn(width, width, dtype=dtype)]
+            bs = [torch.zeros(width, dtype=dtype) for _ in ws]
+            acts, prms = [act, act], [cc_params.get(act, 0.0)] * 2
+
+            def calls(z=z, ws=ws, bs=bs, acts=acts, prms=prms, dtype=dtype):
+                _, _, saved = tk.comp_contrast(z, ws, bs, None, acts, prms)
+                ones = torch.ones(B, dtype=dtype)
+                tk.comp_contrast_backward(ones, ones, z, ws, bs, None, saved, acts, prms)
+
+            record("comp_contrast", f"{act} B={B} {dz}->{width}->{width}->{width}", dtype, "default", calls)
     return launches
 
 
@@ -412,7 +440,7 @@ def compile_all(launches: list[Launch], archs, jobs: int) -> list[dict]:
             rows = pool.map(_compile_task, tasks, chunksize=1)
     else:
         rows = [_compile_task(t) for t in tasks]
-    order = {"infonce": 0, "critic_grad": 1, "mech_derivs": 2}
+    order = {"infonce": 0, "critic_grad": 1, "mech_derivs": 2, "comp_contrast": 3}
     return sorted(rows, key=lambda r: (r["target"] != "sm_90", order.get(r["op"], 9), r["kernel"], r["dtype"],
                                        r["setting"], r["constexprs"]))
 
@@ -454,7 +482,7 @@ def ptxas_versions(archs) -> dict:
 
 
 def _tiles(r) -> str:
-    keep = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "D_CHUNK", "BLOCK_R", "BLOCK", "HAS_GROUPS", "SCALED", "ACT")
+    keep = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "D_CHUNK", "BLOCK_R", "BLOCK", "HAS_GROUPS", "SCALED", "ACT", "CURVED")
     c = dict(kv.split("=", 1) for kv in r["constexprs"].split() if "=" in kv)
     return " ".join(f"{k}={c[k]}" for k in keep if k in c)
 
@@ -467,7 +495,7 @@ def table_rows(rows: list[dict], *, by_act: bool = True) -> list[dict]:
     for r in rows:
         tiles = _tiles(r)
         if not by_act:
-            tiles = " ".join(t for t in tiles.split() if not t.startswith(("ACT=", "SCALED=")))
+            tiles = " ".join(t for t in tiles.split() if not t.startswith(("ACT=", "SCALED=", "CURVED=")))
         if r.get("error"):
             key = (r["target"], r["op"], r["kernel"], r["dtype"], r["setting"], tiles, "error", r["error"])
             out.setdefault(key, dict(r, tiles=tiles, n=0))["n"] += 1
@@ -583,6 +611,10 @@ def main(argv=None) -> int:
         sel = [r for r in tc16 if r["setting"] == hd]
         print(f"16-bit infonce kernels with tl.dot, {hd}: {sum(r['tensor_core'] for r in sel)} of "
               f"{len(sel)} use tensor-core instructions")
+    cc = [r for r in rows if r["op"] == "comp_contrast" and not r.get("error")]
+    if cc:  # none expected: elementwise kernels and per-sample reductions, the products are torch.mm (cuBLAS)
+        print(f"comp_contrast kernels: {sum(bool(r['dot_operand'] or r['tensor_core']) for r in cc)} of {len(cc)} "
+              f"with tl.dot or tensor-core instructions (expected 0: its matrix products are cuBLAS's)")
     if problems:
         print(f"{len(problems)} problem(s):")
         for p in problems:

@@ -15,12 +15,14 @@
 #                        --no-index), then checks that the CUDA C++ twins are registered
 #   pytest_gpu           pytest -m gpu (tests/ops/test_gpu.py and any other gpu-marked test)
 #   pytest_cuda_twins    the CUDA C++ twins against the CPU ops (tests/ops/test_cuda_compile.py, not gpu-marked)
-#   odd_sizes            the sanitizer driver without a sanitizer: every op at B = 257, d = 67, both backends
+#   odd_sizes            the sanitizer driver without a sanitizer: every op at B = 257, d = 67 (comp_contrast:
+#                        dz = 7, widths 67 / 69), both backends
 #                        (also compiles the Triton kernels once, so the sanitizer runs do not time the JIT)
 #   memcheck, racecheck  compute-sanitizer --tool memcheck / racecheck on that driver (memcheck with
 #                        PYTORCH_NO_CUDA_MEMORY_CACHING=1, so reads past a tensor inside a cached block are caught)
 #   bench_*              every benchmark with --device cuda (bench_infonce: bf16, B = 256, 4096, 65536, d = 128,
-#                        with the Inf-CL peer column when inf_cl imports); rows appended to benchmarks/results/*.csv
+#                        with the Inf-CL peer column when inf_cl imports; bench_comp_contrast: the op against
+#                        vmap(jacfwd) / vmap(jacrev) at B = 256, 4096); rows appended to benchmarks/results/*.csv
 #   profile              per-kernel split of the device time (torch.profiler) of infonce (bf16, B = 4096, 65536),
 #                        critic_grad (B = 4096), mech_derivs (dz = 10), the MCL step (B = 256):
 #                        benchmarks/results/gpu_profile.csv and <out>/profile.txt
@@ -49,9 +51,11 @@ write_drivers() {
 
 infonce (float16, bfloat16, float32, float64; diagonal and multi-positive; a non-contiguous p; forward alone under
 no_grad, forward + backward, the fused training path), critic_grad (float32 / float64, every activation, forward +
-second-order backward) and mech_derivs (float32 / float64, tanh / smooth_leaky / gelu, FiLM). Backends: triton and
-cuda (an op or backend that cannot run is reported and skipped). --device cpu runs the same calls on the CPU ops (a
-smoke check of this driver without a GPU). Written by benchmarks/gpu_suite.sh.
+second-order backward), mech_derivs (float32 / float64, tanh / smooth_leaky / gelu, FiLM) and comp_contrast
+(float32 / float64, tanh / leaky_relu / gelu, dz = 7, odd widths d, d + 2, a non-contiguous z, in_bias; forward
+alone under no_grad, forward + backward; the last activation on the output too). Backends: triton and cuda (an op
+or backend that cannot run is reported and skipped: comp_contrast has no CUDA C++ twin). --device cpu runs the same
+calls on the CPU ops (a smoke check of this driver without a GPU). Written by benchmarks/gpu_suite.sh.
 """
 import argparse
 import contextlib
@@ -105,6 +109,24 @@ def run_mech_derivs(mech_derivs, dev, B, d, gen):
     return "mech_derivs"
 
 
+def run_comp_contrast(comp_contrast, dev, B, d, gen):
+    dz = 7
+    for dtype in (torch.float32, torch.float64):
+        for act in ("tanh", "leaky_relu", "gelu"):
+            wide = torch.randn(B, 2 * dz + 1, generator=gen).to(dev, dtype)
+            z = wide[:, 1:2 * dz + 1:2].detach().requires_grad_()    # dz columns, row stride 2dz + 1
+            shapes = [(d, dz), (d + 2, d), (d, d + 2)]                  # odd widths, odd block tails (BLOCK 64)
+            ws = [(torch.randn(*s, generator=gen) / s[1] ** 0.5).to(dev, dtype).requires_grad_() for s in shapes]
+            bs = [torch.randn(s[0], generator=gen).to(dev, dtype).requires_grad_() for s in shapes]
+            ib = (0.1 * torch.randn(B, d, generator=gen)).to(dev, dtype).requires_grad_()
+            final = act == "tanh"  # the contrast then reads the activated output (the other workspace slice)
+            with torch.no_grad():
+                comp_contrast(z, ws, bs, act, in_bias=ib, final_activation=final)          # mclcore::comp_contrast
+            C = comp_contrast(z, ws, bs, act, in_bias=ib, final_activation=final, normalize="jacobian")
+            (C * torch.randn(B, generator=gen).to(dev, dtype)).sum().backward()        # comp_contrast_backward
+    return "comp_contrast"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -114,6 +136,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import mclcore.ops  # noqa: F401  (registers the ops)
     from mclcore.ops import _backend, use_backend
+    from mclcore.ops.comp_contrast import comp_contrast
     from mclcore.ops.critic_grad import critic_grad
     from mclcore.ops.infonce import infonce
     from mclcore.ops.mech_derivs import mech_derivs
@@ -123,7 +146,8 @@ def main(argv=None):
         raise SystemExit("sanitize_driver: --device cuda, but torch sees no CUDA device")
     ops = {"infonce": (run_infonce, infonce, ("infonce", "infonce_with_grad", "infonce_backward")),
            "critic_grad": (run_critic_grad, critic_grad, ("critic_grad", "critic_grad_backward")),
-           "mech_derivs": (run_mech_derivs, mech_derivs, ("mech_derivs",))}
+           "mech_derivs": (run_mech_derivs, mech_derivs, ("mech_derivs",)),
+           "comp_contrast": (run_comp_contrast, comp_contrast, ("comp_contrast", "comp_contrast_backward"))}
     ran, skipped = [], []
     for backend in (args.backends if dev == "cuda" else ["cpu"]):
         ctx = use_backend(backend) if dev == "cuda" else contextlib.nullcontext()
@@ -328,11 +352,17 @@ add memcheck 40 "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SAN --tool memcheck --error-e
 $PY $QDRV/sanitize_driver.py $ODD"
 add racecheck 40 "$SAN --tool racecheck --error-exitcode 1 --print-limit 20 $PY $QDRV/sanitize_driver.py $ODD"
 add bench_infonce 65 "$PY benchmarks/bench_infonce.py --device cuda --dtype bfloat16 --batch 256 4096 65536 --rounds 3"
-add bench_critic_grad 30 "$PY benchmarks/bench_critic_grad.py --device cuda --rounds 3"
-add bench_mech_derivs 40 "$PY benchmarks/bench_mech_derivs.py --device cuda --backend triton --reps 5"
+# The timeouts add up to the 540 s budget. bench_comp_contrast's 20 s (estimated, no GPU yet: ~8 s of start-up and
+# CUDA context, a dozen small Triton kernels to compile at ~0.2 s each, then ~300 launch-bound calls of a few ms)
+# came out of the estimates with the most room by the same reckoning: bench_mech_derivs 40 -> 30 s (the op 5 reps,
+# the reference 3, at three dz), bench_critic_grad 30 -> 25 s and profile 30 -> 25 s (kernels already compiled by
+# the steps before). The first GPU run's summary (wall time per step) is what to reset them from.
+add bench_critic_grad 25 "$PY benchmarks/bench_critic_grad.py --device cuda --rounds 3"
+add bench_mech_derivs 30 "$PY benchmarks/bench_mech_derivs.py --device cuda --backend triton --reps 5"
 add bench_mcl_step 30 "$PY benchmarks/bench_mcl_step.py --device cuda --rounds 3"
 add bench_mcl_diagnostics 25 "$PY benchmarks/bench_mcl_diagnostics.py --device cuda --rounds 3"
-add profile 30 "$PY $QDRV/profile_driver.py --device cuda --out-dir $QOUT"
+add bench_comp_contrast 20 "$PY benchmarks/bench_comp_contrast.py --device cuda --batch 256 4096 --rounds 3 --reps 10"
+add profile 25 "$PY $QDRV/profile_driver.py --device cuda --out-dir $QOUT"
 # last: the least to lose if the budget runs out. More than one GPU visible (CUDA_VISIBLE_DEVICES, else nvidia-smi):
 # torchrun over all of them (NCCL, each rank on cuda:LOCAL_RANK); one GPU: one process, which says so
 GATHER="benchmarks/bench_mcl_gather.py --device cuda --batch 4096 --rounds 3 --reps 10"

@@ -11,6 +11,9 @@ driver. Assertions, for every kernel, dtype and target:
   1 KiB reserved per block; a launch asking for more fails);
 * tensor-core instructions (mma / wgmma in the PTX) in every 16-bit infonce kernel with a tl.dot, in both backward
   designs (the fused default and MCLCORE_TRITON_INFONCE_BWD=split, which the report always compiles too);
+* comp_contrast by name (its kernels are new and hold no known spill): its four kernels in float32 and float64 on
+  both targets, _act_kernel for every activation, _deactivate_kernel with and without the s'' term, none spilling,
+  shared memory within the maximum, and no tl.dot / tensor-core instruction (its products are torch.mm's);
 * the whole report within 2 minutes (measured here, on the CI machine).
 """
 from __future__ import annotations
@@ -132,6 +135,44 @@ def test_tensor_cores_in_every_16bit_infonce_kernel(report):
     missing = [f"{_where(r)}: tl.dot on {r['dot_operand']}, no mma / wgmma in the PTX" for r in with_dot
                if not r["tensor_core"]]
     assert not missing, "16-bit infonce kernels without tensor-core instructions:\n" + "\n".join(missing)
+
+
+def _comp_contrast_activations() -> dict:
+    """ACTIVATIONS of mclcore/ops/triton/comp_contrast.py, read from its source (triton is not imported here)."""
+    import ast
+
+    src = open(os.path.join(ROOT, "mclcore", "ops", "triton", "comp_contrast.py")).read()
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ACTIVATIONS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("no ACTIVATIONS table in mclcore/ops/triton/comp_contrast.py")
+
+
+def test_comp_contrast_kernels(report):
+    # The generic tests above cover these rows too; this one also fails if the comp_contrast cases stop reaching a
+    # kernel, an activation or a dtype (e.g. a launcher change that skips the backward in the report's capture).
+    rows = [r for r in report["rows"] if r["op"] == "comp_contrast"]
+    assert rows, "the report compiled no comp_contrast kernel"
+    errors = [f"{_where(r)}: {r['error']}" for r in rows if r.get("error")]
+    assert not errors, "compile errors:\n" + "\n".join(errors)
+    kernels = {k.split(".", 1)[1] for k in report["expected_kernels"] if k.startswith("comp_contrast.")}
+    assert kernels == {"_act_kernel", "_contrast_kernel", "_jacobian_adjoint_kernel", "_deactivate_kernel"}, kernels
+    acts = {str(v) for v in _comp_contrast_activations().values()}
+    limit = {"sm_90": 227 * 1024, "sm_80": 163 * 1024}
+    for target in ("sm_90", "sm_80"):
+        for dtype in ("float32", "float64"):
+            sel = [r for r in rows if r["target"] == target and r["dtype"] == dtype]
+            assert {r["kernel"] for r in sel} == kernels, (target, dtype, sorted({r["kernel"] for r in sel}))
+            consts = lambda k, name: {c.split("=", 1)[1] for r in sel if r["kernel"] == k  # noqa: E731
+                                      for c in r["constexprs"].split() if c.startswith(name + "=")}
+            assert consts("_act_kernel", "ACT") == acts, (target, dtype)
+            assert consts("_deactivate_kernel", "CURVED") == {"True", "False"}, (target, dtype)
+    for r in rows:
+        # New kernels: none is in KNOWN_SPILLS, so a spill here fails (not xfail).
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{_where(r)}: spills"
+        assert r["shared_bytes"] <= limit[r["target"]], f"{_where(r)}: {r['shared_bytes']} B shared memory"
+        # Elementwise kernels and per-sample reductions: the matrix products are torch.mm (cuBLAS), outside Triton.
+        assert not r["dot_operand"] and not r["tensor_core"], f"{_where(r)}: tl.dot / tensor cores in comp_contrast"
 
 
 def test_the_report_runs_within_two_minutes(report):

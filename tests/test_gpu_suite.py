@@ -4,8 +4,8 @@
 * every file a step names exists (the drivers: as written by ``--write-drivers``), and every benchmark / driver
   command line is accepted by that script's own argparse (parsed by its ``main`` with ``parse_args`` stopped right
   after parsing, in one subprocess);
-* the embedded drivers run on the CPU (``--device cpu``: the sanitizer driver at B = 257, d = 67, the profiler
-  driver with --quick);
+* the embedded drivers run on the CPU (``--device cpu``: the sanitizer driver at B = 257, d = 67 with every op,
+  comp_contrast included, the profiler driver with --quick);
 * a failing step does not stop the suite, every failure is listed at the end with exit status 1, a step past its
   timeout is killed, and a step the budget no longer covers is reported, not run (``PYTHON`` replaced by
   ``false`` / ``true`` / ``sleep``, so no step does real work).
@@ -28,7 +28,7 @@ BUDGET_S = 540  # 9 minutes on one H100
 STEP = re.compile(r"^\[(\d+)\] (\S+) \(timeout (\d+) s\): (.*)$")
 EXPECTED = ["env", "build", "pytest_gpu", "pytest_cuda_twins", "odd_sizes", "memcheck", "racecheck",
             "bench_infonce", "bench_critic_grad", "bench_mech_derivs", "bench_mcl_step", "bench_mcl_diagnostics",
-            "profile", "bench_mcl_gather"]
+            "bench_comp_contrast", "profile", "bench_mcl_gather"]
 
 
 def _bash(*args, env=None, timeout=120):
@@ -95,6 +95,8 @@ def test_steps_run_what_the_issue_asks(steps):
         assert f"--tool {tool}" in cmd[tool] and "--error-exitcode 1" in cmd[tool]
         assert "--B 257 --d 67" in cmd[tool] and "--device cuda" in cmd[tool]
     assert re.search(r"--batch( \d+)* 65536", cmd["bench_infonce"]) and "--dtype bfloat16" in cmd["bench_infonce"]
+    # comp_contrast on the GPU at the training batch and at a GPU-sized one
+    assert re.search(r"--batch 256( \d+)* 4096", cmd["bench_comp_contrast"]), cmd["bench_comp_contrast"]
     # every benchmark that takes --device runs with --device cuda
     gpu_benches = sorted(f for f in os.listdir(os.path.join(ROOT, "benchmarks"))
                          if f.startswith("bench_") and f.endswith(".py")
@@ -161,7 +163,8 @@ def test_every_command_line_is_accepted_by_its_argparse(steps):
     calls = [c for r in steps[0] for c in _script_calls(r["cmd"])]
     names = {os.path.basename(s) for s, _ in calls}
     assert {"bench_infonce.py", "bench_critic_grad.py", "bench_mech_derivs.py", "bench_mcl_step.py",
-            "bench_mcl_diagnostics.py", "bench_mcl_gather.py", "sanitize_driver.py", "profile_driver.py"} <= names
+            "bench_mcl_diagnostics.py", "bench_mcl_gather.py", "bench_comp_contrast.py", "sanitize_driver.py",
+            "profile_driver.py"} <= names
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _PARSE, json.dumps(calls)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env=env)
@@ -177,7 +180,8 @@ def test_the_drivers_run_on_the_cpu(out_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(drv / "sanitize_driver.py"), "--device", "cpu", "--B", "257", "--d",
                            "67"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ran cpu/infonce, cpu/critic_grad, cpu/mech_derivs" in proc.stdout
+    # every op the memcheck / racecheck steps run on the GPU, here on the CPU ops
+    assert "ran cpu/infonce, cpu/critic_grad, cpu/mech_derivs, cpu/comp_contrast" in proc.stdout
     proc = subprocess.run([sys.executable, str(drv / "profile_driver.py"), "--device", "cpu", "--quick", "--no-csv",
                            "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env=env)

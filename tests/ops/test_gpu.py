@@ -20,6 +20,7 @@ import torch
 import mclcore
 import mclcore.ops  # noqa: F401  (registers the ops)
 from mclcore.ops import _backend, use_backend
+from mclcore.ops.comp_contrast import comp_contrast
 from mclcore.ops.critic_grad import critic_grad
 from mclcore.ops.infonce import infonce
 from mclcore.ops.mech_derivs import mech_derivs
@@ -451,6 +452,103 @@ def test_mech_derivs_matches_reference(backend, act, dtype):
     cV, cL = mech_derivs(z.cpu(), [w.cpu() for w in ws], [b.cpu() for b in bs], in_bias=ib.cpu(),
                          film_scale=sc.cpu(), film_shift=sh.cpu(), activation=act)
     torch.testing.assert_close(V.cpu(), cV, rtol=rtol * 10, atol=rtol * 10 * cV.abs().max().item())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# comp_contrast (Triton only: it has no CUDA C++ kernel; its matrix products are torch.mm, i.e. cuBLAS)
+
+
+def _cc_inputs(dtype, device, act, B=257, dz=7, widths=(67, 67, 67), seed=0, non_contiguous=True):
+    """Leaves (z, weights, biases, in_bias) of a generator dz -> 67 -> 67 -> 67 at odd sizes (B = 257: not a
+    multiple of anything; dz = 7 tangent rows; width 67 = one full BLOCK of 64 plus a 3-column tail), built in
+    float64 on the CPU and rounded once to ``dtype``, so every device and precision sees the same values. With
+    ``non_contiguous``: z a column slice of a wider tensor (row stride 2 dz + 1), weights[0] and weights[2]
+    column-major, in_bias every other column of a wider tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    dims = [dz, *widths]
+    ws = [torch.randn(o, i, generator=gen, dtype=torch.float64) / i**0.5 for i, o in zip(dims[:-1], dims[1:])]
+    bs = [torch.randn(o, generator=gen, dtype=torch.float64) * 0.1 for o in dims[1:]]
+    z = torch.randn(B, dz, generator=gen, dtype=torch.float64)
+    ib = torch.randn(B, widths[0], generator=gen, dtype=torch.float64) * 0.1
+    w = torch.randn(B, generator=gen, dtype=torch.float64)  # per-sample weights of the scalar to differentiate
+    cast = lambda t: t.to(device, dtype)  # noqa: E731
+    z, ws, bs, ib, w = cast(z), [cast(x) for x in ws], [cast(x) for x in bs], cast(ib), cast(w)
+    if non_contiguous:
+        wide = torch.zeros(B, 2 * dz + 1, dtype=dtype, device=device)
+        wide[:, 1::2] = z
+        z = wide[:, 1::2]
+        ws = [x.t().contiguous().t() if i != 1 else x for i, x in enumerate(ws)]
+        wib = torch.zeros(B, 2 * widths[0], dtype=dtype, device=device)
+        wib[:, ::2] = ib
+        ib = wib[:, ::2]
+        assert not (z.is_contiguous() or ws[0].is_contiguous() or ib.is_contiguous())
+    leaves = [t.detach().requires_grad_() for t in (z, *ws, *bs, ib)]  # detach keeps the strides
+    return leaves, w
+
+
+def _cc_call(leaves, w, act, final, normalize):
+    """C and the gradient of sum_b w_b C_b w.r.t. every leaf (z, weights, biases, in_bias)."""
+    n = (len(leaves) - 2) // 2
+    z, ws, bs, ib = leaves[0], leaves[1:1 + n], leaves[1 + n:1 + 2 * n], leaves[-1]
+    C = comp_contrast(z, ws, bs, act, in_bias=ib, final_activation=final, normalize=normalize)
+    return [C.detach(), *torch.autograd.grad((C * w).sum(), leaves)]
+
+
+# Curved (s'' != 0) and piecewise-linear activations, on the hidden layers alone and on the output too, both
+# normalisations: the kernel branches (ACT, CURVED, which workspace slice the contrast reads).
+_CC_CASES = [("gelu", False, "none"), ("leaky_relu", False, "jacobian"), ("tanh", True, "none"),
+             ("softplus", True, "jacobian")]
+
+
+@pytest.mark.parametrize("act,final,normalize", _CC_CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_comp_contrast_triton_matches_the_cpu_op(act, final, normalize, dtype):
+    if not _backend.triton_available():
+        pytest.skip("triton does not import")
+    names = ["C", "d z", "d W0", "d W1", "d W2", "d b0", "d b1", "d b2", "d in_bias"]
+    with use_backend("triton"):
+        leaves, w = _cc_inputs(dtype, DEV, act)
+        got = _cc_call(leaves, w, act, final, normalize)
+    assert got[0].device.type == "cuda" and got[0].dtype == dtype and got[0].shape == (257,)
+    # The C++ CPU op on the same (rounded) values, in float64 (the reference) and in the inputs' precision.
+    l64, w64 = _cc_inputs(torch.float64, "cpu", act, non_contiguous=False)
+    want = _cc_call(l64, w64, act, final, normalize)
+    same = _cc_call(*_cc_inputs(dtype, "cpu", act), act, final, normalize) if dtype != torch.float64 else None
+    for name, a, b, c in zip(names, got, want, same or want):
+        scale = max(b.abs().max().item(), 1e-30)
+        if dtype == torch.float64:
+            # Same arithmetic, other summation orders (cuBLAS vs the C++ GEMMs; Triton's and C++'s reductions):
+            # a few float64 roundings through three GEMMs of width <= 67 and the |J| sums over dz = 7.
+            assert _max_err(a.cpu(), b) <= 1e-11 * scale, f"{name}: {_max_err(a.cpu(), b):.3g} vs scale {scale:.3g}"
+        else:
+            # Within 2x the CPU op's own float32 error, or a float32 budget over the same GEMMs (the CPU op can be
+            # lucky on one entry): docs/DESIGN.md §2.5 keeps s', s'' in the working dtype, as the C++ float32 path.
+            _within(_max_err(a.cpu(), b), _max_err(c, b), 1e-5 * scale, name)
+
+
+def test_comp_contrast_matches_the_reference_on_cuda():
+    # The torch.func reference (python/comp_contrast.py) on the GPU, float64: the op's CUDA route end to end
+    # against an independent formula, not only against the C++ kernel it was written from.
+    if not _backend.triton_available():
+        pytest.skip("triton does not import")
+    from python import comp_contrast as ref
+
+    leaves, w = _cc_inputs(torch.float64, DEV, "gelu", B=65, seed=3)
+    got = _cc_call(leaves, w, "gelu", False, "none")
+    z, ws, bs, ib = leaves[0], leaves[1:4], leaves[4:7], leaves[7]
+    Cr = ref.comp_contrast(z, ws, bs, ib, "gelu", None, False)
+    want = [Cr.detach(), *torch.autograd.grad((Cr * w).sum(), leaves, allow_unused=True, materialize_grads=True)]
+    # d b2 (the output bias) does not change J: 0 on both sides (materialised by autograd on the reference's side).
+    for n, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11 * max(1.0, b.abs().max().item()),
+                                   msg=lambda m: f"output {n}: {m}")
+
+
+def test_comp_contrast_cuda_backend_is_an_error():
+    leaves, _ = _cc_inputs(torch.float32, DEV, "tanh", B=5, non_contiguous=False)
+    with use_backend("cuda"):
+        with pytest.raises(RuntimeError, match="comp_contrast: backend 'cuda'"):
+            comp_contrast(leaves[0], leaves[1:4], leaves[4:7], "tanh")
 
 
 # ---------------------------------------------------------------------------------------------------------------

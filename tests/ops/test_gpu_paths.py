@@ -15,8 +15,8 @@
    host data (``torch.tensor``, ``as_tensor``, ``from_numpy``) or a factory tensor without a ``device``. The public
    wrappers' CUDA route runs the same way: the C++ CPU kernels are replaced by the Triton launchers and
    ``mclcore.ops._backend.host_checks`` answers as for CUDA tensors, so infonce (forward and backward, with groups),
-   critic_grad (forward and its second-order backward) and mech_derivs go wrapper -> dispatcher -> autograd ->
-   launcher under the detector. Self-checks show the detector catches each kind of call, the opt-in
+   critic_grad (forward and its second-order backward), mech_derivs and comp_contrast (forward and backward) go
+   wrapper -> dispatcher -> autograd -> launcher under the detector. Self-checks show the detector catches each kind of call, the opt-in
    MCLCORE_TRITON_CHECK_FINITE=1 and the wrappers' CPU-only finiteness check. The CUDA C++ InfoNCE's host code
    (C++, invisible to the detector) is read as source: its only synchronising call is the opt-in finiteness check
    (MCLCORE_CUDA_CHECK_FINITE=1); by default its device-side flag makes the outputs NaN instead.
@@ -436,6 +436,10 @@ def _sync_free_calls(cases):
     z, ws, bs, ib, sc, sh, _, _ = cases["mech_derivs"][0]
     out.append(tk.mech_derivs(z, ws, bs, ib, sc, sh, ["gelu", "smooth_leaky"], [0.0, 0.2], block=16, chunk=3))
     out.append(tk.mech_derivs(z, ws, bs, None, None, None, ["tanh"], [0.0], block=16))
+    # comp_contrast forward and backward: a curved activation with in_bias, and a linear one on the output too
+    for args in (cases["comp_contrast"][0], [*cases["comp_contrast"][0][:3], None, ["relu", "relu"], [0.0, 0.0]]):
+        C, Q, saved = tk.comp_contrast(*args)
+        out.append((C, Q, tk.comp_contrast_backward(C, Q, *args[:4], saved, *args[4:])))
     return out
 
 
@@ -463,7 +467,7 @@ def _check_launchers_sync_free():
 
 
 def _check_wrappers_cuda_route_sync_free():
-    from mclcore.ops import critic_grad, infonce, mech_derivs
+    from mclcore.ops import comp_contrast, critic_grad, infonce, mech_derivs
 
     cases = op_cases(torch.float64)
     p, k, groups = (t.clone() for t in cases["infonce"][0][:3])
@@ -484,6 +488,9 @@ def _check_wrappers_cuda_route_sync_free():
                 out = critic_grad(leaves[0], leaves[1:4], leaves[4:], "gelu")
                 torch.autograd.grad((out * out).sum(), leaves)          # critic_grad_backward
                 mech_derivs(z, mws, mbs, in_bias=ib, film_scale=sc, film_shift=sh, activation="softplus")
+                cl = [t.clone().requires_grad_() for t in (z, *mws, *mbs, ib)]
+                C = comp_contrast(cl[0], cl[1:3], cl[3:5], "tanh", in_bias=cl[5], normalize="jacobian")
+                torch.autograd.grad(C.sum(), cl)                           # comp_contrast_backward
     # And the values are those of the C++ route.
     with cuda_route():
         got = mech_derivs(z, mws, mbs, in_bias=ib, film_scale=sc, film_shift=sh, activation="softplus")
@@ -777,7 +784,7 @@ def _backends_for(op):
 def _public_calls(device="cuda", dtype=torch.float32):
     """(name, fn, static inputs) per public entry point: fn() runs forward (and backward where there is one) on the
     static inputs and returns the outputs."""
-    from mclcore.ops import critic_grad, infonce, mech_derivs
+    from mclcore.ops import comp_contrast, critic_grad, infonce, mech_derivs
 
     cases = op_cases(torch.float64, device)
     p, k, groups = (t.to(dtype) if t.is_floating_point() else t for t in cases["infonce"][0][:3])
@@ -803,17 +810,36 @@ def _public_calls(device="cuda", dtype=torch.float32):
     def mech():
         return mech_derivs(z, mws, mbs, in_bias=ib, film_scale=sc, film_shift=sh, activation="softplus")
 
+    cz, cws, cbs, cib = cases["comp_contrast"][0][:4]
+    cl = [t.to(dtype).clone().requires_grad_() for t in (cz, *cws, *cbs, cib)]
+
+    def comp_contrast_step():
+        C = comp_contrast(cl[0], cl[1:3], cl[3:5], "tanh", in_bias=cl[5], normalize="jacobian")
+        return (C, *torch.autograd.grad(C.sum(), cl))
+
     return [("infonce_step", infonce_step, [p, k]), ("infonce_inference", infonce_inference, [p, k]),
-            ("critic_step", critic_step, leaves), ("mech_derivs", mech, [z, ib, sc, sh])]
+            ("critic_step", critic_step, leaves), ("mech_derivs", mech, [z, ib, sc, sh]),
+            ("comp_contrast_step", comp_contrast_step, [cl[0], cl[5]])]
+
+
+_OP_OF = {"infonce_step": "infonce_with_grad", "infonce_inference": "infonce", "critic_step": "critic_grad",
+          "mech_derivs": "mech_derivs", "comp_contrast_step": "comp_contrast"}
+
+
+def test_public_calls_cover_every_op_family():
+    # The GPU tests below take their cases from _public_calls: each op family must have one (built on the CPU here).
+    names = [c[0] for c in _public_calls(device="cpu")]
+    assert names == list(_OP_OF)
+    assert {_backend.OPS[op].family for op in _OP_OF.values()} == {o.family for o in _backend.OPS.values()}
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-@pytest.mark.parametrize("which", ["infonce_step", "infonce_inference", "critic_step", "mech_derivs"])
+@pytest.mark.parametrize("which", ["infonce_step", "infonce_inference", "critic_step", "mech_derivs",
+                                   "comp_contrast_step"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_ops_capture_in_a_cuda_graph(backend, which):
-    op = {"infonce_step": "infonce_with_grad", "infonce_inference": "infonce", "critic_step": "critic_grad",
-          "mech_derivs": "mech_derivs"}[which]
+    op = _OP_OF[which]
     if backend not in _backends_for(op):
         pytest.skip(f"backend {backend} cannot run {op} here")
     with mclcore.ops.use_backend(backend):
@@ -839,12 +865,12 @@ def test_gpu_ops_capture_in_a_cuda_graph(backend, which):
 
 
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-@pytest.mark.parametrize("which", ["infonce_step", "infonce_inference", "critic_step", "mech_derivs"])
+@pytest.mark.parametrize("which", ["infonce_step", "infonce_inference", "critic_step", "mech_derivs",
+                                   "comp_contrast_step"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_ops_do_not_synchronise(backend, which):
-    op = {"infonce_step": "infonce_with_grad", "infonce_inference": "infonce", "critic_step": "critic_grad",
-          "mech_derivs": "mech_derivs"}[which]
+    op = _OP_OF[which]
     if backend not in _backends_for(op):
         pytest.skip(f"backend {backend} cannot run {op} here")
     if backend == "cuda" and op.startswith("infonce") and os.environ.get("MCLCORE_CUDA_CHECK_FINITE") == "1":
