@@ -24,6 +24,7 @@ import sys
 _DIS = "mclcore.studies.disentangle.cli:run"
 TRAINERS = {"mddiff": _DIS, "encdiff": _DIS, "betavae": _DIS, "factorvae": _DIS, "btcvae": _DIS,
             "disdiff": _DIS, "infogan_cr": _DIS,
+            "compvae": _DIS, "mmdvae": _DIS, "qlae": _DIS, "intervae": _DIS,      # image_principles.py
             "worldmodel": "mclcore.studies.worldmodel.cli:run"}
 DATASETS = ("shapes3d", "mpi3d", "cars3d", "tabletop")
 PRESETS = ("cpu-smoke", "cpu", "paper", "gpu")

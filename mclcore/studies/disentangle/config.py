@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from mclcore.losses.mcl import MCLConfig
 from mclcore.metrics.dci import DCI_MODELS
 from mclcore.studies.disentangle.baseline_config import DisDiffConfig, InfoGANConfig, validate_baselines
+from mclcore.studies.disentangle.principle_config import PRINCIPLE_MODELS, PrincipleConfig, validate_principles
 from mclcore.train.config import check_numbers, merge
 
 __all__ = ["MODELS", "DIFFUSION_MODELS", "DATASETS", "PRESETS", "DATASET_SIZES", "PAPER_LAMBDA_MCL", "DataConfig",
@@ -23,6 +24,7 @@ __all__ = ["MODELS", "DIFFUSION_MODELS", "DATASETS", "PRESETS", "DATASET_SIZES",
            "study_mcl_config", "build_config", "validate", "run_dir_name"]
 
 MODELS = ("mddiff", "encdiff", "betavae", "factorvae", "btcvae", "disdiff", "infogan_cr")   # the last two: baselines.py
+MODELS += PRINCIPLE_MODELS      # compvae, mmdvae, qlae, intervae: VAE kinds (mclcore.models.image_principles)
 DIFFUSION_MODELS = ("mddiff", "encdiff")
 DATASETS = ("shapes3d", "mpi3d", "cars3d")
 DATASET_SIZES = {"shapes3d": 480000, "mpi3d": 1036800, "cars3d": 17568}
@@ -208,6 +210,7 @@ class RunConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     disdiff: DisDiffConfig = field(default_factory=DisDiffConfig)
     infogan: InfoGANConfig = field(default_factory=InfoGANConfig)
+    principles: PrincipleConfig = field(default_factory=PrincipleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -285,6 +288,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ValueError(f"eval.dci_model: expected one of {DCI_MODELS}, got {cfg.eval.dci_model!r}")
     _validate_options(cfg)
     validate_baselines(cfg)
+    validate_principles(cfg)
     check_numbers(cfg)
     return cfg
 

@@ -37,6 +37,7 @@ import torch
 from mclcore import distributed
 from mclcore.studies.disentangle.baseline_config import BASELINE_MODELS
 from mclcore.studies.disentangle.config import DIFFUSION_MODELS, MODELS, RunConfig, run_dir_name
+from mclcore.studies.disentangle.principle_config import PRINCIPLE_MODELS
 from mclcore.losses.monitor import MCLMonitor
 from mclcore.train import loop
 
@@ -71,6 +72,10 @@ def build_model(cfg: RunConfig) -> torch.nn.Module:
             model.first_stage_disc = PatchDiscriminator(3, fs.disc_ndf, fs.disc_layers)
         return model
     v = cfg.vae
+    if cfg.model in PRINCIPLE_MODELS:       # compvae, mmdvae, qlae, intervae: ImageVAE's architecture
+        from mclcore.models.image_principles import build_image_principle
+
+        return build_image_principle(cfg.model, v.latent_dim, v.hidden, v.fc, cfg.principles)
     return ImageVAE(cfg.model, v.latent_dim, v.hidden, v.fc, v.beta, v.gamma, v.disc_width, v.disc_depth)
 
 
@@ -216,6 +221,8 @@ def optimizers(model, cfg: RunConfig, phase: str, params) -> tuple[list, list]:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warm)))
         return [opt], [sched]
     v = cfg.vae
+    if hasattr(model, "param_groups"):     # qlae: AdamW, weight decay on encoder and decoder, not the codebooks
+        return [torch.optim.AdamW(model.param_groups(), lr=v.lr, betas=(0.9, 0.999))], []
     vae_params = [p for p in model.vae_parameters() if p.requires_grad]
     opts = [torch.optim.Adam(vae_params, lr=v.lr, betas=(0.9, 0.999))]
     if model.discriminator is not None:
