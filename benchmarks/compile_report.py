@@ -271,14 +271,19 @@ def capture_launches(infonce_d=INFONCE_D, variants: bool = False) -> list[Launch
                 tk.critic_grad_backward(torch.ones_like(v), v, ws, bs, saved, act)
 
             record("critic_grad", f"{act} B={B} {dv}->{hidden}->{hidden}->1", dtype, "default", calls)
-    B, dz, width = 64, 10, 64
     params = {"softplus": 1.0, "smooth_leaky": 0.2, "leaky_relu": 0.2}
+
+    def mlp(B, dz, width, dtype):
+        """z (B, dz) and a generator dz -> width -> width -> width (weights, zero biases) of the MLP ops."""
+        z = torch.randn(B, dz, generator=gen, dtype=dtype)
+        ws = [torch.randn(width, dz, dtype=dtype), torch.randn(width, width, dtype=dtype),
+              torch.randn(width, width, dtype=dtype)]
+        return z, ws, [torch.zeros(width, dtype=dtype) for _ in ws]
+
+    B, dz, width = 64, 10, 64
     for dtype in (torch.float32, torch.float64):
         for act in md.ACTIVATIONS:
-            z = torch.randn(B, dz, generator=gen, dtype=dtype)
-            ws = [torch.randn(width, dz, dtype=dtype), torch.randn(width, width, dtype=dtype),
-                  torch.randn(width, width, dtype=dtype)]
-            bs = [torch.zeros(width, dtype=dtype) for _ in ws]
+            z, ws, bs = mlp(B, dz, width, dtype)
 
             def calls(z=z, ws=ws, bs=bs, act=act):
                 tk.mech_derivs(z, ws, bs, None, None, None, [act, act], [params.get(act, 0.0)] * 2)
@@ -287,14 +292,10 @@ def capture_launches(infonce_d=INFONCE_D, variants: bool = False) -> list[Launch
     # comp_contrast: bench_comp_contrast's generator (dz 10 -> 64 -> 64 -> dx 64, activated hidden layers, linear
     # output), every activation; the launchers' own block (no block= passed: the production default).
     B, dz, width = 256, 10, 64
-    cc_params = {"softplus": 1.0, "smooth_leaky": 0.2, "leaky_relu": 0.2}
     for dtype in (torch.float32, torch.float64):
         for act in cc.ACTIVATIONS:
-            z = torch.randn(B, dz, generator=gen, dtype=dtype)
-            ws = [torch.randn(width, dz, dtype=dtype), torch.randn(width, width, dtype=dtype),
-                  torch.randn(width, width, dtype=dtype)]
-            bs = [torch.zeros(width, dtype=dtype) for _ in ws]
-            acts, prms = [act, act], [cc_params.get(act, 0.0)] * 2
+            z, ws, bs = mlp(B, dz, width, dtype)
+            acts, prms = [act, act], [params.get(act, 0.0)] * 2
 
             def calls(z=z, ws=ws, bs=bs, acts=acts, prms=prms, dtype=dtype):
                 _, _, saved = tk.comp_contrast(z, ws, bs, None, acts, prms)

@@ -82,3 +82,58 @@ def f64(x):
     """A float64 scalar argument (annotated ``tl.float64``) as a float64 value, compiled and interpreted alike: the
     interpreter passes it as a Python float, which alone would become a float32 constant."""
     return tl.zeros([], tl.float64) + x
+
+
+MLP_ACTIVATIONS = ("tanh", "sigmoid", "softplus", "gelu", "silu", "smooth_leaky", "relu", "leaky_relu", "identity")
+
+
+def check_mlp(op: str, z, weights, biases, activations, act_params, per_sample=()) -> int:
+    """The raw-op argument checks of the MLP-generator ops (mech_derivs, comp_contrast) on the Triton path, with
+    the C++ kernels' messages (RuntimeError, as TORCH_CHECK): z (B, dz) float32/float64, per layer a weight
+    (h, fan_in) and bias (h,) on z's device and dtype, one activation (and parameter) per hidden layer or per
+    layer, and ``per_sample``: ``(name, tensor or None, columns)`` inputs of shape (B, columns). Returns dx."""
+    if z.dim() != 2:
+        raise RuntimeError(f"{op}: z: expected shape (B, dz), got {list(z.shape)}")
+    if z.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"{op}: z: expected float32 or float64, got {z.dtype}")
+    if z.shape[1] < 1:
+        raise RuntimeError(f"{op}: z: expected dz >= 1, got shape {list(z.shape)}")
+    nl, na = len(weights), len(activations)
+    if nl < 1:
+        raise RuntimeError(f"{op}: weights: expected at least one layer")
+    if len(biases) != nl:
+        raise RuntimeError(f"{op}: biases: expected {nl} tensors (one per layer), got {len(biases)}")
+    if na not in (nl - 1, nl):
+        raise RuntimeError(f"{op}: activations: expected {nl - 1} (hidden layers) or {nl} (also on the output) "
+                           f"entries, got {na}")
+    if len(act_params) != na:
+        raise RuntimeError(f"{op}: act_params: expected {na} entries (one per activation), got {len(act_params)}")
+    fan_in = z.shape[1]
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        if w.device != z.device or b.device != z.device:
+            raise RuntimeError(f"{op}: weights[{l}], biases[{l}]: expected tensors on {z.device} (that of z)")
+        if w.dtype != z.dtype or b.dtype != z.dtype:
+            raise RuntimeError(f"{op}: weights[{l}], biases[{l}]: expected dtype {z.dtype} (that of z)")
+        if w.dim() != 2 or w.shape[1] != fan_in:
+            raise RuntimeError(f"{op}: weights[{l}]: expected shape (h, {fan_in}), got {list(w.shape)}")
+        if w.shape[0] < 1:
+            raise RuntimeError(f"{op}: weights[{l}]: empty layer")
+        if b.dim() != 1 or b.shape[0] != w.shape[0]:
+            raise RuntimeError(f"{op}: biases[{l}]: expected shape ({w.shape[0]}), got {list(b.shape)}")
+        fan_in = w.shape[0]
+    for l, (a, prm) in enumerate(zip(activations, act_params)):
+        if a not in MLP_ACTIVATIONS:
+            raise RuntimeError(f"{op}: activations: expected tanh, sigmoid, softplus, gelu, silu, smooth_leaky, relu, "
+                               f"leaky_relu or identity; got '{a}'")
+        if a == "softplus" and not prm > 0:
+            raise RuntimeError(f"{op}: act_params[{l}]: softplus beta must be > 0, got {prm}")
+    for name, t, cols in per_sample:
+        if t is None:
+            continue
+        if t.device != z.device:
+            raise RuntimeError(f"{op}: {name}: expected a tensor on {z.device} (that of z)")
+        if t.dtype != z.dtype:
+            raise RuntimeError(f"{op}: {name}: expected dtype {z.dtype} (that of z), got {t.dtype}")
+        if t.dim() != 2 or tuple(t.shape) != (z.shape[0], cols):
+            raise RuntimeError(f"{op}: {name}: expected shape ({z.shape[0]}, {cols}), got {list(t.shape)}")
+    return fan_in

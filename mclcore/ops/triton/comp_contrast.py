@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from mclcore.ops.triton._act import sigmoid_pair, softplus, tanh
-from mclcore.ops.triton._launch import device_guard, f64
+from mclcore.ops.triton._launch import check_mlp, device_guard, f64
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "softplus": 2, "gelu": 3, "silu": 4, "smooth_leaky": 5, "relu": 6,
                "leaky_relu": 7, "identity": 8}
@@ -152,50 +152,9 @@ def _deactivate_kernel(g_ptr, p_ptr, s1_ptr, s2_ptr, h, dz, CURVED: tl.constexpr
 
 
 def _check(op, z, weights, biases, in_bias, activations, act_params):
-    # The messages of check_inputs in csrc/comp_contrast/comp_contrast_cpu.cpp (RuntimeError, as TORCH_CHECK).
-    if z.dim() != 2:
-        raise RuntimeError(f"{op}: z: expected shape (B, dz), got {list(z.shape)}")
-    if z.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"{op}: z: expected float32 or float64, got {z.dtype}")
-    if z.shape[1] < 1:
-        raise RuntimeError(f"{op}: z: expected dz >= 1, got shape {list(z.shape)}")
-    nl, na = len(weights), len(activations)
-    if nl < 1:
-        raise RuntimeError(f"{op}: weights: expected at least one layer")
-    if len(biases) != nl:
-        raise RuntimeError(f"{op}: biases: expected {nl} tensors (one per layer), got {len(biases)}")
-    if na not in (nl - 1, nl):
-        raise RuntimeError(f"{op}: activations: expected {nl - 1} (hidden layers) or {nl} (also on the output) "
-                           f"entries, got {na}")
-    if len(act_params) != na:
-        raise RuntimeError(f"{op}: act_params: expected {na} entries (one per activation), got {len(act_params)}")
-    fan_in = z.shape[1]
-    for l, (w, b) in enumerate(zip(weights, biases)):
-        if w.device != z.device or b.device != z.device:
-            raise RuntimeError(f"{op}: weights[{l}], biases[{l}]: expected tensors on {z.device} (that of z)")
-        if w.dtype != z.dtype or b.dtype != z.dtype:
-            raise RuntimeError(f"{op}: weights[{l}], biases[{l}]: expected dtype {z.dtype} (that of z)")
-        if w.dim() != 2 or w.shape[1] != fan_in:
-            raise RuntimeError(f"{op}: weights[{l}]: expected shape (h, {fan_in}), got {list(w.shape)}")
-        if w.shape[0] < 1:
-            raise RuntimeError(f"{op}: weights[{l}]: empty layer")
-        if b.dim() != 1 or b.shape[0] != w.shape[0]:
-            raise RuntimeError(f"{op}: biases[{l}]: expected shape ({w.shape[0]}), got {list(b.shape)}")
-        fan_in = w.shape[0]
-    for l, (a, prm) in enumerate(zip(activations, act_params)):
-        if a not in ACTIVATIONS:
-            raise RuntimeError(f"{op}: activations: expected tanh, sigmoid, softplus, gelu, silu, smooth_leaky, relu, "
-                               f"leaky_relu or identity; got '{a}'")
-        if a == "softplus" and not prm > 0:
-            raise RuntimeError(f"{op}: act_params[{l}]: softplus beta must be > 0, got {prm}")
-    if in_bias is not None:
-        if in_bias.device != z.device:
-            raise RuntimeError(f"{op}: in_bias: expected a tensor on {z.device} (the device of z)")
-        if in_bias.dtype != z.dtype:
-            raise RuntimeError(f"{op}: in_bias: expected dtype {z.dtype} (that of z), got {in_bias.dtype}")
-        if in_bias.dim() != 2 or tuple(in_bias.shape) != (z.shape[0], weights[0].shape[0]):
-            raise RuntimeError(f"{op}: in_bias: expected shape ({z.shape[0]}, {weights[0].shape[0]}), got "
-                               f"{list(in_bias.shape)}")
+    # The messages of check_inputs in csrc/comp_contrast/comp_contrast_cpu.cpp (shared with mech_derivs).
+    check_mlp(op, z, weights, biases, activations, act_params,
+              per_sample=(("in_bias", in_bias, weights[0].shape[0] if weights else 0),))
 
 
 def _workspace_numel(B, dz, widths, n_act):

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from mclcore.ops.triton._act import sigmoid_pair, softplus, tanh
-from mclcore.ops.triton._launch import capturing, device_guard, f64
+from mclcore.ops.triton._launch import capturing, check_mlp, device_guard, f64
 
 ACTIVATIONS = {"tanh": 0, "sigmoid": 1, "softplus": 2, "gelu": 3, "silu": 4, "smooth_leaky": 5, "relu": 6,
                "leaky_relu": 7, "identity": 8}
@@ -161,56 +161,15 @@ def _t3_kernel(a_ptr, o_ptr, c_ptr, bc, n, dz, P, BLOCK: tl.constexpr):
 
 
 def _check(z, weights, biases, in_bias, film_scale, film_shift, activations, act_params):
-    # The messages of mech_derivs_cpu in csrc/mech_derivs/mech_derivs_cpu.cpp (RuntimeError, as TORCH_CHECK).
-    if z.dim() != 2:
-        raise RuntimeError(f"mech_derivs: z: expected shape (B, dz), got {list(z.shape)}")
-    if z.dtype not in (torch.float32, torch.float64):
-        raise RuntimeError(f"mech_derivs: z: expected float32 or float64, got {z.dtype}")
-    nl, na = len(weights), len(activations)
-    if nl < 1:
-        raise RuntimeError("mech_derivs: weights: expected at least one layer")
-    if len(biases) != nl:
-        raise RuntimeError(f"mech_derivs: biases: expected {nl} tensors (one per layer), got {len(biases)}")
-    if na not in (nl - 1, nl):
-        raise RuntimeError(f"mech_derivs: activations: expected {nl - 1} (hidden layers) or {nl} (also on the "
-                           f"output) entries, got {na}")
-    if len(act_params) != na:
-        raise RuntimeError(f"mech_derivs: act_params: expected {na} entries (one per activation), got "
-                           f"{len(act_params)}")
-    if z.shape[1] < 1:
-        raise RuntimeError(f"mech_derivs: z: expected dz >= 1, got shape {list(z.shape)}")
-    fan_in = z.shape[1]
-    for l, (w, b) in enumerate(zip(weights, biases)):
-        if w.device != z.device or b.device != z.device:
-            raise RuntimeError(f"mech_derivs: weights[{l}], biases[{l}]: expected tensors on {z.device}")
-        if w.dtype != z.dtype or b.dtype != z.dtype:
-            raise RuntimeError(f"mech_derivs: weights[{l}], biases[{l}]: expected dtype {z.dtype} (that of z)")
-        if w.dim() != 2 or w.shape[1] != fan_in:
-            raise RuntimeError(f"mech_derivs: weights[{l}]: expected shape (h, {fan_in}), got {list(w.shape)}")
-        if b.dim() != 1 or b.shape[0] != w.shape[0]:
-            raise RuntimeError(f"mech_derivs: biases[{l}]: expected shape ({w.shape[0]}), got {list(b.shape)}")
-        if w.shape[0] < 1:
-            raise RuntimeError(f"mech_derivs: weights[{l}]: empty layer")
-        fan_in = w.shape[0]
-    if fan_in < z.shape[1]:
-        raise RuntimeError(f"mech_derivs: the generator's output has dx = {fan_in} < dz = {z.shape[1]}: J^T J is "
+    # The messages of mech_derivs_cpu in csrc/mech_derivs/mech_derivs_cpu.cpp (shared with comp_contrast), plus
+    # mech_derivs' own condition dx >= dz.
+    h0 = weights[0].shape[0] if weights else 0
+    dx = check_mlp("mech_derivs", z, weights, biases, activations, act_params,
+                   per_sample=(("in_bias", in_bias, h0), ("film_scale", film_scale, z.shape[-1]),
+                               ("film_shift", film_shift, z.shape[-1])))
+    if dx < z.shape[1]:
+        raise RuntimeError(f"mech_derivs: the generator's output has dx = {dx} < dz = {z.shape[1]}: J^T J is "
                            f"singular, so the log-volume 1/2 logdet(J^T J) and V are undefined")
-    for l, (a, prm) in enumerate(zip(activations, act_params)):
-        if a not in ACTIVATIONS:
-            raise RuntimeError(f"mech_derivs: activations: expected tanh, sigmoid, softplus, gelu, silu, "
-                               f"smooth_leaky, relu, leaky_relu or identity; got '{a}'")
-        if a == "softplus" and not prm > 0:
-            raise RuntimeError(f"mech_derivs: act_params[{l}]: softplus beta must be > 0, got {prm}")
-    for name, t, cols in (("in_bias", in_bias, weights[0].shape[0]), ("film_scale", film_scale, z.shape[1]),
-                          ("film_shift", film_shift, z.shape[1])):
-        if t is None:
-            continue
-        if t.device != z.device:
-            raise RuntimeError(f"mech_derivs: {name}: expected a tensor on {z.device}")
-        if t.dtype != z.dtype:
-            raise RuntimeError(f"mech_derivs: {name}: expected dtype {z.dtype} (that of z), got {t.dtype}")
-        if t.dim() != 2 or tuple(t.shape) != (z.shape[0], cols):
-            raise RuntimeError(f"mech_derivs: {name}: expected shape ({z.shape[0]}, {cols}), got {list(t.shape)}")
 
 
 class _Propagation:
