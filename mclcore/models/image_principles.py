@@ -104,10 +104,6 @@ class _ImagePrinciple(ImageVAE):
         kl = 0.5 * (mu.float().pow(2) + logvar.float().exp() - logvar.float() - 1).sum(1).mean()
         return mu, logvar, z, kl
 
-    def sample_latents(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-        """Latents of the model's prior for generation (FID): N(0, I)."""
-        return torch.randn(n, self.latent_dim, generator=generator, device=device)
-
 
 class ImageCompVAE(_ImagePrinciple):
     """VAE (KL weight ``comp_beta``) + ``comp_lambda`` x compositional contrast of the decoder's logits Jacobian on

@@ -118,6 +118,11 @@ class ImageVAE(nn.Module):
         h = self.encoder(x)
         return h[:, : self.latent_dim], h[:, self.latent_dim:]
 
+    def sample_latents(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """n latents of the model's prior for generation (FID): N(0, I), (n, K). A model with another prior
+        (QLAE's codebook values, mclcore.models.image_principles) overrides this."""
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The representation: posterior mean (B, K)."""
         return self.encode(x)[0]

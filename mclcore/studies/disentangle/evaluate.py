@@ -129,8 +129,7 @@ def generate_samples(model, cfg: RunConfig, cond_images: torch.Tensor, device, s
             if cfg.model in DIFFUSION_MODELS:
                 x = model.generate(model.concepts(c), num_steps=cfg.eval.ddim_steps, generator=g)
             else:
-                z = model.sample_latents(len(c), g, device) if hasattr(model, "sample_latents") else \
-                    torch.randn(len(c), cfg.vae.latent_dim, generator=g, device=device)   # principles: own prior
+                z = model.sample_latents(len(c), g, device)                   # the model's prior (N(0, I))
                 x = model.decode(z)
         outs.append(x.float().cpu())
     return torch.cat(outs)
