@@ -6,13 +6,21 @@ For each finished run (``metrics.json`` present) it loads ``checkpoint.pt``, enc
 protocol at the run's ``eval.sample_scale``, seed = the run's seed), InfoMEC (:func:`mclcore.metrics.infomec` of the
 codes of ``--infomec-samples`` random grid points, one fixed draw per dataset, against their factor classes) and the
 compositional contrast C of the decoder's logits at 8 of those codes (compvae's regulariser, measured on every
-model). These go to ``<run>/extra_metrics.json``; FactorVAE and DCI are read from ``metrics.json``. Then per model
-the mean and 95% percentile-bootstrap interval over seeds (:func:`mclcore.metrics.stats.summarize`), and the paired
-differences against ``--baseline`` on the seeds both have. Copies each run's ``metrics.json`` (and
+model), and on the same codes MCC and LPS: MCC (:func:`mclcore.metrics.mcc`, Pearson, the method of the synthetic
+study's ``mcc`` column) between the varying factors' classes as numbers (as InfoMEC gets them) and the K = 20 codes;
+with 7 factors and 20 codes mcc's own rectangular matching applies (Hungarian on |corr|, each factor matched to a
+distinct code dimension, mean over the 7 pairs). LPS (:func:`mclcore.metrics.lps_from_codes`, MLP regressors,
+seed = the run's seed; its ``lps.score``, as ``eval_metrics`` of the synthetic principles study). Either is None
+where it is undefined (a constant code dimension); a cell then averages the seeds that have it and says ``(n=..)``.
+These go to ``<run>/extra_metrics.json`` (a cached file that lacks ``mcc``/``lps`` gets them added, the other values
+kept as they are); FactorVAE and DCI are read from ``metrics.json``. Then per model the mean and 95%
+percentile-bootstrap interval over seeds (:func:`mclcore.metrics.stats.summarize`), and the paired differences
+against ``--baseline`` on the seeds both have. Copies each run's ``metrics.json`` (and
 ``extra_metrics.json``) into ``--copy-to/<run>/``.
 
     python experiments/disentanglement/principles_table.py /tmp/img_principles --dataset mpi3d \
-        --copy-to experiments/disentanglement/results/principles --out experiments/disentanglement/results/principles/table.md
+        --also vae_beta1=/tmp/img_vae1:compvae --copy-to experiments/disentanglement/results/principles \
+        --out experiments/disentanglement/results/principles/table.md
 
 ``--from-results`` rebuilds the tables from such a committed folder alone (tests/studies/test_disentangle_principles
 checks that the committed tables are exactly that).
@@ -30,7 +38,7 @@ import numpy as np
 MODELS = ("betavae", "compvae", "mmdvae", "qlae", "intervae")
 COLUMNS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("mig", "MIG"), ("sap", "SAP"), ("infomec_m", "InfoM"),
            ("infomec_e", "InfoE"), ("infomec_c", "InfoC"), ("comp_contrast", "C (decoder)"),
-           ("comp_contrast_norm", "C/‖J‖² (decoder)"))
+           ("comp_contrast_norm", "C/‖J‖² (decoder)"), ("mcc", "MCC"), ("lps", "LPS"))
 
 
 def _load(run_dir: str):
@@ -63,11 +71,29 @@ def decoder_contrast(model, cfg, codes: np.ndarray) -> dict:
             "comp_contrast_norm": float(comp_contrast_func(g, z, normalize="jacobian").mean().detach())}
 
 
+def code_metrics(factors: np.ndarray, codes: np.ndarray, seed: int) -> dict:
+    """MCC (Pearson; factors (N, F) vs codes (N, K), K >= F: mcc's Hungarian matching of each factor to a distinct
+    code dimension) and LPS (MLP, ``seed``) of codes; None where undefined (a constant column)."""
+    from mclcore.metrics import lps_from_codes, mcc
+
+    out = {}
+    try:
+        out["mcc"] = mcc(factors, codes, "pearson")["mcc.mean"]
+    except ValueError:
+        out["mcc"] = None
+    try:
+        out["lps"] = lps_from_codes(codes, regressor="mlp", seed=seed)["lps.score"]
+    except ValueError:
+        out["lps"] = None
+    return out
+
+
 def extra_metrics(run_dir: str, infomec_samples: int) -> dict:
-    """MIG, SAP, InfoMEC, decoder contrast of a finished run (cached in ``extra_metrics.json``)."""
+    """MIG, SAP, InfoMEC, decoder contrast, MCC, LPS of a finished run (cached in ``extra_metrics.json``; only what
+    the cached file lacks is computed)."""
     path = os.path.join(run_dir, "extra_metrics.json")
     out = json.load(open(path)) if os.path.exists(path) else None
-    if out is not None and "comp_contrast_norm" in out:
+    if out is not None and all(k in out for k in ("comp_contrast_norm", "mcc", "lps")):
         return out
     from mclcore.metrics import evaluate as eval_metrics, infomec
     from mclcore.studies.disentangle import run as study
@@ -78,17 +104,25 @@ def extra_metrics(run_dir: str, infomec_samples: int) -> dict:
     rep = representation(model, cfg, "cpu")
     rng = np.random.default_rng([12345, infomec_samples])          # the same points for every run of a dataset
     idx = dataset.sample_index(infomec_samples, rng)
+    factors = dataset.index_to_factors(idx)[:, list(dataset.varying_factors)]
+    codes = None
     if out is None:
         scores, _ = eval_metrics(dataset, rep, ("mig", "sap"), seed=cfg.seed, sample_scale=cfg.eval.sample_scale)
-        factors = dataset.index_to_factors(idx)[:, list(dataset.varying_factors)]
         codes = np.asarray(rep(dataset.observations_at(idx)), dtype=np.float64)          # uint8 images -> (N, K)
         im = infomec(factors, codes, discrete_sources=True)
         out = {"mig": float(scores["mig.score"]), "sap": float(scores["sap.score"]),
                "infomec_m": im["infomec.m"], "infomec_e": im["infomec.e"], "infomec_c": im["infomec.c"],
                "infomec_active": im["infomec.active"], "infomec_samples": infomec_samples,
                "mig_sap_sample_scale": cfg.eval.sample_scale}
-    codes8 = np.asarray(rep(dataset.observations_at(idx[:8])), dtype=np.float64)
-    out.update(decoder_contrast(model, cfg, codes8))
+    if "comp_contrast_norm" not in out:
+        codes8 = np.asarray(rep(dataset.observations_at(idx[:8])), dtype=np.float64)
+        out.update(decoder_contrast(model, cfg, codes8))
+    if "mcc" not in out or "lps" not in out:
+        if out.get("infomec_samples", infomec_samples) != infomec_samples:
+            raise ValueError(f"{path}: cached InfoMEC used {out['infomec_samples']} points, not {infomec_samples}")
+        if codes is None:
+            codes = np.asarray(rep(dataset.observations_at(idx)), dtype=np.float64)
+        out.update(code_metrics(np.asarray(factors, dtype=np.float64), codes, cfg.seed))
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
     return out
@@ -153,8 +187,13 @@ def main(argv=None) -> int:
             continue
         cells = []
         for key, _ in COLUMNS:
-            s = summarize([runs[k][key] for k in sorted(runs)])
-            cells.append(f"{fmt(s['mean'])} [{fmt(s['lo'])}, {fmt(s['hi'])}]" if s["n"] > 1 else fmt(s["mean"]))
+            vals = [runs[k].get(key) for k in sorted(runs)]
+            s = summarize([v for v in vals if v is not None])
+            if s["n"] == 0:
+                cells.append("n/a")
+                continue
+            cell = f"{fmt(s['mean'])} [{fmt(s['lo'])}, {fmt(s['hi'])}]" if s["n"] > 1 else fmt(s["mean"])
+            cells.append(cell + (f" (n={s['n']})" if s["n"] < len(vals) else ""))
         lines.append(f"| {model} | {len(runs)} | " + " | ".join(cells) + " |")
     base = rows.get(a.baseline, {})
     lines += ["", f"Paired differences, model - {a.baseline} (same seeds), mean [95% bootstrap interval]:", "",
@@ -167,10 +206,17 @@ def main(argv=None) -> int:
             continue
         cells = []
         for key, _ in COLUMNS:
-            d = np.array([rows[model][s][key] - base[s][key] for s in seeds])
+            pairs = [(rows[model][s].get(key), base[s].get(key)) for s in seeds]
+            d = np.array([m - b for m, b in pairs if m is not None and b is not None], dtype=np.float64)
+            if d.size == 0:
+                cells.append("n/a")
+                continue
+            w = "+.3f" if abs(d).max() < 100 else "+.0f"
+            if d.size < 2:
+                cells.append(f"{d.mean():{w}} (n=1)")
+                continue
             lo, hi = bootstrap_ci(d)
-            cells.append(f"{d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]" if abs(d).max() < 100 else
-                         f"{d.mean():+.0f} [{lo:+.0f}, {hi:+.0f}]")
+            cells.append(f"{d.mean():{w}} [{lo:{w}}, {hi:{w}}]" + (f" (n={d.size})" if d.size < len(seeds) else ""))
         lines.append(f"| {model} | {','.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -129,3 +129,51 @@ def test_committed_principles_tables_are_regenerated_from_the_committed_results(
         for line in text.splitlines():
             if line.startswith("| ") and not line.startswith("|---"):
                 assert line in readme, line
+
+
+def test_principles_table_skips_undefined_values_and_single_runs(tmp_path):
+    """A metric stored as None (undefined, e.g. LPS with a constant code dimension) is left out of its cell, which then
+    says its n ("n/a" when no seed has it), in the summary and the paired table; a model with one run gets a bare
+    mean and no paired row."""
+    import importlib.util
+    import json
+    import os
+    import shutil
+
+    exp = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "disentanglement")
+    spec = importlib.util.spec_from_file_location("principles_table", os.path.join(exp, "principles_table.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = str(tmp_path / "principles")
+    shutil.copytree(os.path.join(exp, "results", "principles"), res)
+
+    def set_none(run, key):
+        path = os.path.join(res, run, "extra_metrics.json")
+        d = json.load(open(path))
+        d[key] = None
+        json.dump(d, open(path, "w"))
+
+    set_none("compvae-mpi3d-cpu-smoke-seed0", "lps")
+    for s in (0, 1, 3, 4):
+        set_none(f"qlae-mpi3d-cpu-smoke-seed{s}", "mcc")
+    for s in range(5):
+        set_none(f"intervae-mpi3d-cpu-smoke-seed{s}", "lps")
+    for s in (1, 2, 3, 4):
+        shutil.rmtree(os.path.join(res, f"mmdvae-mpi3d-cpu-smoke-seed{s}"))
+    out = str(tmp_path / "table.md")
+    assert mod.main([res, "--from-results", "--out", out]) == 0
+    summary, paired = open(out).read().split("Paired differences")
+    cols = [c for _, c in mod.COLUMNS]
+
+    def row(text, model):
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {model} |"))
+        return dict(zip(["model", "n", *cols], line.strip("| ").split(" | ")))
+
+    assert row(summary, "compvae")["LPS"].endswith("] (n=4)")
+    assert row(summary, "qlae")["MCC"].endswith(" (n=1)") and "[" not in row(summary, "qlae")["MCC"]
+    assert row(summary, "intervae")["LPS"] == "n/a"
+    mmd = row(summary, "mmdvae")
+    assert mmd["n"] == "1" and "[" not in mmd["MCC"] and "(n=" not in mmd["MCC"]
+    assert row(paired, "compvae")["LPS"].endswith("] (n=4)") and "(n=" not in row(paired, "compvae")["MCC"]
+    assert row(paired, "qlae")["MCC"].endswith(" (n=1)") and row(paired, "intervae")["LPS"] == "n/a"
+    assert "| mmdvae |" not in paired
