@@ -249,16 +249,7 @@ def test_double_backward_raises():
         gz.sum().backward()
 
 
-def _layers(widths, seed=0):
-    _, ws, bs, *_ = sample_inputs(0, 3, widths=widths, seed=seed)
-    return ws, bs
-
-
-def _bad(**changes):
-    ws, bs = _layers((8, 6), seed=18)
-    kw = dict(z=torch.zeros(4, 3, dtype=F64), weights=ws, biases=bs, activation="tanh")
-    kw.update(changes)
-    return kw
+from tests.ops._mlp_cases import bad as _bad, layers as _layers  # noqa: E402
 
 
 @pytest.mark.parametrize("kw,err,match", [
