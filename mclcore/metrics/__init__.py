@@ -13,7 +13,7 @@ Dataset metrics take ``(dataset, representation, rng)`` and follow the disentang
 """
 from mclcore.metrics.dci import DCI_MODELS, completeness, dci, dci_from_codes, disentanglement, importance_matrix
 from mclcore.metrics.evaluate import METRICS, evaluate
-from mclcore.metrics.factorvae import factor_vae_score
+from mclcore.metrics.factorvae import factor_vae_score, factor_vae_score_sampled
 from mclcore.metrics.infomec import infomec
 from mclcore.metrics.lps import lps, lps_from_codes
 from mclcore.metrics.mcc import correlation_matrix, mcc
@@ -22,8 +22,8 @@ from mclcore.metrics.sap import sap, sap_from_codes
 from mclcore.metrics.utils import EncodedDataset, histogram_discretize, torch_representation
 
 __all__ = [
-    "factor_vae_score", "dci", "dci_from_codes", "importance_matrix", "disentanglement", "completeness",
-    "DCI_MODELS", "mig", "mig_from_codes", "sap", "sap_from_codes", "mcc", "correlation_matrix", "lps",
+    "factor_vae_score", "factor_vae_score_sampled", "dci", "dci_from_codes", "importance_matrix", "disentanglement",
+    "completeness", "DCI_MODELS", "mig", "mig_from_codes", "sap", "sap_from_codes", "mcc", "correlation_matrix", "lps",
     "lps_from_codes", "infomec", "evaluate", "METRICS", "EncodedDataset", "torch_representation",
     "histogram_discretize",
 ]

@@ -125,7 +125,8 @@ def test_eval_metrics_add_columns_and_change_no_number():
     ("mmd_kernel", "cauchy"), ("mmd_prior", "student"), ("mmd_weight", -1.0), ("mmd_bandwidths", ()),
     ("mmd_scales", (1.0, 0.0)), ("qlae_values", 1), ("qlae_weight_decay", float("nan")),
     ("qlae_commit_weight", -0.1), ("comp_lambda", -1.0), ("comp_rows", -1), ("comp_beta", float("inf")),
-    ("inter_prob", 1.5), ("mmd_rows", 1), ("eval_metrics", ("mig",)), ("eval_metrics", ("lps", "lps_linear"))])
+    ("inter_prob", 1.5), ("mmd_rows", 1), ("eval_metrics", ("mig",)), ("eval_metrics", ("lps", "lps_linear")),
+    ("eval_metrics", ("factorvae", "factorvae")), ("eval_metrics", "factorvae")])
 def test_bad_principle_fields_are_named(field, value):
     with pytest.raises(ValueError, match=field):
         train(tiny(model="mmdvae", **{field: value}), [0])
@@ -162,7 +163,7 @@ def test_principles_preset_is_pre_registered():
     assert p["train"]["n"] == PRESETS["quick"]["train"]["n"]
     with open(os.path.join(REPO, "experiments", "synthetic", "configs", "principles.json")) as f:
         assert json.load(f) == cli.preset("principles").to_dict()
-    assert cli.preset("principles").validate().train.eval_metrics == ("lps", "infomec", "dci_mig_sap")
+    assert cli.preset("principles").validate().train.eval_metrics == ("lps", "infomec", "dci_mig_sap", "factorvae")
 
 
 def test_dci_mig_sap_read_the_true_latents_and_not_a_mixture():
@@ -190,3 +191,110 @@ def test_principles_table_pairs_by_seed_against_md_vae():
     assert "| MD-VAE | 0.51 [" in text and "| QLAE − MD-VAE | -0.10 [-0.10, -0.10] |" in text
     assert "MIG" not in text                                     # a column with no value anywhere is left out
     assert principles_table([dict(r, model="betavae") for r in rows]) is None
+
+
+# ---- the FactorVAE column: fresh draws of the true process (principles.factorvae_synthetic) ----
+FV_SMALL = dict(num_train=400, num_eval=300, num_variance_estimate=2000)
+
+
+def _identity_process(dz: int, n_alphabet: int = 4, du: int = 3):
+    """A SyntheticData stand-in whose true generator is x = z (so an encoder reading x reads the true z)."""
+    import types
+
+    alphabet = torch.randn(n_alphabet, du, generator=torch.Generator().manual_seed(0))
+    return types.SimpleNamespace(dz=dz, alphabet=alphabet,
+                                 prior_mean=torch.zeros(n_alphabet, dz), prior_std=torch.ones(n_alphabet, dz),
+                                 generator=lambda z, u: z.clone())
+
+
+def test_factorvae_synthetic_true_codes_score_one_and_blind_codes_chance():
+    from mclcore.studies.synthetic.principles import factorvae_synthetic
+
+    dz = 5
+    data = _identity_process(dz)
+    perm = [3, 0, 4, 1, 2]
+    for encode in (lambda x, u: x, lambda x, u: 3 * x[:, perm] - 1):            # the true z, permuted and scaled
+        r = factorvae_synthetic(data, encode, 0.0, 0, **FV_SMALL)
+        assert r["factorvae.eval_accuracy"] == r["factorvae.train_accuracy"] == 1.0
+        assert r["factorvae.num_active_dims"] == dz
+    noisy = factorvae_synthetic(data, lambda x, u: x, 0.01, 0, **FV_SMALL)     # observation noise: still ~1
+    assert noisy["factorvae.eval_accuracy"] > 0.95
+    g = torch.Generator().manual_seed(1)
+    blind = factorvae_synthetic(data, lambda x, u: torch.randn(x.shape, generator=g), 0.0, 0, **FV_SMALL)
+    assert abs(blind["factorvae.eval_accuracy"] - 1 / dz) < 0.1               # codes independent of z: chance
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    rot = factorvae_synthetic(_identity_process(20), lambda x, u: x @ q.float(), 0.0, 0, **FV_SMALL)
+    # A random rotation of 20 dims: far below 1, but above chance (0.05): the majority vote still maps each factor
+    # to its most-loaded code, so FactorVAE only partly penalises a rotation (0.19-0.32 over 3 rotations, 2026-12).
+    assert 0.05 < rot["factorvae.eval_accuracy"] < 0.5
+
+
+def test_factorvae_synthetic_is_deterministic_given_the_seed():
+    import numpy as np
+
+    from mclcore.data.synthetic import make_dataset
+    from mclcore.models.vae import StackedVAE
+    from mclcore.studies.synthetic.principles import factorvae_synthetic, member_encoder
+
+    data = make_dataset("lrd", 3, 4, n=200, seed=0)
+    vae = StackedVAE("ivae", data.dx, data.du, 3, [5, 6])
+    a, b = (factorvae_synthetic(data, member_encoder(vae, 1), 0.01, 7, return_votes=True, **FV_SMALL)
+            for _ in range(2))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    c = factorvae_synthetic(data, member_encoder(vae, 1), 0.01, 8, return_votes=True, **FV_SMALL)
+    assert not (a["factorvae.train_votes"] == c["factorvae.train_votes"]).all()
+
+
+@pytest.mark.parametrize("model", ["betavae", "ivae", "mdvae", *PRINCIPLE_MODELS])
+def test_member_encoder_is_the_scored_posterior_mean(model):
+    from mclcore.studies.synthetic.principles import member_encoder, principle_model
+    from mclcore.models.vae import StackedVAE
+
+    cfg = tiny(model=model)
+    dx, du, M = 64, cfg.du, 3
+    vae = principle_model(cfg, dx, [1, 2, 3]) if model in PRINCIPLE_MODELS else StackedVAE(model, dx, du, cfg.dz,
+                                                                                           [1, 2, 3], hidden=16)
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.randn(M, 50, dx, generator=g), torch.randn(M, 50, du, generator=g)
+    ref = vae.posterior_mean(x, u)                                              # (M, 50, dz): what the MCC scores
+    for m in range(M):
+        torch.testing.assert_close(member_encoder(vae, m)(x[m], u[m]), ref[m], rtol=1e-5, atol=1e-5)
+
+
+def test_factorvae_column_in_training_rows(monkeypatch):
+    from mclcore.studies.synthetic import principles
+
+    monkeypatch.setattr(principles, "FACTORVAE_PROTOCOL", {**principles.FACTORVAE_PROTOCOL, **FV_SMALL})
+    cfg = tiny(model="intervae")
+    bare = train(cfg, [0, 1])
+    rows = train(dataclasses.replace(cfg, eval_metrics=("factorvae",)), [0, 1])
+    assert _numbers(rows) == _numbers(bare)                                    # an evaluation column only
+    again = train(dataclasses.replace(cfg, eval_metrics=("factorvae",)), [0, 1])
+    for r, r2 in zip(rows, again):
+        assert 0 <= r["factorvae"] <= 1 and 0 <= r["factorvae_train"] <= 1
+        assert (r["factorvae"], r["factorvae_train"]) == (r2["factorvae"], r2["factorvae_train"])
+    one = train(dataclasses.replace(cfg, eval_metrics=("factorvae",)), [1])    # a member's value is its own
+    assert one[0]["factorvae"] == rows[1]["factorvae"]
+
+
+def test_factorvae_needs_the_member_and_a_valid_sampler():
+    import types
+
+    import numpy as np
+
+    from mclcore.metrics import factor_vae_score_sampled
+    from mclcore.studies.synthetic.principles import eval_metrics
+
+    z = torch.randn(100, 2)
+    with pytest.raises(ValueError, match="'factorvae' needs member="):
+        eval_metrics(types.SimpleNamespace(eval_metrics=("factorvae",), noise_var=0.01), z, z, 0)
+    good = lambda n, b, held, rng: rng.standard_normal((n, b, 2))             # noqa: E731
+    with pytest.raises(ValueError, match="n_factors"):
+        factor_vae_score_sampled(good, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        factor_vae_score_sampled(good, 2, batch_size=1)
+    with pytest.raises(ValueError, match=r"sample_codes: expected an array of shape \(1, 10000, K\)"):
+        factor_vae_score_sampled(lambda n, b, held, rng: np.zeros((b, 2)), 2)
+    with pytest.raises(ValueError, match="NaN"):
+        factor_vae_score_sampled(lambda n, b, held, rng: np.full((n, b, 2), np.nan), 2)

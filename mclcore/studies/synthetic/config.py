@@ -65,7 +65,7 @@ class TrainConfig:
             after 100 steps while its decoder gradient stayed 1e-5..4e-4 of the ELBO's, before lambda (dz = 5,
             |U| = 8; experiments/synthetic/mcl_gradient_scale.py).
     Principle models and evaluation metrics (issue #23): ``mmd_*`` (mmdvae), ``qlae_*``, ``comp_*`` (compvae),
-        ``inter_prob`` (intervae), ``eval_metrics`` (extra columns: LPS, InfoMEC); each field, its default and
+        ``inter_prob`` (intervae), ``eval_metrics`` (extra score columns); each field, its default and
         why: :mod:`mclcore.studies.synthetic.principles`; the models: :mod:`mclcore.models.principles`.
     Optimisation (App. D.3): lr (1e-3, Adam; AdamW for ``qlae``), batch_size (256), epochs (200).
     Bookkeeping: checkpoint_every: write a resumable checkpoint every this many epochs (0: only at the end).
@@ -325,7 +325,8 @@ class StudyConfig:
 # paper: the paper's grid (§5.1 + Table 5) with its protocol, plus MCL.
 # principles: issue #23's four principles (compositional contrast, MMD prior, latent quantization, interventional
 #   head) beside beta-VAE / iVAE / MD-VAE on the paper's process (GMD, leaky-ReLU mixing, dz = 5, |U| = 8), the
-#   quick setting (10 epochs of N = 20,000), 5 seeds, with LPS and InfoMEC in every row; defaults untuned.
+#   quick setting (10 epochs of N = 20,000), 5 seeds, with LPS and InfoMEC in every row; defaults untuned. FactorVAE
+#   was added as an evaluation column after registration (training and every other number unchanged).
 PRESETS = {
     "cpu-paper": {"processes": ["gmd"], "dzs": [5, 10, 20], "alphabets": [2, 4, 8, 16, 32],
                   "models": ["betavae", "ivae", "mdvae"], "seeds": 8, "lambda_grid": [0.1], "certify_latents": 64,
@@ -342,7 +343,7 @@ PRESETS = {
                    "models": ["betavae", "ivae", "mdvae", "compvae", "mmdvae", "qlae", "intervae"], "seeds": 5,
                    "lambda_grid": [0.1], "certify_latents": 64, "workers": 2,
                    "train": {"epochs": 10, "n": 20_000, "checkpoint_every": 2,
-                             "eval_metrics": ["lps", "infomec", "dci_mig_sap"]}},
+                             "eval_metrics": ["lps", "infomec", "dci_mig_sap", "factorvae"]}},
     "quick": {"processes": ["gmd", "lrd"], "dzs": [5], "alphabets": [8],
               "models": ["betavae", "ivae", "mdvae", "mdvae_mcl"], "seeds": 5, "lambda_grid": [0.01, 0.1],
               "tune_seeds": 2, "tune_epochs": 4, "certify_latents": 64,

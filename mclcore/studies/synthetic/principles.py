@@ -28,24 +28,36 @@ Evaluation: eval_metrics: extra columns of every row, any of ``"lps"`` (Latent P
     disentanglement_lib treats continuous factors; DCI and SAP fitted on the first half of the evaluation rows and
     scored on the second; SAP in its continuous-factor form, the R^2 of each code for each binned factor: with 20
     classes the discrete form's single-threshold classifiers score even the true z near 0.01), on the evaluation
-    split. Default none: the study's other presets keep their cost;
+    split; ``"factorvae"`` (``factorvae``, the eval accuracy, and ``factorvae_train``: the FactorVAE score on
+    fresh draws of the true process, :func:`factorvae_synthetic`). Default none: the study's other presets keep
+    their cost;
     ``--preset principles`` turns them on. They draw no random numbers of training and change no other number.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import torch
 
+from mclcore.data.synthetic import derive_seed
 from mclcore.losses.mmd import KERNELS as MMD_KERNELS, PRIORS as MMD_PRIORS
 from mclcore.models.principles import (PRINCIPLE_MODELS, StackedCompVAE, StackedInterVAE, StackedMMDVAE,
                                        StackedQLAE)
 
-__all__ = ["PRINCIPLE_MODELS", "EVAL_METRICS", "principle_model", "principle_row", "eval_metrics",
-           "validate_principle_fields"]
+__all__ = ["PRINCIPLE_MODELS", "EVAL_METRICS", "FACTORVAE_PROTOCOL", "principle_model", "principle_row",
+           "eval_metrics", "member_encoder", "factorvae_synthetic", "validate_principle_fields"]
 
 # Extra evaluation metrics a row can carry (TrainConfig.eval_metrics): the Latent Predictability Score of the
-# codes (MLP regressors, or least squares) and InfoMEC of the codes against the true z (mclcore.metrics).
-EVAL_METRICS = ("lps", "lps_linear", "infomec", "dci_mig_sap")
+# codes (MLP regressors, or least squares), InfoMEC, DCI / MIG / SAP of the codes against the true z
+# (mclcore.metrics) and the FactorVAE score on fresh draws of the true process.
+EVAL_METRICS = ("lps", "lps_linear", "infomec", "dci_mig_sap", "factorvae")
+# The FactorVAE protocol of the "factorvae" column (mclcore.metrics.factorvae): disentanglement_lib's, unreduced
+# (batch 64, 10,000 train / 5,000 eval votes, 10,000-sample global variance, prune std < 0.05). Cost: 2.0 CPU s per
+# member at dz = 5 (1 thread, 2-core AMD EPYC VM, 2026-12), ~70 CPU s over the principles preset's 35 members.
+FACTORVAE_PROTOCOL = dict(batch_size=64, num_train=10000, num_eval=5000, num_variance_estimate=10000,
+                          prune_threshold=0.05)
+_FACTORVAE = 21          # derive_seed stream tag of the FactorVAE draws (data: 1-4, training: 11-13)
 
 
 def validate_principle_fields(cfg, bad) -> None:
@@ -105,11 +117,53 @@ def principle_row(cfg, last: dict, m: int) -> dict:
             "principle_loss": last["aux"][m]}
 
 
-def eval_metrics(cfg, z_true: torch.Tensor, z_hat: torch.Tensor, seed: int) -> dict:
+def member_encoder(vae, m: int):
+    """Member m's scoring representation ``(x (B, dx), u (B, du)) -> (B, dz)``: the posterior mean the MCC scores
+    (QLAE: the encoder's continuous output), i.e. row m of ``vae.posterior_mean`` (u enters where the model's
+    encoder takes it: iVAE, MD-VAE, InterVAE)."""
+    dev = vae.encoder.layers[0].weight.device
+
+    def encode(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = torch.cat([x, u], dim=-1) if vae.u_enc else x
+            return vae.encoder.member(m, h.to(dev))[:, :vae.dz].cpu()
+    return encode
+
+
+def factorvae_synthetic(data, encode, noise_var: float, seed: int, **protocol) -> dict:
+    """FactorVAE score (:func:`mclcore.metrics.factor_vae_score_sampled`) of ``encode`` (:func:`member_encoder`) on
+    fresh draws of the true process of ``data`` (a :class:`~mclcore.data.synthetic.SyntheticData`), drawn as its
+    evaluation split is: u uniform over the alphabet per point, z ~ p(z | u) (GMD: N(0, I); LRD: N(mu_u, s_u^2)),
+    x = G(z, u) + eps with eps ~ N(0, noise_var I) through the true generator. A vote's batch holds z_k at the
+    value of its first point (the other coordinates, u and eps stay fresh). All draws come from the numpy stream
+    ``derive_seed(seed, 21)``: deterministic given the member's seed, and no other stream is touched.
+    ``protocol``: overrides of :data:`FACTORVAE_PROTOCOL`."""
+    from mclcore.metrics import factor_vae_score_sampled
+
+    kw = {**FACTORVAE_PROTOCOL, **protocol}
+    mean, std = data.prior_mean.double().numpy(), data.prior_std.double().numpy()
+    alphabet, dz, sd = data.alphabet, data.dz, math.sqrt(noise_var)
+
+    def sample_codes(n: int, b: int, held, rng: np.random.Generator) -> np.ndarray:
+        ui = rng.integers(0, alphabet.shape[0], size=n * b)
+        z = (mean[ui] + std[ui] * rng.standard_normal((n * b, dz))).reshape(n, b, dz)
+        if held is not None:                 # batch i: z[:, held[i]] constant at its first point's value
+            z[np.arange(n), :, held] = z[np.arange(n), 0, held][:, None]
+        u = alphabet[torch.from_numpy(ui)]
+        with torch.no_grad():
+            x = data.generator(torch.from_numpy(z.reshape(n * b, dz)).to(alphabet.dtype), u)
+        x = x + sd * torch.from_numpy(rng.standard_normal(tuple(x.shape))).to(x.dtype)
+        return encode(x, u).double().numpy().reshape(n, b, -1)
+    return factor_vae_score_sampled(sample_codes, dz, np.random.default_rng(derive_seed(seed, _FACTORVAE)), **kw)
+
+
+def eval_metrics(cfg, z_true: torch.Tensor, z_hat: torch.Tensor, seed: int, member: tuple | None = None) -> dict:
     """``cfg.eval_metrics`` of one member's scored codes z_hat (Ne, dz) against the true z (Ne, dz): ``lps``,
-    ``lps_max`` (Latent Predictability Score, seeded by the member's seed) and ``infomec_m``, ``infomec_e``,
-    ``infomec_c`` (:func:`mclcore.metrics.infomec`). A metric undefined on these codes (a constant code dimension)
-    is None, not an error: the row's other numbers stand."""
+    ``lps_max`` (Latent Predictability Score, seeded by the member's seed), ``infomec_m``, ``infomec_e``,
+    ``infomec_c`` (:func:`mclcore.metrics.infomec`), ``dci_d``, ``dci_c``, ``mig``, ``sap``, and ``factorvae``,
+    ``factorvae_train`` (:func:`factorvae_synthetic`, which needs ``member = (data, vae, m)``: the member's
+    dataset, the stacked model and the member's index). A metric undefined on these codes (a constant code
+    dimension) is None, not an error: the row's other numbers stand."""
     from mclcore.metrics import infomec, lps_from_codes
 
     out: dict = {}
@@ -144,12 +198,22 @@ def eval_metrics(cfg, z_true: torch.Tensor, z_hat: torch.Tensor, seed: int) -> d
             out["sap"] = sap_from_codes(zh, f, continuous_factors=True)["sap.score"]
         except ValueError:
             out["sap"] = None
+    if "factorvae" in cfg.eval_metrics:
+        if member is None:
+            raise ValueError("eval_metrics: 'factorvae' needs member=(dataset, stacked model, member index)")
+        data, vae, m = member
+        try:
+            r = factorvae_synthetic(data, member_encoder(vae, m), cfg.noise_var, seed)
+            out.update(factorvae=r["factorvae.eval_accuracy"], factorvae_train=r["factorvae.train_accuracy"])
+        except ValueError:
+            out.update(factorvae=None, factorvae_train=None)
     return out
 
 
 # (column, label) of the principles table: every score of a row that exists for every model
 PRINCIPLE_COLUMNS = (("mcc", "MCC"), ("lps", "LPS"), ("infomec_m", "InfoM"), ("infomec_e", "InfoE"),
-                     ("infomec_c", "InfoC"), ("dci_d", "DCI D"), ("dci_c", "DCI C"), ("mig", "MIG"), ("sap", "SAP"))
+                     ("infomec_c", "InfoC"), ("dci_d", "DCI D"), ("dci_c", "DCI C"), ("mig", "MIG"), ("sap", "SAP"),
+                     ("factorvae", "FactorVAE"))
 
 
 def principles_table(runs: list[dict], baseline: str = "mdvae") -> str | None:

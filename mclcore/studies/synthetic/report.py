@@ -48,7 +48,7 @@ _CSV_COLUMNS = ["process", "mixing", "dz", "n_alphabet", "model", "seed", "lambd
                 "mcl_shortcut_share", "mcl_grad_ratio", "mcc_ceiling", "active_dims", "kl_per_dim", "snr",
                 "decoder_var", "decoder_var_learned", "decoder_var_final", "shift_scale", "modulation_range",
                 "objective", "principle_loss", "lps", "lps_max", "infomec_m", "infomec_e", "infomec_c",
-                "dci_d", "dci_c", "mig", "sap"]
+                "dci_d", "dci_c", "mig", "sap", "factorvae", "factorvae_train"]
 
 
 def _cell(v) -> str:

@@ -282,8 +282,7 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
         ``mcl_acc_direct``, ``mcl_chance``, ``mcl_shortcut_share``, ``mcl_grad_ratio``. Every row also has
         ``mcc_ceiling`` (the oracle MCC of the best u-blind recovery y = z * m(u) + b(u)), ``kl_per_dim`` (list,
         dz), ``active_dims`` and ``snr`` (:func:`_evaluation_extras`; they change none of the other numbers; None
-        KL columns for qlae). Principle models add ``objective`` and ``principle_loss``, and ``cfg.eval_metrics``
-        adds ``lps``, ``lps_max``, ``infomec_*`` (:mod:`mclcore.studies.synthetic.principles`).
+        KL columns for qlae). Principle models add ``objective``, ``principle_loss``; ``cfg.eval_metrics`` its columns.
     """
     import os
 
@@ -349,8 +348,9 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
                      "epochs": cfg.epochs, "steps": cfg.epochs * spe, "members": M, "decoder_var_final": dec_var[m],
                      **{k: getattr(cfg, k) for k in ("decoder_var", "decoder_var_learned", "shift_scale",
                                                      "modulation_range")}, **extras[m]})
-        rows[-1].update(principle_row(cfg, last, m) if principle else {})
-        rows[-1].update(eval_metrics(cfg, d.Z[d.data_of[m].item(), lo:hi], z_hat[m], seeds[m]))
+        rows[-1].update(principle_row(cfg, last, m) if principle else {}, **eval_metrics(
+            cfg, d.Z[d.data_of[m].item(), lo:hi], z_hat[m], seeds[m],
+            member=(_dataset(tuple((k, getattr(cfg, k)) for k in _DATA_KEYS), seeds[m]), vae, m)))
         if has_mcl and d.diagnostics:      # the last measurement (the unit record keeps them all)
             last_d = d.diagnostics[-1]
             rows[-1].update({f"mcl_{k}": last_d[k][m] for k in ("weight", "acc", "acc_generator", "acc_direct",
