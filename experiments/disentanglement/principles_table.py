@@ -58,10 +58,15 @@ def decoder_contrast(model, cfg, codes: np.ndarray) -> dict:
     """Compositional contrast of the decoder's logits w.r.t. the latent it is fed (qlae: z_q; intervae: eps through
     the head) at ``codes`` (R, K), mean over rows: raw C and C / ||J||_F^2 (scale-free, in [0, (K - 1) / 2]; raw C
     grows with the square of the decoder's gain, which differs between latent scales, e.g. qlae's codes in
-    [-0.5, 0.5] vs N(0, I) latents)."""
+    [-0.5, 0.5] vs N(0, I) latents). None for the diffusion models (mddiff, encdiff): their image is a DDIM
+    sample from noise given the code, not a deterministic function of it, so C is undefined."""
     import torch
 
     from mclcore.losses.comp_contrast import comp_contrast_func
+    from mclcore.studies.disentangle.config import DIFFUSION_MODELS
+
+    if cfg.model in DIFFUSION_MODELS:
+        return {"comp_contrast": None, "comp_contrast_norm": None}
 
     z = torch.as_tensor(codes, dtype=torch.float32)
     if cfg.model == "qlae":

@@ -119,11 +119,13 @@ def test_committed_principles_tables_are_regenerated_from_the_committed_results(
     spec.loader.exec_module(mod)
     runs = sorted(d for d in os.listdir(res) if os.path.isdir(os.path.join(res, d)))
     want = [f"{m}-mpi3d-cpu-smoke-seed{s}" for m in mod.MODELS for s in range(5)]
-    assert sorted(runs) == sorted(want + [f"vae_beta1-compvae-mpi3d-cpu-smoke-seed{s}" for s in range(5)])
+    want += [f"vae_beta1-compvae-mpi3d-cpu-smoke-seed{s}" for s in range(5)]
+    assert sorted(runs) == sorted(want + [f"mddiff-mpi3d-cpu-smoke-seed{s}" for s in range(5)])
     readme = open(os.path.join(exp, "README.md")).read()
     for name, extra in (("table.md", []), ("table_vs_vae_beta1.md", ["--baseline", "vae_beta1"])):
         out = str(tmp_path / name)
-        assert mod.main([res, "--from-results", "--also", "vae_beta1=-:compvae", *extra, "--out", out]) == 0
+        assert mod.main([res, "--from-results", "--also", "vae_beta1=-:compvae", "--also", "mddiff=-:mddiff",
+                         *extra, "--out", out]) == 0
         text = open(out).read()
         assert text == open(os.path.join(res, name)).read(), name
         for line in text.splitlines():
