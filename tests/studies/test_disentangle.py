@@ -243,6 +243,9 @@ def test_report_builds_the_tables_without_training_code(tmp_path):
     assert "| Diffusion | MDDiff | paper | 0.985 ± 0.048 |" in t1
     assert "ours: FID = FID (x), LPIPS column = L (y)." in report.table6(runs)
     assert report.load(str(tmp_path), "paper") == {}
+    assert report.table_seconds(runs).count("\n") == 1                  # no run has seconds: header only
+    runs[("betavae", "mpi3d")] = [{"seconds": {"total_call": 100.0}}, {"seconds": {"total_call": 140.0}}]
+    assert "| β-VAE | – | – | 120 ± 28 (n=2) |" in report.table_seconds(runs)
     code = ("import sys, mclcore.studies.disentangle.report as r; "
             "bad = [m for m in ('mclcore.train.loop', 'mclcore.studies.disentangle.run', 'mclcore.models.encdiff') "
             "if m in sys.modules]; assert not bad, bad")

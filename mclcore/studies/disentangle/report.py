@@ -19,7 +19,8 @@ import numpy as np
 
 from mclcore.studies.disentangle.kinds import fid_of, lpips_of
 
-__all__ = ["DATASETS", "NAMES", "PAPER_T1", "PAPER_T6", "ROWS", "load", "fmt", "table1", "table6", "tables", "main"]
+__all__ = ["DATASETS", "NAMES", "PAPER_T1", "PAPER_T6", "ROWS", "load", "fmt", "table1", "table6", "table_seconds",
+           "tables", "main"]
 
 DATASETS = ("cars3d", "shapes3d", "mpi3d")
 NAMES = {"cars3d": "Cars3D", "shapes3d": "Shapes3D", "mpi3d": "MPI3D"}
@@ -121,10 +122,23 @@ def table6(runs: dict) -> str:
     return "\n".join(lines) + (f"\n\n{note}." if note else "")
 
 
+def table_seconds(runs: dict) -> str:
+    """Wall time of each (model, dataset): ``seconds.total_call`` of the runs' ``metrics.json`` (training, metrics,
+    generation and figures of one ``mcl train`` call), mean ± std over the runs, in seconds."""
+    models = [(name, model) for _, name, model in ROWS if model is not None]
+    lines = ["| Method | " + " | ".join(NAMES[d] for d in DATASETS) + " |", "|" + "---|" * (1 + len(DATASETS))]
+    for name, model in models:
+        cells = [fmt([r["seconds"]["total_call"] for r in runs.get((model, d), [])
+                      if "total_call" in r.get("seconds", {})], 0) for d in DATASETS]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def tables(runs: dict) -> str:
-    """Both tables as one Markdown text."""
+    """Table 1, Table 6 and the wall times as one Markdown text."""
     return "### Table 1 (disentanglement)\n\n" + table1(runs) + "\n\n### Table 6 (generation quality)\n\n" + \
-        table6(runs) + "\n"
+        table6(runs) + "\n\n### Wall time per run (seconds, one `mcl train` call)\n\n" + table_seconds(runs) + "\n"
 
 
 def main(argv=None) -> int:
