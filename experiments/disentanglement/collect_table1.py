@@ -36,6 +36,16 @@ def downscale(src: str, dst: str) -> None:
     os.replace(tmp, dst)
 
 
+def copy_figures(run: str, dst: str) -> int:
+    """Every ``run/figures/*.png`` as a half-size JPEG in ``dst`` (created); the number written."""
+    pngs = sorted(glob.glob(os.path.join(run, "figures", "*.png")))
+    if pngs:
+        os.makedirs(dst, exist_ok=True)
+    for fig in pngs:
+        downscale(fig, os.path.join(dst, os.path.basename(fig)[:-4] + ".jpg"))
+    return len(pngs)
+
+
 def collect(root: str, to: str, preset: str = "cpu-smoke") -> list[str]:
     """Copy every finished ``preset`` run under ``root`` into ``to``; the run names copied."""
     names = []
@@ -46,11 +56,10 @@ def collect(root: str, to: str, preset: str = "cpu-smoke") -> list[str]:
                 continue
         name = os.path.basename(run)
         dst = os.path.join(to, name)
-        os.makedirs(os.path.join(dst, "figures"), exist_ok=True)
+        os.makedirs(dst, exist_ok=True)
         shutil.copyfile(path, os.path.join(dst, "metrics.json.tmp"))
         os.replace(os.path.join(dst, "metrics.json.tmp"), os.path.join(dst, "metrics.json"))
-        for fig in sorted(glob.glob(os.path.join(run, "figures", "*.png"))):
-            downscale(fig, os.path.join(dst, "figures", os.path.basename(fig)[:-4] + ".jpg"))
+        copy_figures(run, os.path.join(dst, "figures"))
         names.append(name)
     return names
 

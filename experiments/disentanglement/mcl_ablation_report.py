@@ -18,6 +18,8 @@ from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import summarize  # noqa: E402
 from mclcore.studies.disentangle.kinds import fid_of  # noqa: E402
 
+from collect_table1 import copy_figures  # noqa: E402  (next to this file: half-size JPEGs of a run's figures)
+
 METRICS = ("factorvae", "dci", "fid", "lpips_proxy", "recon_mse")
 
 
@@ -40,7 +42,7 @@ def _runs(folder: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("out", help="the folder mcl_ablation.sh wrote (default/ and lambda0/)")
-    p.add_argument("--results", required=True, help="where table.md and the runs' metrics.json go")
+    p.add_argument("--results", required=True, help="where table.md, the runs' metrics.json and their figures go")
     a = p.parse_args(argv)
     arms = {name: _runs(os.path.join(a.out, name)) for name in ("default", "lambda0")}
     seeds = sorted(set(arms["default"]) & set(arms["lambda0"]))
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
         for s in seeds:
             shutil.copyfile(os.path.join(runs[s][0], "metrics.json"),
                             os.path.join(a.results, f"{name}-seed{s}-metrics.json"))
+            copy_figures(runs[s][0], os.path.join(a.results, f"{name}-seed{s}-figures"))
     write_text_atomic(os.path.join(a.results, "table.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -16,7 +16,7 @@ These go to ``<run>/extra_metrics.json`` (a cached file that lacks ``mcc``/``lps
 kept as they are); FactorVAE and DCI are read from ``metrics.json``. Then per model the mean and 95%
 percentile-bootstrap interval over seeds (:func:`mclcore.metrics.stats.summarize`), and the paired differences
 against ``--baseline`` on the seeds both have. Copies each run's ``metrics.json`` (and
-``extra_metrics.json``) into ``--copy-to/<run>/``.
+``extra_metrics.json``) into ``--copy-to/<run>/``, its figures as half-size JPEGs into ``<run>/figures/``.
 
     python experiments/disentanglement/principles_table.py /tmp/img_principles --dataset mpi3d \
         --also vae_beta1=/tmp/img_vae1:compvae --copy-to experiments/disentanglement/results/principles \
@@ -133,6 +133,16 @@ def extra_metrics(run_dir: str, infomec_samples: int) -> dict:
     return out
 
 
+def _copy_figures(run: str, dst: str) -> int:
+    """The run's figures as half-size JPEGs (collect_table1.copy_figures, next to this file)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from collect_table1 import copy_figures
+
+    return copy_figures(run, dst)
+
+
 def fmt(v: float) -> str:
     return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
 
@@ -185,6 +195,7 @@ def main(argv=None) -> int:
                 os.makedirs(dst, exist_ok=True)
                 for f in ("metrics.json", "extra_metrics.json"):
                     shutil.copyfile(os.path.join(run, f), os.path.join(dst, f))
+                _copy_figures(run, os.path.join(dst, "figures"))
     lines = ["| model | n | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for model in labels:
         runs = rows.get(model, {})
