@@ -27,9 +27,9 @@ TRAINERS = {"mddiff": _DIS, "encdiff": _DIS, "betavae": _DIS, "factorvae": _DIS,
             "compvae": _DIS, "mmdvae": _DIS, "qlae": _DIS, "intervae": _DIS,      # image_principles.py
             "worldmodel": "mclcore.studies.worldmodel.cli:run"}
 DATASETS = ("shapes3d", "mpi3d", "cars3d", "tabletop")
-PRESETS = ("cpu-smoke", "cpu", "paper", "gpu")
+PRESETS = ("cpu-smoke", "cpu-long", "cpu", "paper", "gpu")
 # what each trainer accepts and its defaults (checked in run(); the parser takes the union)
-_DISENTANGLE = {"dataset": ("shapes3d", "mpi3d", "cars3d"), "preset": ("cpu-smoke", "paper"),
+_DISENTANGLE = {"dataset": ("shapes3d", "mpi3d", "cars3d"), "preset": ("cpu-smoke", "cpu-long", "paper"),
                 "defaults": {"dataset": "shapes3d", "out": "runs/disentanglement"}}
 TRAINER_OPTIONS = {
     "worldmodel": {"dataset": ("tabletop",), "preset": ("cpu-smoke", "cpu", "gpu"),
@@ -46,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "tabletop.make_lowdata_splits or one episode HDF5 file); default: procedural twin / generated "
                         "episodes")
     p.add_argument("--preset", choices=PRESETS, default="cpu-smoke",
-                   help="cpu-smoke: tiny networks, minutes on a CPU; paper (disentanglement models): full sizes "
+                   help="cpu-smoke: tiny networks, minutes on a CPU; cpu-long (disentanglement models): cpu-smoke's "
+                        "networks trained long enough to learn, <= 60 minutes per run on one core; paper "
+                        "(disentanglement models): full sizes "
                         "(App. D.4), for a GPU; cpu (worldmodel): cpu-smoke with the action-following fixes, "
                         "<= 30 minutes per variant on 2 cores; gpu (worldmodel): larger networks and data, for a GPU")
     p.add_argument("--variant", choices=("acg", "lacg"), default="acg",

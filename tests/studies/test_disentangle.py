@@ -305,3 +305,22 @@ def test_relative_mcl_weighting_resumes_equal_to_uninterrupted(tmp_path):
         validate(tiny("mddiff", extra=[*extra, "stages.lambda_recon=0"]))
     with pytest.raises(ValueError, match="mcl.create_graph"):               # no gradient on the decoder to weigh
         validate(tiny("mddiff", extra=[*extra, "mcl.create_graph=false"]))
+
+
+def test_cpu_long_preset_is_cpu_smoke_with_long_schedules(tmp_path, capsys):
+    from mclcore.cli import main
+
+    smoke, long = build_config("mddiff", "shapes3d", "cpu-smoke"), build_config("mddiff", "shapes3d", "cpu-long")
+    assert (long.first_stage.steps, long.stages.stage1_steps, long.stages.stage2_steps, long.vae.steps) == \
+        (1000, 7000, 500, 8000)
+    assert long.eval.sample_scale == 0.1 and long.stages.warmup1 == 200 and long.preset == "cpu-long"
+    # every network size, learning rate and the MCL section are cpu-smoke's
+    for section in ("diffusion", "mcl", "disdiff"):
+        assert to_dict(getattr(long, section)) == to_dict(getattr(smoke, section)), section
+    assert (long.first_stage.ch, long.stages.base_lr1, long.vae.hidden) == (smoke.first_stage.ch, 3e-5, 32)
+    assert build_config("encdiff", "cars3d", "cpu-long").data.pool == 2048
+    args = ["train", "betavae", "--dataset", "mpi3d", "--preset", "cpu-long", "--out", str(tmp_path), "--quiet",
+            "--no-eval", "--threads", "1", *sum((["--set", s] for s in TINY), [])]
+    assert main(args) == 0 and os.path.exists(tmp_path / "betavae-mpi3d-cpu-long-seed0" / "checkpoint.pt")
+    assert main(["train", "worldmodel", "--preset", "cpu-long", "--out", str(tmp_path / "wm"), "--quiet"]) == 2
+    assert "--preset" in capsys.readouterr().err

@@ -240,6 +240,23 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _deep_merge(base: dict, over: dict) -> dict:
+    return {**base, **{k: _deep_merge(base[k], v) if isinstance(v, dict) else v for k, v in over.items()}}
+
+
+# cpu-long: cpu-smoke's networks, trained until EncDiff's concept encoder starts to learn, <= 60 min per run on one
+# core (2-core VM, 2026-12-06): 1000/4000/600 steps on Shapes3D gave EncDiff FactorVAE 0.65, DCI 0.12 (cpu-smoke 0.44,
+# 0.04; on two twins its codes collapsed, results/table1). Per step (2 runs on 2 cores): first stage 0.21 s, stage 1
+# 0.27 s, stage 2 0.27 s EncDiff / 1.45 s MDDiff (MCL): MDDiff trains ~47 min. Eval at 5x cpu-smoke's sample counts.
+PRESETS["cpu-long"] = _deep_merge(PRESETS["cpu-smoke"], {
+    "log_every": 100, "ckpt_every": 500,
+    "first_stage": {"steps": 1000},
+    "stages": {"stage1_steps": 7000, "stage2_steps": 500, "warmup1": 200, "warmup2": 50},
+    "vae": {"steps": 8000},
+    "eval": {"sample_scale": 0.1},
+})
+
+
 def _check_choices(model: str, dataset: str, preset: str) -> None:
     if model not in MODELS:
         raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
@@ -250,8 +267,8 @@ def _check_choices(model: str, dataset: str, preset: str) -> None:
 
 
 def build_config(model: str, dataset: str, preset: str, seed: int = 0, data_path: str | None = None) -> RunConfig:
-    """The ``paper`` (full sizes, GPU) or ``cpu-smoke`` (tiny networks, minutes on 2 cores) configuration of one
-    run: ``PRESETS[preset]`` merged onto the defaults, then the per-dataset and per-model rules."""
+    """The ``paper`` (GPU), ``cpu-smoke`` (minutes on 2 cores) or ``cpu-long`` (<= 60 min per run on one core)
+    configuration of one run: ``PRESETS[preset]`` merged onto the defaults, then per-dataset and per-model rules."""
     _check_choices(model, dataset, preset)
     cfg = RunConfig(model=model, preset=preset, seed=seed, data=DataConfig(dataset, data_path))
     cfg = merge(cfg, PRESETS[preset], where=f"PRESETS[{preset!r}]")
