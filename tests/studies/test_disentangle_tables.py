@@ -75,3 +75,36 @@ def test_every_committed_run_of_the_other_image_tables_has_its_figures():
     for figs in runs:
         assert {"fig6_swap.jpg", "fig8_traversals.jpg"} <= set(os.listdir(figs)), figs
         assert all(os.path.getsize(os.path.join(figs, f)) < 200_000 for f in os.listdir(figs)), figs
+
+
+def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_results(tmp_path):
+    """cpu_long_report.py on a fake grid (metrics.json only): per-arm cells with n, differences on the seeds both
+    arms finished, the unfinished runs named, MCL diagnostics; --from-results on the copied folder gives the same
+    table."""
+    import json
+
+    base = json.load(open(os.path.join(RESULTS, "mddiff-shapes3d-cpu-smoke-seed0", "metrics.json")))
+    fv = {"encdiff": (0.6, 0.7, 0.8), "betavae": (0.5, 0.5, None), "mddiff": (0.7, 0.8, 0.9),
+          "mddiff_l0": (0.6, 0.8, 0.8)}
+    for arm, vals in fv.items():
+        folder, model = ("lambda0", "mddiff") if arm == "mddiff_l0" else ("main", arm)
+        for seed, v in enumerate(vals):
+            if v is None:
+                continue
+            run = tmp_path / "runs" / folder / f"{model}-shapes3d-cpu-long-seed{seed}"
+            os.makedirs(run)
+            m = dict(base, model=model, preset="cpu-long", seed=seed, factorvae=v, mcl_weight=1e-3)
+            json.dump(m, open(run / "metrics.json", "w"))
+    script = os.path.join(EXP, "cpu_long_report.py")
+    res = tmp_path / "res"
+    out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| encdiff | 3 | 0.700 [" in out and "| betavae | 2 | 0.500 [0.500, 0.500]" in out
+    assert "| encdiff − betavae | 0,1 | +0.150 [+0.100, +0.200]" in out
+    assert "| mddiff − mddiff_l0 | 0,1,2 | +0.067 [+0.000, +0.100]" in out
+    assert "Not finished: betavae seed 2." in out and "| 0 | 0.001 |" in out
+    again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
+                           check=True).stdout
+    assert again == out == open(res / "table.md").read() + "\n"
+    bad = subprocess.run([sys.executable, script, str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("root: no such folder")

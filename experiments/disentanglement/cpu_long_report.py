@@ -1,0 +1,147 @@
+"""Report the pre-registered cpu-long grid (cpu_long.sh, issue #22 item 1): every run, per arm the mean [95%
+bootstrap interval] over seeds, and the paired per-seed differences the grid was registered for:
+
+* EncDiff - beta-VAE (does EncDiff's concept encoder learn? target: FactorVAE >= beta-VAE's),
+* MDDiff - EncDiff and MDDiff - MDDiff(lambda_MCL = 0),
+
+plus MDDiff's MCL diagnostics (last measurement, per seed). Arms: ``encdiff``, ``betavae``, ``mddiff`` from
+``OUT/main``, ``mddiff_l0`` from ``OUT/lambda0``. A difference uses the seeds both arms finished (n says how many);
+an arm with unfinished seeds is reported with the ones it has, and the table lists what is missing.
+
+    python experiments/disentanglement/cpu_long_report.py /tmp/cpulong/runs --results experiments/disentanglement/results/cpu_long
+    python experiments/disentanglement/cpu_long_report.py experiments/disentanglement/results/cpu_long --from-results
+
+The first form copies each finished run's ``metrics.json`` (and ``mcl_diagnostics.json``) and its figures as
+half-size JPEGs into ``RESULTS/<arm>/<run>/`` and writes ``RESULTS/table.md``; ``--from-results`` rebuilds the table
+from such a folder alone (what the test does).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from collect_table1 import copy_figures  # noqa: E402  (next to this file)
+from mclcore._io import write_text_atomic  # noqa: E402
+from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
+from mclcore.studies.disentangle.kinds import fid_of, lpips_of  # noqa: E402
+
+SEEDS = (0, 1, 2)
+ARMS = (("encdiff", "main", "encdiff"), ("betavae", "main", "betavae"), ("mddiff", "main", "mddiff"),
+        ("mddiff_l0", "lambda0", "mddiff"))                                   # (arm, folder, model)
+PAIRS = (("encdiff", "betavae"), ("mddiff", "encdiff"), ("mddiff", "mddiff_l0"))
+METRICS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("dci_completeness", "DCI comp."),
+           ("factorvae_active_dims", "active dims"), ("recon_mse", "recon MSE"), ("fid", "FID"), ("lpips", "LPIPS"))
+DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
+
+
+def _value(m: dict, key: str):
+    if key == "fid":
+        return fid_of(m)[0]
+    if key == "lpips":
+        return lpips_of(m)[0]
+    v = m.get(key)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def load(root: str) -> dict:
+    """{arm: {seed: (run folder, metrics)}} of the finished cpu-long runs under ``root/{main,lambda0}``."""
+    arms: dict = {a: {} for a, _, _ in ARMS}
+    for arm, folder, model in ARMS:
+        for path in sorted(glob.glob(os.path.join(root, folder, f"{model}-shapes3d-cpu-long-seed*", "metrics.json"))):
+            with open(path) as f:
+                m = json.load(f)
+            arms[arm][m["seed"]] = (os.path.dirname(path), m)
+    return arms
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3f}"
+
+
+def table(arms: dict) -> str:
+    lines = ["cpu-long preset, Shapes3D twin, pre-registered grid experiments/disentanglement/cpu_long.sh, seeds "
+             f"{list(SEEDS)}. Mean [95% bootstrap interval] over the finished seeds (n); differences paired by seed.",
+             "", "| arm | n | " + " | ".join(lab for _, lab in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for arm, _, _ in ARMS:
+        runs = arms[arm]
+        cells = []
+        for key, _ in METRICS:
+            vals = [v for s in sorted(runs) if (v := _value(runs[s][1], key)) is not None]
+            st = summarize(vals) if vals else None
+            cells.append("–" if st is None else _fmt(st["mean"]) if st["n"] == 1 else
+                         f"{_fmt(st['mean'])} [{_fmt(st['lo'])}, {_fmt(st['hi'])}]")
+        lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "| difference | seeds | " + " | ".join(lab for _, lab in METRICS) + " |",
+              "|---|---|" + "---|" * len(METRICS)]
+    for a, b in PAIRS:
+        seeds = sorted(set(arms[a]) & set(arms[b]))
+        cells = []
+        for key, _ in METRICS:
+            d = [x - y for s in seeds if (x := _value(arms[a][s][1], key)) is not None
+                 and (y := _value(arms[b][s][1], key)) is not None]
+            if len(d) < 2:
+                cells.append(f"{d[0]:+.3f} (n=1)" if d else "–")
+                continue
+            lo, hi = bootstrap_ci(np.asarray(d))
+            cells.append(f"{np.mean(d):+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"| {a} − {b} | {','.join(map(str, seeds)) or '–'} | " + " | ".join(cells) + " |")
+    missing = [f"{arm} seed {s}" for arm, _, _ in ARMS for s in SEEDS if s not in arms[arm]]
+    kinds = sorted({f"FID {fid_of(m)[1]}, LPIPS {lpips_of(m)[1]}" for runs in arms.values() for _, m in runs.values()})
+    lines += ["", "Kinds of the FID / LPIPS columns: " + "; ".join(kinds) + " (stand-in: a network trained on the "
+              "twin's labels, not comparable with Inception FID).",
+              "", "Not finished: " + (", ".join(missing) if missing else "none") + ".", "",
+              "MDDiff's MCL diagnostics (last measurement, per seed):", "",
+              "| seed | " + " | ".join(DIAG) + " |", "|---|" + "---|" * len(DIAG)]
+    for s in sorted(arms["mddiff"]):
+        m = arms["mddiff"][s][1]
+        lines.append(f"| {s} | " + " | ".join(f"{m[k]:.3g}" if isinstance(m.get(k), (int, float)) else "–"
+                                             for k in DIAG) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("root", help="cpu_long.sh's OUT folder (main/, lambda0/), or a --results folder with --from-results")
+    p.add_argument("--results", default=None, help="copy the finished runs here and write table.md")
+    p.add_argument("--from-results", action="store_true", help="ROOT is a --results folder: rebuild its table")
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.root):
+        print(f"root: no such folder {a.root!r}", file=sys.stderr)
+        return 2
+    if a.from_results:
+        arms = {arm: {} for arm, _, _ in ARMS}
+        for arm, _, _ in ARMS:
+            for path in sorted(glob.glob(os.path.join(a.root, arm, "*", "metrics.json"))):
+                with open(path) as f:
+                    m = json.load(f)
+                arms[arm][m["seed"]] = (os.path.dirname(path), m)
+    else:
+        arms = load(a.root)
+    if not any(arms.values()):
+        print(f"root: no finished cpu-long run under {a.root!r}", file=sys.stderr)
+        return 2
+    text = table(arms)
+    if a.results and not a.from_results:
+        for arm, runs in arms.items():
+            for s, (run, _) in runs.items():
+                dst = os.path.join(a.results, arm, os.path.basename(run))
+                os.makedirs(dst, exist_ok=True)
+                for f in ("metrics.json", "mcl_diagnostics.json"):
+                    if os.path.exists(os.path.join(run, f)):
+                        shutil.copyfile(os.path.join(run, f), os.path.join(dst, f))
+                copy_figures(run, os.path.join(dst, "figures"))
+        write_text_atomic(os.path.join(a.results, "table.md"), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
