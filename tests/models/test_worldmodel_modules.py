@@ -402,6 +402,11 @@ def test_supervised_ceiling_reads_an_action_that_the_frames_show():
     res = supervised_ceiling(small_model("lacg", mcl=False), eps(24), eps(6), steps=150, batch=32)
     assert res["r2_per_dim"][0] > 0.8 and res["r2_per_dim"][1] < 0.3, res["r2_per_dim"]
     assert res["same_embodiment"]["n_train"] == 24 * 6 and res["steps"] == 150
+    # several evaluation sets: one training, each set's numbers equal a call of its own (same seed, same training)
+    model, train, evs = small_model("lacg", mcl=False), eps(8), {"a": eps(3), "b": eps(4)}
+    both = supervised_ceiling(model, train, evs, steps=20, batch=16)
+    for name, ev in evs.items():
+        assert both[name] == supervised_ceiling(model, train, ev, steps=20, batch=16), name
     with pytest.raises(ValueError, match="LACG"):
         supervised_ceiling(small_model("acg", mcl=False), eps(2), eps(2), steps=2)
     with pytest.raises(ValueError, match="steps"):

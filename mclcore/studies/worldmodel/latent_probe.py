@@ -150,7 +150,9 @@ def supervised_ceiling(model, train_episodes, eval_episodes, *, steps: int = 300
     difference, which can show the gripper's state, not only its change; None: the model's). The LACG latent is learnt without the action, so it can at best reach this number;
     the gap between the two says how much the objective, not the architecture or the frames, leaves out.
     Returns :func:`ridge_probe`'s dict plus ``r2_displacement``, ``same_embodiment`` (as in
-    :func:`latent_action_probe`), ``train_mse`` (the last 100 steps' mean) and ``steps``.
+    :func:`latent_action_probe`), ``train_mse`` (the last 100 steps' mean) and ``steps``. ``eval_episodes`` may be
+    a dict ``{name: episodes}``: one IDM is trained and probed on each, and the result is ``{name: that dict}``
+    (the same numbers as one call per set, at the cost of one training).
     """
     from mclcore.models.worldmodel.modules import InverseDynamics
     from mclcore.studies.worldmodel.data import encode_episodes
@@ -164,9 +166,9 @@ def supervised_ceiling(model, train_episodes, eval_episodes, *, steps: int = 300
     idm_args = dict(latent_channels=old.latent_channels, action_dim=old.action_dim,
                     ch=old.net[0].out_channels, hidden=old.head[0].out_features, norm=old.mu_norm is not None,
                     inputs=old.inputs if inputs is None else inputs)
+    sets = eval_episodes if isinstance(eval_episodes, dict) else {None: eval_episodes}
     with torch.no_grad():
         lat_tr = encode_episodes(model, train_episodes, device)                  # (N, T+1, C, 16, 16)
-        lat_ev = encode_episodes(model, eval_episodes, device)
     v_t, v_n = lat_tr[:, :-1].flatten(0, 1), lat_tr[:, 1:].flatten(0, 1)         # (N T, C, 16, 16)
     y = torch.as_tensor(train_episodes.actions.reshape(-1, train_episodes.actions.shape[-1]),
                         dtype=torch.float32, device=device)                       # (N T, 4)
@@ -188,10 +190,12 @@ def supervised_ceiling(model, train_episodes, eval_episodes, *, steps: int = 300
         opt.step()
         losses.append(float(loss.detach()))
     idm.eval()
-    x_tr, x_ev = _idm_means(idm, lat_tr), _idm_means(idm, lat_ev)
+    x_tr = _idm_means(idm, lat_tr)
     y_tr = train_episodes.actions.reshape(-1, train_episodes.actions.shape[-1])
-    y_ev = eval_episodes.actions.reshape(-1, eval_episodes.actions.shape[-1])
-    res = _probes(x_tr, y_tr, x_ev, y_ev, train_episodes, eval_episodes, alpha)
-    res["train_mse"] = float(np.mean(losses[-100:]))
-    res["steps"] = steps
-    return res
+    out = {}
+    for name, ev in sets.items():
+        with torch.no_grad():
+            x_ev = _idm_means(idm, encode_episodes(model, ev, device))
+        res = _probes(x_tr, y_tr, x_ev, ev.actions.reshape(-1, ev.actions.shape[-1]), train_episodes, ev, alpha)
+        out[name] = {**res, "train_mse": float(np.mean(losses[-100:])), "steps": steps}
+    return out if isinstance(eval_episodes, dict) else out[None]
