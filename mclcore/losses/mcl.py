@@ -409,7 +409,21 @@ GATHER_NEEDS_GROUP = ("mcl.gather: needs an initialised torch.distributed proces
                       "which the studies start with mclcore.distributed.init); set mcl.gather=false for one process")
 
 
-@torch.compiler.disable  # collectives and a host read of the batch sizes: eager, between compiled graphs
+def _check_sizes(sizes: list, B: int, capturing: bool) -> None:
+    """Every rank's local batch size (``sizes``: one (1,) int64 tensor per rank) must be B. Eager: read on the host
+    and a ValueError naming each rank's size. While a CUDA graph is being captured no host read is allowed, so the
+    check is a device-side assertion (``torch._assert_async``: the replay fails, without the sizes in the message)."""
+    if capturing:
+        torch._assert_async(torch.cat(sizes).eq(B).all())
+        return
+    got = [int(t) for t in sizes]
+    if any(b != B for b in got):
+        raise ValueError("mcl.gather: every rank needs the same local batch size (the keys of rank r are rows "
+                         "r B .. r B + B - 1 of the gathered batch), got " +
+                         ", ".join(f"rank {r}: {b}" for r, b in enumerate(got)))
+
+
+@torch.compiler.disable  # collectives and (outside CUDA-graph capture) a host read of the batch sizes: eager
 def _gather_keys(k: torch.Tensor, groups: torch.Tensor | None, key_rows: torch.Tensor | None):
     """``gather=True``: (the keys of every rank, (N, d) = (world B, d), in rank order, differentiable: the backward
     of ``torch.distributed.nn.functional.all_gather`` sums each rank's key gradients back to the rank that made
@@ -418,7 +432,8 @@ def _gather_keys(k: torch.Tensor, groups: torch.Tensor | None, key_rows: torch.T
     ``groups`` (this rank's explicit ids) are gathered as they are, so they must mean the same on every rank;
     ``key_rows`` (the flattened key inputs, multi-positive without explicit ids) are gathered and numbered
     together, so equal key rows on different ranks share an id. Every rank must hold the same local batch size B:
-    one all-gather of B checks it and raises on every rank, naming each rank's size. In a world of 1 (as
+    one all-gather of B checks it and raises on every rank, naming each rank's size (:func:`_check_sizes`; during
+    CUDA-graph capture a device-side assertion instead of the host read). In a world of 1 (as
     :func:`mclcore.distributed.context` reports it) no collective runs and this is the local batch, offset 0."""
     import torch.distributed as dist
     import torch.distributed.nn.functional as dist_nn
@@ -430,12 +445,8 @@ def _gather_keys(k: torch.Tensor, groups: torch.Tensor | None, key_rows: torch.T
         return k, (condition_groups(key_rows) if key_rows is not None else groups), 0
     B = k.shape[0]
     sizes = [torch.zeros(1, dtype=torch.int64, device=k.device) for _ in range(ctx.world_size)]
-    dist.all_gather(sizes, torch.tensor([B], dtype=torch.int64, device=k.device))
-    sizes = [int(t) for t in sizes]
-    if any(b != B for b in sizes):
-        raise ValueError("mcl.gather: every rank needs the same local batch size (the keys of rank r are rows "
-                         "r B .. r B + B - 1 of the gathered batch), got " +
-                         ", ".join(f"rank {r}: {b}" for r, b in enumerate(sizes)))
+    dist.all_gather(sizes, torch.full((1,), B, dtype=torch.int64, device=k.device))     # a fill, no H2D copy
+    _check_sizes(sizes, B, capturing=k.is_cuda and torch.cuda.is_current_stream_capturing())
 
     def cat_plain(t: torch.Tensor) -> torch.Tensor:  # no gradient needed (ids, key inputs)
         t = t.to(torch.uint8) if t.dtype == torch.bool else t  # (gloo gathers no bool tensors)

@@ -186,6 +186,20 @@ def test_world_of_one_equals_no_gather(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_size_check_reads_the_host_only_outside_graph_capture():
+    """Eager: a ValueError naming each rank's size. During CUDA-graph capture no host read is allowed: the check is
+    torch._assert_async on the gathered sizes (on a CPU tensor it raises at once, which this test relies on)."""
+    from mclcore.losses.mcl import _check_sizes
+
+    ok, bad = [torch.tensor([4]), torch.tensor([4])], [torch.tensor([4]), torch.tensor([3])]
+    _check_sizes(ok, 4, capturing=False)
+    _check_sizes(ok, 4, capturing=True)
+    with pytest.raises(ValueError, match="rank 0: 4, rank 1: 3"):
+        _check_sizes(bad, 4, capturing=False)
+    with pytest.raises(RuntimeError):
+        _check_sizes(bad, 4, capturing=True)
+
+
 def test_gather_without_a_process_group_is_a_clear_error():
     assert not dist.is_initialized()
     step = Step(MCLConfig(critic_hidden=(16, 16), proj_dim=8, gather=True), seed=0)
