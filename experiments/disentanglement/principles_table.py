@@ -100,6 +100,7 @@ def extra_metrics(run_dir: str, infomec_samples: int) -> dict:
     out = json.load(open(path)) if os.path.exists(path) else None
     if out is not None and all(k in out for k in ("comp_contrast_norm", "mcc", "lps")):
         return out
+    from mclcore._io import write_json_atomic
     from mclcore.metrics import evaluate as eval_metrics, infomec
     from mclcore.studies.disentangle import run as study
     from mclcore.studies.disentangle.evaluate import representation
@@ -119,17 +120,16 @@ def extra_metrics(run_dir: str, infomec_samples: int) -> dict:
                "infomec_m": im["infomec.m"], "infomec_e": im["infomec.e"], "infomec_c": im["infomec.c"],
                "infomec_active": im["infomec.active"], "infomec_samples": infomec_samples,
                "mig_sap_sample_scale": cfg.eval.sample_scale}
-    if "comp_contrast_norm" not in out:
-        codes8 = np.asarray(rep(dataset.observations_at(idx[:8])), dtype=np.float64)
-        out.update(decoder_contrast(model, cfg, codes8))
     if "mcc" not in out or "lps" not in out:
         if out.get("infomec_samples", infomec_samples) != infomec_samples:
             raise ValueError(f"{path}: cached InfoMEC used {out['infomec_samples']} points, not {infomec_samples}")
         if codes is None:
             codes = np.asarray(rep(dataset.observations_at(idx)), dtype=np.float64)
         out.update(code_metrics(np.asarray(factors, dtype=np.float64), codes, cfg.seed))
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
+    if "comp_contrast_norm" not in out:
+        codes8 = np.asarray(rep(dataset.observations_at(idx[:8])), dtype=np.float64)
+        out.update(decoder_contrast(model, cfg, codes8))
+    write_json_atomic(out, path, indent=1, sort_keys=False)
     return out
 
 
