@@ -51,11 +51,14 @@ def _value(m: dict, key: str):
     return float(v) if isinstance(v, (int, float)) else None
 
 
-def load(root: str) -> dict:
-    """{arm: {seed: (run folder, metrics)}} of the finished cpu-long runs under ``root/{main,lambda0}``."""
+def load(root: str, from_results: bool = False) -> dict:
+    """{arm: {seed: (run folder, metrics)}} of the finished cpu-long runs under ``root``: cpu_long.sh's
+    ``{main,lambda0}/<run>`` folders, or with ``from_results`` a ``--results`` folder's ``<arm>/<run>``."""
     arms: dict = {a: {} for a, _, _ in ARMS}
     for arm, folder, model in ARMS:
-        for path in sorted(glob.glob(os.path.join(root, folder, f"{model}-shapes3d-cpu-long-seed*", "metrics.json"))):
+        pattern = (os.path.join(root, arm, "*") if from_results else
+                   os.path.join(root, folder, f"{model}-shapes3d-cpu-long-seed*"))
+        for path in sorted(glob.glob(os.path.join(pattern, "metrics.json"))):
             with open(path) as f:
                 m = json.load(f)
             arms[arm][m["seed"]] = (os.path.dirname(path), m)
@@ -116,15 +119,7 @@ def main(argv=None) -> int:
     if not os.path.isdir(a.root):
         print(f"root: no such folder {a.root!r}", file=sys.stderr)
         return 2
-    if a.from_results:
-        arms = {arm: {} for arm, _, _ in ARMS}
-        for arm, _, _ in ARMS:
-            for path in sorted(glob.glob(os.path.join(a.root, arm, "*", "metrics.json"))):
-                with open(path) as f:
-                    m = json.load(f)
-                arms[arm][m["seed"]] = (os.path.dirname(path), m)
-    else:
-        arms = load(a.root)
+    arms = load(a.root, a.from_results)
     if not any(arms.values()):
         print(f"root: no finished cpu-long run under {a.root!r}", file=sys.stderr)
         return 2
