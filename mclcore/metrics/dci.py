@@ -159,8 +159,10 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, mode
                    return_importance: bool = False) -> dict:
     """DCI from precomputed codes (N, K) and integer factor classes (N, F); see the module doc.
 
-    Returns {"dci.disentanglement", "dci.completeness", "dci.informativeness_train", "dci.informativeness_test"}
-    (plus "dci.importance_matrix" (K, F) numpy when ``return_importance``).
+    Returns {"dci.disentanglement", "dci.completeness", "dci.informativeness_train", "dci.informativeness_test",
+    "dci.informativeness_test_per_factor"} (the last a list of F test scores, in factor order: which factors the code
+    holds at all, the reading beside a low disentanglement) plus "dci.importance_matrix" (K, F) numpy when
+    ``return_importance``.
     """
     ctr = check_codes(codes_train, name="codes_train")
     cte = check_codes(codes_test, name="codes_test")
@@ -174,7 +176,8 @@ def dci_from_codes(codes_train, factors_train, codes_test, factors_test, *, mode
     r, train_s, test_s = importance_matrix(ctr, ftr, cte, fte, model=model, seed=seed, lasso_alpha=lasso_alpha,
                                            threads=threads)
     out = {"dci.disentanglement": disentanglement(r), "dci.completeness": completeness(r),
-           "dci.informativeness_train": float(train_s.mean()), "dci.informativeness_test": float(test_s.mean())}
+           "dci.informativeness_train": float(train_s.mean()), "dci.informativeness_test": float(test_s.mean()),
+           "dci.informativeness_test_per_factor": [float(v) for v in test_s]}
     if return_importance:
         out["dci.importance_matrix"] = r
     return out

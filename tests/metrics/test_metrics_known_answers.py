@@ -110,6 +110,11 @@ def test_dci_known_answers():
     mixed = dci(DS2, small_rep(lambda f: np.c_[f[:, 0] / 2 + f[:, 1] / 3, f[:, 1], f[:, 2]]), 0, **SMALL)
     assert mixed["dci.disentanglement"] < perfect["dci.disentanglement"] - 0.1
     assert mixed["dci.informativeness_test"] > 0.99                   # still informative, just entangled
+    # per factor: a code that drops factor 1 holds factors 0 and 2 only (the mean is the per-factor mean)
+    dropped = dci(DS2, small_rep(lambda f: np.c_[f[:, 0], f[:, 2]]), 0, **SMALL)
+    per = dropped["dci.informativeness_test_per_factor"]
+    assert len(per) == 3 and per[0] > 0.99 and per[2] > 0.99 and per[1] < 0.8
+    assert np.mean(per) == pytest.approx(dropped["dci.informativeness_test"], abs=1e-12)
 
 
 def test_dci_random_codes():

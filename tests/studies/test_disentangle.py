@@ -126,6 +126,10 @@ def test_evaluate_writes_metrics_and_figures(tmp_path, monkeypatch):
     assert res["lpips_kind"] == "standin" and "fid" not in res and "lpips" not in res
     saved = json.load(open(tmp_path / "run" / "metrics.json"))
     assert saved["dci"] == res["dci"]
+    # per-factor informativeness, keyed by the varying factors' names; its mean is the informativeness
+    per = saved["dci_informativeness_per_factor"]
+    assert list(per) == list(study.load_dataset(cfg).factor_names) and all(0 <= v <= 1 for v in per.values())
+    assert np.mean(list(per.values())) == pytest.approx(saved["dci_informativeness"], abs=1e-12)
     for name in ("swap", "traversal", "attention"):
         assert os.path.getsize(res["figures"][name]) > 1000
     assert len(scales) > 1 and len(set(scales)) == 1 and scales[0][1] is not None   # one colour scale for all maps

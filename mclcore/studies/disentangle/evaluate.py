@@ -74,6 +74,9 @@ def evaluate(model, cfg: RunConfig, out_dir: str, *, cache_dir: str | None = Non
     res.update({"factorvae": scores["factorvae.eval_accuracy"], "dci": scores["dci.disentanglement"],
                 "dci_completeness": scores["dci.completeness"],
                 "dci_informativeness": scores["dci.informativeness_test"],
+                # {factor: test accuracy} of the varying factors: which factors the code holds at all
+                "dci_informativeness_per_factor": dict(zip((dataset.factor_names[i] for i in dataset.varying_factors),
+                                                           scores["dci.informativeness_test_per_factor"])),
                 "factorvae_active_dims": scores["factorvae.num_active_dims"],
                 "sample_scale": e.sample_scale})
     res["seconds"]["metrics"] = time.perf_counter() - t0
