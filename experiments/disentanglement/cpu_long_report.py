@@ -4,7 +4,9 @@ bootstrap interval] over seeds, and the paired per-seed differences the grid was
 * EncDiff - beta-VAE (does EncDiff's concept encoder learn? target: FactorVAE >= beta-VAE's),
 * MDDiff - EncDiff and MDDiff - MDDiff(lambda_MCL = 0),
 
-plus MDDiff's MCL diagnostics (last measurement, per seed). Arms: ``encdiff``, ``betavae``, ``mddiff`` from
+plus the per-factor DCI informativeness (which factors each arm's code holds; runs evaluated before it was recorded
+lack it: re-evaluate them with ``mcl train ... --eval-only``, which keeps the training call's seconds) and MDDiff's
+MCL diagnostics (last measurement, per seed). Arms: ``encdiff``, ``betavae``, ``mddiff`` from
 ``OUT/main``, ``mddiff_l0`` from ``OUT/lambda0``. A difference uses the seeds both arms finished (n says how many);
 an arm with unfinished seeds is reported with the ones it has, and the table lists what is missing.
 
@@ -38,7 +40,9 @@ ARMS = (("encdiff", "main", "encdiff"), ("betavae", "main", "betavae"), ("mddiff
         ("mddiff_l0", "lambda0", "mddiff"))                                   # (arm, folder, model)
 PAIRS = (("encdiff", "betavae"), ("mddiff", "encdiff"), ("mddiff", "mddiff_l0"))
 METRICS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("dci_completeness", "DCI comp."),
-           ("factorvae_active_dims", "active dims"), ("recon_mse", "recon MSE"), ("fid", "FID"), ("lpips", "LPIPS"))
+           ("dci_informativeness", "DCI inf."), ("factorvae_active_dims", "active dims"), ("recon_mse", "recon MSE"),
+           ("fid", "FID"), ("lpips", "LPIPS"), ("minutes", "wall min"))
+PER_FACTOR = "dci_informativeness_per_factor"
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
 
 
@@ -47,6 +51,10 @@ def _value(m: dict, key: str):
         return fid_of(m)[0]
     if key == "lpips":
         return lpips_of(m)[0]
+    if key == "minutes":    # the call that trained the run (an --eval-only call keeps it under training_run)
+        sec = m.get("seconds", {})
+        sec = sec.get("training_run", sec)
+        return sec["total_call"] / 60 if "total_call" in sec else None
     v = m.get(key)
     return float(v) if isinstance(v, (int, float)) else None
 
@@ -96,6 +104,17 @@ def table(arms: dict) -> str:
             lo, hi = bootstrap_ci(np.asarray(d))
             cells.append(f"{np.mean(d):+.3f} [{lo:+.3f}, {hi:+.3f}]")
         lines.append(f"| {a} − {b} | {','.join(map(str, seeds)) or '–'} | " + " | ".join(cells) + " |")
+    factors = [f for runs in arms.values() for _, m in runs.values() for f in m.get(PER_FACTOR, {})]
+    factors = list(dict.fromkeys(factors))
+    if factors:
+        lines += ["", "Per-factor DCI informativeness (test accuracy of the factor's classifier on the code), mean "
+                  "over the seeds whose metrics.json has it (n):", "",
+                  "| arm | n | " + " | ".join(factors) + " |", "|---|---|" + "---|" * len(factors)]
+        for arm, _, _ in ARMS:
+            per = [m[PER_FACTOR] for _, m in arms[arm].values() if PER_FACTOR in m]
+            if per:
+                lines.append(f"| {arm} | {len(per)} | " + " | ".join(
+                    f"{np.mean([p[f] for p in per if f in p]):.3f}" for f in factors) + " |")
     missing = [f"{arm} seed {s}" for arm, _, _ in ARMS for s in SEEDS if s not in arms[arm]]
     kinds = sorted({f"FID {fid_of(m)[1]}, LPIPS {lpips_of(m)[1]}" for runs in arms.values() for _, m in runs.values()})
     lines += ["", "Kinds of the FID / LPIPS columns: " + "; ".join(kinds) + " (stand-in: a network trained on the "

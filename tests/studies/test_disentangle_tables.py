@@ -7,6 +7,9 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 EXP = os.path.join(ROOT, "experiments", "disentanglement")
 RESULTS = os.path.join(EXP, "results", "table1")
@@ -94,6 +97,12 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
             run = tmp_path / "runs" / folder / f"{model}-shapes3d-cpu-long-seed{seed}"
             os.makedirs(run)
             m = dict(base, model=model, preset="cpu-long", seed=seed, factorvae=v, mcl_weight=1e-3)
+            if arm == "encdiff":   # per-factor informativeness on two seeds; an --eval-only timing on one
+                m.pop("dci_informativeness_per_factor", None)
+                if seed < 2:
+                    m["dci_informativeness_per_factor"] = {"floor_hue": 0.5 + seed / 10, "shape": 0.25}
+                if seed == 1:
+                    m["seconds"] = {"total_call": 60.0, "training_run": {"total_call": 1800.0}}
             json.dump(m, open(run / "metrics.json", "w"))
     script = os.path.join(EXP, "cpu_long_report.py")
     res = tmp_path / "res"
@@ -103,6 +112,10 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert "| encdiff − betavae | 0,1 | +0.150 [+0.100, +0.200]" in out
     assert "| mddiff − mddiff_l0 | 0,1,2 | +0.067 [+0.000, +0.100]" in out
     assert "Not finished: betavae seed 2." in out and "| 0 | 0.001 |" in out
+    assert "| arm | n | floor_hue | shape |" in out and "| encdiff | 2 | 0.550 | 0.250 |" in out
+    minutes = [float(c.split()[0]) for c in out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1]][-1]
+    others = [base["seconds"]["total_call"] / 60] * 2
+    assert minutes == pytest.approx(np.mean(others + [30.0]), abs=1e-3)      # training_run's 1800 s, not 60 s
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"
