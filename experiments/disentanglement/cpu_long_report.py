@@ -41,7 +41,7 @@ ARMS = (("encdiff", "main", "encdiff"), ("betavae", "main", "betavae"), ("mddiff
 PAIRS = (("encdiff", "betavae"), ("mddiff", "encdiff"), ("mddiff", "mddiff_l0"))
 METRICS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("dci_completeness", "DCI comp."),
            ("dci_informativeness", "DCI inf."), ("factorvae_active_dims", "active dims"), ("recon_mse", "recon MSE"),
-           ("fid", "FID"), ("lpips", "LPIPS"), ("minutes", "wall min"))
+           ("fid", "FID"), ("lpips", "LPIPS"), ("minutes", "train min"))
 PER_FACTOR = "dci_informativeness_per_factor"
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
 
@@ -51,10 +51,14 @@ def _value(m: dict, key: str):
         return fid_of(m)[0]
     if key == "lpips":
         return lpips_of(m)[0]
-    if key == "minutes":    # the call that trained the run (an --eval-only call keeps it under training_run)
+    if key == "minutes":
+        # training seconds summed over every call (resumes included) where the checkpoint recorded them; else the
+        # training call's (an --eval-only call keeps it under training_run), which misses earlier calls of a resume
         sec = m.get("seconds", {})
+        if "train_all_calls" in sec:
+            return sec["train_all_calls"] / 60
         sec = sec.get("training_run", sec)
-        return sec["total_call"] / 60 if "total_call" in sec else None
+        return sec["train_call"] / 60 if "train_call" in sec else None
     v = m.get(key)
     return float(v) if isinstance(v, (int, float)) else None
 

@@ -198,6 +198,7 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
     """
     from tqdm import tqdm
 
+    call_t0 = time.perf_counter()
     seed = cfg.seed if seed is None else seed
     log_every = cfg.log_every if log_every is None else log_every
     ckpt_every = cfg.ckpt_every if ckpt_every is None else ckpt_every
@@ -250,6 +251,10 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
         os.makedirs(out_dir, exist_ok=True)
     done: list[str] = []
     cur_phase, cur_step, opt_states = None, 0, None
+    # Wall seconds of the calls that made the checkpointed state, summed over resumes (steps lost to a kill after
+    # the last checkpoint are not counted; they are counted when redone): what one uninterrupted run would take.
+    # None: the checkpoint predates this record, so the sum is unknown.
+    seconds_before = 0.0 if state is None else state.get("train_seconds")
     if state is not None:
         model.load_state_dict(state["model"])
         done, cur_phase, cur_step, opt_states = state["done"], state["phase"], state["step"], state["optim"]
@@ -304,6 +309,8 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
                 ckpt = {
                     "config": to_dict(cfg), "model": model.state_dict(), "done": list(done), "phase": phase,
                     "step": step, "extra": extra,
+                    "train_seconds": None if seconds_before is None else
+                    seconds_before + time.perf_counter() - call_t0,
                     "optim": {"opt": [o.state_dict() for o in opts], "sched": [s.state_dict() for s in scheds]},
                 }
                 if world.distributed:                 # what a resume with another world size reports
@@ -572,11 +579,14 @@ def _user_error(args, out: str, err: Exception) -> int:
 
 def _evaluate_run(args, model, cfg, out: str, t0: float, train_s: float, eval_config, evaluate, summary) -> None:
     """Evaluate the trained run in ``out`` (its checkpoint's config, ``eval_config``-adjusted), print the summary
-    line, then write ``metrics.json`` (with the seconds of this call; ``--eval-only`` keeps the training call's)."""
+    line, then write ``metrics.json`` (with the seconds of this call; ``--eval-only`` keeps the training call's;
+    ``train_all_calls``: the training seconds summed over every call that made the checkpoint, when it records
+    them)."""
     import json
 
     saved = type(cfg)
-    cfg = eval_config(from_dict(saved, load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]))
+    ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    cfg = eval_config(from_dict(saved, ckpt["config"]))
     previous = None
     metrics_path = os.path.join(out, "metrics.json")
     if args.eval_only and os.path.exists(metrics_path):
@@ -589,5 +599,7 @@ def _evaluate_run(args, model, cfg, out: str, t0: float, train_s: float, eval_co
     res["seconds"]["total_call"] = time.perf_counter() - t0
     if previous is not None:        # keep the timing of the call that trained the run
         res["seconds"]["training_run"] = previous
+    if ckpt.get("train_seconds") is not None:   # training summed over every call, resumes included (see train)
+        res["seconds"]["train_all_calls"] = ckpt["train_seconds"]
     print(summary(out, res), flush=True)
     write_json_atomic(res, metrics_path, indent=1, sort_keys=False)

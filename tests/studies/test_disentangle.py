@@ -179,6 +179,8 @@ def test_cli_registers_train_with_model_choices(tmp_path):
                "--threads", "1", *tiny_set])
     metrics = json.load(open(tmp_path / "betavae-mpi3d-cpu-smoke-seed0" / "metrics.json"))
     assert rc == 0 and 0 <= metrics["factorvae"] <= 1 and metrics["seconds"]["total_call"] > 0
+    # the training seconds of the call that trained it (kept in the checkpoint), not this evaluation call's
+    assert 0 < metrics["seconds"]["train_all_calls"] != metrics["seconds"]["train_call"]
     # a finished, evaluated run is skipped by a plain call
     assert main(["train", "betavae", "--dataset", "mpi3d", "--out", str(tmp_path), "--quiet", *tiny_set]) == 0
 

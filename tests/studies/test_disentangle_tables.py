@@ -101,8 +101,11 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
                 m.pop("dci_informativeness_per_factor", None)
                 if seed < 2:
                     m["dci_informativeness_per_factor"] = {"floor_hue": 0.5 + seed / 10, "shape": 0.25}
-                if seed == 1:
-                    m["seconds"] = {"total_call": 60.0, "training_run": {"total_call": 1800.0}}
+                if seed == 1:       # an --eval-only call: the training call's seconds are under training_run
+                    m["seconds"] = {"train_call": 0.5, "total_call": 60.0,
+                                    "training_run": {"train_call": 1800.0, "total_call": 1900.0}}
+                if seed == 2:       # a resumed run: training summed over its calls
+                    m["seconds"] = dict(m["seconds"], train_all_calls=2400.0)
             json.dump(m, open(run / "metrics.json", "w"))
     script = os.path.join(EXP, "cpu_long_report.py")
     res = tmp_path / "res"
@@ -114,8 +117,8 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert "Not finished: betavae seed 2." in out and "| 0 | 0.001 |" in out
     assert "| arm | n | floor_hue | shape |" in out and "| encdiff | 2 | 0.550 | 0.250 |" in out
     minutes = [float(c.split()[0]) for c in out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1]][-1]
-    others = [base["seconds"]["total_call"] / 60] * 2
-    assert minutes == pytest.approx(np.mean(others + [30.0]), abs=1e-3)      # training_run's 1800 s, not 60 s
+    # seed 0 its train_call, seed 1 training_run's 1800 s (not the evaluation call's), seed 2 all calls' 2400 s
+    assert minutes == pytest.approx(np.mean([base["seconds"]["train_call"] / 60, 30.0, 40.0]), abs=1e-3)
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"

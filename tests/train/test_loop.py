@@ -126,3 +126,34 @@ def test_resolve_device_names_a_bad_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             loop.resolve_device("cuda")
+
+
+def test_train_seconds_sum_over_resumes_and_stay_unknown_for_old_checkpoints(tmp_path, monkeypatch):
+    """The checkpoint's train_seconds is the wall time of the calls that made its state, summed over resumes (a
+    fake clock that advances 10 s per step); a checkpoint without the record (older runs) keeps it unknown."""
+    clock = {"t": 100.0}
+    monkeypatch.setattr(loop, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock["t"])}))
+
+    class Ticking(Toy):
+        def train_step(self, model, cfg, phase, step, data, ctx):
+            clock["t"] += 10.0
+            return super().train_step(model, cfg, phase, step, data, ctx)
+
+    def seconds(out):
+        return loop.load_checkpoint(os.path.join(out, "checkpoint.pt"))["train_seconds"]
+
+    one = str(tmp_path / "one")
+    loop.train(Ticking(), ToyConfig(), one, progress=False, log=False)
+    split = str(tmp_path / "split")
+    loop.train(Ticking(), ToyConfig(), split, stop_after=4, progress=False, log=False)
+    assert seconds(split) == 40.0
+    clock["t"] += 1000.0                                 # time between the calls is not training
+    loop.train(Ticking(), ToyConfig(), split, progress=False, log=False)
+    assert seconds(one) == seconds(split) == 90.0
+    old = str(tmp_path / "old")
+    loop.train(Ticking(), ToyConfig(), old, stop_after=4, progress=False, log=False)
+    state = loop.load_checkpoint(os.path.join(old, "checkpoint.pt"))
+    del state["train_seconds"]
+    loop.save_checkpoint(os.path.join(old, "checkpoint.pt"), state)
+    loop.train(Ticking(), ToyConfig(), old, progress=False, log=False)
+    assert seconds(old) is None
