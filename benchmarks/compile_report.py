@@ -7,9 +7,10 @@
 What is compiled: exactly the launches the production launchers make. Each launcher of :mod:`mclcore.ops.triton`
 (infonce, infonce_backward, infonce_with_grad, critic_grad, critic_grad_backward, mech_derivs, comp_contrast,
 comp_contrast_backward) is called on CPU tensors with ``JITFunction.run`` replaced by a recorder, so the tile sizes,
-``num_warps``, ``num_stages`` (the launchers pass none: Triton's default 3), the tl.dot operand dtype and precision
-and the type and alignment of every argument are whatever the launcher picks from its tile table (``_TILES`` /
-``_tiles`` / ``_FWD_D_CHUNK`` / ``dot_dtype`` / ``dot_precision`` in infonce.py, ``_BLOCK`` in critic_grad.py,
+``num_warps``, ``num_stages`` (Triton's default 3 where the launcher passes none; infonce's split _dk_kernel takes
+2 for 16-bit operands, ``_DK_STAGES``), the tl.dot operand dtype and precision and the type and alignment of every
+argument are whatever the launcher picks from its tile table (``_TILES`` / ``_tiles`` / ``_DK_STAGES`` /
+``_FWD_D_CHUNK`` / ``dot_dtype`` / ``dot_precision`` in infonce.py, ``_BLOCK`` in critic_grad.py,
 ``block=128`` in mech_derivs.py, ``block=64`` in comp_contrast.py) at that moment: nothing of the table is copied
 here, so the report follows the kernels as they change. The recorder zero-fills the floating tensors of each launch
 instead of running it (so that a host-side check of the results, such as infonce's opt-in finiteness check, passes

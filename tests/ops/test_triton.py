@@ -559,7 +559,8 @@ CHECKS = {
                                                     transform=_zero_rows),
     "infonce-tau-0.01": lambda: _check_infonce(33, 5, torch.float32, 4, 5, tau=0.01),
     "infonce-default-tiles": lambda: _check_infonce(33, 5, torch.float32, 3, 6, tiles={}),
-    # The GPU tile table (64 x 32 for float32) over several row and column tiles with ragged edges.
+    # The GPU tile table (float32: 64 x 64 forward, 32 x 64 split backward) over several row and column tiles with
+    # ragged edges.
     "infonce-default-tiles-B130": lambda: _check_infonce(130, 40, torch.float32, 4, 7, tiles={}),
     "infonce-matches-cpu-op": _check_infonce_matches_cpu_op,
     # The error rule with no floor: at most 2x the error of the float16 PyTorch reference (measured 2026-12-06 under

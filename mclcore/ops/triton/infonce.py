@@ -48,7 +48,7 @@ Flash-attention layout, no B x B tensor anywhere (memory O(B d)):
    the production tile table, 2026-12; benchmarks/results/compile.csv): at 16-bit (64, 64, 8 warps) it compiles
    with no spills on sm_90 (214 registers diagonal / 198 groups, 96.5-98 KiB shared memory, wgmma for all three
    products, 1 block per SM) and sm_80 (255 registers, no spills, mma.sync), against the split kernels' 120-167
-   registers and 64-66 KiB (2 blocks per SM in diagonal mode, 1 in groups mode); float64 at (16, 16, 4 warps): 157-207
+   registers and 48-65 KiB (2 blocks per SM in diagonal mode, 1 in groups mode); float64 at (16, 16, 4 warps): 157-207
    registers, no spills, 64 KiB, 2-3 blocks per SM; float32 under TF32 at (64, 32, 8 warps): 168-255 registers, no
    spills. It saves one of five products (20% of the forward + backward FLOPs) and one exp per element of the
    backward. Split stays the default for float32 products on the FMA units ("ieee", PyTorch's default) and for
@@ -527,23 +527,53 @@ def _check_inputs(p, k, groups, tau, eps, offset):
 # compiles without spills on sm_90 (wgmma for its three products) and sm_80, (64, 128, 8) spills on sm_80, 4 warps
 # spill; float32 (64, 32, 8) is for TF32 products (no spills), the IEEE path runs the split design (see
 # backward_design); float64 (16, 16, 4) no spills.
+# sm_80 too (one table for both targets; benchmarks/compile_report.py at B = 4096, d = 128, sm_80 with ptxas 12.9
+# and sm_90 with ptxas 13.4 from Triton's wheel, 2026-12-06, 2-core AMD EPYC VM; registers, spill B stores + loads
+# per thread, diagonal / multi-positive mode). Both sm_80 spills were ptxas capping the diagonal-mode kernel at 128
+# registers (2 blocks of 8 warps per SM) and spilling the rest; neither spilled on sm_90.
+# * float32 "bwd" was (64, 32, 8): sm_80 dq 128 registers + 12+12 B (diagonal) / 254 (multi-positive). num_stages
+#   1, 2, 4 instead of Triton's 3: dq still 16+16, 16+16, 12+12 B; maxnreg=255: sm_80 dq 146 / 254, no spill, but
+#   sm_90 then 255 + 20+20 B / 255 + 40+44 B; (64, 64, 8) and (128, 32, 8) spill 0.3-1.2 KB on sm_90 and 13-16 KB
+#   of stores on sm_80 (where ptxas then reports 32 registers), (64, 32, 4 warps) 16 KB on sm_80; (64, 16, 8) and
+#   (32, 32, 8) compile clean on both but halve the tile. Now (32, 64, 8), the mirror of (64, 32): no spills on
+#   either target (sm_90: dq 74 / 80, dk 116 / 114, 2 blocks per SM, where dq in multi-positive mode had 148 and 1;
+#   sm_80: dq 112 / 128, dk 223 / 182, 1 block per SM, as the old dk and the old multi-positive dq; the old
+#   diagonal dq fitted 2 with its spill; shared memory dq 88-89 KiB, dk 72-73, were 72-72.5 and 88.5-90). Same tile
+#   area, and the same total operand traffic: dq re-reads k B / BLOCK_M times, dk re-reads q N / BLOCK_N times,
+#   B N d (1 / BLOCK_M + 1 / BLOCK_N) in all either way round; the two grids swap sizes (dq 128 programs and dk 64
+#   at B = N = 4096, were 64 and 128). Not timed.
+# * 16-bit "bwd" (64, 64, 8): the split _dk_kernel spilled 8+8 B on sm_80 (128 registers, num_stages 3; 4 stages
+#   8+8 B too); _DK_STAGES below launches it with 2 stages: sm_80 128 / 170 registers, no spill (1 stage: 128 / 149),
+#   40-41 KiB shared memory (was 56.5-58); sm_90 124 / 132 registers (was 121 / 137), 48-49 KiB (was 64.5-66), same
+#   blocks per SM (2 / 1). The costs: one tile of q in flight ahead of the products instead of two, on both targets,
+#   and on sm_80 multi-positive mode 1 block per SM instead of 2 (170 registers, was 128), which only matters past
+#   108 x 64 = 6912 keys (fewer programs than an A100's 108 SMs below). Not timed; the split design runs for 16-bit
+#   inputs only under MCLCORE_TRITON_INFONCE_BWD=split or deterministic algorithms. maxnreg=255 also removed the
+#   spill (sm_80 182 / 196 registers), at 1 block per SM in both modes.
 _TILES = {
     "16bit": {"fwd": (128, 64, 8), "bwd": (64, 64, 8), "fused": (64, 64, 8)},
-    "float32": {"fwd": (64, 64, 8), "bwd": (64, 32, 8), "fused": (64, 32, 8)},
+    "float32": {"fwd": (64, 64, 8), "bwd": (32, 64, 8), "fused": (64, 32, 8)},
     "float64": {"fwd": (32, 32, 4), "bwd": (16, 16, 4), "fused": (16, 16, 4)},
 }
+# num_stages of the split backward's _dk_kernel per operand family (absent: none passed, Triton's default 3): see
+# the 16-bit "bwd" note above.
+_DK_STAGES = {"16bit": 2}
 # Rows per program of _dq_finish_kernel (the fused backward's O(B d) epilogue).
 _FINISH_ROWS = 16
 # Features per tile product in _forward_kernel (None: all of BLOCK_D at once).
 _FWD_D_CHUNK = {"16bit": None, "float32": 32, "float64": None}
 
 
+def _family(operand_dtype: torch.dtype) -> str:
+    """The key of the tile tables for tl.dot operands of ``operand_dtype``: "16bit", "float32" or "float64"."""
+    return "16bit" if operand_dtype in (torch.float16, torch.bfloat16) else str(operand_dtype).split(".")[-1]
+
+
 def _tiles(d: int, operand_dtype: torch.dtype, kind: str, block_m=None, block_n=None):
     """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps) of kernel ``kind``; wider rows (BLOCK_D > 128) shrink the row tiles in
     proportion (never below 16, the smallest tl.dot on a GPU). block_m / block_n override (tests, tuning)."""
     block_d = max(16, triton.next_power_of_2(d))
-    family = "16bit" if operand_dtype in (torch.float16, torch.bfloat16) else str(operand_dtype).split(".")[-1]
-    bm, bn, warps = _TILES[family][kind]
+    bm, bn, warps = _TILES[_family(operand_dtype)][kind]
     shrink = max(1, block_d // 128)
     if shrink > 1:
         bm, bn, warps = max(16, bm // shrink), max(16, bn // shrink), 4
@@ -551,8 +581,7 @@ def _tiles(d: int, operand_dtype: torch.dtype, kind: str, block_m=None, block_n=
 
 
 def _fwd_d_chunk(operand_dtype: torch.dtype, block_d: int) -> int:
-    family = "16bit" if operand_dtype in (torch.float16, torch.bfloat16) else str(operand_dtype).split(".")[-1]
-    chunk = _FWD_D_CHUNK[family]
+    chunk = _FWD_D_CHUNK[_family(operand_dtype)]
     return block_d if chunk is None else min(chunk, block_d)
 
 
@@ -630,8 +659,10 @@ def _gradients(prep, p, k, groups, offset, lse_all, lse_pos, grad, block_m, bloc
     _dq_kernel[(triton.cdiv(B, bm),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.inv_tau, prep.eps,
                                       prep.inv_b, p, p.stride(0), p.stride(1), prep.pnorm, dp, B, N, offset, d,
                                       **common)
+    stages = _DK_STAGES.get(_family(prep.dot_dtype))
     _dk_kernel[(triton.cdiv(N, bn),)](prep.qs, prep.kn, g, lse_all, lse_pos, grad, prep.eps, prep.inv_b, k,
-                                      k.stride(0), k.stride(1), prep.knorm, dk, B, N, offset, d, **common)
+                                      k.stride(0), k.stride(1), prep.knorm, dk, B, N, offset, d, **common,
+                                      **({} if stages is None else dict(num_stages=stages)))
     return dp, dk
 
 
