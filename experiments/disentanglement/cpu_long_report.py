@@ -5,8 +5,9 @@ bootstrap interval] over seeds, and the paired per-seed differences the grid was
 * MDDiff - EncDiff and MDDiff - MDDiff(lambda_MCL = 0),
 
 plus the per-factor DCI informativeness (which factors each arm's code holds; runs evaluated before it was recorded
-lack it: re-evaluate them with ``mcl train ... --eval-only``, which keeps the training call's seconds) and MDDiff's
-MCL diagnostics (last measurement, per seed). Arms: ``encdiff``, ``betavae``, ``mddiff`` from
+lack it: re-evaluate them with ``mcl train ... --eval-only``, which keeps the training call's seconds), beside it the
+first-stage ceiling of the diffusion runs where first_stage_probe.py wrote one, and MDDiff's MCL diagnostics (last
+measurement, per seed). Arms: ``encdiff``, ``betavae``, ``mddiff`` from
 ``OUT/main``, ``mddiff_l0`` from ``OUT/lambda0``. A difference uses the seeds both arms finished (n says how many);
 an arm with unfinished seeds is reported with the ones it has, and the table lists what is missing.
 
@@ -43,6 +44,7 @@ METRICS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("dci_completeness",
            ("dci_informativeness", "DCI inf."), ("factorvae_active_dims", "active dims"), ("recon_mse", "recon MSE"),
            ("fid", "FID"), ("lpips", "LPIPS"), ("minutes", "train min"))
 PER_FACTOR = "dci_informativeness_per_factor"
+PROBE_FILE = "first_stage_probe.json"       # first_stage_probe.py's, where it was run
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
 
 
@@ -75,6 +77,14 @@ def load(root: str, from_results: bool = False) -> dict:
                 m = json.load(f)
             arms[arm][m["seed"]] = (os.path.dirname(path), m)
     return arms
+
+
+def _first_stage_probe(run: str) -> dict | None:
+    path = os.path.join(run, PROBE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _fmt(v: float) -> str:
@@ -114,11 +124,23 @@ def table(arms: dict) -> str:
         lines += ["", "Per-factor DCI informativeness (test accuracy of the factor's classifier on the code), mean "
                   "over the seeds whose metrics.json has it (n):", "",
                   "| arm | n | " + " | ".join(factors) + " |", "|---|---|" + "---|" * len(factors)]
+        probes = {}
         for arm, _, _ in ARMS:
             per = [m[PER_FACTOR] for _, m in arms[arm].values() if PER_FACTOR in m]
             if per:
                 lines.append(f"| {arm} | {len(per)} | " + " | ".join(
                     f"{np.mean([p[f] for p in per if f in p]):.3f}" for f in factors) + " |")
+            probes[arm] = [pr for run, _ in arms[arm].values() if (pr := _first_stage_probe(run))]
+        for arm, prs in probes.items():
+            if prs:
+                lines.append(f"| {arm}: first-stage latent, linear probe | {len(prs)} | " + " | ".join(
+                    f"{np.mean([p['probe'][f] for p in prs if f in p['probe']]):.3f}" for f in factors) + " |")
+        if any(probes.values()):
+            lines += ["", "The first-stage rows are the ceiling beside the concept code (first_stage_probe.py): what "
+                      "the latent the diffusion model denoises carries, read by a linear probe (a weaker reader than "
+                      "DCI's trees on the code). First-stage reconstruction MSE: " + "; ".join(
+                          f"{arm} {np.mean([p['recon_mse'] for p in prs]):.4f}" for arm, prs in probes.items() if prs)
+                      + "."]
     missing = [f"{arm} seed {s}" for arm, _, _ in ARMS for s in SEEDS if s not in arms[arm]]
     kinds = sorted({f"FID {fid_of(m)[1]}, LPIPS {lpips_of(m)[1]}" for runs in arms.values() for _, m in runs.values()})
     lines += ["", "Kinds of the FID / LPIPS columns: " + "; ".join(kinds) + " (stand-in: a network trained on the "
@@ -152,7 +174,7 @@ def main(argv=None) -> int:
             for s, (run, _) in runs.items():
                 dst = os.path.join(a.results, arm, os.path.basename(run))
                 os.makedirs(dst, exist_ok=True)
-                for f in ("metrics.json", "mcl_diagnostics.json"):
+                for f in ("metrics.json", "mcl_diagnostics.json", PROBE_FILE):
                     if os.path.exists(os.path.join(run, f)):
                         shutil.copyfile(os.path.join(run, f), os.path.join(dst, f))
                 copy_figures(run, os.path.join(dst, "figures"))

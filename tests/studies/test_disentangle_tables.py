@@ -107,6 +107,9 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
                 if seed == 2:       # a resumed run: training summed over its calls
                     m["seconds"] = dict(m["seconds"], train_all_calls=2400.0)
             json.dump(m, open(run / "metrics.json", "w"))
+            if arm == "encdiff" and seed == 0:
+                json.dump({"recon_mse": 0.01, "probe": {"floor_hue": 1.0, "shape": 0.7}},
+                          open(run / "first_stage_probe.json", "w"))
     script = os.path.join(EXP, "cpu_long_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
@@ -116,6 +119,10 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert "| mddiff − mddiff_l0 | 0,1,2 | +0.067 [+0.000, +0.100]" in out
     assert "Not finished: betavae seed 2." in out and "| 0 | 0.001 |" in out
     assert "| arm | n | floor_hue | shape |" in out and "| encdiff | 2 | 0.550 | 0.250 |" in out
+    # the first-stage ceiling beside the code, where first_stage_probe.py wrote one (copied with --results)
+    assert "| encdiff: first-stage latent, linear probe | 1 | 1.000 | 0.700 |" in out
+    assert "First-stage reconstruction MSE: encdiff 0.0100." in out
+    assert os.path.exists(res / "encdiff" / "encdiff-shapes3d-cpu-long-seed0" / "first_stage_probe.json")
     minutes = [float(c.split()[0]) for c in out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1]][-1]
     # seed 0 its train_call, seed 1 training_run's 1800 s (not the evaluation call's), seed 2 all calls' 2400 s
     assert minutes == pytest.approx(np.mean([base["seconds"]["train_call"] / 60, 30.0, 40.0]), abs=1e-3)
@@ -124,3 +131,28 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert again == out == open(res / "table.md").read() + "\n"
     bad = subprocess.run([sys.executable, script, str(tmp_path / "none")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("root: no such folder")
+
+
+def test_first_stage_probe_reads_a_diffusion_runs_latent_and_refuses_other_runs(tmp_path):
+    """first_stage_probe.py on a tiny EncDiff run whose first stage finished: reconstruction MSE and one linear-probe
+    accuracy per Shapes3D factor, written to the run folder; a VAE run or a missing folder is one line, exit 2."""
+    import json
+
+    from tests.studies.test_disentangle import TINY
+
+    sets = sum((["--set", s] for s in TINY), [])
+    for model in ("encdiff", "betavae"):
+        subprocess.run([sys.executable, "-m", "mclcore", "train", model, "--dataset", "shapes3d", "--out",
+                        str(tmp_path), "--quiet", "--no-eval", "--threads", "1", *sets], check=True, cwd=ROOT)
+    script = os.path.join(EXP, "first_stage_probe.py")
+    run = tmp_path / "encdiff-shapes3d-cpu-smoke-seed0"
+    done = subprocess.run([sys.executable, script, str(run)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    res = json.load(open(run / "first_stage_probe.json"))
+    assert list(res["probe"]) == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
+    assert all(0 <= v <= 1 for v in res["probe"].values()) and 0 < res["recon_mse"] < 1
+    assert res["latent_dims"] == 3 * 16 * 16
+    for bad, why in ((tmp_path / "betavae-shapes3d-cpu-smoke-seed0", "only encdiff and mddiff have a first stage"),
+                     (tmp_path / "nothing", "no checkpoint.pt")):
+        r = subprocess.run([sys.executable, script, str(bad)], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,0 +1,102 @@
+"""What the first stage of a trained EncDiff / MDDiff run keeps: the ceiling beside its concept code (issue #22).
+
+The diffusion model of EncDiff and MDDiff denoises the first stage's pre-quantisation latent (3 x 16 x 16 = 768
+numbers per 64 x 64 image), and its concept code is learnt only through that denoising loss: a factor the latent
+does not carry cannot be asked of the code. This measures, on fixed draws of the run's twin (the same images for
+every run of a dataset):
+
+* ``recon_mse``: the first stage's reconstruction MSE on [0, 1] (512 images; a VAE run's ``recon_mse`` in its
+  metrics.json is the same quantity for its posterior mean);
+* ``probe``: per varying factor, the test accuracy of a linear probe (multinomial logistic regression on
+  standardised features) of the flattened latent (1000 train / 500 test images). A linear probe is the weaker
+  reader: the latent holds at least this much. The code's own per-factor numbers (``dci_informativeness_per_factor``
+  in metrics.json) come from DCI's gradient-boosted trees on the 20-dimensional code, so the two are a ceiling and
+  a reading, not a matched pair.
+
+    python experiments/disentanglement/first_stage_probe.py RUN [RUN ...]
+
+writes ``RUN/first_stage_probe.json`` (atomically) for each run folder and prints it; cpu_long_report.py puts it
+beside the code's per-factor informativeness.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+FILE = "first_stage_probe.json"
+N_RECON, N_TRAIN, N_TEST = 512, 1000, 500
+SEED = 123          # the draws: the same images for every run of a dataset
+
+
+def probe(run: str) -> dict:
+    """The measurements of the module doc for the run folder ``run`` (its checkpoint.pt)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from mclcore._io import load_checkpoint
+    from mclcore.data import to_float_nchw
+    from mclcore.studies.disentangle import run as study
+    from mclcore.studies.disentangle.config import RunConfig
+    from mclcore.train.config import from_dict
+
+    path = os.path.join(run, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"run: no checkpoint.pt in {run!r}")
+    ck = load_checkpoint(path)
+    cfg = from_dict(RunConfig, ck["config"])
+    if cfg.model not in ("encdiff", "mddiff"):
+        raise ValueError(f"run: {run!r} is a {cfg.model} run; only encdiff and mddiff have a first stage")
+    if "first_stage" not in ck["done"]:
+        raise ValueError(f"run: the first stage of {run!r} has not finished (phases done: {ck['done']})")
+    model = study.build_model(cfg)
+    model.load_state_dict(ck["model"])
+    fs = model.first_stage.eval()
+    ds = study.load_dataset(cfg)
+    idx = ds.sample_index(N_RECON + N_TRAIN + N_TEST, np.random.default_rng(SEED))
+    x = to_float_nchw(ds.observations_at(idx))                                      # (N, 3, 64, 64) in [0, 1]
+    factors = ds.index_to_factors(idx)                                              # (N, F)
+    with torch.no_grad():
+        # MDDiff's decoder reads u tokens; the plain reconstruction is its u = None path, as in its first stage
+        rec = torch.cat([fs.to_image(fs(x[i:i + 128])[0].float()) for i in range(0, N_RECON, 128)])
+        lat = torch.cat([fs.encode(x[i:i + 256]).flatten(1) for i in range(0, len(x), 256)]).numpy()  # (N, 768)
+    tr, te = slice(N_RECON, N_RECON + N_TRAIN), slice(N_RECON + N_TRAIN, None)
+    sc = StandardScaler().fit(lat[tr])
+    acc = {}
+    for j in ds.varying_factors:
+        clf = LogisticRegression(max_iter=2000).fit(sc.transform(lat[tr]), factors[tr, j])
+        acc[ds.factor_names[j]] = float(clf.score(sc.transform(lat[te]), factors[te, j]))
+    return {"model": cfg.model, "dataset": cfg.data.dataset, "seed": cfg.seed,
+            "recon_mse": float((rec - x[:N_RECON]).pow(2).mean()), "latent_dims": int(lat.shape[1]), "probe": acc,
+            "samples": {"recon": N_RECON, "train": N_TRAIN, "test": N_TEST, "seed": SEED}}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="EncDiff / MDDiff run folders (with checkpoint.pt)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    a = p.parse_args(argv)
+    import torch
+
+    from mclcore._io import write_json_atomic
+
+    torch.set_num_threads(max(1, a.threads))
+    for run in a.runs:
+        try:
+            res = probe(run)
+        except ValueError as err:
+            print(f"first_stage_probe: {err}", file=sys.stderr)
+            return 2
+        write_json_atomic(res, os.path.join(run, FILE), indent=1, sort_keys=False)
+        print(run, json.dumps(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
