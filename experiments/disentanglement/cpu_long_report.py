@@ -21,17 +21,16 @@ from such a folder alone (what the test does).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from collect_table1 import copy_figures  # noqa: E402  (next to this file)
+from _runs import copy_files, diagnostics_table, runs_by_seed  # noqa: E402  (next to this file)
+from collect_table1 import copy_figures  # noqa: E402
 from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
 from mclcore.studies.disentangle.kinds import fid_of, lpips_of  # noqa: E402
@@ -45,7 +44,6 @@ METRICS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("dci_completeness",
            ("fid", "FID"), ("lpips", "LPIPS"), ("minutes", "train min"))
 PER_FACTOR = "dci_informativeness_per_factor"
 PROBE_FILE = "first_stage_probe.json"       # first_stage_probe.py's, where it was run
-DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
 
 
 def _value(m: dict, key: str):
@@ -68,15 +66,9 @@ def _value(m: dict, key: str):
 def load(root: str, from_results: bool = False) -> dict:
     """{arm: {seed: (run folder, metrics)}} of the finished cpu-long runs under ``root``: cpu_long.sh's
     ``{main,lambda0}/<run>`` folders, or with ``from_results`` a ``--results`` folder's ``<arm>/<run>``."""
-    arms: dict = {a: {} for a, _, _ in ARMS}
-    for arm, folder, model in ARMS:
-        pattern = (os.path.join(root, arm, "*") if from_results else
-                   os.path.join(root, folder, f"{model}-shapes3d-cpu-long-seed*"))
-        for path in sorted(glob.glob(os.path.join(pattern, "metrics.json"))):
-            with open(path) as f:
-                m = json.load(f)
-            arms[arm][m["seed"]] = (os.path.dirname(path), m)
-    return arms
+    return {arm: runs_by_seed(os.path.join(root, arm, "*") if from_results else
+                              os.path.join(root, folder, f"{model}-shapes3d-cpu-long-seed*"))
+            for arm, folder, model in ARMS}
 
 
 def _first_stage_probe(run: str) -> dict | None:
@@ -147,11 +139,7 @@ def table(arms: dict) -> str:
               "twin's labels, not comparable with Inception FID).",
               "", "Not finished: " + (", ".join(missing) if missing else "none") + ".", "",
               "MDDiff's MCL diagnostics (last measurement, per seed):", "",
-              "| seed | " + " | ".join(DIAG) + " |", "|---|" + "---|" * len(DIAG)]
-    for s in sorted(arms["mddiff"]):
-        m = arms["mddiff"][s][1]
-        lines.append(f"| {s} | " + " | ".join(f"{m[k]:.3g}" if isinstance(m.get(k), (int, float)) else "–"
-                                             for k in DIAG) + " |")
+              *diagnostics_table(arms["mddiff"], sorted(arms["mddiff"]))]
     return "\n".join(lines) + "\n"
 
 
@@ -173,10 +161,7 @@ def main(argv=None) -> int:
         for arm, runs in arms.items():
             for s, (run, _) in runs.items():
                 dst = os.path.join(a.results, arm, os.path.basename(run))
-                os.makedirs(dst, exist_ok=True)
-                for f in ("metrics.json", "mcl_diagnostics.json", PROBE_FILE):
-                    if os.path.exists(os.path.join(run, f)):
-                        shutil.copyfile(os.path.join(run, f), os.path.join(dst, f))
+                copy_files(run, dst, ("metrics.json", "mcl_diagnostics.json", PROBE_FILE))
                 copy_figures(run, os.path.join(dst, "figures"))
         write_text_atomic(os.path.join(a.results, "table.md"), text)
     print(text)

@@ -6,10 +6,7 @@ default - (lambda_MCL = 0) with 95% bootstrap intervals (n = seeds), plus the MC
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -18,7 +15,8 @@ from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import summarize  # noqa: E402
 from mclcore.studies.disentangle.kinds import fid_of  # noqa: E402
 
-from collect_table1 import copy_figures  # noqa: E402  (next to this file: half-size JPEGs of a run's figures)
+from _runs import copy_files, diagnostics_table, runs_by_seed  # noqa: E402  (next to this file)
+from collect_table1 import copy_figures  # noqa: E402  (half-size JPEGs of a run's figures)
 
 METRICS = ("factorvae", "dci", "fid", "lpips_proxy", "recon_mse")
 
@@ -27,16 +25,6 @@ def _metric(m: dict, k: str) -> float:
     """metrics.json value of ``k``; FID through kinds.fid_of (stand-in runs write ``fid_standin``, real ones
     ``fid``), so both old and new result files are read."""
     return fid_of(m)[0] if k == "fid" else m[k]
-DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
-
-
-def _runs(folder: str) -> dict:
-    out = {}
-    for path in sorted(glob.glob(os.path.join(folder, "mddiff-*-seed*", "metrics.json"))):
-        with open(path) as f:
-            m = json.load(f)
-        out[m["seed"]] = (os.path.dirname(path), m)
-    return out
 
 
 def main(argv=None) -> int:
@@ -44,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("out", help="the folder mcl_ablation.sh wrote (default/ and lambda0/)")
     p.add_argument("--results", required=True, help="where table.md, the runs' metrics.json and their figures go")
     a = p.parse_args(argv)
-    arms = {name: _runs(os.path.join(a.out, name)) for name in ("default", "lambda0")}
+    arms = {name: runs_by_seed(os.path.join(a.out, name, "mddiff-*-seed*")) for name in ("default", "lambda0")}
     seeds = sorted(set(arms["default"]) & set(arms["lambda0"]))
     if not seeds:
         print(f"mcl_ablation_report: no paired finished runs under {a.out}", file=sys.stderr)
@@ -66,15 +54,10 @@ def main(argv=None) -> int:
         lines.append(f"| {label} | {', '.join(f'{v:.4g}' for v in d)} | {', '.join(f'{v:.4g}' for v in z)} | "
                      f"{st['mean']:+.4g} [{st['lo']:+.4g}, {st['hi']:+.4g}] |")
     lines += ["", "MCL diagnostics of the default arm (last measurement, per seed):", "",
-              "| seed | " + " | ".join(DIAG) + " |", "|---|" + "---|" * len(DIAG)]
-    for s in seeds:
-        m = arms["default"][s][1]
-        lines.append(f"| {s} | " + " | ".join(f"{m[k]:.3g}" if isinstance(m.get(k), (int, float)) else "–"
-                                             for k in DIAG) + " |")
+              *diagnostics_table(arms["default"], seeds)]
     for name, runs in arms.items():
         for s in seeds:
-            shutil.copyfile(os.path.join(runs[s][0], "metrics.json"),
-                            os.path.join(a.results, f"{name}-seed{s}-metrics.json"))
+            copy_files(runs[s][0], a.results, ("metrics.json",), lambda f, name=name, s=s: f"{name}-seed{s}-{f}")
             copy_figures(runs[s][0], os.path.join(a.results, f"{name}-seed{s}-figures"))
     write_text_atomic(os.path.join(a.results, "table.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

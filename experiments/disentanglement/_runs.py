@@ -1,0 +1,39 @@
+"""What the image-study report scripts share: finished runs by seed, the MCL diagnostics table of MDDiff runs, and
+copying a run's small files (used by mcl_ablation_report.py and cpu_long_report.py)."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+# The last MCL measurement of training that an MDDiff run's metrics.json carries (mcl_diagnostics.json has them all).
+DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
+
+
+def runs_by_seed(pattern: str) -> dict:
+    """{seed: (run folder, metrics)} of the finished runs (a ``metrics.json``) among the folders ``pattern`` globs."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(pattern, "metrics.json"))):
+        with open(path) as f:
+            m = json.load(f)
+        out[m["seed"]] = (os.path.dirname(path), m)
+    return out
+
+
+def diagnostics_table(runs: dict, seeds) -> list[str]:
+    """Markdown lines: one row per seed of ``runs`` ({seed: (folder, metrics)}) with its DIAG values."""
+    lines = ["| seed | " + " | ".join(DIAG) + " |", "|---|" + "---|" * len(DIAG)]
+    for s in seeds:
+        m = runs[s][1]
+        lines.append(f"| {s} | " + " | ".join(f"{m[k]:.3g}" if isinstance(m.get(k), (int, float)) else "–"
+                                             for k in DIAG) + " |")
+    return lines
+
+
+def copy_files(run: str, dst: str, names, rename=lambda name: name) -> None:
+    """Copy each of ``names`` that exists in ``run`` into ``dst`` (created), as ``rename(name)``."""
+    os.makedirs(dst, exist_ok=True)
+    for name in names:
+        if os.path.exists(os.path.join(run, name)):
+            shutil.copyfile(os.path.join(run, name), os.path.join(dst, rename(name)))
