@@ -181,6 +181,13 @@ def test_cli_registers_train_with_model_choices(tmp_path):
     assert rc == 0 and 0 <= metrics["factorvae"] <= 1 and metrics["seconds"]["total_call"] > 0
     # the training seconds of the call that trained it (kept in the checkpoint), not this evaluation call's
     assert 0 < metrics["seconds"]["train_all_calls"] != metrics["seconds"]["train_call"]
+    # an eval.* field set in an --eval-only call re-scores the run at that protocol (the checkpoint keeps its own)
+    rc = main(["train", "betavae", "--dataset", "mpi3d", "--out", str(tmp_path), "--quiet", "--eval-only",
+               "--threads", "1", *tiny_set, "--set", "eval.sample_scale=0.002"])
+    rescored = json.load(open(tmp_path / "betavae-mpi3d-cpu-smoke-seed0" / "metrics.json"))
+    assert rc == 0 and (metrics["sample_scale"], rescored["sample_scale"]) == (0.001, 0.002)
+    ck = load_checkpoint(str(tmp_path / "betavae-mpi3d-cpu-smoke-seed0" / "checkpoint.pt"))
+    assert ck["config"]["eval"]["sample_scale"] == 0.001
     # a finished, evaluated run is skipped by a plain call
     assert main(["train", "betavae", "--dataset", "mpi3d", "--out", str(tmp_path), "--quiet", *tiny_set]) == 0
 
