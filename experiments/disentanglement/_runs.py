@@ -37,3 +37,31 @@ def copy_files(run: str, dst: str, names, rename=lambda name: name) -> None:
     for name in names:
         if os.path.exists(os.path.join(run, name)):
             shutil.copyfile(os.path.join(run, name), os.path.join(dst, rename(name)))
+
+
+def train_minutes(m: dict) -> float | None:
+    """Training minutes of a run's metrics.json: summed over every call (resumes included) where the checkpoint
+    recorded them (``seconds.train_all_calls``); else the training call's (an --eval-only call keeps that under
+    ``seconds.training_run``), which misses the earlier calls of a resumed run; None if neither is there."""
+    sec = m.get("seconds", {})
+    if "train_all_calls" in sec:
+        return sec["train_all_calls"] / 60
+    sec = sec.get("training_run", sec)
+    return sec["train_call"] / 60 if "train_call" in sec else None
+
+
+def report_args(description: str, root_help: str, argv=None):
+    """The arguments of a grid report: ROOT, --results, --from-results; exits with code 2 and one line when ROOT is
+    not a folder."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("root", help=root_help)
+    p.add_argument("--results", default=None, help="copy the finished runs here and write table.md")
+    p.add_argument("--from-results", action="store_true", help="ROOT is a --results folder: rebuild its table")
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.root):
+        print(f"root: no such folder {a.root!r}", file=sys.stderr)
+        raise SystemExit(2)
+    return a

@@ -20,7 +20,6 @@ from such a folder alone (what the test does).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from _runs import copy_files, diagnostics_table, runs_by_seed  # noqa: E402  (next to this file)
+from _runs import copy_files, diagnostics_table, report_args, runs_by_seed, train_minutes  # noqa: E402  (next to this file)
 from collect_table1 import copy_figures  # noqa: E402
 from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
@@ -52,13 +51,7 @@ def _value(m: dict, key: str):
     if key == "lpips":
         return lpips_of(m)[0]
     if key == "minutes":
-        # training seconds summed over every call (resumes included) where the checkpoint recorded them; else the
-        # training call's (an --eval-only call keeps it under training_run), which misses earlier calls of a resume
-        sec = m.get("seconds", {})
-        if "train_all_calls" in sec:
-            return sec["train_all_calls"] / 60
-        sec = sec.get("training_run", sec)
-        return sec["train_call"] / 60 if "train_call" in sec else None
+        return train_minutes(m)
     v = m.get(key)
     return float(v) if isinstance(v, (int, float)) else None
 
@@ -144,14 +137,8 @@ def table(arms: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("root", help="cpu_long.sh's OUT folder (main/, lambda0/), or a --results folder with --from-results")
-    p.add_argument("--results", default=None, help="copy the finished runs here and write table.md")
-    p.add_argument("--from-results", action="store_true", help="ROOT is a --results folder: rebuild its table")
-    a = p.parse_args(argv)
-    if not os.path.isdir(a.root):
-        print(f"root: no such folder {a.root!r}", file=sys.stderr)
-        return 2
+    a = report_args(__doc__.split("\n")[0], "cpu_long.sh's OUT folder (main/, lambda0/), or a --results folder "
+                    "with --from-results", argv)
     arms = load(a.root, a.from_results)
     if not any(arms.values()):
         print(f"root: no finished cpu-long run under {a.root!r}", file=sys.stderr)

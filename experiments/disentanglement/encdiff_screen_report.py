@@ -9,7 +9,6 @@ The first form copies each finished cell's ``metrics.json`` and its figures (hal
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -17,19 +16,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from mclcore._io import write_text_atomic  # noqa: E402
 
-from _runs import copy_files, runs_by_seed  # noqa: E402  (next to this file)
+from _runs import copy_files, report_args, runs_by_seed, train_minutes  # noqa: E402  (next to this file)
 from collect_table1 import copy_figures  # noqa: E402
 
 CELLS = ("base", "l1", "attn16", "attn16-l1")        # encdiff_screen.sh's order
 RUN = "encdiff-shapes3d-cpu-smoke-seed0"
-
-
-def _minutes(m: dict):
-    sec = m.get("seconds", {})
-    if "train_all_calls" in sec:
-        return sec["train_all_calls"] / 60
-    sec = sec.get("training_run", sec)
-    return sec["train_call"] / 60 if "train_call" in sec else None
 
 
 def table(cells: dict) -> str:
@@ -45,7 +36,7 @@ def table(cells: dict) -> str:
             continue
         m = cells[cell]
         per = m.get("dci_informativeness_per_factor", {})
-        mins = _minutes(m)
+        mins = train_minutes(m)
         lines.append(f"| {cell} | {m['factorvae']:.3f} | {m['dci']:.3f} | {m['dci_informativeness']:.3f} | "
                      + " | ".join(f"{per[f]:.3f}" if f in per else "–" for f in factors)
                      + f" | {'–' if mins is None else f'{mins:.1f}'} |")
@@ -53,14 +44,8 @@ def table(cells: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("root", help="encdiff_screen.sh's OUT, or a --results folder with --from-results")
-    p.add_argument("--results", default=None, help="copy the finished cells here and write table.md")
-    p.add_argument("--from-results", action="store_true", help="ROOT is a --results folder: rebuild its table")
-    a = p.parse_args(argv)
-    if not os.path.isdir(a.root):
-        print(f"root: no such folder {a.root!r}", file=sys.stderr)
-        return 2
+    a = report_args(__doc__.split("\n")[0], "encdiff_screen.sh's OUT, or a --results folder with --from-results",
+                    argv)
     found = {cell: runs_by_seed(os.path.join(a.root, cell) if a.from_results else os.path.join(a.root, cell, RUN))
              for cell in CELLS}
     cells = {cell: runs[0] for cell, runs in found.items() if 0 in runs}     # {cell: (folder, metrics)}
