@@ -11,12 +11,29 @@ import shutil
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
 
 
+RUN_INFO = "run_info.json"      # {"training_calls": n}, written beside a copied run's metrics.json
+
+
+def training_calls(run: str) -> int | None:
+    """How many calls trained the run folder ``run``: its ``run_info.json`` where a report copied it, else the number
+    of TensorBoard event files in ``tb/`` (one per training call; an --eval-only call writes none); None if
+    neither is there."""
+    info = os.path.join(run, RUN_INFO)
+    if os.path.exists(info):
+        with open(info) as f:
+            return json.load(f)["training_calls"]
+    events = glob.glob(os.path.join(run, "tb", "events.out.tfevents.*"))
+    return len(events) or None
+
+
 def runs_by_seed(pattern: str) -> dict:
-    """{seed: (run folder, metrics)} of the finished runs (a ``metrics.json``) among the folders ``pattern`` globs."""
+    """{seed: (run folder, metrics)} of the finished runs (a ``metrics.json``) among the folders ``pattern`` globs;
+    ``metrics["training_calls"]`` is set from :func:`training_calls` (not written back)."""
     out = {}
     for path in sorted(glob.glob(os.path.join(pattern, "metrics.json"))):
         with open(path) as f:
             m = json.load(f)
+        m["training_calls"] = training_calls(os.path.dirname(path))
         out[m["seed"]] = (os.path.dirname(path), m)
     return out
 
@@ -39,13 +56,24 @@ def copy_files(run: str, dst: str, names, rename=lambda name: name) -> None:
             shutil.copyfile(os.path.join(run, name), os.path.join(dst, rename(name)))
 
 
+def copy_run(run: str, dst: str, names) -> None:
+    """:func:`copy_files` of ``names`` plus ``run_info.json`` (the training calls, which the copy has no tb/ for)."""
+    from mclcore._io import write_json_atomic
+
+    copy_files(run, dst, names)
+    write_json_atomic({"training_calls": training_calls(run)}, os.path.join(dst, RUN_INFO), indent=1)
+
+
 def train_minutes(m: dict) -> float | None:
     """Training minutes of a run's metrics.json: summed over every call (resumes included) where the checkpoint
     recorded them (``seconds.train_all_calls``); else the training call's (an --eval-only call keeps that under
-    ``seconds.training_run``), which misses the earlier calls of a resumed run; None if neither is there."""
+    ``seconds.training_run``) when one call trained the run (``training_calls``, see :func:`runs_by_seed`); None
+    otherwise (a run resumed before checkpoints recorded their seconds: its last call alone would understate it)."""
     sec = m.get("seconds", {})
     if "train_all_calls" in sec:
         return sec["train_all_calls"] / 60
+    if m.get("training_calls") != 1:
+        return None
     sec = sec.get("training_run", sec)
     return sec["train_call"] / 60 if "train_call" in sec else None
 

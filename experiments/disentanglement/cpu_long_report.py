@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from _runs import copy_files, diagnostics_table, report_args, runs_by_seed, train_minutes  # noqa: E402  (next to this file)
+from _runs import copy_run, diagnostics_table, report_args, runs_by_seed, train_minutes  # noqa: E402  (here)
 from collect_table1 import copy_figures  # noqa: E402
 from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         for arm, runs in arms.items():
             for s, (run, _) in runs.items():
                 dst = os.path.join(a.results, arm, os.path.basename(run))
-                copy_files(run, dst, ("metrics.json", "mcl_diagnostics.json", PROBE_FILE))
+                copy_run(run, dst, ("metrics.json", "mcl_diagnostics.json", PROBE_FILE))
                 copy_figures(run, os.path.join(dst, "figures"))
         write_text_atomic(os.path.join(a.results, "table.md"), text)
     print(text)

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from mclcore._io import write_text_atomic  # noqa: E402
 
-from _runs import copy_files, report_args, runs_by_seed, train_minutes  # noqa: E402  (next to this file)
+from _runs import copy_run, report_args, runs_by_seed, train_minutes  # noqa: E402  (next to this file)
 from collect_table1 import copy_figures  # noqa: E402
 
 CELLS = ("base", "l1", "attn16", "attn16-l1")        # encdiff_screen.sh's order
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     text = table({cell: m for cell, (_, m) in cells.items()})
     if a.results and not a.from_results:
         for cell, (run, _) in cells.items():
-            copy_files(run, os.path.join(a.results, cell), ("metrics.json",))
+            copy_run(run, os.path.join(a.results, cell), ("metrics.json",))
             copy_figures(run, os.path.join(a.results, cell, "figures"))
         write_text_atomic(os.path.join(a.results, "table.md"), text)
     print(text)
