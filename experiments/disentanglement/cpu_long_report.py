@@ -86,8 +86,9 @@ def table(arms: dict) -> str:
         for key, _ in METRICS:
             vals = [v for s in sorted(runs) if (v := _value(runs[s][1], key)) is not None]
             st = summarize(vals) if vals else None
-            cells.append("–" if st is None else _fmt(st["mean"]) if st["n"] == 1 else
-                         f"{_fmt(st['mean'])} [{_fmt(st['lo'])}, {_fmt(st['hi'])}]")
+            cell = ("–" if st is None else _fmt(st["mean"]) if st["n"] == 1 else
+                    f"{_fmt(st['mean'])} [{_fmt(st['lo'])}, {_fmt(st['hi'])}]")
+            cells.append(cell + (f" (n={len(vals)})" if 0 < len(vals) < len(runs) else ""))
         lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += ["", "| difference | seeds | " + " | ".join(lab for _, lab in METRICS) + " |",
               "|---|---|" + "---|" * len(METRICS)]
