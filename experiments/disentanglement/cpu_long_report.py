@@ -102,7 +102,8 @@ def table(arms: dict) -> str:
                 cells.append(f"{d[0]:+.3f} (n=1)" if d else "–")
                 continue
             lo, hi = bootstrap_ci(np.asarray(d))
-            cells.append(f"{np.mean(d):+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            fewer = f" (n={len(d)})" if len(d) < len(seeds) else ""       # e.g. times missing for some seeds
+            cells.append(f"{np.mean(d):+.3f} [{lo:+.3f}, {hi:+.3f}]{fewer}")
         lines.append(f"| {a} − {b} | {','.join(map(str, seeds)) or '–'} | " + " | ".join(cells) + " |")
     factors = [f for runs in arms.values() for _, m in runs.values() for f in m.get(PER_FACTOR, {})]
     factors = list(dict.fromkeys(factors))
