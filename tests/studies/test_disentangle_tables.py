@@ -106,6 +106,11 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
                                     "training_run": {"train_call": 1800.0, "total_call": 1900.0}}
                 if seed == 2:       # a resumed run: training summed over its calls
                     m["seconds"] = dict(m["seconds"], train_all_calls=2400.0)
+            # one TensorBoard event file per training call: one for encdiff's seeds, two for betavae seed 1 (resumed
+            # before checkpoints recorded their seconds: no minutes)
+            os.makedirs(run / "tb")
+            for call in range(2 if (arm, seed) == ("betavae", 1) else 1):
+                (run / "tb" / f"events.out.tfevents.{call}").write_bytes(b"")
             json.dump(m, open(run / "metrics.json", "w"))
             if arm == "encdiff" and seed == 0:
                 json.dump({"recon_mse": 0.01, "probe": {"floor_hue": 1.0, "shape": 0.7}},
@@ -126,6 +131,10 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     minutes = [float(c.split()[0]) for c in out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1]][-1]
     # seed 0 its train_call, seed 1 training_run's 1800 s (not the evaluation call's), seed 2 all calls' 2400 s
     assert minutes == pytest.approx(np.mean([base["seconds"]["train_call"] / 60, 30.0, 40.0]), abs=1e-3)
+    one_call = f"{base['seconds']['train_call'] / 60:.3f}"              # betavae: seed 0's alone
+    assert out.split("| betavae | 2 |")[1].split("\n")[0].rstrip(" |").endswith(one_call + " (n=1)")
+    info = res / "betavae" / "betavae-shapes3d-cpu-long-seed1" / "run_info.json"
+    assert json.load(open(info)) == {"training_calls": 2}
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"
@@ -156,3 +165,47 @@ def test_first_stage_probe_reads_a_diffusion_runs_latent_and_refuses_other_runs(
                      (tmp_path / "nothing", "no checkpoint.pt")):
         r = subprocess.run([sys.executable, script, str(bad)], capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cpu_long_table_is_regenerated_from_committed_results():
+    """results/cpu_long/table.md is what cpu_long_report.py --from-results builds from the committed run files, the
+    README shows its rows unedited, and every committed run has its figures."""
+    res = os.path.join(EXP, "results", "cpu_long")
+    out = subprocess.run([sys.executable, os.path.join(EXP, "cpu_long_report.py"), res, "--from-results"],
+                         capture_output=True, text=True, check=True).stdout
+    text = open(os.path.join(res, "table.md"), encoding="utf-8").read()
+    assert out == text + "\n"
+    readme = open(os.path.join(EXP, "README.md"), encoding="utf-8").read()
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            assert line in readme, line
+    runs = [os.path.join(res, arm, run) for arm in os.listdir(res) if os.path.isdir(os.path.join(res, arm))
+            for run in os.listdir(os.path.join(res, arm))]
+    assert len(runs) >= 6
+    for run in runs:
+        assert {"fig6_swap.jpg", "fig8_traversals.jpg"} <= set(os.listdir(os.path.join(run, "figures"))), run
+
+
+def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_path):
+    """encdiff_screen_report.py on fake cells (metrics.json only): one row per registered cell, unfinished ones
+    named, per-factor columns, training minutes; --from-results on the copied folder gives the same table."""
+    import json
+
+    base = json.load(open(os.path.join(EXP, "results", "cpu_long_screening",
+                                  "encdiff-shapes3d-cpu-smoke-seed0", "metrics.json")))
+    for cell, fv in (("base", 0.65), ("attn16", 0.7)):
+        run = tmp_path / "screen" / cell / "encdiff-shapes3d-cpu-smoke-seed0"
+        os.makedirs(run)
+        m = dict(base, factorvae=fv, dci_informativeness_per_factor={"floor_hue": 0.9, "shape": 0.4},
+                 seconds={"train_call": 1500.0, "total_call": 1600.0, "train_all_calls": 1800.0})
+        json.dump(m, open(run / "metrics.json", "w"))
+    script = os.path.join(EXP, "encdiff_screen_report.py")
+    res = tmp_path / "res"
+    out = subprocess.run([sys.executable, script, str(tmp_path / "screen"), "--results", str(res)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| cell | FactorVAE | DCI dis. | DCI inf. | floor_hue | shape | train min |" in out
+    assert "| attn16 | 0.700 |" in out and "| 0.900 | 0.400 | 30.0 |" in out
+    assert "| l1 | not finished |" in out and "| attn16-l1 | not finished |" in out
+    again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
+                           check=True).stdout
+    assert again == out == open(res / "table.md").read() + "\n"
