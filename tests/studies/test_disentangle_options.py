@@ -148,7 +148,8 @@ def test_evaluation_uses_real_fid_and_lpips_when_weights_are_configured(tmp_path
     # the disentanglement scores are not what this tests (tests/studies/test_disentangle.py runs them): skip
     # their ~30 s of tree fitting
     scores = {"factorvae.eval_accuracy": 0.5, "dci.disentanglement": 0.1, "dci.completeness": 0.1,
-              "dci.informativeness_test": 0.1, "factorvae.num_active_dims": 1}
+              "dci.informativeness_test": 0.1, "dci.informativeness_test_per_factor": [0.1] * 7,
+              "factorvae.num_active_dims": 1}
     monkeypatch.setattr(mclcore.metrics, "evaluate", lambda *a, **k: (scores, None))
     # nor is the 2048-d matrix root (seconds; the formula is tested in tests/metrics/test_inception.py): record
     # what reaches it instead
