@@ -34,8 +34,9 @@ N_RECON, N_TRAIN, N_TEST = 512, 1000, 500
 SEED = 123          # the draws: the same images for every run of a dataset
 
 
-def probe(run: str) -> dict:
-    """The measurements of the module doc for the run folder ``run`` (its checkpoint.pt)."""
+def probe(run: str, sample_scale: float = 1.0) -> dict:
+    """The measurements of the module doc for the run folder ``run`` (its checkpoint.pt); ``sample_scale`` scales
+    the three image counts (tests)."""
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -59,28 +60,31 @@ def probe(run: str) -> dict:
     model.load_state_dict(ck["model"])
     fs = model.first_stage.eval()
     ds = study.load_dataset(cfg)
-    idx = ds.sample_index(N_RECON + N_TRAIN + N_TEST, np.random.default_rng(SEED))
+    n_recon, n_train, n_test = (max(16, round(n * sample_scale)) for n in (N_RECON, N_TRAIN, N_TEST))
+    idx = ds.sample_index(n_recon + n_train + n_test, np.random.default_rng(SEED))
     x = to_float_nchw(ds.observations_at(idx))                                      # (N, 3, 64, 64) in [0, 1]
     factors = ds.index_to_factors(idx)                                              # (N, F)
     with torch.no_grad():
         # MDDiff's decoder reads u tokens; the plain reconstruction is its u = None path, as in its first stage
-        rec = torch.cat([fs.to_image(fs(x[i:i + 128])[0].float()) for i in range(0, N_RECON, 128)])
+        rec = torch.cat([fs.to_image(fs(x[i:min(i + 128, n_recon)])[0].float()) for i in range(0, n_recon, 128)])
         lat = torch.cat([fs.encode(x[i:i + 256]).flatten(1) for i in range(0, len(x), 256)]).numpy()  # (N, 768)
-    tr, te = slice(N_RECON, N_RECON + N_TRAIN), slice(N_RECON + N_TRAIN, None)
+    tr, te = slice(n_recon, n_recon + n_train), slice(n_recon + n_train, None)
     sc = StandardScaler().fit(lat[tr])
     acc = {}
     for j in ds.varying_factors:
         clf = LogisticRegression(max_iter=2000).fit(sc.transform(lat[tr]), factors[tr, j])
         acc[ds.factor_names[j]] = float(clf.score(sc.transform(lat[te]), factors[te, j]))
     return {"model": cfg.model, "dataset": cfg.data.dataset, "seed": cfg.seed,
-            "recon_mse": float((rec - x[:N_RECON]).pow(2).mean()), "latent_dims": int(lat.shape[1]), "probe": acc,
-            "samples": {"recon": N_RECON, "train": N_TRAIN, "test": N_TEST, "seed": SEED}}
+            "recon_mse": float((rec - x[:n_recon]).pow(2).mean()), "latent_dims": int(lat.shape[1]), "probe": acc,
+            "samples": {"recon": n_recon, "train": n_train, "test": n_test, "seed": SEED}}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="EncDiff / MDDiff run folders (with checkpoint.pt)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--sample-scale", type=float, default=1.0, help="scale the image counts (default 1: 512 / 1000 / "
+                                                                   "500; tests use less)")
     a = p.parse_args(argv)
     import torch
 
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, a.threads))
     for run in a.runs:
         try:
-            res = probe(run)
+            res = probe(run, a.sample_scale)
         except ValueError as err:
             print(f"first_stage_probe: {err}", file=sys.stderr)
             return 2

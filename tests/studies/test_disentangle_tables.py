@@ -142,29 +142,37 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert bad.returncode == 2 and bad.stderr.strip().startswith("root: no such folder")
 
 
-def test_first_stage_probe_reads_a_diffusion_runs_latent_and_refuses_other_runs(tmp_path):
+def test_first_stage_probe_reads_a_diffusion_runs_latent_and_refuses_other_runs(tmp_path, capsys, one_thread):
     """first_stage_probe.py on a tiny EncDiff run whose first stage finished: reconstruction MSE and one linear-probe
-    accuracy per Shapes3D factor, written to the run folder; a VAE run or a missing folder is one line, exit 2."""
+    accuracy per Shapes3D factor, written to the run folder; a VAE run or a missing folder is one line, exit 2.
+    In-process (the script's main and mcl's; one_thread restores the thread count they set): three interpreter
+    starts would triple its ~15 s."""
+    import importlib.util
     import json
 
+    from mclcore.cli import main as mcl
     from tests.studies.test_disentangle import TINY
 
     sets = sum((["--set", s] for s in TINY), [])
     for model in ("encdiff", "betavae"):
-        subprocess.run([sys.executable, "-m", "mclcore", "train", model, "--dataset", "shapes3d", "--out",
-                        str(tmp_path), "--quiet", "--no-eval", "--threads", "1", *sets], check=True, cwd=ROOT)
-    script = os.path.join(EXP, "first_stage_probe.py")
+        assert mcl(["train", model, "--dataset", "shapes3d", "--out", str(tmp_path), "--quiet", "--no-eval",
+                    "--threads", "1", *sets]) == 0
+    spec = importlib.util.spec_from_file_location("first_stage_probe", os.path.join(EXP, "first_stage_probe.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
     run = tmp_path / "encdiff-shapes3d-cpu-smoke-seed0"
-    done = subprocess.run([sys.executable, script, str(run)], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
+    capsys.readouterr()
+    assert script.main([str(run), "--sample-scale", "0.1"]) == 0
     res = json.load(open(run / "first_stage_probe.json"))
     assert list(res["probe"]) == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
     assert all(0 <= v <= 1 for v in res["probe"].values()) and 0 < res["recon_mse"] < 1
-    assert res["latent_dims"] == 3 * 16 * 16
+    assert res["latent_dims"] == 3 * 16 * 16 and res["samples"] == {"recon": 51, "train": 100, "test": 50, "seed": 123}
     for bad, why in ((tmp_path / "betavae-shapes3d-cpu-smoke-seed0", "only encdiff and mddiff have a first stage"),
                      (tmp_path / "nothing", "no checkpoint.pt")):
-        r = subprocess.run([sys.executable, script, str(bad)], capture_output=True, text=True, cwd=ROOT)
-        assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        capsys.readouterr()
+        assert script.main([str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_cpu_long_table_is_regenerated_from_committed_results():
