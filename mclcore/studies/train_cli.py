@@ -68,8 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-eval", action="store_true", help="train only")
     p.add_argument("--eval-only", action="store_true",
-                   help="(re-)evaluate the finished run(s) with their saved config (image study: --set eval.* "
-                        "fields of this call apply)")
+                   help="(re-)evaluate the finished run(s) with their saved config and this call's --set eval.* "
+                        "fields")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                    help="stop (with a checkpoint) after this many steps in this call; re-run to continue")
     p.add_argument("--threads", type=int, default=0,

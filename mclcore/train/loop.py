@@ -84,7 +84,7 @@ import torch
 
 from mclcore import distributed
 from mclcore._io import load_checkpoint, save_checkpoint, write_json_atomic
-from mclcore.train.config import config_diff, from_dict, to_dict
+from mclcore.train.config import apply_overrides, config_diff, from_dict, to_dict
 
 __all__ = ["Study", "StepContext", "train", "resolve_device", "check_finite", "train_or_resume", "run_seeds"]
 
@@ -498,13 +498,14 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run_dir: Callable[[Any], str],
-              train_fn: Callable, eval_config: Callable[[Any], Any], evaluate: Callable, summary: Callable,
-              identity_ignore: tuple = ("device",)) -> int:
+              train_fn: Callable, evaluate: Callable, summary: Callable,
+              eval_config: Callable[[Any], Any] | None = None, identity_ignore: tuple = ("device",)) -> int:
     """"Train, evaluate, write metrics" for every seed of ``args.seeds``: the body of ``mcl train``.
 
     ``config_for_seed(seed)`` -> cfg; ``run_dir(cfg)`` -> folder name under ``out_root``;
-    ``train_fn(cfg, out, **kw) -> (model, finished)``; ``eval_config(saved_cfg)`` -> the config evaluation uses
-    (the checkpoint's, with evaluation-only overrides); ``evaluate(model, cfg, out) -> dict``;
+    ``train_fn(cfg, out, **kw) -> (model, finished)``; evaluation uses the checkpoint's config with this call's
+    ``--set eval.*`` fields, then ``eval_config(cfg)`` if given (a study's own evaluation-only overrides);
+    ``evaluate(model, cfg, out) -> dict``;
     ``summary(out, res) -> str`` is printed before ``metrics.json`` is written (a failed write loses nothing).
 
     A run folder that holds a run of another config (:func:`run_identity_diff`; ``identity_ignore`` prefixes and,
@@ -578,7 +579,8 @@ def _user_error(args, out: str, err: Exception) -> int:
 
 
 def _evaluate_run(args, model, cfg, out: str, t0: float, train_s: float, eval_config, evaluate, summary) -> None:
-    """Evaluate the trained run in ``out`` (its checkpoint's config, ``eval_config``-adjusted), print the summary
+    """Evaluate the trained run in ``out`` (its checkpoint's config with this call's ``--set eval.*`` fields,
+    ``eval_config``-adjusted), print the summary
     line, then write ``metrics.json`` (with the seconds of this call; ``--eval-only`` keeps the training call's;
     ``train_all_calls``: the training seconds summed over every call that made the checkpoint, when it records
     them)."""
@@ -586,7 +588,12 @@ def _evaluate_run(args, model, cfg, out: str, t0: float, train_s: float, eval_co
 
     saved = type(cfg)
     ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"))
-    cfg = eval_config(from_dict(saved, ckpt["config"]))
+    # the checkpoint's config with this call's --set eval.* fields (the identity check lets the eval section differ
+    # on --eval-only, e.g. to re-score a run at another protocol; on a training call they equal the saved ones)
+    eval_sets = [s for s in getattr(args, "set", None) or () if s.split("=", 1)[0].strip().startswith("eval.")]
+    cfg = apply_overrides(from_dict(saved, ckpt["config"]), eval_sets)
+    if eval_config is not None:
+        cfg = eval_config(cfg)
     previous = None
     metrics_path = os.path.join(out, "metrics.json")
     if args.eval_only and os.path.exists(metrics_path):

@@ -67,12 +67,6 @@ def run(model_name: str, args: argparse.Namespace) -> int:
     def eval_config(saved):
         if args.fid_weights:                        # evaluation-only: may differ from the run's training call
             saved.eval.fid_weights = args.fid_weights
-        if args.eval_only:
-            # --eval-only evaluates with the saved config, except the eval.* fields this call sets explicitly
-            # (e.g. eval.sample_scale, to re-score an old run at another protocol; metrics.json records it)
-            from mclcore.train.config import apply_overrides
-
-            apply_overrides(saved, [s for s in args.set if s.split("=", 1)[0].strip().startswith("eval.")])
         return saved
 
     cache = os.path.join(args.out, "cache")

@@ -61,15 +61,10 @@ def run(model_name: str, args: argparse.Namespace) -> int:
         return 2
     out_root = args.out or "runs/worldmodel"
     cache = os.path.join(out_root, "cache", "tabletop")
-    eval_sets = [s for s in args.set if s.startswith("eval.")]
-
-    def eval_config(saved: RunConfig) -> RunConfig:
-        return _config.apply_overrides(saved, eval_sets)
-
     try:
         return loop.run_seeds(
             args, out_root=out_root, config_for_seed=configs.__getitem__, run_dir=run_dir_name,
-            train_fn=lambda cfg, out, **kw: train(cfg, out, cache_dir=cache, **kw), eval_config=eval_config,
+            train_fn=lambda cfg, out, **kw: train(cfg, out, cache_dir=cache, **kw),
             evaluate=lambda model, cfg, out: evaluate(model, cfg, out, cache_dir=cache), summary=summary_line)
     except (EpisodeFileError, DataError, CheckpointError, FileNotFoundError) as e:
         print(e, file=sys.stderr)
