@@ -1,5 +1,6 @@
-"""What the image-study report scripts share: finished runs by seed, the MCL diagnostics table of MDDiff runs, and
-copying a run's small files (used by mcl_ablation_report.py and cpu_long_report.py)."""
+"""What the image-study report scripts share: finished runs by seed, the MCL diagnostics table of MDDiff runs,
+copying a run's small files (used by mcl_ablation_report.py and cpu_long_report.py), and loading a diffusion run's
+trained model (first_stage_probe.py, code_use.py)."""
 from __future__ import annotations
 
 import glob
@@ -93,3 +94,25 @@ def report_args(description: str, root_help: str, argv=None):
         print(f"root: no such folder {a.root!r}", file=sys.stderr)
         raise SystemExit(2)
     return a
+
+
+def load_diffusion_run(run: str, script: str):
+    """(cfg, model in eval mode, dataset, phases done) of the EncDiff / MDDiff run folder ``run`` (its checkpoint.pt); ValueError
+    naming ``run`` if it has no checkpoint, is another model, or its first stage has not finished."""
+    from mclcore._io import load_checkpoint
+    from mclcore.studies.disentangle import run as study
+    from mclcore.studies.disentangle.config import RunConfig
+    from mclcore.train.config import from_dict
+
+    path = os.path.join(run, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"run: no checkpoint.pt in {run!r}")
+    ck = load_checkpoint(path)
+    cfg = from_dict(RunConfig, ck["config"])
+    if cfg.model not in ("encdiff", "mddiff"):
+        raise ValueError(f"run: {run!r} is a {cfg.model} run; {script} reads encdiff and mddiff runs")
+    if "first_stage" not in ck["done"]:
+        raise ValueError(f"run: the first stage of {run!r} has not finished (phases done: {ck['done']})")
+    model = study.build_model(cfg)
+    model.load_state_dict(ck["model"])
+    return cfg, model.eval(), study.load_dataset(cfg), ck["done"]

@@ -6,7 +6,8 @@ bootstrap interval] over seeds, and the paired per-seed differences the grid was
 
 plus the per-factor DCI informativeness (which factors each arm's code holds; runs evaluated before it was recorded
 lack it: re-evaluate them with ``mcl train ... --eval-only``, which keeps the training call's seconds), beside it the
-first-stage ceiling of the diffusion runs where first_stage_probe.py wrote one, and MDDiff's MCL diagnostics (last
+first-stage ceiling of the diffusion runs where first_stage_probe.py wrote one, the code-use rows where
+code_use.py wrote one (how much the denoiser uses the code, per factor), and MDDiff's MCL diagnostics (last
 measurement, per seed). Arms: ``encdiff``, ``betavae``, ``mddiff`` from
 ``OUT/main``, ``mddiff_l0`` from ``OUT/lambda0``. A difference uses the seeds both arms finished (n says how many);
 an arm with unfinished seeds is reported with the ones it has, and the table lists what is missing.
@@ -43,6 +44,7 @@ METRICS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("dci_completeness",
            ("fid", "FID"), ("lpips", "LPIPS"), ("minutes", "train min"))
 PER_FACTOR = "dci_informativeness_per_factor"
 PROBE_FILE = "first_stage_probe.json"       # first_stage_probe.py's, where it was run
+CODE_USE_FILE = "code_use.json"             # code_use.py's, where it was run
 
 
 def _value(m: dict, key: str):
@@ -64,8 +66,8 @@ def load(root: str, from_results: bool = False) -> dict:
             for arm, folder, model in ARMS}
 
 
-def _first_stage_probe(run: str) -> dict | None:
-    path = os.path.join(run, PROBE_FILE)
+def _read(run: str, name: str) -> dict | None:
+    path = os.path.join(run, name)
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -117,7 +119,7 @@ def table(arms: dict) -> str:
             if per:
                 lines.append(f"| {arm} | {len(per)} | " + " | ".join(
                     f"{np.mean([p[f] for p in per if f in p]):.3f}" for f in factors) + " |")
-            probes[arm] = [pr for run, _ in arms[arm].values() if (pr := _first_stage_probe(run))]
+            probes[arm] = [pr for run, _ in arms[arm].values() if (pr := _read(run, PROBE_FILE))]
         for arm, prs in probes.items():
             if prs:
                 lines.append(f"| {arm}: first-stage latent, linear probe | {len(prs)} | " + " | ".join(
@@ -128,6 +130,25 @@ def table(arms: dict) -> str:
                       "DCI's trees on the code). First-stage reconstruction MSE: " + "; ".join(
                           f"{arm} {np.mean([p['recon_mse'] for p in prs]):.4f}" for arm, prs in probes.items() if prs)
                       + "."]
+        uses = {arm: [u for run, _ in arms[arm].values() if (u := _read(run, CODE_USE_FILE))] for arm, _, _ in ARMS}
+        if any(uses.values()):
+            lines += ["", "How much the denoiser uses the code (code_use.py; 512 images, 256 one-factor pairs per "
+                      "factor, the same draws for every run). Resolution: the conditioning gap of a one-factor pair "
+                      "per unit of latent change, relative to random pairs (about 1: the code separates images "
+                      "differing in the factor as much as their latents differ; near 0: it does not). Footprint: "
+                      "the pair's latent distance relative to a random pair's (how much of the denoising loss the "
+                      "factor can put at stake). Mean over the seeds with a code_use.json (n).", "",
+                      "| arm | n | rel. gap (all t) | " + " | ".join(factors) + " |",
+                      "|---|---|---|" + "---|" * len(factors)]
+            for arm, us in uses.items():
+                if not us:
+                    continue
+                rel = np.mean([u["denoiser"]["all"]["rel_gap"] for u in us])
+                for key, label in (("resolution", "resolution"), ("footprint", "footprint")):
+                    vals = [np.mean([u["factors"][f][key] / (u["random"][key] if key == "footprint" else 1)
+                                     for u in us if f in u["factors"]]) for f in factors]
+                    lines.append(f"| {arm}: {label} | {len(us)} | " + (f"{rel:.3f}" if key == "resolution" else "")
+                                 + " | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     missing = [f"{arm} seed {s}" for arm, _, _ in ARMS for s in SEEDS if s not in arms[arm]]
     kinds = sorted({f"FID {fid_of(m)[1]}, LPIPS {lpips_of(m)[1]}" for runs in arms.values() for _, m in runs.values()})
     lines += ["", "Kinds of the FID / LPIPS columns: " + "; ".join(kinds) + " (stand-in: a network trained on the "
@@ -150,7 +171,7 @@ def main(argv=None) -> int:
         for arm, runs in arms.items():
             for s, (run, _) in runs.items():
                 dst = os.path.join(a.results, arm, os.path.basename(run))
-                copy_run(run, dst, ("metrics.json", "mcl_diagnostics.json", PROBE_FILE))
+                copy_run(run, dst, ("metrics.json", "mcl_diagnostics.json", PROBE_FILE, CODE_USE_FILE))
                 copy_figures(run, os.path.join(dst, "figures"))
         write_text_atomic(os.path.join(a.results, "table.md"), text)
     print(text)

@@ -28,6 +28,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))          # _runs, also when imported
 
 FILE = "first_stage_probe.json"
 N_RECON, N_TRAIN, N_TEST = 512, 1000, 500
@@ -41,25 +42,11 @@ def probe(run: str, sample_scale: float = 1.0) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from mclcore._io import load_checkpoint
+    from _runs import load_diffusion_run
     from mclcore.data import to_float_nchw
-    from mclcore.studies.disentangle import run as study
-    from mclcore.studies.disentangle.config import RunConfig
-    from mclcore.train.config import from_dict
 
-    path = os.path.join(run, "checkpoint.pt")
-    if not os.path.exists(path):
-        raise ValueError(f"run: no checkpoint.pt in {run!r}")
-    ck = load_checkpoint(path)
-    cfg = from_dict(RunConfig, ck["config"])
-    if cfg.model not in ("encdiff", "mddiff"):
-        raise ValueError(f"run: {run!r} is a {cfg.model} run; only encdiff and mddiff have a first stage")
-    if "first_stage" not in ck["done"]:
-        raise ValueError(f"run: the first stage of {run!r} has not finished (phases done: {ck['done']})")
-    model = study.build_model(cfg)
-    model.load_state_dict(ck["model"])
-    fs = model.first_stage.eval()
-    ds = study.load_dataset(cfg)
+    cfg, model, ds, _ = load_diffusion_run(run, "first_stage_probe.py")
+    fs = model.first_stage
     n_recon, n_train, n_test = (max(16, round(n * sample_scale)) for n in (N_RECON, N_TRAIN, N_TEST))
     idx = ds.sample_index(n_recon + n_train + n_test, np.random.default_rng(SEED))
     x = to_float_nchw(ds.observations_at(idx))                                      # (N, 3, 64, 64) in [0, 1]

@@ -116,6 +116,11 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
             if arm == "encdiff" and seed == 0:
                 json.dump({"recon_mse": 0.01, "probe": {"floor_hue": 1.0, "shape": 0.7}},
                           open(run / "first_stage_probe.json", "w"))
+            if arm == "mddiff" and seed < 2:        # code_use.py's file on two seeds
+                json.dump({"denoiser": {"all": {"rel_gap": 0.8 + seed / 10}}, "random": {"footprint": 2.0},
+                           "factors": {"floor_hue": {"resolution": 1.0 + seed, "footprint": 1.0},
+                                       "shape": {"resolution": 0.1, "footprint": 0.2}}},
+                          open(run / "code_use.json", "w"))
     script = os.path.join(EXP, "cpu_long_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
@@ -129,6 +134,10 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert "| encdiff: first-stage latent, linear probe | 1 | 1.000 | 0.700 |" in out
     assert "First-stage reconstruction MSE: encdiff 0.0100." in out
     assert os.path.exists(res / "encdiff" / "encdiff-shapes3d-cpu-long-seed0" / "first_stage_probe.json")
+    # how much the denoiser uses the code, where code_use.py wrote one: resolution and footprint per factor
+    assert "| mddiff: resolution | 2 | 0.850 | 1.500 | 0.100 |" in out
+    assert "| mddiff: footprint | 2 |  | 0.500 | 0.100 |" in out
+    assert os.path.exists(res / "mddiff" / "mddiff-shapes3d-cpu-long-seed1" / "code_use.json")
     minutes = [float(c.split()[0]) for c in out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1]][-1]
     # seed 0 its train_call, seed 1 training_run's 1800 s (not the evaluation call's), seed 2 all calls' 2400 s
     assert minutes == pytest.approx(np.mean([base["seconds"]["train_call"] / 60, 30.0, 40.0]), abs=1e-3)
@@ -143,11 +152,12 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert bad.returncode == 2 and bad.stderr.strip().startswith("root: no such folder")
 
 
-def test_first_stage_probe_reads_a_diffusion_runs_latent_and_refuses_other_runs(tmp_path, capsys, one_thread):
+def test_first_stage_probe_and_code_use_read_a_diffusion_run_and_refuse_other_runs(tmp_path, capsys, one_thread):
     """first_stage_probe.py on a tiny EncDiff run whose first stage finished: reconstruction MSE and one linear-probe
-    accuracy per Shapes3D factor, written to the run folder; a VAE run or a missing folder is one line, exit 2.
-    In-process (the script's main and mcl's; one_thread restores the thread count they set): three interpreter
-    starts would triple its ~15 s."""
+    accuracy per Shapes3D factor, written to the run folder; code_use.py on the same run and on a tiny MDDiff run:
+    the conditioning gap per t-range and per factor (and the u-decoder's for MDDiff); a VAE run or a missing folder
+    is one line, exit 2. In-process (the scripts' main and mcl's; one_thread restores the thread count they set):
+    interpreter starts would triple its time."""
     import importlib.util
     import json
 
@@ -155,12 +165,16 @@ def test_first_stage_probe_reads_a_diffusion_runs_latent_and_refuses_other_runs(
     from tests.studies.test_disentangle import TINY
 
     sets = sum((["--set", s] for s in TINY), [])
-    for model in ("encdiff", "betavae"):
+    for model in ("encdiff", "mddiff", "betavae"):
         assert mcl(["train", model, "--dataset", "shapes3d", "--out", str(tmp_path), "--quiet", "--no-eval",
                     "--threads", "1", *sets]) == 0
-    spec = importlib.util.spec_from_file_location("first_stage_probe", os.path.join(EXP, "first_stage_probe.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(EXP, name + ".py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    script = load("first_stage_probe")
     run = tmp_path / "encdiff-shapes3d-cpu-smoke-seed0"
     capsys.readouterr()
     assert script.main([str(run), "--sample-scale", "0.1"]) == 0
@@ -168,12 +182,29 @@ def test_first_stage_probe_reads_a_diffusion_runs_latent_and_refuses_other_runs(
     assert list(res["probe"]) == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
     assert all(0 <= v <= 1 for v in res["probe"].values()) and 0 < res["recon_mse"] < 1
     assert res["latent_dims"] == 3 * 16 * 16 and res["samples"] == {"recon": 51, "train": 100, "test": 50, "seed": 123}
-    for bad, why in ((tmp_path / "betavae-shapes3d-cpu-smoke-seed0", "only encdiff and mddiff have a first stage"),
+    for bad, why in ((tmp_path / "betavae-shapes3d-cpu-smoke-seed0", "first_stage_probe.py reads encdiff and mddiff runs"),
                      (tmp_path / "nothing", "no checkpoint.pt")):
         capsys.readouterr()
         assert script.main([str(bad)]) == 2
         err = capsys.readouterr().err
         assert why in err and len(err.strip().splitlines()) == 1, err
+
+    use = load("code_use")
+    mdd = tmp_path / "mddiff-shapes3d-cpu-smoke-seed0"
+    assert use.main([str(run), str(mdd), "--sample-scale", "0.05"]) == 0
+    for r in (json.load(open(run / "code_use.json")), json.load(open(mdd / "code_use.json"))):
+        assert len(r["denoiser"]["buckets"]) == 10 and r["denoiser"]["n"] == 26
+        assert r["denoiser"]["buckets"][-1]["t_hi"] == 100          # TINY's 100 timesteps
+        assert list(r["factors"]) == list(res["probe"]) and r["samples"]["pairs_per_factor"] == 16
+        for row in [r["random"], *r["factors"].values()]:
+            assert row["footprint"] >= 0 and np.isfinite(row["gap"]) and row["lo"] <= row["gap"] <= row["hi"]
+    assert "decoder" not in json.load(open(run / "code_use.json"))
+    dec = json.load(open(mdd / "code_use.json"))["decoder"]
+    assert dec["own"] > 0 and dec["lo"] <= dec["gap"] <= dec["hi"]
+    capsys.readouterr()
+    assert use.main([str(tmp_path / "betavae-shapes3d-cpu-smoke-seed0")]) == 2
+    err = capsys.readouterr().err
+    assert "code_use.py reads encdiff and mddiff runs" in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("script, folder", [("cpu_long_report.py", "cpu_long"),

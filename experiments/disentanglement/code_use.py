@@ -1,0 +1,143 @@
+"""How much a trained EncDiff / MDDiff run uses its concept code (issue #22): the conditioning gap, per range of t.
+
+The concept encoder learns only through the denoising loss, and only where the denoiser's prediction depends on the
+code (:mod:`mclcore.metrics.conditioning`). On fixed draws of the run's twin (the same images, t and noise for
+every run of a dataset) this measures, paired per image:
+
+* ``denoiser``: the diffusion loss with the image's own concept tokens vs another image's (a random derangement),
+  in 10 equal ranges of t and over uniform t (the training loss); ``rel_gap`` is the share of a code-blind loss
+  that the code removes. A gap near 0 over most of t means the encoder receives little signal there.
+* ``factors``: per varying factor f, pairs of images that differ in f alone (f moved to another class, the rest
+  uniform), the image denoised with its partner's code instead of its own:
+
+  - ``footprint``: the pair's latent distance, mean (z_0 - z_0')^2, i.e. how much of the denoising loss factor f
+    can put at stake at all;
+  - ``code_shift``: the pair's code distance, mean (s - s')^2, over the same for random pairs;
+  - ``gap``, ``lo``, ``hi``, ``rel_gap``: the conditioning gap with the partner's code (over uniform t);
+  - ``resolution`` = (gap_f / gap_random) / (footprint_f / footprint_random): the gap the code produces per unit
+    of latent change, relative to random pairs. About 1: the denoiser's code separates images differing in f as
+    much as their latents differ (as it does for random pairs); near 0: the code does not resolve f. A descriptive
+    ratio (the gap is not linear in the latent distance), for comparing factors and runs on the same draws.
+
+  ``random`` holds the same quantities for random pairs (the denominators).
+* ``decoder`` (MDDiff only): the same for its u-conditioned decoder, the pixel MSE on [0, 1] of D(z_0, T(s_i)) vs
+  D(z_0, T(s_j)) against x_i: what the generator g(z, u) that MCL regularises takes from u.
+
+    python experiments/disentanglement/code_use.py RUN [RUN ...]
+
+writes ``RUN/code_use.json`` (atomically) for each run folder and prints a one-line summary; cpu_long_report.py
+tabulates it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))          # _runs, also when imported
+
+FILE = "code_use.json"
+N_IMAGES, N_PAIRS, BUCKETS = 512, 256, 10
+SEED = 321          # images, t, noise and derangement: the same for every run of a dataset
+
+
+def code_use(run: str, sample_scale: float = 1.0) -> dict:
+    """The measurements of the module doc for the run folder ``run`` (its checkpoint.pt, stage 1 finished);
+    ``sample_scale`` scales the image and pair counts (tests)."""
+    import torch
+
+    from _runs import load_diffusion_run
+    from mclcore.data import to_float_nchw
+    from mclcore.metrics.conditioning import conditioning_gap, derangement
+    from mclcore.metrics.stats import summarize
+
+    cfg, model, ds, done = load_diffusion_run(run, "code_use.py")
+    if "stage1" not in done:
+        raise ValueError(f"run: stage 1 of {run!r} has not finished (phases done: {done})")
+    n, n_pairs = (max(16, round(c * sample_scale)) for c in (N_IMAGES, N_PAIRS))
+    rng = np.random.default_rng(SEED)
+    x = to_float_nchw(ds.observations_at(ds.sample_index(n, rng)))                          # (n, 3, 64, 64)
+    g = torch.Generator().manual_seed(SEED)
+
+    def encode(images):                                                                      # -> z0, s
+        return (torch.cat([model.latents(images[i:i + 256]) for i in range(0, len(images), 256)]),
+                torch.cat([model.concepts(images[i:i + 256]) for i in range(0, len(images), 256)]))
+
+    def pair_stats(xa, xb) -> dict:             # image a denoised with b's code; distances of the pair
+        (za, sa), (zb, sb) = encode(xa), encode(xb)
+        r = conditioning_gap(model.eps, model.diffusion, za, model.tokens(sa), other_context=model.tokens(sb),
+                             buckets=BUCKETS, generator=g)["all"]
+        return {"footprint": float((za - zb).pow(2).mean()), "code_dist": float((sa - sb).pow(2).mean()), **r}
+
+    with torch.no_grad():
+        z0, s = encode(x)                                                                    # (n, 3, 16, 16), (n, K)
+        out = {"model": cfg.model, "dataset": cfg.data.dataset, "seed": cfg.seed, "phases": list(done),
+               "samples": {"images": n, "pairs_per_factor": n_pairs, "buckets": BUCKETS, "seed": SEED},
+               "denoiser": conditioning_gap(model.eps, model.diffusion, z0, model.tokens(s), buckets=BUCKETS,
+                                            generator=g)}
+        fa = ds.sample_factors(n_pairs, rng)
+        rand = pair_stats(to_float_nchw(ds.observations(fa)), to_float_nchw(ds.observations(ds.sample_factors(
+            n_pairs, rng))))
+        out["random"] = rand
+        out["factors"] = {}
+        for f in ds.varying_factors:
+            fa = ds.sample_factors(n_pairs, rng)
+            fb = fa.copy()
+            fb[:, f] = (fa[:, f] + rng.integers(1, ds.factor_sizes[f], n_pairs)) % ds.factor_sizes[f]
+            r = pair_stats(to_float_nchw(ds.observations(fa)), to_float_nchw(ds.observations(fb)))
+            r["code_shift"] = r.pop("code_dist") / rand["code_dist"]
+            r["resolution"] = (r["gap"] / rand["gap"]) / (r["footprint"] / rand["footprint"])
+            out["factors"][ds.factor_names[f]] = r
+        if cfg.model == "mddiff":
+            other = s[derangement(n, g)]
+            errs = []
+            for code in (s, other):                                                           # (n,) each
+                rec = torch.cat([model.first_stage.to_image(model.decode(z0[i:i + 128], code[i:i + 128]).float())
+                                 for i in range(0, n, 128)])
+                errs.append((rec - x).pow(2).mean((1, 2, 3)).double().numpy())
+            sm = summarize(errs[1] - errs[0])
+            out["decoder"] = {"own": float(errs[0].mean()), "other": float(errs[1].mean()), "gap": sm["mean"],
+                              "lo": sm["lo"], "hi": sm["hi"],
+                              "rel_gap": float((errs[1].mean() - errs[0].mean()) / errs[1].mean())}
+    return out
+
+
+def summary(r: dict) -> str:
+    d = r["denoiser"]
+    line = (f"denoiser gap {d['all']['gap']:.4g} [{d['all']['lo']:.4g}, {d['all']['hi']:.4g}] "
+            f"(rel {d['all']['rel_gap']:.3f}); rel by t-range: "
+            + " ".join(f"{b['rel_gap']:.3f}" for b in d["buckets"]))
+    line += "; resolution " + " ".join(f"{k} {v['resolution']:.2f}" for k, v in r["factors"].items())
+    if "decoder" in r:
+        line += f"; decoder gap {r['decoder']['gap']:.4g} (rel {r['decoder']['rel_gap']:.3f})"
+    return line
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="EncDiff / MDDiff run folders (with checkpoint.pt)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--sample-scale", type=float, default=1.0, help=f"scale the image count (default 1: {N_IMAGES}; "
+                                                                   "tests use less)")
+    a = p.parse_args(argv)
+    import torch
+
+    from mclcore._io import write_json_atomic
+
+    torch.set_num_threads(max(1, a.threads))
+    for run in a.runs:
+        try:
+            res = code_use(run, a.sample_scale)
+        except ValueError as err:
+            print(f"code_use: {err}", file=sys.stderr)
+            return 2
+        write_json_atomic(res, os.path.join(run, FILE), indent=1, sort_keys=False)
+        print(run, summary(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
