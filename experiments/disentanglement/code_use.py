@@ -13,7 +13,8 @@ every run of a dataset) this measures, paired per image:
   - ``footprint``: the pair's latent distance, mean (z_0 - z_0')^2, i.e. how much of the denoising loss factor f
     can put at stake at all;
   - ``code_shift``: the pair's code distance, mean (s - s')^2, over the same for random pairs;
-  - ``gap``, ``lo``, ``hi``, ``rel_gap``: the conditioning gap with the partner's code (over uniform t);
+  - ``gap``, ``lo``, ``hi``, ``rel_gap``: the conditioning gap with the partner's code (over uniform t), and
+    ``gap_by_t`` its mean in each of the 10 ranges of t;
   - ``resolution`` = (gap_f / gap_random) / (footprint_f / footprint_random): the gap the code produces per unit
     of latent change, relative to random pairs. About 1: the denoiser's code separates images differing in f as
     much as their latents differ (as it does for random pairs); near 0: the code does not resolve f. A descriptive
@@ -69,8 +70,9 @@ def code_use(run: str, sample_scale: float = 1.0) -> dict:
     def pair_stats(xa, xb) -> dict:             # image a denoised with b's code; distances of the pair
         (za, sa), (zb, sb) = encode(xa), encode(xb)
         r = conditioning_gap(model.eps, model.diffusion, za, model.tokens(sa), other_context=model.tokens(sb),
-                             buckets=BUCKETS, generator=g)["all"]
-        return {"footprint": float((za - zb).pow(2).mean()), "code_dist": float((sa - sb).pow(2).mean()), **r}
+                             buckets=BUCKETS, generator=g)
+        return {"footprint": float((za - zb).pow(2).mean()), "code_dist": float((sa - sb).pow(2).mean()),
+                **r["all"], "gap_by_t": [b["gap"] for b in r["buckets"]]}
 
     with torch.no_grad():
         z0, s = encode(x)                                                                    # (n, 3, 16, 16), (n, K)

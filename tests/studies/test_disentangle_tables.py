@@ -197,6 +197,7 @@ def test_first_stage_probe_and_code_use_read_a_diffusion_run_and_refuse_other_ru
         assert r["denoiser"]["buckets"][-1]["t_hi"] == 100          # TINY's 100 timesteps
         assert list(r["factors"]) == list(res["probe"]) and r["samples"]["pairs_per_factor"] == 16
         for row in [r["random"], *r["factors"].values()]:
+            assert len(row["gap_by_t"]) == 10
             assert row["footprint"] >= 0 and np.isfinite(row["gap"]) and row["lo"] <= row["gap"] <= row["hi"]
     assert "decoder" not in json.load(open(run / "code_use.json"))
     dec = json.load(open(mdd / "code_use.json"))["decoder"]
