@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 
 # The last MCL measurement of training that an MDDiff run's metrics.json carries (mcl_diagnostics.json has them all).
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
@@ -116,3 +117,30 @@ def load_diffusion_run(run: str, script: str):
     model = study.build_model(cfg)
     model.load_state_dict(ck["model"])
     return cfg, model.eval(), study.load_dataset(cfg), ck["done"]
+
+
+def per_run_main(argv, description: str, script: str, measure, file: str, summary, sample_help: str) -> int:
+    """The command line of a per-run measurement (first_stage_probe.py, code_use.py): ``RUN [RUN ...] [--threads N]
+    [--sample-scale S]``; writes ``measure(run, S)`` to ``RUN/file`` (atomically) and prints ``summary(result)``;
+    a bad run folder is one line on stderr naming it, exit 2."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("runs", nargs="+", help="EncDiff / MDDiff run folders (with checkpoint.pt)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--sample-scale", type=float, default=1.0, help=sample_help)
+    a = p.parse_args(argv)
+    import torch
+
+    from mclcore._io import write_json_atomic
+
+    torch.set_num_threads(max(1, a.threads))
+    for run in a.runs:
+        try:
+            res = measure(run, a.sample_scale)
+        except ValueError as err:
+            print(f"{script.removesuffix('.py')}: {err}", file=sys.stderr)
+            return 2
+        write_json_atomic(res, os.path.join(run, file), indent=1, sort_keys=False)
+        print(run, summary(res), flush=True)
+    return 0

@@ -31,7 +31,6 @@ tabulates it.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -119,26 +118,10 @@ def summary(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="EncDiff / MDDiff run folders (with checkpoint.pt)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--sample-scale", type=float, default=1.0, help=f"scale the image count (default 1: {N_IMAGES}; "
-                                                                   "tests use less)")
-    a = p.parse_args(argv)
-    import torch
+    from _runs import per_run_main
 
-    from mclcore._io import write_json_atomic
-
-    torch.set_num_threads(max(1, a.threads))
-    for run in a.runs:
-        try:
-            res = code_use(run, a.sample_scale)
-        except ValueError as err:
-            print(f"code_use: {err}", file=sys.stderr)
-            return 2
-        write_json_atomic(res, os.path.join(run, FILE), indent=1, sort_keys=False)
-        print(run, summary(res), flush=True)
-    return 0
+    return per_run_main(argv, __doc__.split("\n")[0], "code_use.py", code_use, FILE, summary,
+                        f"scale the image and pair counts (default 1: {N_IMAGES} / {N_PAIRS}; tests use less)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ beside the code's per-factor informativeness.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -67,26 +66,10 @@ def probe(run: str, sample_scale: float = 1.0) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", nargs="+", help="EncDiff / MDDiff run folders (with checkpoint.pt)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--sample-scale", type=float, default=1.0, help="scale the image counts (default 1: 512 / 1000 / "
-                                                                   "500; tests use less)")
-    a = p.parse_args(argv)
-    import torch
+    from _runs import per_run_main
 
-    from mclcore._io import write_json_atomic
-
-    torch.set_num_threads(max(1, a.threads))
-    for run in a.runs:
-        try:
-            res = probe(run, a.sample_scale)
-        except ValueError as err:
-            print(f"first_stage_probe: {err}", file=sys.stderr)
-            return 2
-        write_json_atomic(res, os.path.join(run, FILE), indent=1, sort_keys=False)
-        print(run, json.dumps(res), flush=True)
-    return 0
+    return per_run_main(argv, __doc__.split("\n")[0], "first_stage_probe.py", probe, FILE, json.dumps,
+                        "scale the image counts (default 1: 512 / 1000 / 500; tests use less)")
 
 
 if __name__ == "__main__":
