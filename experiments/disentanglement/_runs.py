@@ -13,6 +13,7 @@ import sys
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
 
 
+CODE_USE_FILE = "code_use.json"     # code_use.py's, in the run folders where it was run
 RUN_INFO = "run_info.json"      # {"training_calls": n}, written beside a copied run's metrics.json
 
 
@@ -144,3 +145,29 @@ def per_run_main(argv, description: str, script: str, measure, file: str, summar
         write_json_atomic(res, os.path.join(run, file), indent=1, sort_keys=False)
         print(run, summary(res), flush=True)
     return 0
+
+
+def code_use_table(uses: dict, factors, group: str = "arm") -> list[str]:
+    """Markdown lines: per group (an arm or a screening cell: ``{label: [code_use.json dicts]}``, empty lists skipped)
+    the mean over its runs of code_use.py's overall relative gap, per-factor resolution and footprint (relative to
+    random pairs), for ``factors`` in that order; ``group`` names the first column."""
+    lines = ["How much the denoiser uses the code (code_use.py; 512 images, 256 one-factor pairs per factor, the same "
+             "draws for every run). Resolution: the conditioning gap of a one-factor pair per unit of latent change, "
+             "relative to random pairs (about 1: the code separates images differing in the factor as much as their "
+             "latents differ; near 0: it does not). Footprint: the pair's latent distance relative to a random "
+             "pair's (how much of the denoising loss the factor can put at stake). Mean over the seeds with a "
+             "code_use.json (n).", "",
+             f"| {group} | n | rel. gap (all t) | " + " | ".join(factors) + " |", "|---|---|---|" + "---|" * len(factors)]
+    for label, us in uses.items():
+        if not us:
+            continue
+        rel = sum(u["denoiser"]["all"]["rel_gap"] for u in us) / len(us)
+        for key in ("resolution", "footprint"):
+            cells = []
+            for f in factors:
+                vals = [u["factors"][f][key] / (u["random"][key] if key == "footprint" else 1)
+                        for u in us if f in u["factors"]]
+                cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "–")
+            lines.append(f"| {label}: {key} | {len(us)} | " + (f"{rel:.3f}" if key == "resolution" else "")
+                         + " | " + " | ".join(cells) + " |")
+    return lines

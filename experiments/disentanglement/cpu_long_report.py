@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from _runs import copy_run, diagnostics_table, report_args, runs_by_seed, train_minutes  # noqa: E402  (here)
+from _runs import (CODE_USE_FILE, code_use_table, copy_run, diagnostics_table, report_args,  # noqa: E402  (here)
+                   runs_by_seed, train_minutes)
 from collect_table1 import copy_figures  # noqa: E402
 from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
@@ -44,7 +45,6 @@ METRICS = (("factorvae", "FactorVAE"), ("dci", "DCI dis."), ("dci_completeness",
            ("fid", "FID"), ("lpips", "LPIPS"), ("minutes", "train min"))
 PER_FACTOR = "dci_informativeness_per_factor"
 PROBE_FILE = "first_stage_probe.json"       # first_stage_probe.py's, where it was run
-CODE_USE_FILE = "code_use.json"             # code_use.py's, where it was run
 
 
 def _value(m: dict, key: str):
@@ -132,23 +132,7 @@ def table(arms: dict) -> str:
                       + "."]
         uses = {arm: [u for run, _ in arms[arm].values() if (u := _read(run, CODE_USE_FILE))] for arm, _, _ in ARMS}
         if any(uses.values()):
-            lines += ["", "How much the denoiser uses the code (code_use.py; 512 images, 256 one-factor pairs per "
-                      "factor, the same draws for every run). Resolution: the conditioning gap of a one-factor pair "
-                      "per unit of latent change, relative to random pairs (about 1: the code separates images "
-                      "differing in the factor as much as their latents differ; near 0: it does not). Footprint: "
-                      "the pair's latent distance relative to a random pair's (how much of the denoising loss the "
-                      "factor can put at stake). Mean over the seeds with a code_use.json (n).", "",
-                      "| arm | n | rel. gap (all t) | " + " | ".join(factors) + " |",
-                      "|---|---|---|" + "---|" * len(factors)]
-            for arm, us in uses.items():
-                if not us:
-                    continue
-                rel = np.mean([u["denoiser"]["all"]["rel_gap"] for u in us])
-                for key, label in (("resolution", "resolution"), ("footprint", "footprint")):
-                    vals = [np.mean([u["factors"][f][key] / (u["random"][key] if key == "footprint" else 1)
-                                     for u in us if f in u["factors"]]) for f in factors]
-                    lines.append(f"| {arm}: {label} | {len(us)} | " + (f"{rel:.3f}" if key == "resolution" else "")
-                                 + " | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+            lines += ["", *code_use_table(uses, factors)]
     missing = [f"{arm} seed {s}" for arm, _, _ in ARMS for s in SEEDS if s not in arms[arm]]
     kinds = sorted({f"FID {fid_of(m)[1]}, LPIPS {lpips_of(m)[1]}" for runs in arms.values() for _, m in runs.values()})
     lines += ["", "Kinds of the FID / LPIPS columns: " + "; ".join(kinds) + " (stand-in: a network trained on the "

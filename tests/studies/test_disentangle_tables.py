@@ -230,7 +230,8 @@ def test_grid_tables_are_regenerated_from_committed_results(script, folder):
 
 def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_path):
     """encdiff_screen_report.py on fake cells (metrics.json only): one row per registered cell, unfinished ones
-    named, per-factor columns, training minutes; --from-results on the copied folder gives the same table."""
+    named, per-factor columns, training minutes, code-use rows of the cells code_use.py was run on; --from-results
+    on the copied folder gives the same table."""
     import json
 
     base = json.load(open(os.path.join(EXP, "results", "cpu_long_screening",
@@ -241,6 +242,9 @@ def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_pa
         m = dict(base, factorvae=fv, dci_informativeness_per_factor={"floor_hue": 0.9, "shape": 0.4},
                  seconds={"train_call": 1500.0, "total_call": 1600.0, "train_all_calls": 1800.0})
         json.dump(m, open(run / "metrics.json", "w"))
+        if cell == "attn16":
+            json.dump({"denoiser": {"all": {"rel_gap": 0.5}}, "random": {"footprint": 4.0},
+                       "factors": {"floor_hue": {"resolution": 1.25, "footprint": 1.0}}}, open(run / "code_use.json", "w"))
     script = os.path.join(EXP, "encdiff_screen_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "screen"), "--results", str(res)],
@@ -248,6 +252,8 @@ def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_pa
     assert "| cell | FactorVAE | DCI dis. | DCI inf. | floor_hue | shape | train min |" in out
     assert "| attn16 | 0.700 |" in out and "| 0.900 | 0.400 | 30.0 |" in out
     assert "| l1 | not finished |" in out and "| attn16-l1 | not finished |" in out
+    assert "| cell | n | rel. gap (all t) | floor_hue | shape |" in out and "| base:" not in out
+    assert "| attn16: resolution | 1 | 0.500 | 1.250 | – |" in out and "| attn16: footprint | 1 |  | 0.250 | – |" in out
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"
