@@ -4,7 +4,10 @@ The concept encoder learns only through the denoising loss, and only where the d
 code (:mod:`mclcore.metrics.conditioning`). On fixed draws of the run's twin (the same images, t and noise for
 every run of a dataset) this measures, paired per image:
 
-* ``denoiser``: the diffusion loss with the image's own concept tokens vs another image's (a random derangement),
+Every gap is a squared error (``loss="mse"``, the DDPM simple loss) whatever loss the run trained with, so runs
+trained with the L1 loss are read on the same scale as the others.
+
+* ``denoiser``: the denoising error with the image's own concept tokens vs another image's (a random derangement),
   in 10 equal ranges of t and over uniform t (the training loss); ``rel_gap`` is the share of a code-blind loss
   that the code removes. A gap near 0 over most of t means the encoder receives little signal there.
 * ``factors``: per varying factor f, pairs of images that differ in f alone (f moved to another class, the rest
@@ -69,7 +72,7 @@ def code_use(run: str, sample_scale: float = 1.0) -> dict:
     def pair_stats(xa, xb) -> dict:             # image a denoised with b's code; distances of the pair
         (za, sa), (zb, sb) = encode(xa), encode(xb)
         r = conditioning_gap(model.eps, model.diffusion, za, model.tokens(sa), other_context=model.tokens(sb),
-                             buckets=BUCKETS, generator=g)
+                             buckets=BUCKETS, loss="mse", generator=g)
         return {"footprint": float((za - zb).pow(2).mean()), "code_dist": float((sa - sb).pow(2).mean()),
                 **r["all"], "gap_by_t": [b["gap"] for b in r["buckets"]]}
 
@@ -78,7 +81,7 @@ def code_use(run: str, sample_scale: float = 1.0) -> dict:
         out = {"model": cfg.model, "dataset": cfg.data.dataset, "seed": cfg.seed, "phases": list(done),
                "samples": {"images": n, "pairs_per_factor": n_pairs, "buckets": BUCKETS, "seed": SEED},
                "denoiser": conditioning_gap(model.eps, model.diffusion, z0, model.tokens(s), buckets=BUCKETS,
-                                            generator=g)}
+                                            loss="mse", generator=g)}
         fa = ds.sample_factors(n_pairs, rng)
         rand = pair_stats(to_float_nchw(ds.observations(fa)), to_float_nchw(ds.observations(ds.sample_factors(
             n_pairs, rng))))

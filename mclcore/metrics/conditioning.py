@@ -9,8 +9,8 @@ paired (the same image, ``t`` and noise on both sides):
     err_other(i, t) = loss(eps_theta(x_t, t, c_j), eps),   j = pi(i), pi a random derangement of the images
     gap             = err_other - err_own          (> 0: the denoiser uses the code; 0: it ignores it)
 
-with ``loss`` the diffusion's own (per-image mean squared or absolute error), ``t`` drawn uniformly inside each of
-``buckets`` equal ranges of [0, T). Because the ranges are equal, the mean over buckets is the gap of the training
+with ``loss`` the per-image mean squared or absolute error (by default the diffusion's own training loss), ``t``
+drawn uniformly inside each of ``buckets`` equal ranges of [0, T). Because the ranges are equal, the mean over buckets is the gap of the training
 loss itself (uniform t), and ``rel_gap = gap / err_other`` is the share of the loss a code-blind denoiser would
 pay that the code removes. Intervals: percentile bootstrap over images (:mod:`mclcore.metrics.stats`).
 
@@ -45,8 +45,8 @@ def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tenso
 
 @torch.no_grad()
 def conditioning_gap(eps_model: Callable, diffusion, x0: torch.Tensor, context: torch.Tensor, *, buckets: int = 10,
-                     other_context: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                     batch_size: int = 128, level: float = 0.95) -> dict:
+                     other_context: torch.Tensor | None = None, loss: str | None = None,
+                     generator: torch.Generator | None = None, batch_size: int = 128, level: float = 0.95) -> dict:
     """The conditioning gap of the module doc.
 
     Args:
@@ -57,6 +57,9 @@ def conditioning_gap(eps_model: Callable, diffusion, x0: torch.Tensor, context: 
         buckets: number of equal ranges of t.
         other_context: (N, ...) the counterfactual condition of each row, e.g. the code of an image that differs
             from x0[i]'s in one factor only; default ``context[derangement(N)]`` (another image's).
+        loss: ``"mse"`` or ``"l1"``, the per-image error; default the diffusion's own (its training loss). Fix it
+            to compare denoisers trained with different losses on one scale: the gaps' ratios depend on it (an L1
+            error weighs small errors more than a squared one).
         generator: a CPU generator for t, the noise and the derangement
             (the result is a function of it). batch_size: images per forward pass. level: interval level.
 
@@ -69,6 +72,9 @@ def conditioning_gap(eps_model: Callable, diffusion, x0: torch.Tensor, context: 
         raise ValueError(f"context: expected {n} rows (one per x0 row), got {tuple(context.shape)}")
     if n < 2:
         raise ValueError(f"x0: the gap needs at least 2 inputs (one's code against another's), got {n}")
+    loss = diffusion.loss if loss is None else loss
+    if loss not in ("mse", "l1"):
+        raise ValueError(f"loss: expected 'mse' or 'l1' (or None: the diffusion's own), got {loss!r}")
     T = diffusion.num_timesteps
     if not isinstance(buckets, int) or not 1 <= buckets <= T:
         raise ValueError(f"buckets: expected an int in [1, {T}], got {buckets!r}")
@@ -95,7 +101,7 @@ def conditioning_gap(eps_model: Callable, diffusion, x0: torch.Tensor, context: 
             x_t = diffusion.q_sample(x0[sl], t, noise)
             for ctx, dst in ((context[sl], own), (other_ctx[sl], other)):
                 err = eps_model(x_t, t, ctx).float() - noise.float()
-                e = err.abs().mean(dims) if diffusion.loss == "l1" else err.pow(2).mean(dims)   # (b,)
+                e = err.abs().mean(dims) if loss == "l1" else err.pow(2).mean(dims)   # (b,)
                 dst[b, sl] = e.cpu().double().numpy()
     if not (np.isfinite(own).all() and np.isfinite(other).all()):
         raise ValueError("eps_model: returned NaN or infinite predictions")
@@ -106,5 +112,5 @@ def conditioning_gap(eps_model: Callable, diffusion, x0: torch.Tensor, context: 
                 "rel_gap": float((c.mean() - o.mean()) / c.mean()) if c.mean() > 0 else float("nan")}
 
     rows = [{"t_lo": int(edges[b]), "t_hi": int(edges[b + 1]), **_row(own[b], other[b])} for b in range(buckets)]
-    return {"n": int(n), "loss": diffusion.loss, "level": level, "buckets": rows,
+    return {"n": int(n), "loss": loss, "level": level, "buckets": rows,
             "all": _row(own.mean(0), other.mean(0))}

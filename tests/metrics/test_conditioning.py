@@ -86,3 +86,14 @@ def test_given_counterfactual_contexts_replace_the_derangement():
     assert 0 < near["all"]["gap"] < far["all"]["gap"]
     with pytest.raises(ValueError, match="other_context: expected the shape"):
         conditioning_gap(_oracle(diff), diff, x0, x0, other_context=x0[:3])
+
+
+def test_loss_override_reads_any_denoiser_on_one_scale():
+    diff = GaussianDiffusion(10, loss="l1")
+    x0 = torch.zeros(4, 1, 2, 2)
+    eps = lambda x_t, t, c: x_t / diff.sqrt_one_minus_alphas_cumprod[t].view(-1, 1, 1, 1) + 2 + c  # noqa: E731
+    own = {loss: conditioning_gap(eps, diff, x0, torch.zeros(4, 1, 2, 2), loss=loss, buckets=2,
+                                  generator=_gen(0))["all"]["own"] for loss in ("l1", "mse", None)}
+    assert own["l1"] == pytest.approx(2.0) and own["mse"] == pytest.approx(4.0) and own[None] == own["l1"]
+    with pytest.raises(ValueError, match="loss: expected 'mse' or 'l1'"):
+        conditioning_gap(eps, diff, x0, x0, loss="huber")
