@@ -154,8 +154,8 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
 
 def test_first_stage_probe_and_code_use_read_a_diffusion_run_and_refuse_other_runs(tmp_path, capsys, one_thread):
     """first_stage_probe.py on a tiny EncDiff run whose first stage finished: reconstruction MSE and one linear-probe
-    accuracy per Shapes3D factor, written to the run folder; code_use.py on the same run and on a tiny MDDiff run:
-    the conditioning gap per t-range and per factor (and the u-decoder's for MDDiff); a VAE run or a missing folder
+    accuracy per Shapes3D factor, written to the run folder; code_use.py on a tiny MDDiff run: the conditioning gap
+    per t-range and per factor, and the u-decoder's; a VAE run or a missing folder
     is one line, exit 2. In-process (the scripts' main and mcl's; one_thread restores the thread count they set):
     interpreter starts would triple its time."""
     import importlib.util
@@ -191,15 +191,14 @@ def test_first_stage_probe_and_code_use_read_a_diffusion_run_and_refuse_other_ru
 
     use = load("code_use")
     mdd = tmp_path / "mddiff-shapes3d-cpu-smoke-seed0"
-    assert use.main([str(run), str(mdd), "--sample-scale", "0.05"]) == 0
-    for r in (json.load(open(run / "code_use.json")), json.load(open(mdd / "code_use.json"))):
+    assert use.main([str(mdd), "--sample-scale", "0.05"]) == 0     # EncDiff's path is MDDiff's minus the decoder
+    for r in (json.load(open(mdd / "code_use.json")),):
         assert len(r["denoiser"]["buckets"]) == 10 and r["denoiser"]["n"] == 26
         assert r["denoiser"]["buckets"][-1]["t_hi"] == 100          # TINY's 100 timesteps
         assert list(r["factors"]) == list(res["probe"]) and r["samples"]["pairs_per_factor"] == 16
         for row in [r["random"], *r["factors"].values()]:
             assert len(row["gap_by_t"]) == 10
             assert row["footprint"] >= 0 and np.isfinite(row["gap"]) and row["lo"] <= row["gap"] <= row["hi"]
-    assert "decoder" not in json.load(open(run / "code_use.json"))
     dec = json.load(open(mdd / "code_use.json"))["decoder"]
     assert dec["own"] > 0 and dec["lo"] <= dec["gap"] <= dec["hi"]
     capsys.readouterr()
