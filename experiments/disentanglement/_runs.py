@@ -150,7 +150,8 @@ def per_run_main(argv, description: str, script: str, measure, file: str, summar
 def code_use_table(uses: dict, factors, group: str = "arm") -> list[str]:
     """Markdown lines: per group (an arm or a screening cell: ``{label: [code_use.json dicts]}``, empty lists skipped)
     the mean over its runs of code_use.py's overall relative gap, per-factor resolution and footprint (relative to
-    random pairs), for ``factors`` in that order; ``group`` names the first column."""
+    random pairs), for ``factors`` in that order, and MDDiff's u-decoder gap where measured; ``group`` names the
+    first column."""
     lines = ["How much the denoiser uses the code (code_use.py; 512 images, 256 one-factor pairs per factor, the same "
              "draws for every run). Resolution: the conditioning gap of a one-factor pair per unit of latent change, "
              "relative to random pairs (about 1: the code separates images differing in the factor as much as their "
@@ -170,4 +171,9 @@ def code_use_table(uses: dict, factors, group: str = "arm") -> list[str]:
                 cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "–")
             lines.append(f"| {label}: {key} | {len(us)} | " + (f"{rel:.3f}" if key == "resolution" else "")
                          + " | " + " | ".join(cells) + " |")
+    dec = {label: [u["decoder"]["rel_gap"] for u in us if "decoder" in u] for label, us in uses.items()}
+    if any(dec.values()):
+        lines += ["", "MDDiff's u-decoder g(z_0, u) given another image's u instead of its own: relative gap of its "
+                  "pixel MSE, mean over the seeds (n): " + "; ".join(
+                      f"{label} {sum(v) / len(v):.3f} (n={len(v)})" for label, v in dec.items() if v) + "."]
     return lines

@@ -119,7 +119,8 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
             if arm == "mddiff" and seed < 2:        # code_use.py's file on two seeds
                 json.dump({"denoiser": {"all": {"rel_gap": 0.8 + seed / 10}}, "random": {"footprint": 2.0},
                            "factors": {"floor_hue": {"resolution": 1.0 + seed, "footprint": 1.0},
-                                       "shape": {"resolution": 0.1, "footprint": 0.2}}},
+                                       "shape": {"resolution": 0.1, "footprint": 0.2}},
+                           "decoder": {"rel_gap": 0.04 + seed / 100}},
                           open(run / "code_use.json", "w"))
     script = os.path.join(EXP, "cpu_long_report.py")
     res = tmp_path / "res"
@@ -137,6 +138,7 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     # how much the denoiser uses the code, where code_use.py wrote one: resolution and footprint per factor
     assert "| mddiff: resolution | 2 | 0.850 | 1.500 | 0.100 |" in out
     assert "| mddiff: footprint | 2 |  | 0.500 | 0.100 |" in out
+    assert "relative gap of its pixel MSE, mean over the seeds (n): mddiff 0.045 (n=2)." in out
     assert os.path.exists(res / "mddiff" / "mddiff-shapes3d-cpu-long-seed1" / "code_use.json")
     minutes = [float(c.split()[0]) for c in out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1]][-1]
     # seed 0 its train_call, seed 1 training_run's 1800 s (not the evaluation call's), seed 2 all calls' 2400 s
