@@ -5,8 +5,8 @@
 # barely, while the first-stage latent the diffusion model denoises carries them (first_stage_probe.py); stage 1 at
 # 7000 steps was no better than at 4000. [Corrected 2026-12-07, comment only: that compared evaluations at two sample
 # scales; at the same one (0.1) seed 0 moved from FactorVAE 0.596 at 4000 steps to 0.630 at 7000.] Two options of
-# the public MDDiff code are screened, one at a time and together, on the 1000 / 4000 / 600-step schedule of the committed screening run (results/cpu_long_screening),
-# evaluated as cpu-long evaluates (eval.sample_scale = 0.1):
+# the public MDDiff code are screened, one at a time and together, on the 1000 / 4000 / 600-step schedule of the
+# committed screening run (results/cpu_long_screening), evaluated as cpu-long evaluates (eval.sample_scale = 0.1):
 #   base       the committed screening run itself, re-scored at eval.sample_scale = 0.1 (--eval-only; its folder is
 #              copied from BASE, default /tmp/long/a, where that run was trained)
 #   l1         diffusion.loss=l1           (theirs: loss_type l1)
