@@ -98,9 +98,19 @@ def report_args(description: str, root_help: str, argv=None):
     return a
 
 
-def load_diffusion_run(run: str, script: str):
-    """(cfg, model in eval mode, dataset, phases done) of the EncDiff / MDDiff run folder ``run`` (its checkpoint.pt); ValueError
-    naming ``run`` if it has no checkpoint, is another model, or its first stage has not finished."""
+def read_json(run: str, name: str) -> dict | None:
+    """The JSON file ``name`` of the run folder ``run`` (e.g. a measurement script's), None if it is not there."""
+    path = os.path.join(run, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_diffusion_run(run: str, script: str, need: str = "first_stage"):
+    """(cfg, model in eval mode, dataset, phases done) of the EncDiff / MDDiff run folder ``run`` (its
+    checkpoint.pt); ValueError naming ``run`` if it has no checkpoint, is another model, or phase ``need`` has not
+    finished."""
     from mclcore._io import load_checkpoint
     from mclcore.studies.disentangle import run as study
     from mclcore.studies.disentangle.config import RunConfig
@@ -113,8 +123,8 @@ def load_diffusion_run(run: str, script: str):
     cfg = from_dict(RunConfig, ck["config"])
     if cfg.model not in ("encdiff", "mddiff"):
         raise ValueError(f"run: {run!r} is a {cfg.model} run; {script} reads encdiff and mddiff runs")
-    if "first_stage" not in ck["done"]:
-        raise ValueError(f"run: the first stage of {run!r} has not finished (phases done: {ck['done']})")
+    if need not in ck["done"]:
+        raise ValueError(f"run: phase {need} of {run!r} has not finished (phases done: {ck['done']})")
     model = study.build_model(cfg)
     model.load_state_dict(ck["model"])
     return cfg, model.eval(), study.load_dataset(cfg), ck["done"]
@@ -158,7 +168,8 @@ def code_use_table(uses: dict, factors, group: str = "arm") -> list[str]:
              "latents differ; near 0: it does not). Footprint: the pair's latent distance relative to a random "
              "pair's (how much of the denoising loss the factor can put at stake). Mean over the seeds with a "
              "code_use.json (n).", "",
-             f"| {group} | n | rel. gap (all t) | " + " | ".join(factors) + " |", "|---|---|---|" + "---|" * len(factors)]
+             f"| {group} | n | rel. gap (all t) | " + " | ".join(factors) + " |",
+             "|---|---|---|" + "---|" * len(factors)]
     for label, us in uses.items():
         if not us:
             continue

@@ -57,9 +57,7 @@ def code_use(run: str, sample_scale: float = 1.0) -> dict:
     from mclcore.metrics.conditioning import conditioning_gap, derangement
     from mclcore.metrics.stats import summarize
 
-    cfg, model, ds, done = load_diffusion_run(run, "code_use.py")
-    if "stage1" not in done:
-        raise ValueError(f"run: stage 1 of {run!r} has not finished (phases done: {done})")
+    cfg, model, ds, done = load_diffusion_run(run, "code_use.py", need="stage1")
     n, n_pairs = (max(16, round(c * sample_scale)) for c in (N_IMAGES, N_PAIRS))
     rng = np.random.default_rng(SEED)
     x = to_float_nchw(ds.observations_at(ds.sample_index(n, rng)))                          # (n, 3, 64, 64)

@@ -21,7 +21,6 @@ from such a folder alone (what the test does).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -29,8 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from _runs import (CODE_USE_FILE, code_use_table, copy_run, diagnostics_table, report_args,  # noqa: E402  (here)
-                   runs_by_seed, train_minutes)
+from _runs import (CODE_USE_FILE, code_use_table, copy_run, diagnostics_table, read_json,  # noqa: E402  (here)
+                   report_args, runs_by_seed, train_minutes)
 from collect_table1 import copy_figures  # noqa: E402
 from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
@@ -64,14 +63,6 @@ def load(root: str, from_results: bool = False) -> dict:
     return {arm: runs_by_seed(os.path.join(root, arm, "*") if from_results else
                               os.path.join(root, folder, f"{model}-shapes3d-cpu-long-seed*"))
             for arm, folder, model in ARMS}
-
-
-def _read(run: str, name: str) -> dict | None:
-    path = os.path.join(run, name)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _fmt(v: float) -> str:
@@ -119,7 +110,7 @@ def table(arms: dict) -> str:
             if per:
                 lines.append(f"| {arm} | {len(per)} | " + " | ".join(
                     f"{np.mean([p[f] for p in per if f in p]):.3f}" for f in factors) + " |")
-            probes[arm] = [pr for run, _ in arms[arm].values() if (pr := _read(run, PROBE_FILE))]
+            probes[arm] = [pr for run, _ in arms[arm].values() if (pr := read_json(run, PROBE_FILE))]
         for arm, prs in probes.items():
             if prs:
                 lines.append(f"| {arm}: first-stage latent, linear probe | {len(prs)} | " + " | ".join(
@@ -130,7 +121,7 @@ def table(arms: dict) -> str:
                       "DCI's trees on the code). First-stage reconstruction MSE: " + "; ".join(
                           f"{arm} {np.mean([p['recon_mse'] for p in prs]):.4f}" for arm, prs in probes.items() if prs)
                       + "."]
-        uses = {arm: [u for run, _ in arms[arm].values() if (u := _read(run, CODE_USE_FILE))] for arm, _, _ in ARMS}
+        uses = {arm: [u for run, _ in arms[arm].values() if (u := read_json(run, CODE_USE_FILE))] for arm, _, _ in ARMS}
         if any(uses.values()):
             lines += ["", *code_use_table(uses, factors)]
     missing = [f"{arm} seed {s}" for arm, _, _ in ARMS for s in SEEDS if s not in arms[arm]]

@@ -5,12 +5,12 @@ denoiser uses the code, per factor); seed 0 (n = 1 per cell: screening, no inter
     python experiments/disentanglement/encdiff_screen_report.py /tmp/encscreen --results experiments/disentanglement/results/encdiff_screen
     python experiments/disentanglement/encdiff_screen_report.py experiments/disentanglement/results/encdiff_screen --from-results
 
-The first form copies each finished cell's ``metrics.json`` (and ``code_use.json``) and its figures (half-size JPEGs) into
-``RESULTS/<cell>/`` and writes ``RESULTS/table.md``; ``--from-results`` rebuilds the table from such a folder.
+The first form copies each finished cell's ``metrics.json`` (and ``code_use.json``) and its figures (half-size
+JPEGs) into ``RESULTS/<cell>/`` and writes ``RESULTS/table.md``; ``--from-results`` rebuilds the table from such a
+folder.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from mclcore._io import write_text_atomic  # noqa: E402
 
-from _runs import (CODE_USE_FILE, code_use_table, copy_run, report_args, runs_by_seed,  # noqa: E402  (here)
-                   train_minutes)
+from _runs import (CODE_USE_FILE, code_use_table, copy_run, read_json, report_args,  # noqa: E402  (here)
+                   runs_by_seed, train_minutes)
 from collect_table1 import copy_figures  # noqa: E402
 
 CELLS = ("base", "l1", "attn16", "attn16-l1")        # encdiff_screen.sh's order
@@ -58,11 +58,7 @@ def main(argv=None) -> int:
     if not cells:
         print(f"root: no finished screening cell under {a.root!r}", file=sys.stderr)
         return 2
-    uses = {}
-    for cell, (run, _) in cells.items():
-        if os.path.exists(path := os.path.join(run, CODE_USE_FILE)):
-            with open(path) as f:
-                uses[cell] = json.load(f)
+    uses = {cell: u for cell, (run, _) in cells.items() if (u := read_json(run, CODE_USE_FILE))}
     text = table({cell: m for cell, (_, m) in cells.items()}, uses)
     if a.results and not a.from_results:
         for cell, (run, _) in cells.items():

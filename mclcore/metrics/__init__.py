@@ -9,8 +9,8 @@
 Dataset metrics take ``(dataset, representation, rng)`` and follow the disentanglement_lib protocol by default
 (see each module's docstring); ``*_from_codes`` variants take precomputed codes and integer factors. ``mcc``,
 ``lps_from_codes`` and ``infomec`` (InfoM / InfoE / InfoC of codes against sources) work on arrays;
-``conditioning_gap`` measures how much a conditional denoiser uses its condition (own vs another's, per range of t). Pass one
-:class:`EncodedDataset` to several metrics to encode each grid point once (or use :func:`evaluate`).
+``conditioning_gap`` measures how much a conditional denoiser uses its condition (own vs another's, per range of
+t). Pass one :class:`EncodedDataset` to several metrics to encode each grid point once (or use :func:`evaluate`).
 """
 from mclcore.metrics.conditioning import conditioning_gap
 from mclcore.metrics.dci import DCI_MODELS, completeness, dci, dci_from_codes, disentanglement, importance_matrix

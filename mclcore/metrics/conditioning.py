@@ -10,9 +10,10 @@ paired (the same image, ``t`` and noise on both sides):
     gap             = err_other - err_own          (> 0: the denoiser uses the code; 0: it ignores it)
 
 with ``loss`` the per-image mean squared or absolute error (by default the diffusion's own training loss), ``t``
-drawn uniformly inside each of ``buckets`` equal ranges of [0, T). Because the ranges are equal, the mean over buckets is the gap of the training
-loss itself (uniform t), and ``rel_gap = gap / err_other`` is the share of the loss a code-blind denoiser would
-pay that the code removes. Intervals: percentile bootstrap over images (:mod:`mclcore.metrics.stats`).
+drawn uniformly inside each of ``buckets`` equal ranges of [0, T). Because the ranges are equal, the mean over buckets
+is the gap of the training loss itself (uniform t), and ``rel_gap = gap / err_other`` is the share of the loss a
+code-blind denoiser would pay that the code removes.
+Intervals: percentile bootstrap over images (:mod:`mclcore.metrics.stats`).
 
     from mclcore.metrics.conditioning import conditioning_gap
     r = conditioning_gap(model.eps, model.diffusion, z0, model.tokens(s), generator=torch.Generator().manual_seed(0))

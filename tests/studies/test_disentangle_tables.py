@@ -184,7 +184,8 @@ def test_first_stage_probe_and_code_use_read_a_diffusion_run_and_refuse_other_ru
     assert list(res["probe"]) == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
     assert all(0 <= v <= 1 for v in res["probe"].values()) and 0 < res["recon_mse"] < 1
     assert res["latent_dims"] == 3 * 16 * 16 and res["samples"] == {"recon": 51, "train": 100, "test": 50, "seed": 123}
-    for bad, why in ((tmp_path / "betavae-shapes3d-cpu-smoke-seed0", "first_stage_probe.py reads encdiff and mddiff runs"),
+    for bad, why in ((tmp_path / "betavae-shapes3d-cpu-smoke-seed0",
+                      "first_stage_probe.py reads encdiff and mddiff runs"),
                      (tmp_path / "nothing", "no checkpoint.pt")):
         capsys.readouterr()
         assert script.main([str(bad)]) == 2
@@ -245,7 +246,8 @@ def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_pa
         json.dump(m, open(run / "metrics.json", "w"))
         if cell == "attn16":
             json.dump({"denoiser": {"all": {"rel_gap": 0.5}}, "random": {"footprint": 4.0},
-                       "factors": {"floor_hue": {"resolution": 1.25, "footprint": 1.0}}}, open(run / "code_use.json", "w"))
+                       "factors": {"floor_hue": {"resolution": 1.25, "footprint": 1.0}}},
+                      open(run / "code_use.json", "w"))
     script = os.path.join(EXP, "encdiff_screen_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "screen"), "--results", str(res)],
@@ -254,7 +256,8 @@ def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_pa
     assert "| attn16 | 0.700 |" in out and "| 0.900 | 0.400 | 30.0 |" in out
     assert "| l1 | not finished |" in out and "| attn16-l1 | not finished |" in out
     assert "| cell | n | rel. gap (all t) | floor_hue | shape |" in out and "| base:" not in out
-    assert "| attn16: resolution | 1 | 0.500 | 1.250 | – |" in out and "| attn16: footprint | 1 |  | 0.250 | – |" in out
+    assert "| attn16: resolution | 1 | 0.500 | 1.250 | – |" in out
+    assert "| attn16: footprint | 1 |  | 0.250 | – |" in out
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"
