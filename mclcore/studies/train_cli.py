@@ -8,7 +8,9 @@
 Each (model, dataset, preset, seed) trains into ``OUT/<model>-<dataset>-<preset>-seed<seed>/`` (checkpoint.pt,
 config.json, tb/, metrics.json, figures/). Re-running the same command resumes a killed run from its last
 checkpoint and skips finished ones (``--no-resume`` starts over; ``--eval-only`` re-evaluates a finished run).
-The lifecycle is :func:`mclcore.train.loop.run_seeds`.
+The lifecycle is :func:`mclcore.train.loop.run_seeds`. ``--fork-from ROOT`` starts new runs from another arm's
+runs stopped where the two configs part (``mcl train mddiff ... --stop-after K`` into ROOT, then ``--set
+stages.lambda_mcl=0 --fork-from ROOT``): :func:`mclcore.train.loop.fork_run`.
 
 Models are registered in ``TRAINERS`` (name -> "module:function"); a new study adds one entry per model. Each
 function takes ``(model_name, args)`` and returns an exit code; ``TRAINER_OPTIONS`` says which datasets and presets
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> "module:function(model_name, args) -> int", imported only when chosen (keeps `mcl --help` light)
@@ -72,6 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fields")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                    help="stop (with a checkpoint) after this many steps in this call; re-run to continue")
+    p.add_argument("--fork-from", default=None, metavar="ROOT",
+                   help="start each new run from the run of the same name under ROOT (another arm's --out), "
+                        "stopped (--stop-after) before the first phase in which their configs differ: the phases "
+                        "before it are trained once, bit for bit as this config would (diffusion models: stage-2 "
+                        "fields and MCL options, e.g. --set stages.lambda_mcl=0); runs with a checkpoint resume")
     p.add_argument("--threads", type=int, default=0,
                    help="intra-op CPU threads (0: torch's default); 1 avoids OpenMP oversubscription on a busy machine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -98,6 +106,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.eval_only and (args.no_resume or args.no_eval or args.stop_after is not None):
         print("--eval-only: cannot be combined with --no-resume, --no-eval or --stop-after", file=sys.stderr)
+        return 2
+    if args.fork_from is not None and (args.eval_only or args.no_resume):
+        print("--fork-from: cannot be combined with --eval-only or --no-resume (it starts new runs only)",
+              file=sys.stderr)
+        return 2
+    if args.fork_from is not None and not os.path.isdir(args.fork_from):
+        print(f"--fork-from: no such folder {args.fork_from!r} (expected the --out of the run to fork from)",
+              file=sys.stderr)
         return 2
     if args.threads:
         import torch

@@ -74,6 +74,7 @@ import functools
 import inspect
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ from mclcore import distributed
 from mclcore._io import load_checkpoint, save_checkpoint, write_json_atomic
 from mclcore.train.config import apply_overrides, config_diff, from_dict, to_dict
 
-__all__ = ["Study", "StepContext", "train", "resolve_device", "check_finite", "train_or_resume", "run_seeds"]
+__all__ = ["Study", "StepContext", "train", "resolve_device", "check_finite", "train_or_resume", "run_seeds",
+           "fork_run"]
 
 
 class Study(Protocol):
@@ -108,7 +110,9 @@ class Study(Protocol):
     #   after_update(model, cfg, phase, step, data, ctx, out, opts) -> dict of extra logs,
     #   grad_clip(cfg, phase) -> float (0: none), extra_state(data) -> dict, load_extra_state(data, state),
     #   batch_sizes(cfg) -> {config key: global batch size} (needed under torchrun: train_step draws
-    #   ctx.per_rank(size) rows of each)
+    #   ctx.per_rank(size) rows of each),
+    #   fork_fields(cfg) -> {phase: config keys (or "section." prefixes) that no earlier phase reads}
+    #   (``mcl train --fork-from``: :func:`fork_run`)
 
 
 @dataclass
@@ -493,13 +497,91 @@ def run_identity_diff(out: str, cfg, ignore: tuple = ("device",)) -> list[str]:
     return [d for d in config_diff(saved, to_dict(cfg)) if not d.split(":")[0].startswith(tuple(ignore))]
 
 
+FORK_FILE = "fork.json"
+
+
+def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: dict[str, tuple],
+             ignore: tuple = ("device",)) -> dict:
+    """Start the new run ``out`` of ``cfg`` from run ``src``'s checkpoint (``mcl train --fork-from``).
+
+    Two arms of an ablation that differ only in what a late phase reads (MDDiff and MDDiff with lambda_MCL = 0
+    differ from stage 2 on) train the same earlier phases bit for bit, since every step's randomness is a function
+    of (seed, phase, step) (:class:`StepContext`). A fork trains those phases once: ``src`` is stopped where the
+    runs begin to differ (``--stop-after``), its checkpoint is copied into ``out`` with ``cfg`` as the config, and
+    both runs go on from there. The copy equals what ``cfg`` alone would have trained up to that point (a test
+    checks it bit for bit), so the fork saves time and changes no result.
+
+    What may differ: the config keys the study lists per phase in ``fields`` (``{phase: keys}``, a key ending in
+    "." is a section prefix; the study's ``fork_fields(cfg)``), the ``eval`` section and the ``ignore`` prefixes.
+    The first phase whose keys differ is where the runs part; ``src`` must not have trained a step of it or of a
+    later phase. ``out`` gets ``fork.json`` (the source, its phase and step, the differing fields) beside the
+    copied checkpoint and TensorBoard logs; the checkpoint's training seconds are the source's, so a forked run
+    reports what one uninterrupted run of ``cfg`` would have taken. Returns fork.json's record.
+
+    Raises ValueError naming ``--fork-from`` and what was expected: no checkpoint in ``src``, a differing key no
+    phase lists, no difference at all, or a source that trained past the parting phase (the message gives the
+    ``--stop-after`` to use).
+    """
+    ck_path = os.path.join(src, "checkpoint.pt")
+    if not os.path.isfile(ck_path):
+        raise ValueError(f"--fork-from: no checkpoint in {src} (expected the folder of a run of the same model, "
+                         f"dataset, preset and seed)")
+    state = load_checkpoint(ck_path)
+    try:        # fields added since the source was written take their defaults (as run_identity_diff)
+        saved = to_dict(from_dict(type(cfg), state["config"], where=ck_path, strict=False))
+    except (ValueError, TypeError):
+        saved = state["config"]
+    skip = tuple(ignore) + ("eval",)
+    diff = [d for d in config_diff(saved, to_dict(cfg)) if not d.split(":")[0].startswith(skip)]
+    if not diff:
+        raise ValueError(f"--fork-from: {src} was trained with this run's config (outside eval.*); there is nothing "
+                         f"to fork: resume or evaluate that run itself")
+    order = [p for p, _ in phases]
+
+    def phase_of(key: str):
+        for p in order:
+            if any(key == f or (f.endswith(".") and key.startswith(f)) for f in fields.get(p, ())):
+                return p
+        return None
+
+    parts = []
+    for d in diff:
+        p = phase_of(d.split(":")[0])
+        if p is None:
+            allowed = "; ".join(f"{p}: {', '.join(fields[p])}" for p in order if fields.get(p)) or "none"
+            raise ValueError(f"--fork-from: {src} differs from this run in {d}, which training reads before the "
+                             f"runs could part; a fork may change only ({allowed}) and eval.*")
+        parts.append(order.index(p))
+    first = min(parts)
+    before = sum(n for _, n in phases[:first])
+    at = state["phase"] if state["phase"] in order else None
+    trained_into = (any(order.index(p) >= first for p in state["done"] if p in order)
+                    or (at is not None and (order.index(at) > first
+                                            or (order.index(at) == first and state["step"] > 0))))
+    if trained_into:
+        raise ValueError(f"--fork-from: {src} has trained into {order[first]} (its checkpoint: {state['phase']} "
+                         f"step {state['step']}), where the runs differ ({diff[0]}); fork from a run stopped "
+                         f"before it: train the source with --stop-after {before} (the steps before "
+                         f"{order[first]}), fork, then resume the source")
+    record = {"from": os.path.abspath(src), "phase": state["phase"], "step": state["step"],
+              "done": list(state["done"]), "parts_at": order[first], "differs": diff,
+              "train_seconds_before": state.get("train_seconds")}
+    os.makedirs(out, exist_ok=True)
+    if os.path.isdir(os.path.join(src, "tb")):          # the shared phases' curves, then this run's own
+        shutil.copytree(os.path.join(src, "tb"), os.path.join(out, "tb"), dirs_exist_ok=True)
+    write_json_atomic(record, os.path.join(out, FORK_FILE), indent=1, sort_keys=False)
+    save_checkpoint(os.path.join(out, "checkpoint.pt"), {**state, "config": to_dict(cfg)})   # last: marks it done
+    return record
+
+
 # What a user's mistake or a damaged file raises on the way through a run; said in one line (``--debug``: traceback).
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run_dir: Callable[[Any], str],
               train_fn: Callable, evaluate: Callable, summary: Callable,
-              eval_config: Callable[[Any], Any] | None = None, identity_ignore: tuple = ("device",)) -> int:
+              eval_config: Callable[[Any], Any] | None = None, identity_ignore: tuple = ("device",),
+              phases: Callable[[Any], list] | None = None, fork_fields: Callable[[Any], dict] | None = None) -> int:
     """"Train, evaluate, write metrics" for every seed of ``args.seeds``: the body of ``mcl train``.
 
     ``config_for_seed(seed)`` -> cfg; ``run_dir(cfg)`` -> folder name under ``out_root``;
@@ -512,6 +594,10 @@ def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run
     with ``--eval-only``, the ``eval`` section may differ) is refused with the differing fields, unless
     ``--no-resume`` retrains it with the given config. Errors of :data:`USER_ERRORS` end the command with one line
     on stderr and exit code 2 (``--debug`` re-raises them). Returns the exit code.
+
+    ``--fork-from ROOT`` (``args.fork_from``; needs ``phases(cfg)`` and ``fork_fields(cfg)``, the study's): a run
+    folder without a checkpoint starts from ``ROOT/<run_dir(cfg)>``'s (:func:`fork_run`); one with a checkpoint
+    resumes as always.
 
     Under torchrun every rank trains every seed; then rank 0 evaluates the trained runs alone (reloading each from
     its checkpoint, as ``--eval-only`` does) while the other ranks return 0: nothing keeps them waiting in a
@@ -536,6 +622,18 @@ def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run
                 print(f"--out: {out} holds a run of a different config ({'; '.join(diff)}); use another --out, or "
                       f"--no-resume to retrain it with this config", file=sys.stderr)
                 return 2
+            fork_from = getattr(args, "fork_from", None)
+            if fork_from and not os.path.exists(os.path.join(out, "checkpoint.pt")):
+                if phases is None or fork_fields is None:
+                    raise ValueError("--fork-from: this study's runs cannot be forked (it lists no fields a fork "
+                                     "may change)")
+                if world.distributed:       # one file copy: no process group is needed for it
+                    raise ValueError("--fork-from: fork in one process (without torchrun, e.g. with "
+                                     "--stop-after 0), then resume the forked run under torchrun")
+                src = os.path.join(fork_from, run_dir(cfg))
+                rec = fork_run(src, out, cfg, phases=phases(cfg), fields=fork_fields(cfg), ignore=identity_ignore)
+                print(f"{out}: forked from {src} at {rec['phase']} step {rec['step']} (differs: "
+                      f"{'; '.join(rec['differs'])})", file=sys.stderr)
             t0 = time.perf_counter()
             status, model = train_or_resume(out, args, lambda **kw: train_fn(cfg, out, **kw))
             if status == "error":
@@ -608,5 +706,9 @@ def _evaluate_run(args, model, cfg, out: str, t0: float, train_s: float, eval_co
         res["seconds"]["training_run"] = previous
     if ckpt.get("train_seconds") is not None:   # training summed over every call, resumes included (see train)
         res["seconds"]["train_all_calls"] = ckpt["train_seconds"]
+    fork = os.path.join(out, FORK_FILE)
+    if os.path.exists(fork):                    # a forked run says so (and where from) in its metrics
+        with open(fork) as f:
+            res["forked_from"] = json.load(f)
     print(summary(out, res), flush=True)
     write_json_atomic(res, metrics_path, indent=1, sort_keys=False)

@@ -337,3 +337,48 @@ def test_cpu_long_preset_is_cpu_smoke_with_long_schedules(tmp_path, capsys):
     assert main(args) == 0 and os.path.exists(tmp_path / "betavae-mpi3d-cpu-long-seed0" / "checkpoint.pt")
     assert main(["train", "worldmodel", "--preset", "cpu-long", "--out", str(tmp_path / "wm"), "--quiet"]) == 2
     assert "--preset" in capsys.readouterr().err
+
+
+def test_a_fork_equals_a_fresh_run_of_its_config(tmp_path, capsys):
+    # --fork-from trains the phases two arms share once: the forked run must equal the arm trained on its own
+    from mclcore.cli import main
+
+    base = ["train", "mddiff", "--dataset", "mpi3d", "--quiet", "--no-eval", "--threads", "1",
+            *sum((["--set", s] for s in TINY), [])]
+    arm = ["--set", "stages.lambda_mcl=0", "--set", "mcl.tau=0.2"]
+    name = "mddiff-mpi3d-cpu-smoke-seed0"
+    a, b, c = (str(tmp_path / k) for k in "abc")
+    assert main([*base, "--out", a, "--stop-after", "5"]) == 0          # first_stage 2 + stage1 3 steps
+    ck = load_checkpoint(os.path.join(a, name, "checkpoint.pt"))
+    assert (ck["phase"], ck["step"], ck["done"]) == ("stage2", 0, ["first_stage", "stage1"])
+    assert main([*base, *arm, "--out", c, "--fork-from", a]) == 0
+    assert "forked from" in capsys.readouterr().err
+    assert main([*base, *arm, "--out", b]) == 0                          # the same arm, trained alone
+    forked, alone = (load_checkpoint(os.path.join(r, name, "checkpoint.pt")) for r in (c, b))
+    assert forked["done"] == ["first_stage", "stage1", "stage2"]
+    assert forked["model"].keys() == alone["model"].keys()
+    assert all(torch.equal(forked["model"][k], alone["model"][k]) for k in alone["model"])
+    assert forked["config"] == alone["config"]
+    rec = json.load(open(os.path.join(c, name, "fork.json")))
+    assert rec["parts_at"] == "stage2" and rec["step"] == 0
+    assert sorted(d.split(":")[0] for d in rec["differs"]) == ["mcl.tau", "stages.lambda_mcl"]
+    assert os.listdir(os.path.join(c, name, "tb"))                      # the shared phases' curves came along
+    # the source goes on with its own config, and its stage 2 differs from the forked arm's (the test can fail)
+    assert main([*base, "--out", a]) == 0
+    src = load_checkpoint(os.path.join(a, name, "checkpoint.pt"))
+    assert src["config"]["stages"]["lambda_mcl"] != 0
+    assert not all(torch.equal(src["model"][k], alone["model"][k]) for k in alone["model"])
+    capsys.readouterr()
+    # refused, one line each, nothing written: a source past the parting phase, a field an earlier phase reads,
+    # no difference, a missing folder, a combination that cannot fork
+    for extra, what in (([*arm, "--fork-from", a], "--stop-after 5"),
+                        (["--set", "stages.stage1_steps=4", "--fork-from", c], "stages.stage1_steps"),
+                        (["--set", "mcl.critic_hidden=8", "--fork-from", c], "mcl.critic_hidden"),
+                        ([*arm, "--fork-from", c], "nothing to fork"),
+                        ([*arm, "--fork-from", str(tmp_path / "none")], "no such folder"),
+                        ([*arm, "--fork-from", c, "--no-resume"], "--no-resume")):
+        out = str(tmp_path / "refused")
+        assert main([*base, *extra, "--out", out]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert what in err and "--fork-from" in err and len(err.splitlines()) == 1, err
+        assert not os.path.exists(out)

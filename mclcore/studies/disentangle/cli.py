@@ -49,7 +49,7 @@ def run(model_name: str, args: argparse.Namespace) -> int:
     mistake, said in one line on stderr)."""
     from mclcore.studies.disentangle.config import run_dir_name
     from mclcore.studies.disentangle.evaluate import evaluate
-    from mclcore.studies.disentangle.run import train
+    from mclcore.studies.disentangle.run import fork_fields, phases, train
     from mclcore.train.loop import run_seeds
 
     try:
@@ -74,4 +74,4 @@ def run(model_name: str, args: argparse.Namespace) -> int:
                      train_fn=train, eval_config=eval_config,
                      evaluate=lambda model, cfg, out: evaluate(model, cfg, out, cache_dir=cache,
                                                                progress=not args.quiet),
-                     summary=_summary)
+                     summary=_summary, phases=phases, fork_fields=fork_fields)

@@ -27,6 +27,7 @@ config are global: under torchrun each rank draws ``ctx.per_rank(batch_size)`` r
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -96,6 +97,25 @@ def batch_sizes(cfg: RunConfig) -> dict[str, int]:
     if cfg.model in DIFFUSION_MODELS:
         return {"first_stage.batch_size": cfg.first_stage.batch_size, "stages.batch_size": cfg.stages.batch_size}
     return {"vae.batch_size": cfg.vae.batch_size}
+
+
+# What stage 2 alone reads (train_step, trainable, optimizers above; the MCL options except those that shape the
+# critic and heads, whose weights a fork copies): two runs differing only here train the first stage and stage 1
+# bit for bit (measured on the cpu-long grid's MDDiff and lambda_MCL = 0 arms, 71 logged stage-1 losses at each
+# of 2 seeds, 2026-12-07; tests/studies/test_disentangle.py checks a fork against a fresh run).
+_STAGE2_FIELDS = ("stages.stage2_steps", "stages.base_lr2", "stages.warmup2", "stages.lambda_recon",
+                  "stages.lambda_mcl", "stages.mcl_z", "stages.freeze_decoder")
+_MCL_SHAPE = ("critic", "critic_hidden", "critic_input", "proj_dim", "proj_layernorm")
+
+
+def fork_fields(cfg: RunConfig) -> dict[str, tuple[str, ...]]:
+    """``{phase: config keys}`` that no earlier phase reads (``mcl train --fork-from``,
+    :func:`mclcore.train.loop.fork_run`): the diffusion models' stage-2 schedule, MDDiff's MCL weight and options.
+    The VAEs (one phase) and the baselines list none."""
+    if cfg.model not in DIFFUSION_MODELS:
+        return {}
+    mcl = tuple(f"mcl.{f.name}" for f in dataclasses.fields(cfg.mcl) if f.name not in _MCL_SHAPE)
+    return {"stage2": _STAGE2_FIELDS + (mcl if cfg.model == "mddiff" else ())}
 
 
 # ------------------------------------------------------------------------------------------------------ data
