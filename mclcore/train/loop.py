@@ -531,7 +531,7 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
         saved = to_dict(from_dict(type(cfg), state["config"], where=ck_path, strict=False))
     except (ValueError, TypeError):
         saved = state["config"]
-    skip = tuple(ignore) + ("eval",)
+    skip = tuple(ignore) + ("eval.",)
     diff = [d for d in config_diff(saved, to_dict(cfg)) if not d.split(":")[0].startswith(skip)]
     if not diff:
         raise ValueError(f"--fork-from: {src} was trained with this run's config (outside eval.*); there is nothing "
