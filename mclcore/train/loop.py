@@ -508,8 +508,9 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
     differ from stage 2 on) train the same earlier phases bit for bit, since every step's randomness is a function
     of (seed, phase, step) (:class:`StepContext`). A fork trains those phases once: ``src`` is stopped where the
     runs begin to differ (``--stop-after``), its checkpoint is copied into ``out`` with ``cfg`` as the config, and
-    both runs go on from there. The copy equals what ``cfg`` alone would have trained up to that point (a test
-    checks it bit for bit), so the fork saves time and changes no result.
+    both runs go on from there. The copy equals what ``cfg`` alone would have trained up to that point on the
+    same device and thread count (a test checks it bit for bit; another thread count reorders float sums, and
+    such runs drift apart from the first steps), so the fork saves time and changes no result.
 
     What may differ: the config keys the study lists per phase in ``fields`` (``{phase: keys}``, a key ending in
     "." is a section prefix; the study's ``fork_fields(cfg)``), the ``eval`` section and the ``ignore`` prefixes.

@@ -101,8 +101,9 @@ def batch_sizes(cfg: RunConfig) -> dict[str, int]:
 
 # What stage 2 alone reads (train_step, trainable, optimizers above; the MCL options except those that shape the
 # critic and heads, whose weights a fork copies): two runs differing only here train the first stage and stage 1
-# bit for bit (measured on the cpu-long grid's MDDiff and lambda_MCL = 0 arms, 71 logged stage-1 losses at each
-# of 2 seeds, 2026-12-07; tests/studies/test_disentangle.py checks a fork against a fresh run).
+# bit for bit at one thread count (measured on the cpu-long grid's MDDiff and lambda_MCL = 0 arms, --threads 1:
+# 11 first-stage and 71 stage-1 logged losses equal at each of 3 seeds, 2026-12-07; tests/studies/
+# test_disentangle.py checks a fork against a fresh run). Another thread count reorders float sums: runs drift.
 _STAGE2_FIELDS = ("stages.stage2_steps", "stages.base_lr2", "stages.warmup2", "stages.lambda_recon",
                   "stages.lambda_mcl", "stages.mcl_z", "stages.freeze_decoder")
 _MCL_SHAPE = ("critic", "critic_hidden", "critic_input", "proj_dim", "proj_layernorm")
