@@ -34,6 +34,8 @@ CASES = [
     (["train", "worldmodel", "--data-path", "{d}/junk.pt", "--out", "{d}/out", "--quiet"], "junk.pt"),
     (["train", "worldmodel", "--set", "mcl.tau=0", "--out", "{d}/out"], "mcl.tau"),
     (["train", "betavae", "--stop-after", "-5", "--out", "{d}/out"], "--stop-after"),
+    (["train", "betavae", "--stop-before", "stage2", "--out", "{d}/out", "--quiet"], "--stop-before"),
+    (["train", "mddiff", "--fork-from", "{d}/missing", "--out", "{d}/out", "--quiet"], "--fork-from"),
     (["train", "betavae", "--eval-only", "--out", "{d}/out"], "no checkpoint"),
     (["demo", "--steps", "-1"], "--steps"),
 ]

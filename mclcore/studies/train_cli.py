@@ -9,7 +9,7 @@ Each (model, dataset, preset, seed) trains into ``OUT/<model>-<dataset>-<preset>
 config.json, tb/, metrics.json, figures/). Re-running the same command resumes a killed run from its last
 checkpoint and skips finished ones (``--no-resume`` starts over; ``--eval-only`` re-evaluates a finished run).
 The lifecycle is :func:`mclcore.train.loop.run_seeds`. ``--fork-from ROOT`` starts new runs from another arm's
-runs stopped where the two configs part (``mcl train mddiff ... --stop-after K`` into ROOT, then ``--set
+runs stopped where the two configs part (``mcl train mddiff ... --stop-before stage2`` into ROOT, then ``--set
 stages.lambda_mcl=0 --fork-from ROOT``): :func:`mclcore.train.loop.fork_run`.
 
 Models are registered in ``TRAINERS`` (name -> "module:function"); a new study adds one entry per model. Each
@@ -75,9 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fields")
     p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                    help="stop (with a checkpoint) after this many steps in this call; re-run to continue")
+    p.add_argument("--stop-before", default=None, metavar="PHASE",
+                   help="stop (with a checkpoint) on reaching this phase, before its first step (e.g. stage2): "
+                        "where --fork-from starts another arm; a rerun stops at the same point")
     p.add_argument("--fork-from", default=None, metavar="ROOT",
                    help="start each new run from the run of the same name under ROOT (another arm's --out), "
-                        "stopped (--stop-after) before the first phase in which their configs differ: the phases "
+                        "stopped (--stop-before) before the first phase in which their configs differ: the phases "
                         "before it are trained once, bit for bit as this config would (diffusion models: stage-2 "
                         "fields and MCL options, e.g. --set stages.lambda_mcl=0); runs with a checkpoint resume")
     p.add_argument("--threads", type=int, default=0,
@@ -104,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     if any(s < 0 for s in args.seeds):
         print(f"--seeds: expected integers >= 0, got {args.seeds}", file=sys.stderr)
         return 2
-    if args.eval_only and (args.no_resume or args.no_eval or args.stop_after is not None):
-        print("--eval-only: cannot be combined with --no-resume, --no-eval or --stop-after", file=sys.stderr)
+    if args.eval_only and (args.no_resume or args.no_eval or args.stop_after is not None or args.stop_before):
+        print("--eval-only: cannot be combined with --no-resume, --no-eval, --stop-after or --stop-before",
+              file=sys.stderr)
         return 2
     if args.fork_from is not None and (args.eval_only or args.no_resume):
         print("--fork-from: cannot be combined with --eval-only or --no-resume (it starts new runs only)",

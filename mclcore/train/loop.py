@@ -178,7 +178,8 @@ def check_finite(loss: torch.Tensor, where: str, hint: str | Callable[[], str] =
 
 
 def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt", write_config: bool = True,
-          log: bool = True, resume: bool = True, stop_after: int | None = None, progress: bool = True,
+          log: bool = True, resume: bool = True, stop_after: int | None = None, stop_before: str | None = None,
+          progress: bool = True,
           on_step: Callable[[int], None] | None = None, config_mismatch: str = "warn", label: str = "run",
           seed: int | None = None, device: str | None = None, log_every: int | None = None,
           ckpt_every: int | None = None):
@@ -191,7 +192,9 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
         out_dir: holds ``checkpoint`` (a file name in it), ``config.json`` (``write_config``) and ``tb/`` (``log``);
             None: nothing is written and nothing resumed.
         resume: continue from the checkpoint if it exists. stop_after: return (with a checkpoint) after that many
-            optimisation steps in this call; ``finished`` is then False.
+            optimisation steps in this call; ``finished`` is then False. stop_before: a phase name; return (with a
+            checkpoint, ``finished`` False) on reaching it, before its first step: where a fork starts
+            (:func:`fork_run`). Unlike ``stop_after`` it is idempotent: a rerun stops at the same point.
         progress: a progress bar per phase. on_step: called with the number of steps done (progress of a caller),
             after each step's checkpoint (if any) is written; on resume first with the steps already done.
         label: names the run in messages.
@@ -245,6 +248,9 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
         device = run_device
     else:
         device = resolve_device(cfg.device if device is None else device)
+    if stop_before is not None and stop_before not in [p for p, _ in study.phases(cfg)]:   # before anything loads
+        raise ValueError(f"--stop-before: {stop_before!r} is not a phase of this run (its phases: "
+                         f"{', '.join(p for p, _ in study.phases(cfg))})")
     torch.manual_seed(seed)
     model = study.build_model(cfg).to(device)
     # rank 0 first: a cache the study fills (generated episodes) is then read by the other ranks, and a failure on
@@ -325,6 +331,8 @@ def train(study, cfg, out_dir: str | None, *, checkpoint: str = "checkpoint.pt",
                 distributed.together(lambda: snapshot(step), f"{label}/{phase}: writing the checkpoint")
 
             index = study.PHASES.index(phase)
+            if phase == stop_before:                  # the first iteration checkpoints and returns
+                budget = 0
             bar = tqdm(range(start, n_steps), desc=f"{label}/{phase}", disable=not progress, dynamic_ncols=True)
             t0 = time.perf_counter()
             for step in bar:
@@ -464,11 +472,13 @@ def train_or_resume(out: str, args, train_fn) -> tuple[str, object]:
         return "skip", None
     if args.no_resume and os.path.exists(metrics) and main:
         os.remove(metrics)
+    stop_before = getattr(args, "stop_before", None)
     model, finished = train_fn(resume=not args.no_resume, stop_after=args.stop_after, progress=not args.quiet,
-                               log=True)
+                               log=True, **({"stop_before": stop_before} if stop_before else {}))
     if not finished:
         if main:
-            print(f"{out}: stopped after {args.stop_after} steps (checkpoint saved; re-run to continue)")
+            where = f"at the start of {stop_before}" if stop_before else f"after {args.stop_after} steps"
+            print(f"{out}: stopped {where} (checkpoint saved; re-run to continue)")
         return "skip", None
     return "ok", model
 
@@ -562,8 +572,8 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
     if trained_into:
         raise ValueError(f"--fork-from: {src} has trained into {order[first]} (its checkpoint: {state['phase']} "
                          f"step {state['step']}), where the runs differ ({diff[0]}); fork from a run stopped "
-                         f"before it: train the source with --stop-after {before} (the steps before "
-                         f"{order[first]}), fork, then resume the source")
+                         f"before it: train the source with --stop-before {order[first]} (or --stop-after "
+                         f"{before} from scratch), fork, then resume the source")
     record = {"from": os.path.abspath(src), "phase": state["phase"], "step": state["step"],
               "done": list(state["done"]), "parts_at": order[first], "differs": diff,
               "train_seconds_before": state.get("train_seconds")}

@@ -348,9 +348,16 @@ def test_a_fork_equals_a_fresh_run_of_its_config(tmp_path, capsys):
     arm = ["--set", "stages.lambda_mcl=0", "--set", "mcl.tau=0.2"]
     name = "mddiff-mpi3d-cpu-smoke-seed0"
     a, b, c = (str(tmp_path / k) for k in "abc")
-    assert main([*base, "--out", a, "--stop-after", "5"]) == 0          # first_stage 2 + stage1 3 steps
+    assert main([*base, "--out", a, "--stop-before", "stage2"]) == 0    # first_stage 2 + stage1 3 steps
     ck = load_checkpoint(os.path.join(a, name, "checkpoint.pt"))
     assert (ck["phase"], ck["step"], ck["done"]) == ("stage2", 0, ["first_stage", "stage1"])
+    assert main([*base, "--out", a, "--stop-before", "stage2"]) == 0    # idempotent: a rerun stops there again
+    again = load_checkpoint(os.path.join(a, name, "checkpoint.pt"))
+    assert (again["phase"], again["step"]) == ("stage2", 0)
+    assert all(torch.equal(again["model"][k], ck["model"][k]) for k in ck["model"])
+    stopped = str(tmp_path / "stopped")                                 # --stop-after 5 stops at the same point
+    assert main([*base, "--out", stopped, "--stop-after", "5"]) == 0
+    assert load_checkpoint(os.path.join(stopped, name, "checkpoint.pt"))["phase"] == "stage2"
     assert main([*base, *arm, "--out", c, "--fork-from", a]) == 0
     assert "forked from" in capsys.readouterr().err
     assert main([*base, *arm, "--out", b]) == 0                          # the same arm, trained alone
@@ -371,7 +378,7 @@ def test_a_fork_equals_a_fresh_run_of_its_config(tmp_path, capsys):
     capsys.readouterr()
     # refused, one line each, nothing written: a source past the parting phase, a field an earlier phase reads,
     # no difference, a missing folder, a combination that cannot fork
-    for extra, what in (([*arm, "--fork-from", a], "--stop-after 5"),
+    for extra, what in (([*arm, "--fork-from", a], "--stop-before stage2 (or --stop-after 5"),
                         (["--set", "stages.stage1_steps=4", "--fork-from", c], "stages.stage1_steps"),
                         (["--set", "mcl.critic_hidden=8", "--fork-from", c], "mcl.critic_hidden"),
                         ([*arm, "--fork-from", c], "nothing to fork"),
