@@ -525,13 +525,12 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
     What may differ: the config keys the study lists per phase in ``fields`` (``{phase: keys}``, a key ending in
     "." is a section prefix; the study's ``fork_fields(cfg)``), the ``eval`` section and the ``ignore`` prefixes.
     The first phase whose keys differ is where the runs part; ``src`` must not have trained a step of it or of a
-    later phase. ``out`` gets ``fork.json`` (the source, its phase and step, the differing fields) beside the
+    later phase. The same config (one arm of a grid whose shared phases were trained with its values) is a copy. ``out`` gets ``fork.json`` (the source, its phase and step, the differing fields) beside the
     copied checkpoint and TensorBoard logs; the checkpoint's training seconds are the source's, so a forked run
     reports what one uninterrupted run of ``cfg`` would have taken. Returns fork.json's record.
 
     Raises ValueError naming ``--fork-from`` and what was expected: no checkpoint in ``src``, a differing key no
-    phase lists, no difference at all, or a source that trained past the parting phase (the message gives the
-    ``--stop-after`` to use).
+    phase lists, or a source that trained past the parting phase (the message gives the ``--stop-before`` to use).
     """
     ck_path = os.path.join(src, "checkpoint.pt")
     if not os.path.isfile(ck_path):
@@ -544,9 +543,6 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
         saved = state["config"]
     skip = tuple(ignore) + ("eval.",)
     diff = [d for d in config_diff(saved, to_dict(cfg)) if not d.split(":")[0].startswith(skip)]
-    if not diff:
-        raise ValueError(f"--fork-from: {src} was trained with this run's config (outside eval.*); there is nothing "
-                         f"to fork: resume or evaluate that run itself")
     order = [p for p, _ in phases]
 
     def phase_of(key: str):
@@ -555,7 +551,7 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
                 return p
         return None
 
-    parts = []
+    parts = [len(order)]            # the same config (outside eval.*): a copy, valid wherever the source stands
     for d in diff:
         p = phase_of(d.split(":")[0])
         if p is None:
@@ -566,7 +562,7 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
     first = min(parts)
     before = sum(n for _, n in phases[:first])
     at = state["phase"] if state["phase"] in order else None
-    trained_into = (any(order.index(p) >= first for p in state["done"] if p in order)
+    trained_into = first < len(order) and (any(order.index(p) >= first for p in state["done"] if p in order)
                     or (at is not None and (order.index(at) > first
                                             or (order.index(at) == first and state["step"] > 0))))
     if trained_into:
@@ -575,7 +571,7 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
                          f"before it: train the source with --stop-before {order[first]} (or --stop-after "
                          f"{before} from scratch), fork, then resume the source")
     record = {"from": os.path.abspath(src), "phase": state["phase"], "step": state["step"],
-              "done": list(state["done"]), "parts_at": order[first], "differs": diff,
+              "done": list(state["done"]), "parts_at": order[first] if first < len(order) else None, "differs": diff,
               "train_seconds_before": state.get("train_seconds")}
     os.makedirs(out, exist_ok=True)
     if os.path.isdir(os.path.join(src, "tb")):          # the shared phases' curves, then this run's own
@@ -644,7 +640,7 @@ def run_seeds(args, *, out_root: str, config_for_seed: Callable[[int], Any], run
                 src = os.path.join(fork_from, run_dir(cfg))
                 rec = fork_run(src, out, cfg, phases=phases(cfg), fields=fork_fields(cfg), ignore=identity_ignore)
                 print(f"{out}: forked from {src} at {rec['phase']} step {rec['step']} (differs: "
-                      f"{'; '.join(rec['differs'])})", file=sys.stderr)
+                      f"{'; '.join(rec['differs']) or 'nothing, a copy'})", file=sys.stderr)
             t0 = time.perf_counter()
             status, model = train_or_resume(out, args, lambda **kw: train_fn(cfg, out, **kw))
             if status == "error":

@@ -375,13 +375,17 @@ def test_a_fork_equals_a_fresh_run_of_its_config(tmp_path, capsys):
     src = load_checkpoint(os.path.join(a, name, "checkpoint.pt"))
     assert src["config"]["stages"]["lambda_mcl"] != 0
     assert not all(torch.equal(src["model"][k], alone["model"][k]) for k in alone["model"])
+    # the same config is a copy, wherever the source stands (a grid's arm with the shared run's values)
+    assert main([*base, *arm, "--out", str(tmp_path / "copy"), "--fork-from", c]) == 0
+    copy = load_checkpoint(os.path.join(str(tmp_path / "copy"), name, "checkpoint.pt"))
+    assert all(torch.equal(copy["model"][k], alone["model"][k]) for k in alone["model"])
+    assert json.load(open(os.path.join(str(tmp_path / "copy"), name, "fork.json")))["parts_at"] is None
     capsys.readouterr()
     # refused, one line each, nothing written: a source past the parting phase, a field an earlier phase reads,
-    # no difference, a missing folder, a combination that cannot fork
+    # a missing folder, a combination that cannot fork
     for extra, what in (([*arm, "--fork-from", a], "--stop-before stage2 (or --stop-after 5"),
                         (["--set", "stages.stage1_steps=4", "--fork-from", c], "stages.stage1_steps"),
                         (["--set", "mcl.critic_hidden=8", "--fork-from", c], "mcl.critic_hidden"),
-                        ([*arm, "--fork-from", c], "nothing to fork"),
                         ([*arm, "--fork-from", str(tmp_path / "none")], "no such folder"),
                         ([*arm, "--fork-from", c, "--no-resume"], "--no-resume")):
         out = str(tmp_path / "refused")
