@@ -140,7 +140,9 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert "| mddiff: footprint | 2 |  | 0.500 | 0.100 |" in out
     assert "relative gap of its pixel MSE, mean over the seeds (n): mddiff 0.045 (n=2)." in out
     assert os.path.exists(res / "mddiff" / "mddiff-shapes3d-cpu-long-seed1" / "code_use.json")
-    minutes = [float(c.split()[0]) for c in out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1]][-1]
+    minutes = float(out.split("| encdiff | 3 |")[1].split("\n")[0].split("|")[1:-1][-1].split()[0])
+    # the u-decoder gap as a column: mddiff's two code_use.json files (0.04, 0.05), none for encdiff
+    assert "| 0.045 [0.040, 0.050] (n=2) | " in out.split("| mddiff | 3 |")[1].split("\n")[0]
     # seed 0 its train_call, seed 1 training_run's 1800 s (not the evaluation call's), seed 2 all calls' 2400 s
     assert minutes == pytest.approx(np.mean([base["seconds"]["train_call"] / 60, 30.0, 40.0]), abs=1e-3)
     one_call = f"{base['seconds']['train_call'] / 60:.3f}"              # betavae: seed 0's alone
@@ -258,6 +260,43 @@ def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_pa
     assert "| cell | n | rel. gap (all t) | floor_hue | shape |" in out and "| base:" not in out
     assert "| attn16: resolution | 1 | 0.500 | 1.250 | – |" in out
     assert "| attn16: footprint | 1 |  | 0.250 | – |" in out
+    again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
+                           check=True).stdout
+    assert again == out == open(res / "table.md").read() + "\n"
+
+
+def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
+    """mcl_dose_report.py (cpu_long_report's table with the dose grid's arms) on fake runs: the three arms, the
+    differences it was registered for with the u-decoder gap as a column, both MCL arms' diagnostics, unfinished runs
+    named; --from-results gives the same table."""
+    import json
+
+    base = json.load(open(os.path.join(RESULTS, "mddiff-shapes3d-cpu-smoke-seed0", "metrics.json")))
+    gaps = {"lam0": (0.04, 0.05, 0.06), "lam1e-3": (0.05, 0.06, 0.07), "lam1e-2": (0.10, 0.12, None)}
+    for arm, vals in gaps.items():
+        for seed, g in enumerate(vals):
+            if g is None:
+                continue
+            run = tmp_path / "runs" / arm / f"mddiff-shapes3d-cpu-long-seed{seed}"
+            os.makedirs(run)
+            json.dump(dict(base, preset="cpu-long", seed=seed, factorvae=0.6,
+                           mcl_weight=float(arm[3:]) if arm != "lam0" else 0.0), open(run / "metrics.json", "w"))
+            json.dump({"denoiser": {"all": {"rel_gap": 0.8}}, "random": {"footprint": 2.0},
+                       "factors": {"shape": {"resolution": 0.1, "footprint": 0.2}}, "decoder": {"rel_gap": g}},
+                      open(run / "code_use.json", "w"))
+    script = os.path.join(EXP, "mcl_dose_report.py")
+    res = tmp_path / "res"
+    out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "pre-registered grid experiments/disentanglement/mcl_dose.sh" in out
+    assert "| lam0 | 3 |" in out and "| lam1e-2 | 2 |" in out
+    rows = {line.split(" | ")[0]: line for line in out.splitlines() if " − " in line}
+    assert set(rows) == {"| lam1e-3 − lam0", "| lam1e-2 − lam0", "| lam1e-2 − lam1e-3"}
+    gap = lambda row: row.split(" | ")[-2]          # noqa: E731  (the u-decoder gap, before train min)
+    assert gap(rows["| lam1e-3 − lam0"]).startswith("+0.010 [+0.010, +0.010]")
+    assert rows["| lam1e-2 − lam0"].split(" | ")[1] == "0,1" and gap(rows["| lam1e-2 − lam0"]) == "+0.065 [+0.060, +0.070]"
+    assert "lambda_MCL = 1e-3's MCL diagnostics" in out and "lambda_MCL = 1e-2's MCL diagnostics" in out
+    assert "Not finished: lam1e-2 seed 2." in out
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"
