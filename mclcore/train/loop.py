@@ -517,7 +517,7 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
     Two arms of an ablation that differ only in what a late phase reads (MDDiff and MDDiff with lambda_MCL = 0
     differ from stage 2 on) train the same earlier phases bit for bit, since every step's randomness is a function
     of (seed, phase, step) (:class:`StepContext`). A fork trains those phases once: ``src`` is stopped where the
-    runs begin to differ (``--stop-after``), its checkpoint is copied into ``out`` with ``cfg`` as the config, and
+    runs begin to differ (``--stop-before``), its checkpoint is copied into ``out`` with ``cfg`` as the config, and
     both runs go on from there. The copy equals what ``cfg`` alone would have trained up to that point on the
     same device and thread count (a test checks it bit for bit; another thread count reorders float sums, and
     such runs drift apart from the first steps), so the fork saves time and changes no result.
@@ -525,8 +525,9 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
     What may differ: the config keys the study lists per phase in ``fields`` (``{phase: keys}``, a key ending in
     "." is a section prefix; the study's ``fork_fields(cfg)``), the ``eval`` section and the ``ignore`` prefixes.
     The first phase whose keys differ is where the runs part; ``src`` must not have trained a step of it or of a
-    later phase. The same config (one arm of a grid whose shared phases were trained with its values) is a copy. ``out`` gets ``fork.json`` (the source, its phase and step, the differing fields) beside the
-    copied checkpoint and TensorBoard logs; the checkpoint's training seconds are the source's, so a forked run
+    later phase. The same config (one arm of a grid whose shared phases were trained with its values) is a copy.
+    ``out`` gets ``fork.json`` (the source, its phase and step, the differing fields) beside the copied checkpoint
+    and TensorBoard logs; the checkpoint's training seconds are the source's, so a forked run
     reports what one uninterrupted run of ``cfg`` would have taken. Returns fork.json's record.
 
     Raises ValueError naming ``--fork-from`` and what was expected: no checkpoint in ``src``, a differing key no
@@ -561,11 +562,10 @@ def fork_run(src: str, out: str, cfg, *, phases: list[tuple[str, int]], fields: 
         parts.append(order.index(p))
     first = min(parts)
     before = sum(n for _, n in phases[:first])
-    at = state["phase"] if state["phase"] in order else None
-    trained_into = first < len(order) and (any(order.index(p) >= first for p in state["done"] if p in order)
-                    or (at is not None and (order.index(at) > first
-                                            or (order.index(at) == first and state["step"] > 0))))
-    if trained_into:
+    # where the source stands, as (phase index, step): a finished phase counts as past its last step
+    at = max([(order.index(p), math.inf) for p in state["done"] if p in order]
+             + ([(order.index(state["phase"]), state["step"])] if state["phase"] in order else []), default=(0, 0))
+    if first < len(order) and at > (first, 0):
         raise ValueError(f"--fork-from: {src} has trained into {order[first]} (its checkpoint: {state['phase']} "
                          f"step {state['step']}), where the runs differ ({diff[0]}); fork from a run stopped "
                          f"before it: train the source with --stop-before {order[first]} (or --stop-after "
