@@ -178,7 +178,7 @@ def code_use_table(uses: dict, factors, group: str = "arm") -> list[str]:
             cells = []
             for f in factors:
                 vals = [u["factors"][f][key] / (u["random"][key] if key == "footprint" else 1)
-                        for u in us if f in u["factors"]]
+                        for u in us if f in u["factors"] and u["factors"][f][key] is not None]
                 cells.append(f"{sum(vals) / len(vals):.3f}" if vals else "–")
             lines.append(f"| {label}: {key} | {len(us)} | " + (f"{rel:.3f}" if key == "resolution" else "")
                          + " | " + " | ".join(cells) + " |")

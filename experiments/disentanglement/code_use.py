@@ -21,7 +21,8 @@ trained with the L1 loss are read on the same scale as the others.
   - ``resolution`` = (gap_f / gap_random) / (footprint_f / footprint_random): the gap the code produces per unit
     of latent change, relative to random pairs. About 1: the denoiser's code separates images differing in f as
     much as their latents differ (as it does for random pairs); near 0: the code does not resolve f. A descriptive
-    ratio (the gap is not linear in the latent distance), for comparing factors and runs on the same draws.
+    ratio (the gap is not linear in the latent distance), for comparing factors and runs on the same draws; None
+    (and code_shift None) where random pairs give a zero denominator, as an untrained constant code does.
 
   ``random`` holds the same quantities for random pairs (the denominators).
 * ``decoder`` (MDDiff only): the same for its u-conditioned decoder, the pixel MSE on [0, 1] of D(z_0, T(s_i)) vs
@@ -45,6 +46,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))          # _runs,
 FILE = "code_use.json"
 N_IMAGES, N_PAIRS, BUCKETS = 512, 256, 10
 SEED = 321          # images, t, noise and derangement: the same for every run of a dataset
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
 
 
 def code_use(run: str, sample_scale: float = 1.0) -> dict:
@@ -90,8 +95,10 @@ def code_use(run: str, sample_scale: float = 1.0) -> dict:
             fb = fa.copy()
             fb[:, f] = (fa[:, f] + rng.integers(1, ds.factor_sizes[f], n_pairs)) % ds.factor_sizes[f]
             r = pair_stats(to_float_nchw(ds.observations(fa)), to_float_nchw(ds.observations(fb)))
-            r["code_shift"] = r.pop("code_dist") / rand["code_dist"]
-            r["resolution"] = (r["gap"] / rand["gap"]) / (r["footprint"] / rand["footprint"])
+            r["code_shift"] = _ratio(r.pop("code_dist"), rand["code_dist"])
+            # None where a random pair gives no gap, no footprint or no code change (an untrained run's constant
+            # code): a ratio to nothing is not a measurement
+            r["resolution"] = _ratio(_ratio(r["gap"], rand["gap"]), _ratio(r["footprint"], rand["footprint"]))
             out["factors"][ds.factor_names[f]] = r
         if cfg.model == "mddiff":
             other = s[derangement(n, g)]
@@ -112,7 +119,8 @@ def summary(r: dict) -> str:
     line = (f"denoiser gap {d['all']['gap']:.4g} [{d['all']['lo']:.4g}, {d['all']['hi']:.4g}] "
             f"(rel {d['all']['rel_gap']:.3f}); rel by t-range: "
             + " ".join(f"{b['rel_gap']:.3f}" for b in d["buckets"]))
-    line += "; resolution " + " ".join(f"{k} {v['resolution']:.2f}" for k, v in r["factors"].items())
+    line += "; resolution " + " ".join(f"{k} " + ("n/a" if v["resolution"] is None else f"{v['resolution']:.2f}")
+                                       for k, v in r["factors"].items())
     if "decoder" in r:
         line += f"; decoder gap {r['decoder']['gap']:.4g} (rel {r['decoder']['rel_gap']:.3f})"
     return line

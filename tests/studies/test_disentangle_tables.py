@@ -301,3 +301,23 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"
+
+
+def test_code_use_resolution_is_none_where_random_pairs_give_nothing_to_compare():
+    """An untrained run's constant code gives random pairs no gap: code_use.py writes no ratio (None), not a
+    ZeroDivisionError, and the table averages the runs that have one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("code_use", os.path.join(EXP, "code_use.py"))
+    use = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(use)
+    assert use._ratio(1.0, 0.0) is None and use._ratio(None, 2.0) is None and use._ratio(1.0, 4.0) == 0.25
+    sys.path.insert(0, EXP)
+    try:
+        from _runs import code_use_table
+    finally:
+        sys.path.remove(EXP)
+    runs = [{"denoiser": {"all": {"rel_gap": r}}, "random": {"footprint": 2.0},
+             "factors": {"shape": {"resolution": res, "footprint": 1.0}}} for r, res in ((0.8, 0.5), (0.0, None))]
+    lines = code_use_table({"mddiff": runs}, ["shape"])
+    assert "| mddiff: resolution | 2 | 0.400 | 0.500 |" in lines
