@@ -81,6 +81,17 @@ def test_every_committed_run_of_the_other_image_tables_has_its_figures():
         assert all(os.path.getsize(os.path.join(figs, f)) < 200_000 for f in os.listdir(figs)), figs
 
 
+def _write_code_use(run, rel_gap: float, random_footprint: float, factors: dict, decoder_gap=None) -> None:
+    """A fake code_use.json in ``run``: ``factors`` {name: (resolution, footprint)}, the u-decoder's gap if given."""
+    import json
+
+    use = {"denoiser": {"all": {"rel_gap": rel_gap}}, "random": {"footprint": random_footprint},
+           "factors": {f: {"resolution": r, "footprint": fp} for f, (r, fp) in factors.items()}}
+    if decoder_gap is not None:
+        use["decoder"] = {"rel_gap": decoder_gap}
+    json.dump(use, open(run / "code_use.json", "w"))
+
+
 def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_results(tmp_path):
     """cpu_long_report.py on a fake grid (metrics.json only): per-arm cells with n, differences on the seeds both
     arms finished, the unfinished runs named, MCL diagnostics; --from-results on the copied folder gives the same
@@ -117,11 +128,8 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
                 json.dump({"recon_mse": 0.01, "probe": {"floor_hue": 1.0, "shape": 0.7}},
                           open(run / "first_stage_probe.json", "w"))
             if arm == "mddiff" and seed < 2:        # code_use.py's file on two seeds
-                json.dump({"denoiser": {"all": {"rel_gap": 0.8 + seed / 10}}, "random": {"footprint": 2.0},
-                           "factors": {"floor_hue": {"resolution": 1.0 + seed, "footprint": 1.0},
-                                       "shape": {"resolution": 0.1, "footprint": 0.2}},
-                           "decoder": {"rel_gap": 0.04 + seed / 100}},
-                          open(run / "code_use.json", "w"))
+                _write_code_use(run, 0.8 + seed / 10, 2.0, {"floor_hue": (1.0 + seed, 1.0), "shape": (0.1, 0.2)},
+                                decoder_gap=0.04 + seed / 100)
     script = os.path.join(EXP, "cpu_long_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
@@ -247,9 +255,7 @@ def test_encdiff_screen_report_lists_every_cell_and_rebuilds_from_results(tmp_pa
                  seconds={"train_call": 1500.0, "total_call": 1600.0, "train_all_calls": 1800.0})
         json.dump(m, open(run / "metrics.json", "w"))
         if cell == "attn16":
-            json.dump({"denoiser": {"all": {"rel_gap": 0.5}}, "random": {"footprint": 4.0},
-                       "factors": {"floor_hue": {"resolution": 1.25, "footprint": 1.0}}},
-                      open(run / "code_use.json", "w"))
+            _write_code_use(run, 0.5, 4.0, {"floor_hue": (1.25, 1.0)})
     script = os.path.join(EXP, "encdiff_screen_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "screen"), "--results", str(res)],
@@ -281,9 +287,7 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
             os.makedirs(run)
             json.dump(dict(base, preset="cpu-long", seed=seed, factorvae=0.6,
                            mcl_weight=float(arm[3:]) if arm != "lam0" else 0.0), open(run / "metrics.json", "w"))
-            json.dump({"denoiser": {"all": {"rel_gap": 0.8}}, "random": {"footprint": 2.0},
-                       "factors": {"shape": {"resolution": 0.1, "footprint": 0.2}}, "decoder": {"rel_gap": g}},
-                      open(run / "code_use.json", "w"))
+            _write_code_use(run, 0.8, 2.0, {"shape": (0.1, 0.2)}, decoder_gap=g)
     script = os.path.join(EXP, "mcl_dose_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
