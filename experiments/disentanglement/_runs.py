@@ -1,6 +1,7 @@
 """What the image-study report scripts share: finished runs by seed, the MCL diagnostics table of MDDiff runs,
 copying a run's small files (used by mcl_ablation_report.py and cpu_long_report.py), and loading a diffusion run's
-trained model (first_stage_probe.py, code_use.py)."""
+trained model (first_stage_probe.py, code_use.py, mcl_probe.py), and the tables of code_use.py's and mcl_probe.py's
+files."""
 from __future__ import annotations
 
 import glob
@@ -14,6 +15,7 @@ DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_
 
 
 CODE_USE_FILE = "code_use.json"     # code_use.py's, in the run folders where it was run
+MCL_PROBE_FILE = "mcl_probe.json"   # mcl_probe.py's, likewise
 RUN_INFO = "run_info.json"      # {"training_calls": n}, written beside a copied run's metrics.json
 
 
@@ -187,4 +189,55 @@ def code_use_table(uses: dict, factors, group: str = "arm") -> list[str]:
         lines += ["", "MDDiff's u-decoder g(z_0, u) given another image's u instead of its own: relative gap of its "
                   "pixel MSE, mean over the seeds (n): " + "; ".join(
                       f"{label} {sum(v) / len(v):.3f} (n={len(v)})" for label, v in dec.items() if v) + "."]
+    return lines
+
+
+def mcl_probe_table(probes: dict, pairs) -> list[str]:
+    """Markdown lines: per arm (``{arm: {seed: mcl_probe.json dict}}``, empty arms skipped) the mean [95% bootstrap
+    interval] over seeds of each mcl_probe.py probe's held-out top-1 accuracy, and for each ``(a, b)`` of ``pairs``
+    the per-seed paired difference a - b on the seeds both have."""
+    import numpy as np
+
+    from mclcore.metrics.stats import bootstrap_ci, summarize
+
+    names = list(dict.fromkeys(k for runs in probes.values() for r in runs.values() for k in r["probes"]))
+    if not names:
+        return []
+    first = next(r for runs in probes.values() for r in runs.values())
+    sm = first["samples"]
+
+    def cell(vals, diff=False):
+        if not vals:
+            return "–"
+        if len(vals) == 1:
+            return f"{vals[0]:+.3f} (n=1)" if diff else f"{vals[0]:.3f}"
+        if diff:
+            lo, hi = bootstrap_ci(np.asarray(vals))
+            return f"{np.mean(vals):+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        st = summarize(vals)
+        return f"{st['mean']:.3f} [{st['lo']:.3f}, {st['hi']:.3f}]"
+
+    lines = ["Can a fresh critic read u from the trained u-decoder's mechanism, and through what? (mcl_probe.py: a "
+             f"fresh MCL module trained {sm['steps']} steps of batch {sm['batch_size']} on the frozen model, top-1 "
+             f"accuracy of u on {sm['eval_batches']} held-out batches; probes named critic input / generator / "
+             "pairing: xzu = c(x, z, u) as in training, x = c(x); own = the run's g(z, u), blind = g(z, u_bar); "
+             "paired = z and u of the same image as in training, independent = z of other images. x/own/independent "
+             "is what only the generator's use of u can carry.) Mean [95% bootstrap interval] over seeds (n); "
+             "chance " + ", ".join(sorted({f"{r['probes'][k]['chance']:.3f}" for runs in probes.values()
+                                            for r in runs.values() for k in r["probes"]})) + ".", "",
+             "| arm | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for arm, runs in probes.items():
+        if runs:
+            lines.append(f"| {arm} | {len(runs)} | " + " | ".join(
+                cell([runs[s]["probes"][k]["acc"] for s in sorted(runs) if k in runs[s]["probes"]]) for k in names)
+                + " |")
+    rows = []
+    for a, b in pairs:
+        seeds = sorted(set(probes.get(a, {})) & set(probes.get(b, {})))
+        if seeds:
+            rows.append(f"| {a} − {b} | {','.join(map(str, seeds))} | " + " | ".join(cell(
+                [probes[a][s]["probes"][k]["acc"] - probes[b][s]["probes"][k]["acc"] for s in seeds
+                 if k in probes[a][s]["probes"] and k in probes[b][s]["probes"]], diff=True) for k in names) + " |")
+    if rows:
+        lines += ["", "| difference | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names), *rows]
     return lines

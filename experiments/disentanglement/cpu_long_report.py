@@ -29,8 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from _runs import (CODE_USE_FILE, code_use_table, copy_run, diagnostics_table, read_json,  # noqa: E402  (here)
-                   report_args, runs_by_seed, train_minutes)
+from _runs import (CODE_USE_FILE, MCL_PROBE_FILE, code_use_table, copy_run, diagnostics_table,  # noqa: E402
+                   mcl_probe_table, read_json, report_args, runs_by_seed, train_minutes)
 from collect_table1 import copy_figures  # noqa: E402
 from mclcore._io import write_text_atomic  # noqa: E402
 from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
@@ -156,6 +156,10 @@ def table(arms: dict, grid: Grid = CPU_LONG) -> str:
     for arm, label in grid.diagnostics:
         lines += ["", f"{label}'s MCL diagnostics (last measurement, per seed):", "",
                   *diagnostics_table(arms[arm], sorted(arms[arm]))]
+    probe = mcl_probe_table({arm: {s: r for s, (run, _) in arms[arm].items() if (r := read_json(run, MCL_PROBE_FILE))}
+                             for arm, _, _ in grid.arms}, grid.pairs)
+    if probe:
+        lines += ["", *probe]
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +176,8 @@ def main(argv=None, grid: Grid = CPU_LONG, description: str = __doc__.split("\n"
         for arm, runs in arms.items():
             for s, (run, _) in runs.items():
                 dst = os.path.join(a.results, arm, os.path.basename(run))
-                copy_run(run, dst, ("metrics.json", "mcl_diagnostics.json", PROBE_FILE, CODE_USE_FILE))
+                copy_run(run, dst, ("metrics.json", "mcl_diagnostics.json", PROBE_FILE, CODE_USE_FILE,
+                                   MCL_PROBE_FILE))
                 copy_figures(run, os.path.join(dst, "figures"))
         write_text_atomic(os.path.join(a.results, "table.md"), text)
     print(text)

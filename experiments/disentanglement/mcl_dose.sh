@@ -11,6 +11,10 @@
 # should raise if it makes g(z, u) depend on u), FactorVAE, DCI, per-factor informativeness, the code-use rows and
 # MCL's diagnostics. Cost (2-core VM, one thread per run): shared ~35 min per seed, an MCL arm ~50 min, a
 # lambda = 0 arm ~10 min, code_use ~4 min per run: ~4.5 h at two runs at a time.
+# Added 2026-12-07, before any arm had finished training (the shared phases of seeds 0 and 1 were in stage 1): a
+# fresh-critic probe on every arm (mcl_probe.py: 4 probes x 300 steps, ~15 min per run). The training readout has no
+# lambda = 0 baseline, and with z and u of the same image z alone can give u away; the probe's x/own/independent
+# reads only what the generator's use of u carries, paired against lambda = 0.
 # At most NJOBS (default 2) runs at a time, --threads 1; a killed grid resumes (re-run the same command: the
 # shared runs stop again where they stopped, forked runs resume, finished ones are skipped).
 #   bash experiments/disentanglement/mcl_dose.sh OUT [NJOBS]
@@ -32,3 +36,9 @@ for lam in 0 1e-3 1e-2; do
     [ -e "$run/code_use.json" ] || echo "$run"
   done
 done | xargs -r -P "$njobs" -L 1 python experiments/disentanglement/code_use.py
+for lam in 0 1e-3 1e-2; do
+  for s in 0 1 2; do
+    run=$out/lam$lam/mddiff-shapes3d-cpu-long-seed$s
+    [ -e "$run/mcl_probe.json" ] || echo "$run"
+  done
+done | xargs -r -P "$njobs" -L 1 python experiments/disentanglement/mcl_probe.py

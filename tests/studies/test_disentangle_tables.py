@@ -164,10 +164,12 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
     assert bad.returncode == 2 and bad.stderr.strip().startswith("root: no such folder")
 
 
-def test_first_stage_probe_and_code_use_read_a_diffusion_run_and_refuse_other_runs(tmp_path, capsys, one_thread):
+def test_first_stage_probe_code_use_and_mcl_probe_read_a_diffusion_run_and_refuse_other_runs(tmp_path, capsys,
+                                                                                               one_thread):
     """first_stage_probe.py on a tiny EncDiff run whose first stage finished: reconstruction MSE and one linear-probe
     accuracy per Shapes3D factor, written to the run folder; code_use.py on a tiny MDDiff run: the conditioning gap
-    per t-range and per factor, and the u-decoder's; a VAE run or a missing folder
+    per t-range and per factor, and the u-decoder's; mcl_probe.py on it: the four probes; a VAE run (an EncDiff run
+    for mcl_probe.py) or a missing folder
     is one line, exit 2. In-process (the scripts' main and mcl's; one_thread restores the thread count they set):
     interpreter starts would triple its time."""
     import importlib.util
@@ -218,6 +220,65 @@ def test_first_stage_probe_and_code_use_read_a_diffusion_run_and_refuse_other_ru
     assert use.main([str(tmp_path / "betavae-shapes3d-cpu-smoke-seed0")]) == 2
     err = capsys.readouterr().err
     assert "code_use.py reads encdiff and mddiff runs" in err and len(err.strip().splitlines()) == 1, err
+
+    probe = load("mcl_probe")
+    assert probe.main([str(mdd), "--sample-scale", "0.01"]) == 0     # 3 steps, 2 held-out batches per probe
+    r = json.load(open(mdd / "mcl_probe.json"))
+    assert list(r["probes"]) == ["xzu/own/paired", "x/own/paired", "x/own/independent", "x/blind/paired"]
+    assert r["samples"] == {"steps": 3, "batch_size": 4, "eval_batches": 2, "u_bar_images": 256, "seed": 321}
+    for name, p in r["probes"].items():
+        assert p["chance"] == 0.25 and 0 <= p["acc"] <= 1 and len(p["per_batch"]["acc"]) == 2, name
+        assert len(p["losses"]) == 3 and all(np.isfinite(p["losses"])), name
+        assert (p["acc_direct"] is None) == name.startswith("x/"), name    # c(x) has no direct z-term
+    for bad, why in ((tmp_path / "encdiff-shapes3d-cpu-smoke-seed0", "mcl_probe.py reads MDDiff runs"),
+                     (tmp_path / "betavae-shapes3d-cpu-smoke-seed0", "mcl_probe.py reads encdiff and mddiff runs")):
+        capsys.readouterr()
+        assert probe.main([str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert why in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_mcl_probe_separates_the_routes_on_a_u_blind_generator():
+    """mcl_probe.py's routes on a toy model whose generator ignores u: with z and u independent, a critic that sees
+    only x cannot beat chance (nothing in its mechanism gradient depends on u); with z and u of the same image it
+    can (z gives u away), and so can a critic that sees u. A toy model: seconds, at a high learning rate."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    from mclcore import MCLConfig
+
+    spec = importlib.util.spec_from_file_location("mcl_probe", os.path.join(EXP, "mcl_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+
+    class Toy:                       # 2 x 2 RGB images; z = the image's 12 numbers, u = a fixed linear code of them
+        latent_shape, image_size, num_concepts = (12,), 2, 2
+        proj = torch.linspace(-1, 1, 24).reshape(12, 2)
+
+        def latents(self, x):
+            return x.flatten(1) * 2 - 1
+
+        def concepts(self, x):
+            return self.latents(x) @ self.proj
+
+        def generator(self, z, u):   # u-blind
+            return torch.tanh(z).view(-1, 3, 2, 2)
+
+    class Data:
+        def sample_index(self, n, rng):
+            return rng.integers(0, 256, (n, 2, 2, 3), dtype=np.uint8)
+
+        def observations_at(self, idx):
+            return idx
+    cfg = SimpleNamespace(mcl=MCLConfig(critic_hidden=(32, 32), proj_dim=16),
+                          stages=SimpleNamespace(base_lr2=1e-3 / 16, batch_size=16, weight_decay=0.0, warmup2=1))
+    accs = {(c, p): probe.train_probe(Toy(), cfg, Data(), c, "own", p, 500, 32)["acc"]
+            for c, p in (("x", "independent"), ("x", "paired"), ("xzu", "independent"))}
+    # chance 1/16 = 0.0625; 512 held-out rows: its standard error is 0.011
+    assert accs["x", "independent"] < 0.12, accs
+    assert accs["x", "paired"] > 0.3 and accs["xzu", "independent"] > 0.3, accs
 
 
 @pytest.mark.parametrize("script, folder", [("cpu_long_report.py", "cpu_long"),
@@ -288,13 +349,20 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
             json.dump(dict(base, preset="cpu-long", seed=seed, factorvae=0.6,
                            mcl_weight=float(arm[3:]) if arm != "lam0" else 0.0), open(run / "metrics.json", "w"))
             _write_code_use(run, 0.8, 2.0, {"shape": (0.1, 0.2)}, decoder_gap=g)
+            if arm != "lam1e-3" and seed < 2:      # mcl_probe.py's file: one probe's accuracy = 10 x the gap
+                json.dump({"samples": {"steps": 300, "batch_size": 32, "eval_batches": 8},
+                           "probes": {"x/own/independent": {"acc": 10 * g, "chance": 0.03125}}},
+                          open(run / "mcl_probe.json", "w"))
     script = os.path.join(EXP, "mcl_dose_report.py")
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
                          capture_output=True, text=True, check=True).stdout
     assert "pre-registered grid experiments/disentanglement/mcl_dose.sh" in out
     assert "| lam0 | 3 |" in out and "| lam1e-2 | 2 |" in out
-    rows = {line.split(" | ")[0]: line for line in out.splitlines() if " − " in line}
+    rows = {}
+    for line in out.splitlines():                   # the first table's difference rows (the probe's come later)
+        if " − " in line:
+            rows.setdefault(line.split(" | ")[0], line)
     assert set(rows) == {"| lam1e-3 − lam0", "| lam1e-2 − lam0", "| lam1e-2 − lam1e-3"}
     gap = lambda row: row.split(" | ")[-2]          # noqa: E731  (the u-decoder gap, before train min)
     assert gap(rows["| lam1e-3 − lam0"]).startswith("+0.010 [+0.010, +0.010]")
@@ -302,6 +370,11 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
     assert gap(rows["| lam1e-2 − lam0"]) == "+0.065 [+0.060, +0.070]"
     assert "lambda_MCL = 1e-3's MCL diagnostics" in out and "lambda_MCL = 1e-2's MCL diagnostics" in out
     assert "Not finished: lam1e-2 seed 2." in out
+    # the fresh-critic probe where mcl_probe.py wrote one (copied with --results): per arm, and paired by seed
+    assert "| arm | n | x/own/independent |" in out and "chance 0.031." in out
+    assert "| lam0 | 2 | 0.450 [0.400, 0.500] |" in out and "| lam1e-2 | 2 | 1.100 [1.000, 1.200] |" in out
+    assert "| lam1e-2 − lam0 | 0,1 | +0.650 [+0.600, +0.700] |" in out and "| lam1e-3 − lam0 | 0,1 | –" not in out
+    assert os.path.exists(res / "lam0" / "mddiff-shapes3d-cpu-long-seed1" / "mcl_probe.json")
     again = subprocess.run([sys.executable, script, str(res), "--from-results"], capture_output=True, text=True,
                            check=True).stdout
     assert again == out == open(res / "table.md").read() + "\n"
