@@ -30,15 +30,11 @@ for s in 0 1 2; do
     echo "$common --seeds $s --out $out/lam$lam --set stages.lambda_mcl=$lam --fork-from $out/shared"
   done
 done | xargs -P "$njobs" -L 1 python -m mclcore train
-for lam in 0 1e-3 1e-2; do
-  for s in 0 1 2; do
-    run=$out/lam$lam/mddiff-shapes3d-cpu-long-seed$s
-    [ -e "$run/code_use.json" ] || echo "$run"
-  done
-done | xargs -r -P "$njobs" -L 1 python experiments/disentanglement/code_use.py
-for lam in 0 1e-3 1e-2; do
-  for s in 0 1 2; do
-    run=$out/lam$lam/mddiff-shapes3d-cpu-long-seed$s
-    [ -e "$run/mcl_probe.json" ] || echo "$run"
-  done
-done | xargs -r -P "$njobs" -L 1 python experiments/disentanglement/mcl_probe.py
+for script in code_use mcl_probe; do          # each writes RUN/<script>.json; finished runs are skipped
+  for lam in 0 1e-3 1e-2; do
+    for s in 0 1 2; do
+      run=$out/lam$lam/mddiff-shapes3d-cpu-long-seed$s
+      [ -e "$run/$script.json" ] || echo "$run"
+    done
+  done | xargs -r -P "$njobs" -L 1 python "experiments/disentanglement/$script.py"
+done
