@@ -28,6 +28,12 @@ sequence"):
   step, which also sends the MCL gradient into the U-Net (at large t the estimate is far outside the decoder's
   training range, so it is an option, not the default).
 * ``x_hat = g(z, u)`` is the u-decoder's image on the [-1, 1] scale, what the critic's convolutions see.
+* ``mcl_pairing``: which z meets which u. ``"paired"`` (default, our reading of Eq. (19) and the public code's): z
+  and u of the same image. Then z, the first-stage latent of the image, determines u, and the contrast can be solved
+  by reading u off z through any generator, a u-blind one included (the theory draws z ~ p(z) independently of u,
+  Assumption 2). ``"independent"``: row i contrasts ``g(z_{i+1}, u_i)``, the next image's latent with this image's
+  code (the batch rolled by one; batches are random draws), so u reaches the mechanism gradient only through G's
+  dependence on u. ``experiments/disentanglement/mcl_probe.py`` measures both routes on trained runs.
 
 The loss is Eq. (19): ``L = L_diffusion + lambda_recon L_recon + lambda_MCL L_MCL``, with ``L_recon`` the pixel loss of
 the u-decoder's reconstruction ``D(z_0, T(s))`` of x (L1 + MSE here, weight 0.1 in the paper).
@@ -45,9 +51,10 @@ from mclcore.models.autoencoder import VQAutoencoder
 from mclcore.models.diffusion import GaussianDiffusion
 from mclcore.models.unet import UNet
 
-__all__ = ["Encoder4", "ConceptTokenizer", "EncDiff", "MDDiff", "MCL_Z"]
+__all__ = ["Encoder4", "ConceptTokenizer", "EncDiff", "MDDiff", "MCL_Z", "MCL_PAIRINGS"]
 
 MCL_Z = ("clean", "pred_x0")
+MCL_PAIRINGS = ("paired", "independent")
 
 
 class Encoder4(nn.Module):
@@ -219,15 +226,19 @@ class MDDiff(EncDiff):
         return list(self.first_stage.decoder.parameters()) + list(self.first_stage.post_quant_conv.parameters())
 
     def losses(self, x: torch.Tensor, *, generator: torch.Generator | None = None, lambda_recon: float = 0.0,
-               lambda_mcl: float = 0.0, mcl_z: str = "clean", mcl_weight=None, **_) -> dict:
+               lambda_mcl: float = 0.0, mcl_z: str = "clean", mcl_pairing: str = "paired", mcl_weight=None,
+               **_) -> dict:
         """Eq. (19): L_diffusion + lambda_recon L_recon + lambda_MCL L_MCL (terms with weight 0 are skipped).
 
         ``mcl_weight``: None (the weight is ``lambda_mcl``) or a callable that gets the step's MCL terms
         ``{"mcl": L_MCL, "host": L_diffusion + lambda_recon L_recon, "generator", "z", "u", "params"}`` (both losses
         with their graphs; :meth:`generator_parameters`) and returns the weight of L_MCL (diagnostics and relative
-        weighting: :mod:`mclcore.losses.monitor`). Only computed when ``lambda_mcl`` is nonzero."""
+        weighting: :mod:`mclcore.losses.monitor`). Only computed when ``lambda_mcl`` is nonzero. ``mcl_z``,
+        ``mcl_pairing``: see the module doc."""
         if mcl_z not in MCL_Z:
             raise ValueError(f"mcl_z: expected one of {MCL_Z}, got {mcl_z!r}")
+        if mcl_pairing not in MCL_PAIRINGS:
+            raise ValueError(f"mcl_pairing: expected one of {MCL_PAIRINGS}, got {mcl_pairing!r}")
         out = super().losses(x, generator=generator)
         loss = out["loss"]
         if lambda_recon:
@@ -237,7 +248,11 @@ class MDDiff(EncDiff):
             loss = loss + lambda_recon * l_rec
             out["recon"] = l_rec.detach()
         if lambda_mcl:
-            z = out["z0"] if mcl_z == "clean" else out["x0_pred"]
+            z = out["z0"] if mcl_z == "clean" else out["x0_pred"]                   # (B, 3, 16, 16)
+            if mcl_pairing == "independent":
+                if len(z) < 2:
+                    raise ValueError("mcl_pairing: 'independent' needs a batch of at least 2 images")
+                z = z.roll(1, 0)                                                     # row i: image i-1's z
             l_mcl = self.mcl(self.generator, z, out["s"])                         # InfoNCE, scalar
             w = lambda_mcl if mcl_weight is None else mcl_weight(
                 {"mcl": l_mcl, "host": loss, "generator": self.generator, "z": z, "u": out["s"],

@@ -93,6 +93,27 @@ def test_mcl_on_pred_x0_also_reaches_the_unet():
         m.losses(x, lambda_mcl=1.0, mcl_z="noisy")
 
 
+def test_mcl_pairing_independent_contrasts_another_images_z():
+    """mcl_pairing="independent": row i's mechanism is taken at image i-1's latent with image i's code (the batch
+    rolled by one), "paired" at its own; a batch of one image is refused."""
+    m = make("mddiff")
+    x = torch.rand(5, 3, 64, 64)
+    seen = {}
+
+    def spy(G, z, u, **kw):
+        seen["z"], seen["u"] = z.detach(), u.detach()
+        return z.sum() * 0 + 1.0
+
+    m.mcl.forward = spy
+    for pairing, shift in (("paired", 0), ("independent", 1)):
+        out = m.losses(x, generator=torch.Generator().manual_seed(0), lambda_mcl=1.0, mcl_pairing=pairing)
+        assert torch.equal(seen["z"], out["z0"].detach().roll(shift, 0)) and torch.equal(seen["u"], out["s"].detach())
+    with pytest.raises(ValueError, match="mcl_pairing"):
+        m.losses(x, lambda_mcl=1.0, mcl_pairing="shuffled")
+    with pytest.raises(ValueError, match="mcl_pairing: 'independent' needs a batch of at least 2"):
+        m.losses(x[:1], lambda_mcl=1.0, mcl_pairing="independent")
+
+
 def test_recon_term_and_generator_signature():
     m = make("mddiff")
     x = torch.rand(2, 3, 64, 64)

@@ -199,6 +199,7 @@ def test_cli_user_mistakes_are_one_line_and_exit_code_2(tmp_path, capsys):
     for extra, what in ((["--data-path", str(tmp_path / "missing.h5")], "--data-path"),
                         (["--set", "stages.lr=1"], "--set"), (["--set", "vae.steps"], "KEY=VALUE"),
                         (["--set", "mcl.tau=-1"], "mcl.tau"), (["--set", "stages.mcl_z=noisy"], "stages.mcl_z"),
+                        (["--set", "stages.mcl_pairing=shuffled"], "stages.mcl_pairing"),
                         (["--fid-weights", str(tmp_path / "none.pt")], "--fid-weights"),
                         (["--set", "stages.lambda_mcl=-1"], "stages.lambda_mcl"),
                         (["--set", "stages.base_lr1=nan"], "stages.base_lr1"), (["--set", "vae.steps=-3"], "vae.steps"),

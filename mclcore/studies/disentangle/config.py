@@ -121,8 +121,9 @@ class StagesConfig:
     """Two-stage optimisation (App. D.4). Learning rate = base_lr x batch_size (LDM/EncDiff convention).
 
     ``lambda_recon``, ``lambda_mcl``: the weights of Eq. (19) in stage 2 (MDDiff only); ``mcl_z``: what z is for
-    MCL, ``"clean"`` z_0 = E(x) or ``"pred_x0"`` (see :mod:`mclcore.models.encdiff`). The MCL module's own options
-    are the ``mcl`` section.
+    MCL, ``"clean"`` z_0 = E(x) or ``"pred_x0"``; ``mcl_pairing``: ``"paired"`` (default: z and u of the same
+    image) or ``"independent"`` (z of another image of the batch, so only G's use of u can solve the contrast; see
+    :mod:`mclcore.models.encdiff`). The MCL module's own options are the ``mcl`` section.
 
     ``freeze_decoder``: MDDiff's stage 2 trains the u-decoder (decoder + post_quant_conv) through L_recon and L_MCL
     (ours, False: App. D.4 makes the decoder the generator g(z, u) that MCL regularises). True keeps it frozen, as
@@ -140,6 +141,7 @@ class StagesConfig:
     lambda_recon: float = 0.1
     lambda_mcl: float = 1e-3      # 1e-4 for MPI3D (build_config)
     mcl_z: str = "clean"
+    mcl_pairing: str = "paired"
     freeze_decoder: bool = False
 
 
@@ -284,15 +286,17 @@ def build_config(model: str, dataset: str, preset: str, seed: int = 0, data_path
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """ValueError naming the first bad choice (model, dataset, preset, ``stages.mcl_z``, ``mcl.*``, relative MCL
-    weighting without L_recon); returns cfg.
+    """ValueError naming the first bad choice (model, dataset, preset, ``stages.mcl_z``, ``stages.mcl_pairing``,
+    ``mcl.*``, relative MCL weighting without L_recon); returns cfg.
 
     Called on a config after ``--set`` so a mistake is reported before any training starts."""
-    from mclcore.models.encdiff import MCL_Z
+    from mclcore.models.encdiff import MCL_PAIRINGS, MCL_Z
 
     _check_choices(cfg.model, cfg.data.dataset, cfg.preset)
     if cfg.stages.mcl_z not in MCL_Z:
         raise ValueError(f"stages.mcl_z: expected one of {MCL_Z}, got {cfg.stages.mcl_z!r}")
+    if cfg.stages.mcl_pairing not in MCL_PAIRINGS:
+        raise ValueError(f"stages.mcl_pairing: expected one of {MCL_PAIRINGS}, got {cfg.stages.mcl_pairing!r}")
     cfg.mcl.validate()
     if cfg.model == "mddiff" and cfg.mcl.weighting == "relative":
         if not cfg.stages.lambda_recon:

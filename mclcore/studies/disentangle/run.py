@@ -105,7 +105,7 @@ def batch_sizes(cfg: RunConfig) -> dict[str, int]:
 # 11 first-stage and 71 stage-1 logged losses equal at each of 3 seeds, 2026-12-07; tests/studies/
 # test_disentangle.py checks a fork against a fresh run). Another thread count reorders float sums: runs drift.
 _STAGE2_FIELDS = ("stages.stage2_steps", "stages.base_lr2", "stages.warmup2", "stages.lambda_recon",
-                  "stages.lambda_mcl", "stages.mcl_z", "stages.freeze_decoder")
+                  "stages.lambda_mcl", "stages.mcl_z", "stages.mcl_pairing", "stages.freeze_decoder")
 _MCL_SHAPE = ("critic", "critic_hidden", "critic_input", "proj_dim", "proj_layernorm")
 
 
@@ -274,7 +274,7 @@ def train_step(model, cfg: RunConfig, phase: str, step: int, data: StudyData, ct
         extra, logs = {}, {}
         if phase == "stage2" and cfg.model == "mddiff":
             extra = dict(lambda_recon=st.lambda_recon, lambda_mcl=st.lambda_mcl, mcl_z=st.mcl_z,
-                         mcl_weight=data.mcl.weigher(step, model.mcl, logs))
+                         mcl_pairing=st.mcl_pairing, mcl_weight=data.mcl.weigher(step, model.mcl, logs))
         with autocast(device, cfg):
             out = model.losses(x, generator=ctx.generator, **extra)         # Eq. (19) terms
         out.update(logs)                                                    # MCL diagnostics on measured steps
