@@ -8,8 +8,9 @@ routes besides the generator's use of u can produce it:
   ``J_G(z, u)^T grad_x c(G(z, u), z, u)`` can carry u through ``grad_x c`` even when G ignores u (the
   ``shortcut_share`` of :mod:`mclcore.losses.diagnostics` counts only the direct term ``grad_z c``);
 * z and u are not independent: MDDiff contrasts at z = the first-stage latent of the image and u = its concept code,
-  so any function of z, a u-blind generator's mechanism gradient included, can tell u apart (the paper's setting
-  draws z ~ p(z) independently of u).
+  so any function of z, a u-blind generator's mechanism gradient included, can tell u apart (the paper's
+  population MCL objective draws (z, u) ~ p(z) p(u), App. B.2 Eq. (2); ``stages.mcl_pairing = "independent"``
+  trains that way).
 
 This probe measures each route on the run's frozen u-decoder ``g(z, u) = D(z, T(u))``: it trains a *fresh* MCL module
 (critic and both heads, the same initialisation for every run) for ``STEPS`` steps, then reads u on
@@ -20,7 +21,7 @@ critic input / generator / pairing:
   training's readout re-measured from scratch;
 * ``x/own/paired``: a critic that sees only ``x = g(z, u)``: the u-input route closed;
 * ``x/own/independent``: the same with z taken from other images than u (both routes closed): u reaches the
-  contrasted gradient only through G's dependence on u, the quantity MCL is meant to shape (Assumption 2's setting);
+  contrasted gradient only through G's dependence on u, the quantity MCL is meant to shape;
 * ``x/blind/paired``: the u-blind generator ``g(z, u_bar)`` (u_bar: the mean code of 256 fixed images), z and u of the
   same image: what z alone gives away (the floor of ``x/own/paired``).
 

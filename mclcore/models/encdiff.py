@@ -30,8 +30,8 @@ sequence"):
 * ``x_hat = g(z, u)`` is the u-decoder's image on the [-1, 1] scale, what the critic's convolutions see.
 * ``mcl_pairing``: which z meets which u. ``"paired"`` (default, our reading of Eq. (19) and the public code's): z
   and u of the same image. Then z, the first-stage latent of the image, determines u, and the contrast can be solved
-  by reading u off z through any generator, a u-blind one included (the theory draws z ~ p(z) independently of u,
-  Assumption 2). ``"independent"``: row i contrasts ``g(z_{i+1}, u_i)``, the next image's latent with this image's
+  by reading u off z through any generator, a u-blind one included (the paper's population MCL objective draws
+  (z, u) ~ p(z) p(u), App. B.2 Eq. (2)). ``"independent"``: row i contrasts ``g(z_{i-1}, u_i)``, the previous image's latent with this image's
   code (the batch rolled by one; batches are random draws), so u reaches the mechanism gradient only through G's
   dependence on u. ``experiments/disentanglement/mcl_probe.py`` measures both routes on trained runs.
 
