@@ -357,19 +357,21 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
     res = tmp_path / "res"
     out = subprocess.run([sys.executable, script, str(tmp_path / "runs"), "--results", str(res)],
                          capture_output=True, text=True, check=True).stdout
-    assert "pre-registered grid experiments/disentanglement/mcl_dose.sh" in out
+    assert "pre-registered grids experiments/disentanglement/mcl_dose.sh" in out and "mcl_pairing.sh (indep1e-2" in out
     assert "| lam0 | 3 |" in out and "| lam1e-2 | 2 |" in out
     rows = {}
     for line in out.splitlines():                   # the first table's difference rows (the probe's come later)
         if " − " in line:
             rows.setdefault(line.split(" | ")[0], line)
-    assert set(rows) == {"| lam1e-3 − lam0", "| lam1e-2 − lam0", "| lam1e-2 − lam1e-3"}
+    assert set(rows) == {"| lam1e-3 − lam0", "| lam1e-2 − lam0", "| lam1e-2 − lam1e-3", "| indep1e-2 − lam1e-2",
+                         "| indep1e-2 − lam0"}
+    assert rows["| indep1e-2 − lam0"].split(" | ")[1] == "–"                # mcl_pairing.sh's arm: no runs here
     gap = lambda row: row.split(" | ")[-2]          # noqa: E731  (the u-decoder gap, before train min)
     assert gap(rows["| lam1e-3 − lam0"]).startswith("+0.010 [+0.010, +0.010]")
     assert rows["| lam1e-2 − lam0"].split(" | ")[1] == "0,1"                  # the seeds both arms finished
     assert gap(rows["| lam1e-2 − lam0"]) == "+0.065 [+0.060, +0.070]"
     assert "lambda_MCL = 1e-3's MCL diagnostics" in out and "lambda_MCL = 1e-2's MCL diagnostics" in out
-    assert "Not finished: lam1e-2 seed 2." in out
+    assert "Not finished: lam1e-2 seed 2, indep1e-2 seed 0, indep1e-2 seed 1, indep1e-2 seed 2." in out
     # the fresh-critic probe where mcl_probe.py wrote one (copied with --results): per arm, and paired by seed
     assert "| arm | n | x/own/independent |" in out and "chance 0.031." in out
     assert "| lam0 | 2 | 0.450 [0.400, 0.500] |" in out and "| lam1e-2 | 2 | 1.100 [1.000, 1.200] |" in out
