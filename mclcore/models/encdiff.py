@@ -31,9 +31,10 @@ sequence"):
 * ``mcl_pairing``: which z meets which u. ``"paired"`` (default, our reading of Eq. (19) and the public code's): z
   and u of the same image. Then z, the first-stage latent of the image, determines u, and the contrast can be solved
   by reading u off z through any generator, a u-blind one included (the paper's population MCL objective draws
-  (z, u) ~ p(z) p(u), App. B.2 Eq. (2)). ``"independent"``: row i contrasts ``g(z_{i-1}, u_i)``, the previous image's latent with this image's
-  code (the batch rolled by one; batches are random draws), so u reaches the mechanism gradient only through G's
-  dependence on u. ``experiments/disentanglement/mcl_probe.py`` measures both routes on trained runs.
+  (z, u) ~ p(z) p(u), App. B.2 Eq. (2)). ``"independent"``: row i contrasts ``g(z_{i-1}, u_i)``, the previous
+  image's latent with this image's code (the batch rolled by one; batches are random draws), so u reaches the
+  mechanism gradient only through G's dependence on u. ``experiments/disentanglement/mcl_probe.py`` measures both
+  routes on trained runs.
 
 The loss is Eq. (19): ``L = L_diffusion + lambda_recon L_recon + lambda_MCL L_MCL``, with ``L_recon`` the pixel loss of
 the u-decoder's reconstruction ``D(z_0, T(s))`` of x (L1 + MSE here, weight 0.1 in the paper).
