@@ -121,8 +121,7 @@ class StagesConfig:
     """Two-stage optimisation (App. D.4). Learning rate = base_lr x batch_size (LDM/EncDiff convention).
 
     ``lambda_recon``, ``lambda_mcl``: the weights of Eq. (19) in stage 2 (MDDiff only); ``mcl_z``: what z is for
-    MCL, ``"clean"`` z_0 = E(x) or ``"pred_x0"``; ``mcl_pairing``: ``"paired"`` (default: z and u of the same
-    image) or ``"independent"`` (z of another image of the batch, so only G's use of u can solve the contrast; see
+    MCL, ``"clean"`` z_0 = E(x) or ``"pred_x0"``; ``mcl_pairing``: z and u of the same image or not (both: see
     :mod:`mclcore.models.encdiff`). The MCL module's own options are the ``mcl`` section.
 
     ``freeze_decoder``: MDDiff's stage 2 trains the u-decoder (decoder + post_quant_conv) through L_recon and L_MCL
@@ -290,13 +289,19 @@ def validate(cfg: RunConfig) -> RunConfig:
     ``mcl.*``, relative MCL weighting without L_recon); returns cfg.
 
     Called on a config after ``--set`` so a mistake is reported before any training starts."""
+    from mclcore.metrics.lpips import LPIPS_NETS
+    from mclcore.models.diffusion import LOSSES
     from mclcore.models.encdiff import MCL_PAIRINGS, MCL_Z
 
     _check_choices(cfg.model, cfg.data.dataset, cfg.preset)
-    if cfg.stages.mcl_z not in MCL_Z:
-        raise ValueError(f"stages.mcl_z: expected one of {MCL_Z}, got {cfg.stages.mcl_z!r}")
-    if cfg.stages.mcl_pairing not in MCL_PAIRINGS:
-        raise ValueError(f"stages.mcl_pairing: expected one of {MCL_PAIRINGS}, got {cfg.stages.mcl_pairing!r}")
+    st, fs = cfg.stages, cfg.first_stage
+    for key, value, choices in (("stages.mcl_z", st.mcl_z, MCL_Z), ("stages.mcl_pairing", st.mcl_pairing, MCL_PAIRINGS),
+                                ("eval.dci_model", cfg.eval.dci_model, DCI_MODELS),
+                                ("diffusion.loss", cfg.diffusion.loss, LOSSES),
+                                ("first_stage.perceptual_net", fs.perceptual_net, LPIPS_NETS),
+                                ("eval.lpips_net", cfg.eval.lpips_net, LPIPS_NETS)):
+        if value not in choices:
+            raise ValueError(f"{key}: expected one of {choices}, got {value!r}")
     cfg.mcl.validate()
     if cfg.model == "mddiff" and cfg.mcl.weighting == "relative":
         if not cfg.stages.lambda_recon:
@@ -305,8 +310,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not cfg.mcl.create_graph:
             raise ValueError("mcl.weighting: 'relative' needs mcl.create_graph=true (without it L_MCL has no "
                              "gradient on the u-decoder to weigh)")
-    if cfg.eval.dci_model not in DCI_MODELS:
-        raise ValueError(f"eval.dci_model: expected one of {DCI_MODELS}, got {cfg.eval.dci_model!r}")
     _validate_options(cfg)
     validate_baselines(cfg)
     validate_principles(cfg)
@@ -320,13 +323,9 @@ def _file_option(name: str, path) -> None:
 
 
 def _validate_options(cfg: RunConfig) -> None:
-    """The options matching the public MDDiff code and the metric weight files (see the section docstrings)."""
-    from mclcore.metrics.lpips import LPIPS_NETS
-    from mclcore.models.diffusion import LOSSES
-
+    """The options matching the public MDDiff code and the metric weight files (see the section docstrings; the
+    choices among names are checked in :func:`validate`)."""
     d, fs, e = cfg.diffusion, cfg.first_stage, cfg.eval
-    if d.loss not in LOSSES:
-        raise ValueError(f"diffusion.loss: expected one of {LOSSES}, got {d.loss!r}")
     deepest = 2 ** (len(d.unet_mult) - 1)
     for ds in d.attention_ds:
         if not isinstance(ds, int) or ds < 1 or ds & (ds - 1) or ds > deepest:
@@ -335,9 +334,6 @@ def _validate_options(cfg: RunConfig) -> None:
     if cfg.stages.freeze_decoder and cfg.model == "mddiff" and cfg.mcl.weighting == "relative":
         raise ValueError("stages.freeze_decoder: a frozen decoder has no gradient to weigh mcl.weighting='relative' "
                          "against; use mcl.weighting=absolute")
-    for name, net in (("first_stage.perceptual_net", fs.perceptual_net), ("eval.lpips_net", e.lpips_net)):
-        if net not in LPIPS_NETS:
-            raise ValueError(f"{name}: expected one of {LPIPS_NETS}, got {net!r}")
     for name in ("perceptual_weight", "adversarial_weight"):
         if getattr(fs, name) < 0:
             raise ValueError(f"first_stage.{name}: expected >= 0, got {getattr(fs, name)}")
