@@ -282,7 +282,8 @@ def test_mcl_probe_separates_the_routes_on_a_u_blind_generator():
 
 
 @pytest.mark.parametrize("script, folder", [("cpu_long_report.py", "cpu_long"),
-                                            ("encdiff_screen_report.py", "encdiff_screen")])
+                                            ("encdiff_screen_report.py", "encdiff_screen"),
+                                            ("mcl_dose_report.py", "mcl_dose")])
 def test_grid_tables_are_regenerated_from_committed_results(script, folder):
     """results/<grid>/table.md is what the grid's report builds --from-results from the committed run files, the
     README shows its rows unedited, and every committed run has its figures."""
