@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))          # _runs, also when imported
 
-FILE = "code_use.json"
+from _runs import CODE_USE_FILE as FILE  # noqa: E402  (the file name the reports read)
 N_IMAGES, N_PAIRS, BUCKETS = 512, 256, 10
 SEED = 321          # images, t, noise and derangement: the same for every run of a dataset
 

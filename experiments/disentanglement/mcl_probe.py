@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))          # _runs, also when imported
 
-FILE = "mcl_probe.json"
+from _runs import MCL_PROBE_FILE as FILE  # noqa: E402  (the file name the reports read)
 STEPS, EVAL_BATCHES, N_BAR = 300, 8, 256
 PROBES = (("xzu", "own", "paired"), ("x", "own", "paired"), ("x", "own", "independent"), ("x", "blind", "paired"))
 READS = ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share")
