@@ -4,6 +4,7 @@ trained model (first_stage_probe.py, code_use.py, mcl_probe.py), and the tables 
 files."""
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -101,12 +102,31 @@ def report_args(description: str, root_help: str, argv=None):
 
 
 def read_json(run: str, name: str) -> dict | None:
-    """The JSON file ``name`` of the run folder ``run`` (e.g. a measurement script's), None if it is not there."""
+    """The JSON file ``name`` of the run folder ``run`` (e.g. a measurement script's), None if it is not there.
+
+    A measurement file records the phases its checkpoint had finished (``phases``); where the run still has its
+    checkpoint.pt and that has finished other phases since, the file measured a model the run no longer has (the grid
+    scripts skip runs whose file exists, so a measurement taken mid-training would be silently reused): ValueError
+    naming the file, to delete and measure again."""
     path = os.path.join(run, name)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        out = json.load(f)
+    ck = os.path.join(run, "checkpoint.pt")
+    if isinstance(out, dict) and "phases" in out and os.path.exists(ck):
+        done = _phases_done(ck, os.path.getmtime(ck))
+        if tuple(out["phases"]) != done:
+            raise ValueError(f"{path}: measured after phases {out['phases']}, but the run has since finished "
+                             f"{list(done)}; delete it and run the measurement again")
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _phases_done(checkpoint: str, mtime: float) -> tuple:     # mtime: a rewritten checkpoint is read again
+    from mclcore._io import load_checkpoint
+
+    return tuple(load_checkpoint(checkpoint)["done"])
 
 
 def load_diffusion_run(run: str, script: str, need: str = "first_stage"):

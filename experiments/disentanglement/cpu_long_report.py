@@ -167,11 +167,15 @@ def main(argv=None, grid: Grid = CPU_LONG, description: str = __doc__.split("\n"
          root_help: str = "cpu_long.sh's OUT folder (main/, lambda0/), or a --results folder with --from-results"
          ) -> int:
     a = report_args(description, root_help, argv)
-    arms = load(a.root, a.from_results, grid)
-    if not any(arms.values()):
-        print(f"root: no finished cpu-long run under {a.root!r}", file=sys.stderr)
+    try:
+        arms = load(a.root, a.from_results, grid)
+        if not any(arms.values()):
+            print(f"root: no finished cpu-long run under {a.root!r}", file=sys.stderr)
+            return 2
+        text = table(arms, grid)
+    except ValueError as err:           # a stale measurement file (_runs.read_json)
+        print(err, file=sys.stderr)
         return 2
-    text = table(arms, grid)
     if a.results and not a.from_results:
         for arm, runs in arms.items():
             for s, (run, _) in runs.items():

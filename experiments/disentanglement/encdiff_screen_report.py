@@ -58,7 +58,11 @@ def main(argv=None) -> int:
     if not cells:
         print(f"root: no finished screening cell under {a.root!r}", file=sys.stderr)
         return 2
-    uses = {cell: u for cell, (run, _) in cells.items() if (u := read_json(run, CODE_USE_FILE))}
+    try:
+        uses = {cell: u for cell, (run, _) in cells.items() if (u := read_json(run, CODE_USE_FILE))}
+    except ValueError as err:           # a stale measurement file (_runs.read_json)
+        print(err, file=sys.stderr)
+        return 2
     text = table({cell: m for cell, (_, m) in cells.items()}, uses)
     if a.results and not a.from_results:
         for cell, (run, _) in cells.items():

@@ -383,6 +383,40 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
     assert again == out == open(res / "table.md").read() + "\n"
 
 
+def test_a_measurement_taken_before_its_run_finished_is_refused_not_reused(tmp_path):
+    """A measurement file (code_use.json, mcl_probe.json) records the phases its checkpoint had finished; a grid
+    script skips runs whose file exists, so one taken mid-training (here before stage 2 finished) would be reused
+    silently. Where the run's checkpoint has finished more since, the report names the file, exit 2; a file whose
+    phases match, or a copied run without a checkpoint, is read."""
+    import json
+
+    import torch
+
+    sys.path.insert(0, EXP)
+    try:
+        from _runs import read_json
+    finally:
+        sys.path.remove(EXP)
+    base = json.load(open(os.path.join(RESULTS, "mddiff-shapes3d-cpu-smoke-seed0", "metrics.json")))
+    run = tmp_path / "runs" / "lam0" / "mddiff-shapes3d-cpu-long-seed0"
+    os.makedirs(run)
+    json.dump(dict(base, preset="cpu-long", seed=0, mcl_weight=0.0), open(run / "metrics.json", "w"))
+    _write_code_use(run, 0.8, 2.0, {"shape": (0.1, 0.2)}, decoder_gap=0.05)
+    use = json.load(open(run / "code_use.json"))
+    assert read_json(str(run), "code_use.json") == use                  # no checkpoint (a copied run): read
+    torch.save({"done": ["first_stage", "stage1", "stage2"]}, run / "checkpoint.pt")
+    json.dump(dict(use, phases=["first_stage", "stage1", "stage2"]), open(run / "code_use.json", "w"))
+    assert read_json(str(run), "code_use.json")["decoder"]["rel_gap"] == 0.05
+    json.dump(dict(use, phases=["first_stage", "stage1"]), open(run / "code_use.json", "w"))
+    with pytest.raises(ValueError, match="since finished"):
+        read_json(str(run), "code_use.json")
+    out = subprocess.run([sys.executable, os.path.join(EXP, "mcl_dose_report.py"), str(tmp_path / "runs")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == "", out.stderr
+    assert out.stderr.count("\n") == 1 and "code_use.json: measured after phases ['first_stage', 'stage1']" in \
+        out.stderr and "delete it" in out.stderr
+
+
 def test_code_use_resolution_is_none_where_random_pairs_give_nothing_to_compare():
     """An untrained run's constant code gives random pairs no gap: code_use.py writes no ratio (None), not a
     ZeroDivisionError, and the table averages the runs that have one."""
