@@ -212,30 +212,33 @@ def code_use_table(uses: dict, factors, group: str = "arm") -> list[str]:
     return lines
 
 
+def interval_cell(vals, diff: bool = False) -> str:
+    """A table cell of the values ``vals`` (over seeds): their mean [95% percentile-bootstrap interval], or the value
+    alone when there is one (a difference: ``+v (n=1)``), "–" when there are none; ``diff`` signs the numbers.
+    Values of 100 or more are written without decimals (FID), others with three. (At n = 2 the interval is the two
+    values' range.)"""
+    import numpy as np
+
+    from mclcore.metrics.stats import bootstrap_ci
+
+    if not vals:
+        return "–"
+    f = (lambda v: f"{v:+.3f}") if diff else (lambda v: f"{v:.0f}" if abs(v) >= 100 else f"{v:.3f}")  # noqa: E731
+    if len(vals) == 1:
+        return f"{f(vals[0])} (n=1)" if diff else f(vals[0])
+    lo, hi = bootstrap_ci(np.asarray(vals, dtype=np.float64))
+    return f"{f(float(np.mean(vals)))} [{f(lo)}, {f(hi)}]"
+
+
 def mcl_probe_table(probes: dict, pairs) -> list[str]:
     """Markdown lines: per arm (``{arm: {seed: mcl_probe.json dict}}``, empty arms skipped) the mean [95% bootstrap
     interval] over seeds of each mcl_probe.py probe's held-out top-1 accuracy, and for each ``(a, b)`` of ``pairs``
     the per-seed paired difference a - b on the seeds both have."""
-    import numpy as np
-
-    from mclcore.metrics.stats import bootstrap_ci, summarize
-
     names = list(dict.fromkeys(k for runs in probes.values() for r in runs.values() for k in r["probes"]))
     if not names:
         return []
     first = next(r for runs in probes.values() for r in runs.values())
     sm = first["samples"]
-
-    def cell(vals, diff=False):
-        if not vals:
-            return "–"
-        if len(vals) == 1:
-            return f"{vals[0]:+.3f} (n=1)" if diff else f"{vals[0]:.3f}"
-        if diff:
-            lo, hi = bootstrap_ci(np.asarray(vals))
-            return f"{np.mean(vals):+.3f} [{lo:+.3f}, {hi:+.3f}]"
-        st = summarize(vals)
-        return f"{st['mean']:.3f} [{st['lo']:.3f}, {st['hi']:.3f}]"
 
     lines = ["Can a fresh critic read u from the trained u-decoder's mechanism, and through what? (mcl_probe.py: a "
              f"fresh MCL module trained {sm['steps']} steps of batch {sm['batch_size']} on the frozen model, top-1 "
@@ -249,13 +252,13 @@ def mcl_probe_table(probes: dict, pairs) -> list[str]:
     for arm, runs in probes.items():
         if runs:
             lines.append(f"| {arm} | {len(runs)} | " + " | ".join(
-                cell([runs[s]["probes"][k]["acc"] for s in sorted(runs) if k in runs[s]["probes"]]) for k in names)
+                interval_cell([runs[s]["probes"][k]["acc"] for s in sorted(runs) if k in runs[s]["probes"]]) for k in names)
                 + " |")
     rows = []
     for a, b in pairs:
         seeds = sorted(set(probes.get(a, {})) & set(probes.get(b, {})))
         if seeds:
-            rows.append(f"| {a} − {b} | {','.join(map(str, seeds))} | " + " | ".join(cell(
+            rows.append(f"| {a} − {b} | {','.join(map(str, seeds))} | " + " | ".join(interval_cell(
                 [probes[a][s]["probes"][k]["acc"] - probes[b][s]["probes"][k]["acc"] for s in seeds
                  if k in probes[a][s]["probes"] and k in probes[b][s]["probes"]], diff=True) for k in names) + " |")
     if rows:

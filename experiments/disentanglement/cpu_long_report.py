@@ -30,10 +30,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from _runs import (CODE_USE_FILE, MCL_PROBE_FILE, code_use_table, copy_run, diagnostics_table,  # noqa: E402
-                   mcl_probe_table, read_json, report_args, runs_by_seed, train_minutes)
+                   interval_cell, mcl_probe_table, read_json, report_args, runs_by_seed, train_minutes)
 from collect_table1 import copy_figures  # noqa: E402
 from mclcore._io import write_text_atomic  # noqa: E402
-from mclcore.metrics.stats import bootstrap_ci, summarize  # noqa: E402
 from mclcore.studies.disentangle.kinds import fid_of, lpips_of  # noqa: E402
 
 
@@ -88,10 +87,6 @@ def load(root: str, from_results: bool = False, grid: Grid = CPU_LONG) -> dict:
             for arm, folder, model in grid.arms}
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3f}"
-
-
 def table(arms: dict, grid: Grid = CPU_LONG) -> str:
     lines = [f"{grid.title}, seeds {list(grid.seeds)}. Mean [95% bootstrap interval] over the finished seeds (n); "
              "differences paired by seed.",
@@ -101,10 +96,7 @@ def table(arms: dict, grid: Grid = CPU_LONG) -> str:
         cells = []
         for key, _ in METRICS:
             vals = [v for s in sorted(runs) if (v := _value(*runs[s], key)) is not None]
-            st = summarize(vals) if vals else None
-            cell = ("–" if st is None else _fmt(st["mean"]) if st["n"] == 1 else
-                    f"{_fmt(st['mean'])} [{_fmt(st['lo'])}, {_fmt(st['hi'])}]")
-            cells.append(cell + (f" (n={len(vals)})" if 0 < len(vals) < len(runs) else ""))
+            cells.append(interval_cell(vals) + (f" (n={len(vals)})" if 0 < len(vals) < len(runs) else ""))
         lines.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
     lines += ["", "| difference | seeds | " + " | ".join(lab for _, lab in METRICS) + " |",
               "|---|---|" + "---|" * len(METRICS)]
@@ -114,12 +106,8 @@ def table(arms: dict, grid: Grid = CPU_LONG) -> str:
         for key, _ in METRICS:
             d = [x - y for s in seeds if (x := _value(*arms[a][s], key)) is not None
                  and (y := _value(*arms[b][s], key)) is not None]
-            if len(d) < 2:
-                cells.append(f"{d[0]:+.3f} (n=1)" if d else "–")
-                continue
-            lo, hi = bootstrap_ci(np.asarray(d))
-            fewer = f" (n={len(d)})" if len(d) < len(seeds) else ""       # e.g. times missing for some seeds
-            cells.append(f"{np.mean(d):+.3f} [{lo:+.3f}, {hi:+.3f}]{fewer}")
+            fewer = f" (n={len(d)})" if 1 < len(d) < len(seeds) else ""   # e.g. times missing for some seeds
+            cells.append(interval_cell(d, diff=True) + fewer)
         lines.append(f"| {a} − {b} | {','.join(map(str, seeds)) or '–'} | " + " | ".join(cells) + " |")
     factors = [f for runs in arms.values() for _, m in runs.values() for f in m.get(PER_FACTOR, {})]
     factors = list(dict.fromkeys(factors))

@@ -19,7 +19,8 @@ END = "<!-- make_tables: end -->"
 
 
 def _readme_block() -> str:
-    text = open(os.path.join(EXP, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(EXP, "README.md"), encoding="utf-8") as f:
+        text = f.read()
     assert text.count(BEGIN) == 1 and text.count(END) == 1, "README must hold one make_tables block"
     return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
 
