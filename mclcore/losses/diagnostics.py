@@ -10,6 +10,12 @@ which is happening, at any step:
   the row's own condition (equal key rows), so chance is the mean share of a row's condition in the batch
   (1/|U| for balanced conditions). ``shortcut_share`` = the direct term's accuracy above chance over the sum of
   both terms' accuracies above chance: 1 when the critic alone carries the contrast, 0 when the generator does.
+  ``acc_generator_independent``: the generator term's accuracy with each row's z taken from another row (the
+  batch rolled by one: row i reads u_i from ``J_G(z_{i-1}, u_i)^T grad_x c``). Where z and u come from the same
+  sample (an encoder's z of the sample whose condition is u, as in MDDiff), z alone can give u away, and the
+  generator term can read u through z even from a u-blind generator; with z from another row only the
+  generator's (and, for ``critic_input`` with u, the critic's) use of u can carry it. ``acc_generator`` well above
+  ``acc_generator_independent`` says the contrast is solved through z. NaN for a batch of one.
 * :func:`gradient_norms` — the norms of the MCL and host gradients on the generator's parameters and their ratio
   (with lambda applied): how much MCL actually moves the generator.
 * :class:`MCLWeight` — ``weighting="relative"``: lambda is relative to the host loss. Every ``every`` steps the
@@ -21,7 +27,8 @@ which is happening, at any step:
   (dz = 5, |U| = 8) relative 1 meant absolute weights from 8e4 at the first step down to ~1e3 after 50 steps, and
   the paper's absolute 0.1 meant relative ~1e-6 (experiments/synthetic/README.md, "Does MCL help?").
 
-Cost: a readout is one generator forward, one critic input-gradient and one VJP without a graph, plus the heads;
+Cost: a readout is two generator forwards, two critic input-gradients and two VJPs without a graph (paired and
+independent), plus the heads;
 gradient norms are two extra backward passes through the MCL and host terms. Both run every ``every`` steps
 (benchmarks/bench_mcl_diagnostics.py measures the overhead).
 """
@@ -35,9 +42,10 @@ import torch.nn.functional as F
 
 from mclcore.losses.mcl import clip_rows, condition_groups, mechanism_terms
 
-__all__ = ["readout", "gradient_norms", "MCLWeight", "WEIGHTINGS"]
+__all__ = ["readout", "gradient_norms", "MCLWeight", "WEIGHTINGS", "READ_KEYS"]
 
 WEIGHTINGS = ("absolute", "relative")
+READ_KEYS = ("acc", "acc_generator", "acc_direct", "acc_generator_independent", "chance", "shortcut_share")
 
 
 def _head_input(head, x: torch.Tensor) -> torch.Tensor:
@@ -56,24 +64,30 @@ def readout(mcl, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key
             groups: torch.Tensor | None = None) -> dict:
     """Top-1 accuracies of the condition read from the mechanism gradient of ``mcl`` (an :class:`mclcore.MCL`) at
     (z, u): ``acc`` (the contrasted gradient), ``acc_generator``, ``acc_direct`` (NaN when the critic does not see
-    z), ``chance`` and ``shortcut_share`` (see the module doc). No training graph is built."""
+    z), ``acc_generator_independent`` (z rolled by one row), ``chance`` and ``shortcut_share`` (see the module doc):
+    the keys of ``READ_KEYS``. No training graph is built."""
     key = u if u_key is None else u_key
     groups = condition_groups(key) if groups is None else groups.to(key.device)
     with torch.enable_grad():
         direct, gen = mechanism_terms(decoder_G, z.detach(), u.detach(), mcl.critic, create_graph=False,
                                       validate=False, critic_input=mcl.critic_input)
+        gen_ind = None if len(z) < 2 else mechanism_terms(      # (B, dz): row i at (z_{i-1}, u_i)
+            decoder_G, z.detach().roll(1, 0), u.detach(), mcl.critic, create_graph=False, validate=False,
+            critic_input=mcl.critic_input)[1]
     with torch.no_grad():
         k = F.normalize(mcl.Pi_u(_head_input(mcl.Pi_u, key.flatten(1))), dim=1, eps=mcl.eps)
         counts = torch.bincount(groups, minlength=int(groups.max()) + 1).double()
         chance = float((counts[groups] / len(groups)).mean())
         acc_gen = _accuracy(mcl, gen, k, groups)
         acc_dir = _accuracy(mcl, direct, k, groups) if direct is not None else math.nan
+        acc_ind = _accuracy(mcl, gen_ind, k, groups) if gen_ind is not None else math.nan
         contrasted = gen if mcl.contrast == "generator" or direct is None else direct + gen
         acc = _accuracy(mcl, contrasted, k, groups)
     above_dir = 0.0 if math.isnan(acc_dir) else max(0.0, acc_dir - chance)
     above_gen = max(0.0, acc_gen - chance)
     share = above_dir / (above_dir + above_gen) if above_dir + above_gen > 0 else math.nan
-    return {"acc": acc, "acc_generator": acc_gen, "acc_direct": acc_dir, "chance": chance, "shortcut_share": share}
+    return {"acc": acc, "acc_generator": acc_gen, "acc_direct": acc_dir, "acc_generator_independent": acc_ind,
+            "chance": chance, "shortcut_share": share}
 
 
 def _rank_mean(grads, params) -> list:

@@ -29,12 +29,11 @@ import os
 import torch
 
 from mclcore._io import write_json_atomic
-from mclcore.losses.diagnostics import MCLWeight, gradient_norms, readout
+from mclcore.losses.diagnostics import READ_KEYS, MCLWeight, gradient_norms, readout
 
 __all__ = ["MCLMonitor", "RECORD_KEYS", "FILE_NAME", "last_measurement"]
 
-RECORD_KEYS = ("step", "weight", "mcl", "acc", "acc_generator", "acc_direct", "chance", "shortcut_share",
-               "grad_ratio")
+RECORD_KEYS = ("step", "weight", "mcl", *READ_KEYS, "grad_ratio")
 FILE_NAME = "mcl_diagnostics.json"
 # record key -> metrics.json key (as the synthetic study's result rows name them)
 _METRIC_NAMES = {"step": "mcl_step", "weight": "mcl_weight", "mcl": "mcl_loss"}

@@ -6,7 +6,8 @@
 Reads the ``mcl_diagnostics`` of a synthetic study's unit records (``units/*.json``) or the ``mcl_diagnostics.json``
 of an ``mcl train`` run folder, and prints per measurement: the MCL weight, L_MCL, the InfoNCE top-1 accuracy of
 the condition read from the contrasted mechanism gradient, from its generator term and from the critic's direct
-term, chance, the shortcut share and |grad w L_MCL| / |grad host| on the generator (medians over a unit's members;
+term, the generator term's with z from another row (``acc_gen_ind``; NaN in records from before it was
+logged), chance, the shortcut share and |grad w L_MCL| / |grad host| on the generator (medians over a unit's members;
 :mod:`mclcore.losses.diagnostics` defines each).
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ import statistics
 
 COLUMNS = (("step", "step", "{:>6}"), ("weight", "weight", "{:>9.3g}"), ("mcl", "L_MCL", "{:>7.3f}"),
            ("acc", "acc", "{:>6.3f}"), ("acc_generator", "acc_gen", "{:>7.3f}"), ("acc_direct", "acc_dir", "{:>7.3f}"),
-           ("chance", "chance", "{:>6.3f}"), ("shortcut_share", "shortcut", "{:>8.2f}"),
-           ("grad_ratio", "|gMCL|/|ghost|", "{:>14.3g}"))
+           ("acc_generator_independent", "acc_gen_ind", "{:>11.3f}"), ("chance", "chance", "{:>6.3f}"),
+           ("shortcut_share", "shortcut", "{:>8.2f}"), ("grad_ratio", "|gMCL|/|ghost|", "{:>14.3g}"))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -67,6 +67,30 @@ def test_readout_reports_a_generator_that_carries_the_contrast():
     assert r["shortcut_share"] == 0.0
 
 
+def test_readout_with_z_from_another_row_separates_z_giving_u_away_from_the_generator_using_u():
+    """z determined by u (an encoder's z of the sample whose condition is u) lets a u-blind generator's term read u
+    when z and u are paired, not when z comes from another row; a generator that uses u reads it either way."""
+    torch.manual_seed(0)
+    z_free, u, ids = _data()
+    W = torch.randn(3, 8, dtype=F64)
+    z_of_u = u[:, :3] + 0.05 * z_free                                           # z gives u away
+    blind = lambda z, u: torch.tanh(z @ W)                                      # noqa: E731 - ignores u
+    mcl = mclcore.MCL(3, 8, 4, critic_input="x", critic_hidden=(16, 16), proj_dim=8, create_graph=False).double()
+    _train_heads(mcl, blind, z_of_u, u, ids)
+    r = readout(mcl, blind, z_of_u, u, groups=ids)
+    assert r["acc_generator"] > 2 * r["chance"] and r["acc_generator_independent"] < r["chance"] + 0.1
+    V = torch.randn(4, 8, dtype=F64)
+    uses_u = lambda z, u: torch.tanh(z @ W * (1 + u @ V))                       # noqa: E731
+    mcl = mclcore.MCL(3, 8, 4, critic_input="x", critic_hidden=(16, 16), proj_dim=8, create_graph=False).double()
+    _train_heads(mcl, uses_u, z_free, u, ids)
+    r = readout(mcl, uses_u, z_free, u, groups=ids)
+    assert r["acc_generator_independent"] > 2 * r["chance"] and r["acc_generator"] > 2 * r["chance"]
+    rolled = readout(mcl, uses_u, z_free.roll(1, 0), u, groups=ids)            # the same as rolling by hand
+    assert r["acc_generator_independent"] == rolled["acc_generator"]
+    one = readout(mcl, uses_u, z_free[:1], u[:1])
+    assert math.isnan(one["acc_generator_independent"])
+
+
 def test_relative_weight_matches_the_host_gradient_norm():
     torch.manual_seed(0)
     z, u, ids = _data(B=32)

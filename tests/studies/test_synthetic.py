@@ -407,6 +407,7 @@ def test_mcl_diagnostics_are_recorded_and_change_nothing():
     assert [d["step"] for d in diag] == list(range(0, steps, 3))
     for r in rows:
         assert 0 <= r["mcl_acc"] <= 1 and 0 < r["mcl_chance"] < 1 and r["mcl_grad_ratio"] > 0
+        assert 0 <= r["mcl_acc_generator_independent"] <= 1            # z of another row: a number, not NaN
     off = train(tiny(model="mdvae_mcl", mcl=dataclasses.replace(mcl, diagnose_every=0)), [0, 1])
     assert _numbers(off) == _numbers(rows)                    # diagnosing never changes the training
 
@@ -433,5 +434,6 @@ def test_inspect_mcl_prints_the_diagnostics_of_a_study(tmp_path, capsys):
     assert main(["inspect-mcl", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "gmd-leaky_relu-dz2-U3-mdvae_mcl" in out and "shortcut" in out and len(out.splitlines()) >= 5
+    assert "acc_gen_ind" in out
     assert main(["inspect-mcl", str(tmp_path), "--unit", "nope"]) == 2
     assert main(["inspect-mcl", str(tmp_path / "missing")]) == 2

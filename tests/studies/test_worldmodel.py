@@ -284,7 +284,7 @@ def test_mcl_diagnostics_are_logged_and_change_nothing(variant, tmp_path, capsys
     assert [r["step"] for r in records] == [0, 1, 2, 3] and all(tuple(r) == RECORD_KEYS for r in records)
     for r in records:
         assert r["weight"] == 0.5 and r["chance"] == 0.25 and r["grad_ratio"] > 0    # 4 distinct actions
-        assert all(0 <= r[k] <= 1 for k in ("acc", "acc_generator", "acc_direct"))
+        assert all(0 <= r[k] <= 1 for k in ("acc", "acc_generator", "acc_direct", "acc_generator_independent"))
     ea = EventAccumulator(os.path.join(run, "tb"))
     ea.Reload()
     assert {"dynamics/mcl/acc_generator", "dynamics/mcl/grad_ratio"} <= set(ea.Tags()["scalars"])

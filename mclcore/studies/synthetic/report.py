@@ -44,7 +44,8 @@ PAPER = {
 # --------------------------------------------------------------------------------------------------------------
 _CSV_COLUMNS = ["process", "mixing", "dz", "n_alphabet", "model", "seed", "lambda_mcl", "split", "mcc",
                 "mcc_spearman", "neg_elbo", "rec", "kl", "mcl_loss", "epochs", "steps", "members", "unit",
-                "unit_seconds", "mcl_weight", "mcl_acc", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance",
+                "unit_seconds", "mcl_weight", "mcl_acc", "mcl_acc_generator", "mcl_acc_direct",
+                "mcl_acc_generator_independent", "mcl_chance",
                 "mcl_shortcut_share", "mcl_grad_ratio", "mcc_ceiling", "active_dims", "kl_per_dim", "snr",
                 "decoder_var", "decoder_var_learned", "decoder_var_final", "shift_scale", "modulation_range",
                 "objective", "principle_loss", "lps", "lps_max", "infomec_m", "infomec_e", "infomec_c",

@@ -109,8 +109,9 @@ def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, wr
     if writer is not None:
         writer.add_scalar("median/mcc", statistics.median(r["mcc"] for r in rows), cfg.epochs)
         for rec in diagnostics:                                                 # MCL diagnostics, median of members
-            for k in ("acc", "acc_generator", "acc_direct", "shortcut_share", "grad_ratio", "weight"):
-                vals = [v for v in rec[k] if v == v]                            # NaN-free (acc_direct without z)
+            for k in ("acc", "acc_generator", "acc_direct", "acc_generator_independent", "shortcut_share",
+                      "grad_ratio", "weight"):
+                vals = [v for v in rec.get(k, []) if v == v]                    # NaN-free (acc_direct without z)
                 if vals:
                     writer.add_scalar(f"mcl/{k}", statistics.median(vals), rec["step"])
         writer.close()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mclcore.data.synthetic import derive_seed, make_dataset
-from mclcore.losses.diagnostics import MCLWeight, gradient_norms, readout
+from mclcore.losses.diagnostics import READ_KEYS, MCLWeight, gradient_norms, readout
 from mclcore.models.vae import StackedVAE
 from mclcore.studies.synthetic.config import MODELS, TrainConfig
 from mclcore.studies.synthetic.members import Members
@@ -185,7 +185,7 @@ class StackedStudy:
                          groups=None if gids is None else gids[m]) for m in range(M)]
         rec = {"step": step, "weight": w.tolist(), "mcl": l_mcl.detach().double().cpu().tolist(),
                "grad_ratio": (w * norms["ratio"].cpu()).tolist()}            # |grad w L_MCL| / |grad -ELBO|
-        for k in ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share"):
+        for k in READ_KEYS:
             rec[k] = [r[k] for r in reads]
         d.diagnostics.append(rec)
 
@@ -353,8 +353,8 @@ def train(cfg: TrainConfig, seeds: Sequence[int], lambdas: Sequence[float] | Non
             member=(_dataset(tuple((k, getattr(cfg, k)) for k in _DATA_KEYS), seeds[m]), vae, m)))
         if has_mcl and d.diagnostics:      # the last measurement (the unit record keeps them all)
             last_d = d.diagnostics[-1]
-            rows[-1].update({f"mcl_{k}": last_d[k][m] for k in ("weight", "acc", "acc_generator", "acc_direct",
-                                                                 "chance", "shortcut_share", "grad_ratio")})
+            rows[-1].update({f"mcl_{k}": last_d[k][m] for k in ("weight", *READ_KEYS, "grad_ratio")
+                             if k in last_d})      # a unit resumed from before acc_generator_independent existed
     if diagnostics is not None:
         diagnostics.extend(d.diagnostics)
     return rows
