@@ -8,7 +8,8 @@ cell's mechanism-gradient choice (``critic_input``, ``contrast``), weighting and
 (MD-VAE) runs once on the same seeds. Reported per cell (table.md, cells.csv, per_seed.csv in ``--results``):
 test MCC, the paired per-seed difference to the baseline with a 95% bootstrap interval (n = seeds), and the MCL
 diagnostics of the last measurement (medians over seeds: accuracy of the condition read from the generator term
-and from the critic's direct term, chance, shortcut share, |grad w L_MCL| / |grad -ELBO| on the decoder).
+(and with z from another row, where logged) and from the critic's direct term, chance, shortcut share,
+|grad w L_MCL| / |grad -ELBO| on the decoder).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from mclcore.studies.synthetic.config import StudyConfig  # noqa: E402
 from mclcore.studies.synthetic.run import run_study  # noqa: E402
 from mclcore.train.config import merge  # noqa: E402
 
-DIAG = ("mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
+DIAG = ("mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio",
+        "mcl_acc_generator_independent")
 
 
 def _slug(name: str) -> str:
@@ -79,16 +81,21 @@ def run_regime(name: str, base: dict, baseline: str, cells: list, out: str, prog
 
 
 def _table(summary: list) -> list[str]:
+    """The cells' markdown rows; the generator term's accuracy with z from another row is a column where some cell
+    logged it (runs from before it existed did not)."""
     fmt = lambda v, f: "–" if v != v else format(v, f)  # noqa: E731
-    lines = ["| cell | median MCC | Δ MCC vs MD-VAE | acc (generator term) | acc (critic's direct term) | chance "
-             "| shortcut share | ‖∇ w L_MCL‖ / ‖∇ −ELBO‖ |", "|---|---|---|---|---|---|---|---|"]
+    ind = any(c["mcl_acc_generator_independent"] == c["mcl_acc_generator_independent"] for c in summary)
+    lines = ["| cell | median MCC | Δ MCC vs MD-VAE | acc (generator term) | "
+             + ("acc (generator term, z of another row) | " if ind else "") + "acc (critic's direct term) | chance "
+             "| shortcut share | ‖∇ w L_MCL‖ / ‖∇ −ELBO‖ |", "|---|---|---|---|---|---|---|---|" + "---|" * ind]
     for c in summary:
         delta = "–" if c["cell"] == "baseline" else \
             f"{c['diff_mean']:+.3f} [{c['diff_lo']:+.3f}, {c['diff_hi']:+.3f}]"
         lines.append(f"| {c['cell'] if c['cell'] != 'baseline' else 'MD-VAE (λ = 0)'} | {c['mcc_median']:.3f} | "
-                     f"{delta} | {fmt(c['mcl_acc_generator'], '.3f')} | {fmt(c['mcl_acc_direct'], '.3f')} | "
-                     f"{fmt(c['mcl_chance'], '.3f')} | {fmt(c['mcl_shortcut_share'], '.2f')} | "
-                     f"{fmt(c['mcl_grad_ratio'], '.3g')} |")
+                     f"{delta} | {fmt(c['mcl_acc_generator'], '.3f')} | "
+                     + (f"{fmt(c['mcl_acc_generator_independent'], '.3f')} | " if ind else "")
+                     + f"{fmt(c['mcl_acc_direct'], '.3f')} | {fmt(c['mcl_chance'], '.3f')} | "
+                     f"{fmt(c['mcl_shortcut_share'], '.2f')} | {fmt(c['mcl_grad_ratio'], '.3g')} |")
     return lines
 
 
