@@ -13,6 +13,8 @@ import sys
 
 # The last MCL measurement of training that an MDDiff run's metrics.json carries (mcl_diagnostics.json has them all).
 DIAG = ("mcl_weight", "mcl_acc_generator", "mcl_acc_direct", "mcl_chance", "mcl_shortcut_share", "mcl_grad_ratio")
+# Logged since 2026-12-07 (the generator term's readout with z from another row): a column where a run has it.
+DIAG_NEW = ("mcl_acc_generator_independent",)
 
 
 CODE_USE_FILE = "code_use.json"     # code_use.py's, in the run folders where it was run
@@ -45,12 +47,14 @@ def runs_by_seed(pattern: str) -> dict:
 
 
 def diagnostics_table(runs: dict, seeds) -> list[str]:
-    """Markdown lines: one row per seed of ``runs`` ({seed: (folder, metrics)}) with its DIAG values."""
-    lines = ["| seed | " + " | ".join(DIAG) + " |", "|---|" + "---|" * len(DIAG)]
+    """Markdown lines: one row per seed of ``runs`` ({seed: (folder, metrics)}) with its DIAG values (and DIAG_NEW's
+    where one of the runs has them)."""
+    keys = DIAG + tuple(k for k in DIAG_NEW if any(k in runs[s][1] for s in seeds))
+    lines = ["| seed | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for s in seeds:
         m = runs[s][1]
         lines.append(f"| {s} | " + " | ".join(f"{m[k]:.3g}" if isinstance(m.get(k), (int, float)) else "–"
-                                             for k in DIAG) + " |")
+                                             for k in keys) + " |")
     return lines
 
 

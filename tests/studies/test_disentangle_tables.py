@@ -348,7 +348,8 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
                 continue
             run = tmp_path / "runs" / arm / f"mddiff-shapes3d-cpu-long-seed{seed}"
             os.makedirs(run)
-            json.dump(dict(base, preset="cpu-long", seed=seed, factorvae=0.6,
+            new = {"mcl_acc_generator_independent": 0.5} if (arm, seed) == ("lam1e-2", 0) else {}   # logged since
+            json.dump(dict(base, preset="cpu-long", seed=seed, factorvae=0.6, **new,
                            mcl_weight=float(arm[3:]) if arm != "lam0" else 0.0), open(run / "metrics.json", "w"))
             _write_code_use(run, 0.8, 2.0, {"shape": (0.1, 0.2)}, decoder_gap=g)
             if arm != "lam1e-3" and seed < 2:      # mcl_probe.py's file: one probe's accuracy = 10 x the gap
@@ -373,6 +374,9 @@ def test_mcl_dose_report_pairs_each_weight_with_lambda_zero(tmp_path):
     assert rows["| lam1e-2 − lam0"].split(" | ")[1] == "0,1"                  # the seeds both arms finished
     assert gap(rows["| lam1e-2 − lam0"]) == "+0.065 [+0.060, +0.070]"
     assert "lambda_MCL = 1e-3's MCL diagnostics" in out and "lambda_MCL = 1e-2's MCL diagnostics" in out
+    diag = {part.split("'s MCL diagnostics")[0]: part for part in out.split("lambda_MCL = ")[1:]}
+    assert "| mcl_grad_ratio | mcl_acc_generator_independent |" in diag["1e-2"] and "| 0.5 |\n| 1 |" in diag["1e-2"]
+    assert "mcl_acc_generator_independent" not in diag["1e-3"]          # a column only where a run logged it
     assert "Not finished: lam1e-2 seed 2, indep1e-2 seed 0, indep1e-2 seed 1, indep1e-2 seed 2." in out
     # the fresh-critic probe where mcl_probe.py wrote one (copied with --results): per arm, and paired by seed
     assert "| arm | n | x/own/independent |" in out and "chance 0.031." in out
