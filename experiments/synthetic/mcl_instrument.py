@@ -72,28 +72,39 @@ def run_regime(name: str, base: dict, baseline: str, cells: list, out: str, prog
         diff = [float(r["mcc"]) - base_mcc[r["seed"]] for r in rows]
         s_mcc, s_diff = summarize([float(r["mcc"]) for r in rows]), summarize(diff)
         diag = {k: _median([float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows]) for k in DIAG}
+        # per seed: the generator term's readout with its own z minus with another row's (where both were logged)
+        gap = [float(r["mcl_acc_generator"]) - float(r["mcl_acc_generator_independent"]) for r in rows
+               if r.get("mcl_acc_generator_independent") not in (None, "", "nan")]
+        s_gap = summarize(gap) if gap else {"mean": math.nan, "lo": math.nan, "hi": math.nan}
         summary.append({"regime": name, "cell": cname, "n": s_mcc["n"], "mcc_median": s_mcc["median"],
                         "mcc_mean": s_mcc["mean"], "diff_mean": s_diff["mean"], "diff_lo": s_diff["lo"],
-                        "diff_hi": s_diff["hi"], **diag})
+                        "diff_hi": s_diff["hi"], **diag, "z_gap_mean": s_gap["mean"], "z_gap_lo": s_gap["lo"],
+                        "z_gap_hi": s_gap["hi"]})
         per_seed += [{"regime": name, "cell": cname, "seed": r["seed"], "mcc": r["mcc"], "diff": d,
                       **{k: r.get(k, "") for k in DIAG}} for r, d in zip(rows, diff)]
     return summary, per_seed
 
 
 def _table(summary: list) -> list[str]:
-    """The cells' markdown rows; the generator term's accuracy with z from another row is a column where some cell
-    logged it (runs from before it existed did not)."""
+    """The cells' markdown rows; the generator term's accuracy with z from another row, and the per-seed paired
+    difference own z − another row's z (mean [95% bootstrap interval]), are columns where some cell logged it (runs
+    from before it existed did not)."""
     fmt = lambda v, f: "–" if v != v else format(v, f)  # noqa: E731
-    ind = any(c["mcl_acc_generator_independent"] == c["mcl_acc_generator_independent"] for c in summary)
+    nan = math.nan
+    ind = any(c.get("mcl_acc_generator_independent", nan) == c.get("mcl_acc_generator_independent", nan)
+              for c in summary)
     lines = ["| cell | median MCC | Δ MCC vs MD-VAE | acc (generator term) | "
-             + ("acc (generator term, z of another row) | " if ind else "") + "acc (critic's direct term) | chance "
-             "| shortcut share | ‖∇ w L_MCL‖ / ‖∇ −ELBO‖ |", "|---|---|---|---|---|---|---|---|" + "---|" * ind]
+             + ("acc (generator term, z of another row) | own z − another's, paired | " if ind else "")
+             + "acc (critic's direct term) | chance | shortcut share | ‖∇ w L_MCL‖ / ‖∇ −ELBO‖ |",
+             "|---|---|---|---|---|---|---|---|" + "---|---|" * ind]
     for c in summary:
         delta = "–" if c["cell"] == "baseline" else \
             f"{c['diff_mean']:+.3f} [{c['diff_lo']:+.3f}, {c['diff_hi']:+.3f}]"
         lines.append(f"| {c['cell'] if c['cell'] != 'baseline' else 'MD-VAE (λ = 0)'} | {c['mcc_median']:.3f} | "
                      f"{delta} | {fmt(c['mcl_acc_generator'], '.3f')} | "
-                     + (f"{fmt(c['mcl_acc_generator_independent'], '.3f')} | " if ind else "")
+                     + (f"{fmt(c['mcl_acc_generator_independent'], '.3f')} | " + (
+                         "–" if c.get("z_gap_mean", nan) != c.get("z_gap_mean", nan) else
+                         f"{c['z_gap_mean']:+.3f} [{c['z_gap_lo']:+.3f}, {c['z_gap_hi']:+.3f}]") + " | " if ind else "")
                      + f"{fmt(c['mcl_acc_direct'], '.3f')} | {fmt(c['mcl_chance'], '.3f')} | "
                      f"{fmt(c['mcl_shortcut_share'], '.2f')} | {fmt(c['mcl_grad_ratio'], '.3g')} |")
     return lines
