@@ -255,9 +255,8 @@ def mcl_probe_table(probes: dict, pairs) -> list[str]:
              "| arm | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for arm, runs in probes.items():
         if runs:
-            lines.append(f"| {arm} | {len(runs)} | " + " | ".join(
-                interval_cell([runs[s]["probes"][k]["acc"] for s in sorted(runs) if k in runs[s]["probes"]]) for k in names)
-                + " |")
+            lines.append(f"| {arm} | {len(runs)} | " + " | ".join(interval_cell(
+                [runs[s]["probes"][k]["acc"] for s in sorted(runs) if k in runs[s]["probes"]]) for k in names) + " |")
     rows = []
     for a, b in pairs:
         seeds = sorted(set(probes.get(a, {})) & set(probes.get(b, {})))

@@ -100,12 +100,12 @@ def _table(summary: list) -> list[str]:
     for c in summary:
         delta = "–" if c["cell"] == "baseline" else \
             f"{c['diff_mean']:+.3f} [{c['diff_lo']:+.3f}, {c['diff_hi']:+.3f}]"
+        gap = c.get("z_gap_mean", nan)
+        extra = "" if not ind else f"{fmt(c['mcl_acc_generator_independent'], '.3f')} | " + (
+            "–" if gap != gap else f"{gap:+.3f} [{c['z_gap_lo']:+.3f}, {c['z_gap_hi']:+.3f}]") + " | "
         lines.append(f"| {c['cell'] if c['cell'] != 'baseline' else 'MD-VAE (λ = 0)'} | {c['mcc_median']:.3f} | "
-                     f"{delta} | {fmt(c['mcl_acc_generator'], '.3f')} | "
-                     + (f"{fmt(c['mcl_acc_generator_independent'], '.3f')} | " + (
-                         "–" if c.get("z_gap_mean", nan) != c.get("z_gap_mean", nan) else
-                         f"{c['z_gap_mean']:+.3f} [{c['z_gap_lo']:+.3f}, {c['z_gap_hi']:+.3f}]") + " | " if ind else "")
-                     + f"{fmt(c['mcl_acc_direct'], '.3f')} | {fmt(c['mcl_chance'], '.3f')} | "
+                     f"{delta} | {fmt(c['mcl_acc_generator'], '.3f')} | {extra}"
+                     f"{fmt(c['mcl_acc_direct'], '.3f')} | {fmt(c['mcl_chance'], '.3f')} | "
                      f"{fmt(c['mcl_shortcut_share'], '.2f')} | {fmt(c['mcl_grad_ratio'], '.3g')} |")
     return lines
 
