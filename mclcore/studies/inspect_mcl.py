@@ -2,6 +2,7 @@
 
     mcl inspect-mcl runs/synthetic-quick            # every MD-VAE+MCL unit of a synthetic study
     mcl inspect-mcl runs/synthetic-quick --unit gmd-leaky_relu-dz5-U8-mdvae_mcl
+    mcl inspect-mcl runs/worldmodel-cpu/worldmodel-acg-mcl-cpu-seed0 --last 10     # the last 10 and their mean
 
 Reads the ``mcl_diagnostics`` of a synthetic study's unit records (``units/*.json``) or the ``mcl_diagnostics.json``
 of an ``mcl train`` run folder, and prints per measurement: the MCL weight, L_MCL, the InfoNCE top-1 accuracy of
@@ -9,6 +10,10 @@ the condition read from the contrasted mechanism gradient, from its generator te
 term, the generator term's with z from another row (``acc_gen_ind``; NaN in records from before it was
 logged), chance, the shortcut share and |grad w L_MCL| / |grad host| on the generator (medians over a unit's members;
 :mod:`mclcore.losses.diagnostics` defines each).
+
+``--last N`` prints the last N measurements and their mean (NaNs left out). Why: one readout is the top-1 accuracy
+on one batch (32 rows at the world model's cpu preset: steps of 1/32), so a single measurement is coarse; the mean
+of the last N reads the end of training on N batches.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ COLUMNS = (("step", "step", "{:>6}"), ("weight", "weight", "{:>9.3g}"), ("mcl", 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a synthetic study's --out, or an mcl train run folder")
     p.add_argument("--unit", default=None, help="only this unit of a synthetic study")
+    p.add_argument("--last", type=int, default=None, metavar="N",
+                   help="only the last N measurements, followed by their mean")
 
 
 def _median(v) -> float:
@@ -35,6 +42,11 @@ def _median(v) -> float:
         return float("nan") if v is None else float(v)
     vals = [x for x in v if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return statistics.median(vals) if vals else float("nan")
+
+
+def _mean(values) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def _sources(run_dir: str, unit: str | None) -> list[tuple[str, list]]:
@@ -59,6 +71,9 @@ def _sources(run_dir: str, unit: str | None) -> list[tuple[str, list]]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    if args.last is not None and args.last < 1:
+        print(f"mcl inspect-mcl: --last: expected a positive number of measurements, got {args.last}", file=sys.stderr)
+        return 2
     sources = _sources(args.run_dir, args.unit)
     if not sources:
         what = f"unit {args.unit!r}" if args.unit else "any run"
@@ -67,9 +82,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     head = " ".join(f"{title:>{len(fmt.format(1)) if key != 'step' else 6}}" for key, title, fmt in COLUMNS)
     for name, records in sources:
-        print(f"{name}  ({len(records)} measurements; medians over members)")
+        shown = records if args.last is None else records[-args.last:]
+        print(f"{name}  ({len(records)} measurements{'' if shown is records else f', the last {len(shown)}'}; "
+              f"medians over members)")
         print(head)
-        for r in records:
-            print(" ".join(fmt.format(r["step"] if key == "step" else _median(r.get(key))) for key, _, fmt in COLUMNS))
+        rows = [[r["step"] if key == "step" else _median(r.get(key)) for key, _, _ in COLUMNS] for r in shown]
+        for row in rows:
+            print(" ".join(fmt.format(v) for v, (_, _, fmt) in zip(row, COLUMNS)))
+        if args.last is not None:
+            print(" ".join(f"{'mean':>6}" if key == "step" else fmt.format(_mean(col))
+                           for col, (key, _, fmt) in zip(zip(*rows), COLUMNS)))
         print()
     return 0

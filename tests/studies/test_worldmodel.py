@@ -292,6 +292,14 @@ def test_mcl_diagnostics_are_logged_and_change_nothing(variant, tmp_path, capsys
     assert main(["inspect-mcl", run]) == 0
     out = capsys.readouterr().out
     assert "(4 measurements" in out and "acc_gen" in out and len(out.splitlines()) >= 6
+    assert main(["inspect-mcl", run, "--last", "2"]) == 0             # the last 2 and their mean
+    lines = capsys.readouterr().out.splitlines()
+    assert "the last 2" in lines[0] and [ln.split()[0] for ln in lines[2:5]] == ["2", "3", "mean"]
+    col = lines[1].split().index("acc_gen")
+    assert float(lines[4].split()[col]) == pytest.approx(
+        sum(r["acc_generator"] for r in records[-2:]) / 2, abs=1e-3)
+    assert main(["inspect-mcl", run, "--last", "0"]) == 2
+    assert "--last" in capsys.readouterr().err
 
 
 def test_relative_mcl_weighting_resumes_equal_to_uninterrupted(tmp_path):

@@ -45,3 +45,25 @@ def test_committed_idm_ceiling_table_is_regenerated_from_its_json():
     assert cells == {(s, i, n, sp) for s in mod.SEEDS for i in mod.INPUTS for n in mod.STEPS for sp in mod.SPLITS}
     lacg = {int(k): v for k, v in data["lacg"].items()}
     assert mod.table(data["rows"], lacg) == open(os.path.join(ROOT, "idm_ceiling.md")).read()
+
+
+def test_mcl_diagnostics_table_shows_the_independent_readout_only_where_logged():
+    """Runs from before ``acc_generator_independent`` keep the committed table's columns; once a run logged it, the
+    table gains its column, with "–" for runs that did not."""
+    import json
+
+    from mclcore.studies.worldmodel.seeds import mcl_diagnostics_markdown
+
+    results = [json.load(open(os.path.join(d, "metrics.json"))) for d in RUNS]
+    mcl_runs = [r for r in results if r.get("mcl")]
+    assert len(mcl_runs) >= 2
+    before = mcl_diagnostics_markdown(results).splitlines()
+    assert "z from another row" not in before[0] and len(before) == len(mcl_runs) + 2
+    mcl_runs[0]["mcl_acc_generator_independent"] = 0.8125
+    after = mcl_diagnostics_markdown(results).splitlines()
+    head = [c.strip() for c in after[0].split("|")]
+    col = head.index("acc generator term, z from another row")
+    assert head[col - 1] == "acc generator term" and after[1].count("---") == len(head) - 2
+    cells = [ln.split("|")[col].strip() for ln in after[2:]]
+    assert cells.count("0.812") == 1 and cells.count("–") == len(mcl_runs) - 1
+    assert all(len(ln.split("|")) == len(head) for ln in after)

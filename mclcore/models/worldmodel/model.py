@@ -158,8 +158,6 @@ class WorldModel(nn.Module):
     def one_step_generator(self, tau: torch.Tensor, context: torch.Tensor) -> Callable:
         """g(z, u) = z - tau v_theta(z, tau, context, A(u)): the clean next latent frame predicted from the diffusion
         latent z = x_tau in one step (the GMD generator of App. D.5)."""
-        t = tau.view(-1, 1, 1, 1)
-
         def g(z, u):
             return self.from_flow(self.predict_x0(z, tau, context, u), context)
         return g

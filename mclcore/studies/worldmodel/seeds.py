@@ -148,16 +148,22 @@ def mcl_diagnostics_markdown(results: list[dict]) -> str:
     """The MCL runs' last logged diagnostics (metrics.json ``mcl_*``, :mod:`mclcore.losses.diagnostics`): InfoNCE
     loss, top-1 readout accuracy of the contrasted mechanism gradient, of the generator term alone and of the
     critic's direct term alone (chance = 1 / batch), the shortcut share and the MCL / host gradient-norm ratio on the
-    forward model."""
+    forward model. Where a run logged it, also the generator term's with z from another row
+    (``mcl_acc_generator_independent``; a column only then, so tables of runs from before it keep their shape)."""
     rows = [r for r in _sorted(results) if r.get("mcl") and "mcl_acc" in r]
     if not rows:
         return ""
-    out = ["| Method | preset | seed | step | λ | L_MCL | top-1 acc | acc generator term | acc direct term | chance | "
-           "shortcut share | grad ratio MCL/host |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ind = any("mcl_acc_generator_independent" in r for r in rows)
+    out = ["| Method | preset | seed | step | λ | L_MCL | top-1 acc | acc generator term | "
+           + ("acc generator term, z from another row | " if ind else "")
+           + "acc direct term | chance | shortcut share | grad ratio MCL/host |",
+           "|---|---|---|---|---|---|---|---|" + ("---|" if ind else "") + "---|---|---|---|"]
     for r in rows:
+        other = r.get("mcl_acc_generator_independent")
         out.append(f"| {r['method']} | {r['preset']} | {r['seed']} | {r['mcl_step']} | {r['mcl_weight']:g} | "
                    f"{r['mcl_loss']:.3f} | {r['mcl_acc']:.3f} | {r['mcl_acc_generator']:.3f} | "
-                   f"{r['mcl_acc_direct']:.3f} | {r['mcl_chance']:.3f} | {r['mcl_shortcut_share']:.3f} | "
+                   + ((f"{other:.3f} | " if other is not None else "– | ") if ind else "")
+                   + f"{r['mcl_acc_direct']:.3f} | {r['mcl_chance']:.3f} | {r['mcl_shortcut_share']:.3f} | "
                    f"{r['mcl_grad_ratio']:.3f} |")
     return "\n".join(out) + "\n"
 
