@@ -119,8 +119,10 @@ class ImageCritic(nn.Module):
             nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
         )
-        self.z_fc = nn.Linear(math.prod(z_shape), hidden)
-        self.u_fc = nn.Linear(u_dim, hidden)
+        with warnings.catch_warnings():     # critic_input without z or u: a zero-width embedding adds its bias, 0
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+            self.z_fc = nn.Linear(math.prod(z_shape), hidden)
+            self.u_fc = nn.Linear(u_dim, hidden)
         self.out = nn.Sequential(nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, x_hat: torch.Tensor, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -249,6 +249,21 @@ def test_mechanism_gradient_choices_equal_the_pure_autograd_twin(critic, critic_
     compare(G, mcl, z.clone().requires_grad_(True), u)                         # gradients into z as well
 
 
+def test_image_critic_without_z_or_u_builds_silently():
+    # critic_input="x" gives the image critic zero-width z and u embeddings: no "zero-element tensor" warning for
+    # the user; the embeddings add a zero bias
+    import warnings
+
+    from mclcore.losses.mcl import ImageCritic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        critic = ImageCritic((0,), 0, hidden=8)
+    x = torch.randn(2, 3, 8, 8)
+    s = critic(x, torch.empty(2, 0), torch.empty(2, 0))
+    assert s.shape == (2,) and torch.equal(critic.z_fc.bias, torch.zeros(8))
+
+
 def test_choices_differ_where_they_should():
     G, mcl, z, u = setup(critic_input="xzu", contrast="total")
     from mclcore.losses.mcl import mechanism_terms
