@@ -67,3 +67,18 @@ def test_mcl_diagnostics_table_shows_the_independent_readout_only_where_logged()
     cells = [ln.split("|")[col].strip() for ln in after[2:]]
     assert cells.count("0.812") == 1 and cells.count("–") == len(mcl_runs) - 1
     assert all(len(ln.split("|")) == len(head) for ln in after)
+
+
+def test_committed_readout_checks_are_regenerated_from_their_diagnostics(capsys):
+    """experiments/worldmodel/readout/readout.txt (pasted into the README) is what readout.sh's last loop prints from
+    the committed mcl_diagnostics.json files: `mcl inspect-mcl DIR --last 10` for each check, in its order."""
+    from mclcore.cli import main
+
+    here = os.path.join(ROOT, "..", "readout")
+    names = ("acg-mcl", "acg-mcl-critic-x", "lacg-mcl")
+    for name in names:
+        assert main(["inspect-mcl", os.path.join(here, name), "--last", "10"]) == 0
+    text = capsys.readouterr().out
+    assert text == open(os.path.join(here, "readout.txt")).read()
+    readme = open(os.path.join(ROOT, "..", "README.md")).read()
+    assert all(line in readme for line in text.splitlines() if line.strip().startswith("mean"))
