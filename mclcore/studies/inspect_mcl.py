@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     head = " ".join(f"{title:>{len(fmt.format(1)) if key != 'step' else 6}}" for key, title, fmt in COLUMNS)
     for name, records in sources:
         shown = records if args.last is None else records[-args.last:]
-        print(f"{name}  ({len(records)} measurements{'' if shown is records else f', the last {len(shown)}'}; "
+        print(f"{name}  ({len(records)} measurements{'' if args.last is None else f', the last {len(shown)}'}; "
               f"medians over members)")
         print(head)
         rows = [[r["step"] if key == "step" else _median(r.get(key)) for key, _, _ in COLUMNS] for r in shown]

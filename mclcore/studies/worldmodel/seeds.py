@@ -160,10 +160,10 @@ def mcl_diagnostics_markdown(results: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|" + ("---|" if ind else "") + "---|---|---|---|"]
     for r in rows:
         other = r.get("mcl_acc_generator_independent")
+        extra = "" if not ind else "– | " if other is None else f"{other:.3f} | "
         out.append(f"| {r['method']} | {r['preset']} | {r['seed']} | {r['mcl_step']} | {r['mcl_weight']:g} | "
-                   f"{r['mcl_loss']:.3f} | {r['mcl_acc']:.3f} | {r['mcl_acc_generator']:.3f} | "
-                   + ((f"{other:.3f} | " if other is not None else "– | ") if ind else "")
-                   + f"{r['mcl_acc_direct']:.3f} | {r['mcl_chance']:.3f} | {r['mcl_shortcut_share']:.3f} | "
+                   f"{r['mcl_loss']:.3f} | {r['mcl_acc']:.3f} | {r['mcl_acc_generator']:.3f} | {extra}"
+                   f"{r['mcl_acc_direct']:.3f} | {r['mcl_chance']:.3f} | {r['mcl_shortcut_share']:.3f} | "
                    f"{r['mcl_grad_ratio']:.3f} |")
     return "\n".join(out) + "\n"
 
