@@ -1,0 +1,265 @@
+"""Can a fresh critic read the action from a trained world model's forward model, and through what? (issue #19 item 4)
+
+Training's MCL readout of ACG+MCL (``readout/``: the generator term reads the action of 0.92 of the transitions,
+0.90 with z from another transition) has no λ = 0 baseline: a forward model trained *without* MCL follows its actions
+too (Table 2's action-following gap), so its mechanism gradient may carry the action as well, and the readout would
+then measure the forward model, not what MCL did to it. This probe gives the baseline. It trains a *fresh* MCL module
+(critic and both heads, the same initialisation for every run) on the run's frozen one-step generator
+``g(z, u) = v_t + x0_hat(z, tau, v_t, A(u)) / s`` (``WorldModel.one_step_generator``, training's MCL generator) for
+``STEPS`` steps, then reads u on ``EVAL_BATCHES`` held-out batches (:func:`mclcore.losses.diagnostics.readout`).
+Runs with and without ``--mcl`` get the same probe, batches and noise, so their readouts pair.
+
+The transitions are training's: (v_t, v_{t+1}, a_t) of the run's frozen autoencoder, u = the forward model's
+condition (ACG: the standardised action; LACG: a sample of the IDM posterior on the frame pair, as in training),
+z = x_tau, the flow's noised datum of the transition at tau ~ U(0.05, 1), the context v_t clean (training adds
+context noise to the host loss only where ``dynamics.context_noise`` > 0; the MCL generator reads the same context).
+Four probes per run, named critic input / generator / pairing:
+
+* ``xzu/own/paired``: training's setting (critic ``c(x, z, u)``, z of the same transition as u);
+* ``x/own/paired``: a critic that sees only ``x = g(z, u)``: the u-input route closed;
+* ``x/own/independent``: the same with z of another transition (the batch's data rolled by one row before noising,
+  so row i's z is transition i-1's datum at row i's tau): z = x_tau shows the frame change the action caused, so
+  with paired z even a forward model blind to u passes the action on; here u reaches the contrasted gradient only
+  through the forward model's use of it;
+* ``x/blind/paired``: the u-blind generator ``g(z, u_bar)`` (u_bar: the mean condition of ``N_BAR`` training
+  transitions), z of the same transition: what z and the context alone give away (the floor of ``x/own/paired``).
+
+What MCL should raise, if it makes the forward model use the action more, is ``x/own/independent``, paired against the
+run without MCL. Defaults and why: the optimiser is training's stage-2 AdamW (``dynamics.lr``, its warm-up and weight
+decay) on the probe's parameters only; ``STEPS`` = 1000 steps of the run's ``dynamics.batch_size`` (32 at the cpu
+preset), a cost choice made before any probe ran (0.25 s per step on one core of the 2-core VM beside two trainings,
+~17 min per run). Training's own readout of ACG+MCL was 0.31 at step 1000 and 0.75 at 2000, but there the generator
+moved too; the loss curve is kept (``losses``) to show whether a probe had converged. Held-out batches come from the
+run's ``target`` evaluation episodes, 8 x 32 transitions, chance 1/32 (continuous actions: every row its own
+condition). Batches, noise, initialisation and u_bar are the same for every run (``SEED``). Only the probe trains;
+the model is frozen.
+
+    python experiments/worldmodel/mcl_probe.py RUN [RUN ...] [--threads N] [--sample-scale S]
+    python experiments/worldmodel/mcl_probe.py --table OUT.md NAME=RUN [NAME=RUN ...]
+
+The first form writes ``RUN/mcl_probe.json`` (atomically) for each run folder (a finished ``mcl train worldmodel``
+checkpoint) and prints a one-line summary; the second tabulates runs' ``mcl_probe.json`` (a 95% interval over the
+held-out batches, and the paired difference of each run from the first run of its variant).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FILE = "mcl_probe.json"
+STEPS, EVAL_BATCHES, N_BAR = 1000, 8, 256
+PROBES = (("xzu", "own", "paired"), ("x", "own", "paired"), ("x", "own", "independent"), ("x", "blind", "paired"))
+READS = ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share")
+SEED = 321          # batches, noise, the fresh module's initialisation, u_bar: the same for every run
+
+
+class Transitions:
+    """Seeded batches of (v_t, v_{t+1}, a_t) from latents (N, T+1, C, H, W) and actions (N, T, 4)."""
+
+    def __init__(self, latents, actions, seed):
+        import torch
+
+        self.lat, self.act = latents, actions
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2 ** 31)))
+
+    def draw(self, b: int):
+        n, t = self.act.shape[:2]
+        ei, ti = self.rng.integers(0, n, b), self.rng.integers(0, t, b)
+        return self.lat[ei, ti], self.lat[ei, ti + 1], self.act[ei, ti]          # (B, C, H, W) x 2, (B, 4)
+
+
+def probe_batch(model, data: Transitions, b: int, generator: str, pairing: str, u_bar=None):
+    """One batch: (g, z, u) with g the run's one-step generator at the batch's noise levels and contexts
+    (``"blind"``: u replaced by ``u_bar`` inside g), z = x_tau of the same (``"paired"``) or of another transition
+    (``"independent"``)."""
+    import torch
+
+    from mclcore.models.worldmodel.model import flow_matching_pair
+
+    v_t, v_next, a = data.draw(b)
+    with torch.no_grad():
+        u = model.condition(v_t, v_next, a, generator=data.gen)[0]                     # (B, d_u)
+    tau = torch.rand(b, generator=data.gen).clamp(0.05, 1.0)                            # (B,)
+    eps = torch.randn(v_next.shape, generator=data.gen)
+    x0 = model.to_flow(v_next, v_t)                                                     # (B, C, H, W)
+    if pairing == "independent":
+        x0 = x0.roll(1, 0)                                                              # transition i-1's datum
+    z, _ = flow_matching_pair(x0, tau, eps)                                             # (B, C, H, W)
+    g = model.one_step_generator(tau, v_t)
+    if generator == "blind":
+        g_own = g
+
+        def g(z, u):                                    # u-blind: the same condition for every row, u unused
+            return g_own(z, u_bar.expand(len(z), -1))
+    return g, z, u
+
+
+def train_probe(model, cfg, train: Transitions, held_out: Transitions, critic_input: str, generator: str,
+                pairing: str, steps: int, eval_batches: int, u_bar=None) -> dict:
+    """Train one fresh MCL module on the frozen ``model`` and return its readout on ``eval_batches`` held-out batches
+    (mean and per batch) and its training losses (see the module doc for the arguments' values)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from mclcore import MCL
+    from mclcore.losses.diagnostics import readout
+
+    if generator not in ("own", "blind"):
+        raise ValueError(f"generator: expected 'own' or 'blind', got {generator!r}")
+    if pairing not in ("paired", "independent"):
+        raise ValueError(f"pairing: expected 'paired' or 'independent', got {pairing!r}")
+    dy, b = cfg.dynamics, cfg.dynamics.batch_size
+    n = int(np.prod(model.ae.latent_shape))                                            # C*H*W, as training's
+    torch.manual_seed(SEED)
+    mcl = MCL.from_config(dataclasses.replace(cfg.mcl, critic_input=critic_input), z_dim=n, x_dim=n,
+                          u_dim=model.u_dim)
+    opt = torch.optim.AdamW(mcl.parameters(), lr=dy.lr, weight_decay=dy.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, dy.warmup)))
+    losses = []
+    # the math attention kernel: the fused CPU/flash kernels have no double backward (as in training)
+    with sdpa_kernel([SDPBackend.MATH]):
+        for _ in range(steps):
+            loss = mcl(*probe_batch(model, train, b, generator, pairing, u_bar))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        if not np.isfinite(losses).all():
+            raise ValueError(f"probe {critic_input}/{generator}/{pairing}: the InfoNCE loss became non-finite")
+        reads = [readout(mcl, *probe_batch(model, held_out, b, generator, pairing, u_bar))
+                 for _ in range(eval_batches)]
+    mean = {k: None if all(np.isnan(r[k]) for r in reads) else float(np.nanmean([r[k] for r in reads]))
+            for k in READS}
+    every = max(1, steps // 10)
+    return {**mean, "per_batch": {k: [r[k] for r in reads] for k in ("acc", "acc_generator")},
+            "loss_first": losses[0], "loss_last": float(np.mean(losses[-every:])), "loss_every": every,
+            "losses": losses[::every]}
+
+
+def mcl_probe(run: str, sample_scale: float = 1.0) -> dict:
+    """The probes of the module doc for the world-model run folder ``run``; ``sample_scale`` scales the step and
+    held-out batch counts (tests). ValueError naming the folder when it holds no finished run."""
+    import torch
+
+    from diagnose_actions import _cache_dir, load_run
+    from mclcore._io import load_checkpoint
+    from mclcore.studies.worldmodel.config import PHASES
+    from mclcore.studies.worldmodel.data import encode_episodes, load_splits
+
+    ck_path = os.path.join(run, "checkpoint.pt")
+    if not os.path.isfile(ck_path):
+        raise ValueError(f"run: no checkpoint.pt in {run!r} (expected an `mcl train worldmodel` run folder)")
+    if load_checkpoint(ck_path).get("done") != list(PHASES):
+        raise ValueError(f"run: {run!r} has not finished training (phases {list(PHASES)} expected done)")
+    model, cfg = load_run(run)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    steps = max(2, round(STEPS * sample_scale))
+    n_eval = max(2, round(EVAL_BATCHES * sample_scale))
+    splits = load_splits(cfg, _cache_dir(run))
+
+    data = {split: (encode_episodes(model, splits[split], "cpu"),                 # (N, T+1, C, H, W) frozen AE
+                    torch.from_numpy(splits[split].actions).float()) for split in ("train", "target")}
+
+    def transitions(split, seed):
+        return Transitions(*data[split], seed)
+
+    with torch.no_grad():
+        bar = transitions("train", [SEED, 2])
+        v_t, v_next, a = bar.draw(N_BAR)
+        u_bar = model.condition(v_t, v_next, a, generator=bar.gen)[0].mean(0, keepdim=True)      # (1, d_u)
+    out = {"variant": cfg.variant, "mcl": cfg.use_mcl, "seed": cfg.seed, "preset": cfg.preset,
+           "lambda_mcl": cfg.dynamics.lambda_mcl if cfg.use_mcl else 0.0,
+           "samples": {"steps": steps, "batch_size": cfg.dynamics.batch_size, "eval_batches": n_eval,
+                       "eval_split": "target", "u_bar_transitions": N_BAR, "seed": SEED},
+           "probes": {}}
+    for probe in PROBES:
+        train, held_out = transitions("train", [SEED, 1]), transitions("target", [SEED, 3])
+        out["probes"]["/".join(probe)] = train_probe(model, cfg, train, held_out, *probe, steps, n_eval, u_bar)
+    return out
+
+
+def summary(r: dict) -> str:
+    return "; ".join(f"{k} acc {p['acc']:.3f} (generator term {p['acc_generator']:.3f}, chance {p['chance']:.3f})"
+                     for k, p in r["probes"].items())
+
+
+def table(named: dict) -> str:
+    """Markdown: per run (``{name: mcl_probe.json dict}``, in order) and probe the generator term's held-out
+    accuracy with a 95% percentile-bootstrap interval over the held-out batches, and for each run with MCL the paired
+    difference from the first run of its variant without MCL (the same held-out batches)."""
+    from mclcore.metrics.stats import bootstrap_ci
+
+    def cell(v, signed=False):
+        lo, hi = bootstrap_ci(np.asarray(v, float))
+        return f"{np.mean(v):+.3f} [{lo:+.3f}, {hi:+.3f}]" if signed else f"{np.mean(v):.3f} [{lo:.3f}, {hi:.3f}]"
+
+    names = ["/".join(p) for p in PROBES]
+    first = next(iter(named.values()))
+    lines = [f"Fresh-critic probe of the frozen one-step generator (experiments/worldmodel/mcl_probe.py): top-1 "
+             f"accuracy of the action read from the generator term on {first['samples']['eval_batches']} held-out "
+             f"batches of {first['samples']['batch_size']} target-episode transitions (chance "
+             f"{first['probes'][names[0]]['chance']:.3f}), after {first['samples']['steps']} probe steps; mean with a "
+             "95% bootstrap interval over the batches. Rows \"minus\": paired difference, the same batches.", "",
+             "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    base = {}
+    for name, r in named.items():
+        acc = {k: r["probes"][k]["per_batch"]["acc_generator"] for k in names}
+        lines.append(f"| {name} | " + " | ".join(cell(acc[k]) for k in names) + " |")
+        if not r["mcl"]:
+            base.setdefault(r["variant"], (name, acc))
+        elif r["variant"] in base:
+            bname, bacc = base[r["variant"]]
+            lines.append(f"| {name} minus {bname} | " + " | ".join(
+                cell(np.subtract(acc[k], bacc[k]), signed=True) for k in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", nargs="+", help="world-model run folders (with checkpoint.pt), or NAME=RUN with --table")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--sample-scale", type=float, default=1.0,
+                   help=f"scale the step and held-out batch counts (default 1: {STEPS} / {EVAL_BATCHES}; tests use "
+                        "less)")
+    p.add_argument("--table", metavar="OUT.md", help="tabulate the runs' mcl_probe.json into OUT.md instead")
+    a = p.parse_args(argv)
+    import torch
+
+    from mclcore._io import write_json_atomic, write_text_atomic
+
+    if a.table:
+        named = {}
+        for arg in a.runs:
+            name, sep, run = arg.partition("=")
+            path = os.path.join(run, FILE)
+            if not sep or not os.path.isfile(path):
+                print(f"mcl_probe: runs: expected NAME=RUN with RUN/{FILE}, got {arg!r}", file=sys.stderr)
+                return 2
+            with open(path) as f:
+                named[name] = json.load(f)
+        write_text_atomic(a.table, table(named))
+        return 0
+    torch.set_num_threads(max(1, a.threads))
+    for run in a.runs:
+        try:
+            res = mcl_probe(run, a.sample_scale)
+        except ValueError as err:
+            print(f"mcl_probe: {err}", file=sys.stderr)
+            return 2
+        write_json_atomic(res, os.path.join(run, FILE), indent=1, sort_keys=False)
+        print(run, summary(res), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""experiments/worldmodel/mcl_probe.py: the fresh-critic probe of a world model's one-step generator reads a finished
+run (every probe, deterministic, the model untouched), refuses folders that hold none in one line (exit 2), and
+tabulates runs with their paired differences."""
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+from test_worldmodel import tiny
+
+from mclcore.studies.worldmodel.run import train
+
+EXP = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "worldmodel")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one intra-op thread (tests/conftest.py)
+
+
+def load_probe():
+    spec = importlib.util.spec_from_file_location("wm_mcl_probe", os.path.join(EXP, "mcl_probe.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("variant", ["acg", "lacg"])
+def test_probe_reads_a_finished_run_deterministically_and_leaves_it_unchanged(variant, tmp_path):
+    probe = load_probe()
+    run = str(tmp_path / variant)
+    train(tiny(variant, False), run, progress=False, log=False)
+    ck = os.path.join(run, "checkpoint.pt")
+    before, files = open(ck, "rb").read(), os.listdir(run)
+    a, b = probe.mcl_probe(run, 0.004), probe.mcl_probe(run, 0.004)
+    assert a == b                                                       # seeded batches, noise and initialisation
+    assert list(a["probes"]) == ["/".join(p) for p in probe.PROBES]
+    assert a["samples"]["steps"] == 4 and a["samples"]["eval_batches"] == 2 and not a["mcl"]
+    for name, p in a["probes"].items():
+        assert 0 < p["chance"] <= 1 and len(p["per_batch"]["acc_generator"]) == 2
+        assert all(0 <= v <= 1 for v in p["per_batch"]["acc_generator"] + [p["acc"], p["acc_generator"]])
+        assert (p["acc_direct"] is None) == name.startswith("x/")     # a critic of x alone has no direct term
+        assert np.isfinite(p["loss_first"]) and np.isfinite(p["loss_last"])
+    assert open(ck, "rb").read() == before and sorted(os.listdir(run)) == sorted(files)   # only reads the run
+
+
+def test_probe_refuses_folders_without_a_finished_run_in_one_line(tmp_path, capsys):
+    probe = load_probe()
+    assert probe.main([str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no checkpoint.pt" in err and "missing" in err
+    run = str(tmp_path / "part")
+    train(tiny("acg", False), run, progress=False, log=False, stop_before="dynamics")
+    assert probe.main([run]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "has not finished training" in err
+    assert probe.main(["--table", str(tmp_path / "t.md"), "acg=" + str(tmp_path / "missing")]) == 2
+    assert "NAME=RUN" in capsys.readouterr().err
+
+
+def test_table_pairs_a_run_with_mcl_against_the_run_without(tmp_path):
+    probe = load_probe()
+    runs = {}
+    for name, mcl in (("acg", False), ("acg-mcl", True)):
+        run = str(tmp_path / name)
+        train(tiny("acg", mcl), run, progress=False, log=False)
+        runs[name] = run
+        assert probe.main([run, "--sample-scale", "0.004"]) == 0
+    out = str(tmp_path / "probe.md")
+    assert probe.main(["--table", out] + [f"{k}={v}" for k, v in runs.items()]) == 0
+    lines = open(out).read().splitlines()
+    rows = [ln for ln in lines if ln.startswith("| acg")]
+    assert [r.split(" | ")[0] for r in rows] == ["| acg", "| acg-mcl", "| acg-mcl minus acg"]
+    own = {k: json.load(open(os.path.join(v, probe.FILE))) for k, v in runs.items()}
+    name = "x/own/independent"
+    col = 1 + ["/".join(p) for p in probe.PROBES].index(name)
+    diff = np.mean(own["acg-mcl"]["probes"][name]["per_batch"]["acc_generator"]) - np.mean(
+        own["acg"]["probes"][name]["per_batch"]["acc_generator"])
+    assert float(rows[2].split(" | ")[col].split()[0]) == pytest.approx(diff, abs=1e-3)
