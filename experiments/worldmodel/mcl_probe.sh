@@ -6,7 +6,7 @@
 # there, ~5-10 min each on one core). Then ~15-20 min of probes per run on one core.
 #   bash experiments/worldmodel/mcl_probe.sh OUT     # writes experiments/worldmodel/readout/{<run>/, mcl_probe.md}
 set -euo pipefail
-out="${1:?usage: mcl_probe.sh OUT (readout.sh's folder)}"
+out="${1:?usage: mcl_probe.sh OUT, the folder of readout.sh}"
 here="$(cd "$(dirname "$0")" && pwd)"
 common="--preset cpu --threads 1 --seeds 0 --quiet"
 for v in acg lacg; do
