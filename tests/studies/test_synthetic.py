@@ -425,9 +425,14 @@ def test_relative_weighting_trains_deterministically_and_resumes(tmp_path):
 
 
 def test_inspect_mcl_prints_the_diagnostics_of_a_study(tmp_path, capsys):
-    from mclcore.cli import main
+    import glob
 
-    study = _tiny_study(certify_latents=0, models=("mdvae_mcl",), lambda_grid=(0.1,),
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mclcore.cli import main
+    from mclcore.losses.diagnostics import READ_KEYS
+
+    study = _tiny_study(certify_latents=0, models=("mdvae_mcl",), lambda_grid=(0.1,), tensorboard=True,
                         train={"n": 400, "epochs": 2, "batch_size": 64, "hidden": 16,
                                "mcl": {"critic_hidden": [16, 16], "diagnose_every": 4}})
     study_run.run_study(study, str(tmp_path), progress=False)
@@ -435,5 +440,10 @@ def test_inspect_mcl_prints_the_diagnostics_of_a_study(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "gmd-leaky_relu-dz2-U3-mdvae_mcl" in out and "shortcut" in out and len(out.splitlines()) >= 5
     assert "acc_gen_ind" in out
+    (tb,) = glob.glob(str(tmp_path / "tensorboard" / "*"))         # every diagnostic but chance is a TB scalar
+    ea = EventAccumulator(tb)
+    ea.Reload()
+    want = {f"mcl/{k}" for k in READ_KEYS if k != "chance"} | {"mcl/grad_ratio", "mcl/weight"}
+    assert want <= set(ea.Tags()["scalars"]) and "mcl/chance" not in ea.Tags()["scalars"]
     assert main(["inspect-mcl", str(tmp_path), "--unit", "nope"]) == 2
     assert main(["inspect-mcl", str(tmp_path / "missing")]) == 2

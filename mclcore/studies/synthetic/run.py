@@ -30,6 +30,7 @@ import time
 
 from mclcore import distributed
 from mclcore._io import write_text_atomic
+from mclcore.losses.diagnostics import READ_KEYS
 from mclcore.train.config import config_diff
 from mclcore.studies.synthetic.config import StudyConfig
 from mclcore.studies.synthetic import ranks
@@ -109,8 +110,7 @@ def _run_unit(study: StudyConfig, unit: Unit, out: str, device: str, on_step, wr
     if writer is not None:
         writer.add_scalar("median/mcc", statistics.median(r["mcc"] for r in rows), cfg.epochs)
         for rec in diagnostics:                                                 # MCL diagnostics, median of members
-            for k in ("acc", "acc_generator", "acc_direct", "acc_generator_independent", "shortcut_share",
-                      "grad_ratio", "weight"):
+            for k in (*(k for k in READ_KEYS if k != "chance"), "grad_ratio", "weight"):
                 vals = [v for v in rec.get(k, []) if v == v]                    # NaN-free (acc_direct without z)
                 if vals:
                     writer.add_scalar(f"mcl/{k}", statistics.median(vals), rec["step"])
