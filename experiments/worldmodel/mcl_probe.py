@@ -38,8 +38,8 @@ the model is frozen.
     python experiments/worldmodel/mcl_probe.py --table OUT.md NAME=RUN [NAME=RUN ...]
 
 The first form writes ``RUN/mcl_probe.json`` (atomically) for each run folder (a finished ``mcl train worldmodel``
-checkpoint) and prints a one-line summary; the second tabulates runs' ``mcl_probe.json`` (a 95% interval over the
-held-out batches, and the paired difference of each run from the first run of its variant).
+checkpoint) and prints a one-line summary; the second tabulates runs' ``mcl_probe.json`` (:func:`table`: 95%
+intervals over the held-out batches, differences with and without MCL paired by seed).
 """
 from __future__ import annotations
 
@@ -194,33 +194,46 @@ def summary(r: dict) -> str:
 
 
 def table(named: dict) -> str:
-    """Markdown: per run (``{name: mcl_probe.json dict}``, in order) and probe the generator term's held-out
-    accuracy with a 95% percentile-bootstrap interval over the held-out batches, and for each run with MCL the paired
-    difference from the first run of its variant without MCL (the same held-out batches)."""
+    """Markdown from runs' ``mcl_probe.json`` (``{label: dict}``): per run and probe the generator term's held-out
+    accuracy, mean with a 95% percentile-bootstrap interval over the held-out batches; then, per variant, the paired
+    difference of the run with MCL from the run without it of the same seed (the same held-out batches: interval over
+    the batches' differences) and, where several seeds have both runs, the mean of those differences over the seeds
+    (interval over the seeds, n = seeds)."""
     from mclcore.metrics.stats import bootstrap_ci
 
     def cell(v, signed=False):
-        lo, hi = bootstrap_ci(np.asarray(v, float))
-        return f"{np.mean(v):+.3f} [{lo:+.3f}, {hi:+.3f}]" if signed else f"{np.mean(v):.3f} [{lo:.3f}, {hi:.3f}]"
+        v = np.asarray(v, float)
+        lo, hi = bootstrap_ci(v)
+        return f"{v.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]" if signed else f"{v.mean():.3f} [{lo:.3f}, {hi:.3f}]"
 
     names = ["/".join(p) for p in PROBES]
     first = next(iter(named.values()))
+    acc = {}                                                        # (variant, mcl, seed) -> {probe: per batch}
     lines = [f"Fresh-critic probe of the frozen one-step generator (experiments/worldmodel/mcl_probe.py): top-1 "
              f"accuracy of the action read from the generator term on {first['samples']['eval_batches']} held-out "
              f"batches of {first['samples']['batch_size']} target-episode transitions (chance "
              f"{first['probes'][names[0]]['chance']:.3f}), after {first['samples']['steps']} probe steps; mean with a "
-             "95% bootstrap interval over the batches. Rows \"minus\": paired difference, the same batches.", "",
-             "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    base = {}
-    for name, r in named.items():
-        acc = {k: r["probes"][k]["per_batch"]["acc_generator"] for k in names}
-        lines.append(f"| {name} | " + " | ".join(cell(acc[k]) for k in names) + " |")
-        if not r["mcl"]:
-            base.setdefault(r["variant"], (name, acc))
-        elif r["variant"] in base:
-            bname, bacc = base[r["variant"]]
-            lines.append(f"| {name} minus {bname} | " + " | ".join(
-                cell(np.subtract(acc[k], bacc[k]), signed=True) for k in names) + " |")
+             "95% bootstrap interval over the batches. Probes: critic input / generator / pairing (xzu = c(x, z, u) "
+             "as in training, x = c(x); own = the run's g(z, u), blind = g(z, u_bar); paired = z of the same "
+             "transition, independent = z of another: only the forward model's use of the action can carry it).", "",
+             "| run | variant | MCL | seed | " + " | ".join(names) + " |", "|---|---|---|---|" + "---|" * len(names)]
+    for label, r in named.items():
+        a = {k: r["probes"][k]["per_batch"]["acc_generator"] for k in names}
+        acc[(r["variant"], bool(r["mcl"]), r["seed"])] = a
+        lines.append(f"| {label} | {r['variant']} | {'yes' if r['mcl'] else 'no'} | {r['seed']} | "
+                     + " | ".join(cell(a[k]) for k in names) + " |")
+    lines += ["", "With MCL minus without, paired by seed (per seed: interval over the held-out batches; mean over "
+              "seeds: interval over the seeds' differences):", "",
+              "| variant | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for variant in dict.fromkeys(v for v, _, _ in acc):
+        seeds = sorted(s for v, m, s in acc if v == variant and m and (v, False, s) in acc)
+        diffs = {s: {k: np.subtract(acc[(variant, True, s)][k], acc[(variant, False, s)][k]) for k in names}
+                 for s in seeds}
+        for s in seeds:
+            lines.append(f"| {variant} | {s} | " + " | ".join(cell(diffs[s][k], True) for k in names) + " |")
+        if len(seeds) >= 2:
+            lines.append(f"| {variant} | mean over {','.join(map(str, seeds))} | " + " | ".join(
+                cell([diffs[s][k].mean() for s in seeds], True) for k in names) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # The λ = 0 baseline of the world model's MCL readout (README: "Where the MCL readout comes from"): a fresh critic
-# probes the frozen one-step generator of ACG, ACG+MCL, LACG and LACG+MCL (cpu preset, seed 0; mcl_probe.py's four
-# probes, the same batches and noise for every run). Seed-0 checks, fixed here before any probe ran; every cell is
-# reported. OUT: readout.sh's folder (its ACG+MCL and LACG+MCL runs are reused; the runs without MCL are trained
-# there, ~5-10 min each on one core). Then ~15-20 min of probes per run on one core.
-#   bash experiments/worldmodel/mcl_probe.sh OUT     # writes experiments/worldmodel/readout/{<run>/, mcl_probe.md}
+# probes the frozen one-step generator of a variant with and without MCL (cpu preset; mcl_probe.py's four probes,
+# the same batches and noise for every run); every cell is reported. Fixed before it ran:
+#   2026-12-07, before any probe ran:                       mcl_probe.sh OUT "acg lacg" 0
+#   2026-12-07, after seed 0's ACG probes were seen (MCL raised x/own/independent from 0.50 to 0.95), before any
+#   seed-1/2 run trained: ACG seeds 1 and 2 (LACG's are left for lack of time):  mcl_probe.sh OUT acg 1; ... acg 2
+# OUT: readout.sh's folder (its seed-0 ACG+MCL and LACG+MCL runs are reused; missing runs are trained there, ~10 min
+# without MCL and ~30 min with it on one core beside other runs), then ~20 min of probes per run on one core.
+#   bash experiments/worldmodel/mcl_probe.sh OUT VARIANTS SEEDS   # writes experiments/worldmodel/readout/probe/
 set -euo pipefail
-out="${1:?usage: mcl_probe.sh OUT, the folder of readout.sh}"
+out="${1:?usage: mcl_probe.sh OUT VARIANTS SEEDS, e.g. mcl_probe.sh /tmp/wm acg 1}"
+variants="${2:?usage: mcl_probe.sh OUT VARIANTS SEEDS (VARIANTS: acg and/or lacg)}"
+seeds="${3:?usage: mcl_probe.sh OUT VARIANTS SEEDS (SEEDS: e.g. 0 or \"1 2\")}"
 here="$(cd "$(dirname "$0")" && pwd)"
-common="--preset cpu --threads 1 --seeds 0 --quiet"
-for v in acg lacg; do
-  python -m mclcore train worldmodel --variant $v $common --out "$out"       # a finished run is skipped
-  python -m mclcore train worldmodel --variant $v --mcl $common --out "$out"
+dest="$here/readout/probe"
+for s in $seeds; do
+  for v in $variants; do
+    for mcl in "" --mcl; do                         # a finished run is skipped
+      python -m mclcore train worldmodel --variant "$v" $mcl --preset cpu --threads 1 --seeds "$s" --quiet --out "$out"
+      name="$v${mcl:+-mcl}-seed$s"
+      run="$out/worldmodel-$v${mcl:+-mcl}-cpu-seed$s"
+      [ -e "$run/mcl_probe.json" ] || python "$here/mcl_probe.py" "$run"
+      mkdir -p "$dest/$name"
+      cp "$run"/{config.json,metrics.json,mcl_probe.json} "$dest/$name/"
+    done
+  done
 done
-names=(acg acg-mcl lacg lacg-mcl)
-for name in "${names[@]}"; do
-  run="$out/worldmodel-$name-cpu-seed0"
-  [ -e "$run/mcl_probe.json" ] || python "$here/mcl_probe.py" "$run"
-  mkdir -p "$here/readout/$name"
-  cp "$run"/{config.json,metrics.json,mcl_probe.json} "$here/readout/$name/"
-done
-python "$here/mcl_probe.py" --table "$here/readout/mcl_probe.md" $(for n in "${names[@]}"; do echo "$n=$here/readout/$n"; done)
+shopt -s nullglob
+args=()
+for d in "$dest"/*-seed*/; do d="${d%/}"; args+=("$(basename "$d")=$d"); done
+python "$here/mcl_probe.py" --table "$dest/table.md" "${args[@]}"

@@ -55,22 +55,29 @@ def test_probe_refuses_folders_without_a_finished_run_in_one_line(tmp_path, caps
     assert "NAME=RUN" in capsys.readouterr().err
 
 
-def test_table_pairs_a_run_with_mcl_against_the_run_without(tmp_path):
+def test_table_pairs_runs_with_mcl_against_runs_without_by_seed(tmp_path):
     probe = load_probe()
     runs = {}
-    for name, mcl in (("acg", False), ("acg-mcl", True)):
-        run = str(tmp_path / name)
-        train(tiny("acg", mcl), run, progress=False, log=False)
-        runs[name] = run
-        assert probe.main([run, "--sample-scale", "0.004"]) == 0
+    for seed in (0, 1):
+        for mcl in (False, True):
+            name = f"acg{'-mcl' if mcl else ''}-s{seed}"
+            runs[name] = str(tmp_path / name)
+            train(tiny("acg", mcl, seed=seed), runs[name], progress=False, log=False)
+            assert probe.main([runs[name], "--sample-scale", "0.004"]) == 0
     out = str(tmp_path / "probe.md")
     assert probe.main(["--table", out] + [f"{k}={v}" for k, v in runs.items()]) == 0
     lines = open(out).read().splitlines()
-    rows = [ln for ln in lines if ln.startswith("| acg")]
-    assert [r.split(" | ")[0] for r in rows] == ["| acg", "| acg-mcl", "| acg-mcl minus acg"]
+    assert [ln.split(" | ")[0] for ln in lines if ln.startswith("| acg-")] == ["| acg-s0", "| acg-mcl-s0", "| acg-s1",
+                                                                               "| acg-mcl-s1"]
+    diffs = [ln.split(" | ") for ln in lines if ln.startswith("| acg |")]
+    assert [d[1] for d in diffs] == ["0", "1", "mean over 0,1"]
     own = {k: json.load(open(os.path.join(v, probe.FILE))) for k, v in runs.items()}
     name = "x/own/independent"
-    col = 1 + ["/".join(p) for p in probe.PROBES].index(name)
-    diff = np.mean(own["acg-mcl"]["probes"][name]["per_batch"]["acc_generator"]) - np.mean(
-        own["acg"]["probes"][name]["per_batch"]["acc_generator"])
-    assert float(rows[2].split(" | ")[col].split()[0]) == pytest.approx(diff, abs=1e-3)
+    col = 2 + ["/".join(p) for p in probe.PROBES].index(name)
+
+    def mean(run):
+        return np.mean(own[run]["probes"][name]["per_batch"]["acc_generator"])
+
+    per_seed = [mean(f"acg-mcl-s{s}") - mean(f"acg-s{s}") for s in (0, 1)]
+    got = [float(d[col].split()[0]) for d in diffs]
+    assert got == pytest.approx(per_seed + [np.mean(per_seed)], abs=1e-3)
