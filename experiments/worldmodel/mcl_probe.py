@@ -145,9 +145,10 @@ def train_probe(model, cfg, train: Transitions, held_out: Transitions, critic_in
             "losses": losses[::every]}
 
 
-def mcl_probe(run: str, sample_scale: float = 1.0) -> dict:
-    """The probes of the module doc for the world-model run folder ``run``; ``sample_scale`` scales the step and
-    held-out batch counts (tests). ValueError naming the folder when it holds no finished run."""
+def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES) -> dict:
+    """The ``probes`` of the module doc (default all) for the world-model run folder ``run``; ``sample_scale``
+    scales the step and held-out batch counts (tests; longer checks). Each probe draws its own seeded batches, so a
+    subset gives the cells of the full run. ValueError naming the folder when it holds no finished run."""
     import torch
 
     from diagnose_actions import _cache_dir, load_run
@@ -182,7 +183,7 @@ def mcl_probe(run: str, sample_scale: float = 1.0) -> dict:
            "samples": {"steps": steps, "batch_size": cfg.dynamics.batch_size, "eval_batches": n_eval,
                        "eval_split": "target", "u_bar_transitions": N_BAR, "seed": SEED},
            "probes": {}}
-    for probe in PROBES:
+    for probe in probes:
         train, held_out = transitions("train", [SEED, 1]), transitions("target", [SEED, 3])
         out["probes"]["/".join(probe)] = train_probe(model, cfg, train, held_out, *probe, steps, n_eval, u_bar)
     return out
@@ -244,6 +245,10 @@ def main(argv=None) -> int:
     p.add_argument("--sample-scale", type=float, default=1.0,
                    help=f"scale the step and held-out batch counts (default 1: {STEPS} / {EVAL_BATCHES}; tests use "
                         "less)")
+    p.add_argument("--probes", default=",".join("/".join(q) for q in PROBES),
+                   help="comma-separated probes to run (default all: %(default)s)")
+    p.add_argument("--file", default=FILE, help=f"the result file in each run folder (default {FILE}; another name "
+                   "keeps a longer check, e.g. --sample-scale 3, beside the standard probe)")
     p.add_argument("--table", metavar="OUT.md", help="tabulate the runs' mcl_probe.json into OUT.md instead")
     a = p.parse_args(argv)
     import torch
@@ -262,14 +267,23 @@ def main(argv=None) -> int:
                 named[name] = json.load(f)
         write_text_atomic(a.table, table(named))
         return 0
+    known = {"/".join(q): q for q in PROBES}
+    wanted = a.probes.split(",")
+    if not wanted or any(w not in known for w in wanted):
+        print(f"mcl_probe: --probes: expected a comma-separated subset of {','.join(known)}, got {a.probes!r}",
+              file=sys.stderr)
+        return 2
+    if os.path.basename(a.file) != a.file or not a.file.endswith(".json"):
+        print(f"mcl_probe: --file: expected a file name ending in .json, got {a.file!r}", file=sys.stderr)
+        return 2
     torch.set_num_threads(max(1, a.threads))
     for run in a.runs:
         try:
-            res = mcl_probe(run, a.sample_scale)
+            res = mcl_probe(run, a.sample_scale, tuple(known[w] for w in wanted))
         except ValueError as err:
             print(f"mcl_probe: {err}", file=sys.stderr)
             return 2
-        write_json_atomic(res, os.path.join(run, FILE), indent=1, sort_keys=False)
+        write_json_atomic(res, os.path.join(run, a.file), indent=1, sort_keys=False)
         print(run, summary(res), flush=True)
     return 0
 

@@ -53,6 +53,21 @@ def test_probe_refuses_folders_without_a_finished_run_in_one_line(tmp_path, caps
     assert "\n" not in err and "has not finished training" in err
     assert probe.main(["--table", str(tmp_path / "t.md"), "acg=" + str(tmp_path / "missing")]) == 2
     assert "NAME=RUN" in capsys.readouterr().err
+    for bad, why in ((["--probes", "x/own/nope"], "--probes"), (["--file", "../x.json"], "--file")):
+        assert probe.main([run, *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and why in err
+
+
+def test_a_subset_of_probes_gives_the_cells_of_the_full_run(tmp_path):
+    probe = load_probe()
+    run = str(tmp_path / "acg")
+    train(tiny("acg", False), run, progress=False, log=False)
+    assert probe.main([run, "--sample-scale", "0.004"]) == 0
+    assert probe.main([run, "--sample-scale", "0.004", "--probes", "x/own/independent", "--file", "sub.json"]) == 0
+    full, sub = (json.load(open(os.path.join(run, f))) for f in (probe.FILE, "sub.json"))
+    assert list(sub["probes"]) == ["x/own/independent"]
+    assert sub["probes"]["x/own/independent"] == full["probes"]["x/own/independent"]
 
 
 def test_table_pairs_runs_with_mcl_against_runs_without_by_seed(tmp_path):
