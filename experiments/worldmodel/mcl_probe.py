@@ -35,7 +35,7 @@ condition). Batches, noise, initialisation and u_bar are the same for every run 
 the model is frozen.
 
     python experiments/worldmodel/mcl_probe.py RUN [RUN ...] [--threads N] [--sample-scale S]
-    python experiments/worldmodel/mcl_probe.py --table OUT.md NAME=RUN [NAME=RUN ...]
+    python experiments/worldmodel/mcl_probe.py --table OUT.md [--file F.json] NAME=RUN [NAME=RUN ...]
 
 The first form writes ``RUN/mcl_probe.json`` (atomically) for each run folder (a finished ``mcl train worldmodel``
 checkpoint) and prints a one-line summary; the second tabulates runs' ``mcl_probe.json`` (:func:`table`: 95%
@@ -207,8 +207,10 @@ def table(named: dict) -> str:
         lo, hi = bootstrap_ci(v)
         return f"{v.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]" if signed else f"{v.mean():.3f} [{lo:.3f}, {hi:.3f}]"
 
-    names = ["/".join(p) for p in PROBES]
     first = next(iter(named.values()))
+    names = [k for k in ("/".join(p) for p in PROBES) if k in first["probes"]]    # a --probes subset: its own
+    if any(set(r["probes"]) != set(names) for r in named.values()):
+        raise ValueError("runs: expected the same probes in every file (one --file at a time)")
     acc = {}                                                        # (variant, mcl, seed) -> {probe: per batch}
     lines = [f"Fresh-critic probe of the frozen one-step generator (experiments/worldmodel/mcl_probe.py): top-1 "
              f"accuracy of the action read from the generator term on {first['samples']['eval_batches']} held-out "
@@ -249,32 +251,37 @@ def main(argv=None) -> int:
                    help="comma-separated probes to run (default all: %(default)s)")
     p.add_argument("--file", default=FILE, help=f"the result file in each run folder (default {FILE}; another name "
                    "keeps a longer check, e.g. --sample-scale 3, beside the standard probe)")
-    p.add_argument("--table", metavar="OUT.md", help="tabulate the runs' mcl_probe.json into OUT.md instead")
+    p.add_argument("--table", metavar="OUT.md", help="tabulate the runs' --file into OUT.md instead")
     a = p.parse_args(argv)
     import torch
 
     from mclcore._io import write_json_atomic, write_text_atomic
 
+    if os.path.basename(a.file) != a.file or not a.file.endswith(".json"):
+        print(f"mcl_probe: --file: expected a file name ending in .json, got {a.file!r}", file=sys.stderr)
+        return 2
     if a.table:
         named = {}
         for arg in a.runs:
             name, sep, run = arg.partition("=")
-            path = os.path.join(run, FILE)
+            path = os.path.join(run, a.file)
             if not sep or not os.path.isfile(path):
-                print(f"mcl_probe: runs: expected NAME=RUN with RUN/{FILE}, got {arg!r}", file=sys.stderr)
+                print(f"mcl_probe: runs: expected NAME=RUN with RUN/{a.file}, got {arg!r}", file=sys.stderr)
                 return 2
             with open(path) as f:
                 named[name] = json.load(f)
-        write_text_atomic(a.table, table(named))
+        try:
+            text = table(named)
+        except ValueError as err:
+            print(f"mcl_probe: {err}", file=sys.stderr)
+            return 2
+        write_text_atomic(a.table, text)
         return 0
     known = {"/".join(q): q for q in PROBES}
     wanted = a.probes.split(",")
     if not wanted or any(w not in known for w in wanted):
         print(f"mcl_probe: --probes: expected a comma-separated subset of {','.join(known)}, got {a.probes!r}",
               file=sys.stderr)
-        return 2
-    if os.path.basename(a.file) != a.file or not a.file.endswith(".json"):
-        print(f"mcl_probe: --file: expected a file name ending in .json, got {a.file!r}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, a.threads))
     for run in a.runs:

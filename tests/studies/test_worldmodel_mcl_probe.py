@@ -68,6 +68,10 @@ def test_a_subset_of_probes_gives_the_cells_of_the_full_run(tmp_path):
     full, sub = (json.load(open(os.path.join(run, f))) for f in (probe.FILE, "sub.json"))
     assert list(sub["probes"]) == ["x/own/independent"]
     assert sub["probes"]["x/own/independent"] == full["probes"]["x/own/independent"]
+    out = str(tmp_path / "sub.md")                                  # a subset's table has the subset's columns
+    assert probe.main(["--table", out, "--file", "sub.json", f"acg={run}"]) == 0
+    assert "| run | variant | MCL | seed | x/own/independent |" in open(out).read()
+    assert probe.main(["--table", out, "--file", "sub.json", f"acg={run}", f"b={tmp_path}"]) == 2   # no file there
 
 
 def test_table_pairs_runs_with_mcl_against_runs_without_by_seed(tmp_path):

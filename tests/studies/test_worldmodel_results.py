@@ -82,3 +82,25 @@ def test_committed_readout_checks_are_regenerated_from_their_diagnostics(capsys)
     assert text == open(os.path.join(here, "readout.txt")).read()
     readme = open(os.path.join(ROOT, "..", "README.md")).read()
     assert all(line in readme for line in text.splitlines() if line.strip().startswith("mean"))
+
+
+def test_committed_mcl_probe_tables_are_regenerated_from_their_runs(tmp_path):
+    """experiments/worldmodel/readout/probe/table.md and table_x3.md (pasted into the README) are mcl_probe.py --table
+    of the committed probe files (mcl_probe.json; the longer check's mcl_probe_x3.json), the folders sorted by name
+    as mcl_probe.sh lists them."""
+    import importlib.util
+
+    here = os.path.join(ROOT, "..", "readout", "probe")
+    spec = importlib.util.spec_from_file_location("wm_mcl_probe", os.path.join(ROOT, "..", "mcl_probe.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    readme = open(os.path.join(ROOT, "..", "README.md")).read()
+    for table, file in (("table.md", "mcl_probe.json"), ("table_x3.md", "mcl_probe_x3.json")):
+        runs = sorted(d for d in os.listdir(here) if os.path.isfile(os.path.join(here, d, file)))
+        assert runs and all("-seed" in d for d in runs)
+        out = str(tmp_path / table)
+        args = ["--table", out, "--file", file] + [f"{d}={os.path.join(here, d)}" for d in runs]
+        assert probe.main(args) == 0
+        text = open(out).read()
+        assert text == open(os.path.join(here, table)).read()
+        assert text.strip() in readme
