@@ -52,7 +52,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))          # _runs,
 from _runs import MCL_PROBE_FILE as FILE  # noqa: E402  (the file name the reports read)
 STEPS, EVAL_BATCHES, N_BAR = 300, 8, 256
 PROBES = (("xzu", "own", "paired"), ("x", "own", "paired"), ("x", "own", "independent"), ("x", "blind", "paired"))
-READS = ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share")
 SEED = 321          # batches, the fresh module's initialisation, u_bar: the same for every run of a dataset
 
 
@@ -66,7 +65,7 @@ def train_probe(model, cfg, ds, critic_input: str, generator: str, pairing: str,
 
     from mclcore import MCL
     from mclcore.data import to_float_nchw
-    from mclcore.losses.diagnostics import readout
+    from mclcore.losses.diagnostics import probe
 
     if generator not in ("own", "blind"):
         raise ValueError(f"generator: expected 'own' or 'blind', got {generator!r}")
@@ -94,24 +93,8 @@ def train_probe(model, cfg, ds, critic_input: str, generator: str, pairing: str,
         with torch.no_grad():
             return model.latents(x_z), model.concepts(x)
 
-    losses = []
-    for _ in range(steps):
-        z, u = batch()
-        loss = mcl(G, z, u)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    if not np.isfinite(losses).all():
-        raise ValueError(f"probe {critic_input}/{generator}/{pairing}: the InfoNCE loss became non-finite")
-    reads = [readout(mcl, G, *batch()) for _ in range(eval_batches)]
-    mean = {k: None if all(np.isnan(r[k]) for r in reads) else float(np.nanmean([r[k] for r in reads]))
-            for k in READS}
-    every = max(1, steps // 10)
-    return {**mean, "per_batch": {k: [r[k] for r in reads] for k in ("acc", "acc_generator")},
-            "loss_first": losses[0], "loss_last": float(np.mean(losses[-every:])), "loss_every": every,
-            "losses": losses[::every]}
+    return probe(mcl, opt, sched, lambda: (G, *batch()), lambda: (G, *batch()), steps, eval_batches,
+                 name=f"{critic_input}/{generator}/{pairing}")
 
 
 def mcl_probe(run: str, sample_scale: float = 1.0) -> dict:

@@ -56,7 +56,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 FILE = "mcl_probe.json"
 STEPS, EVAL_BATCHES, N_BAR = 1000, 8, 256
 PROBES = (("xzu", "own", "paired"), ("x", "own", "paired"), ("x", "own", "independent"), ("x", "blind", "paired"))
-READS = ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share")
 SEED = 321          # batches, noise, the fresh module's initialisation, u_bar: the same for every run
 
 
@@ -110,7 +109,7 @@ def train_probe(model, cfg, train: Transitions, held_out: Transitions, critic_in
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from mclcore import MCL
-    from mclcore.losses.diagnostics import readout
+    from mclcore.losses.diagnostics import probe
 
     if generator not in ("own", "blind"):
         raise ValueError(f"generator: expected 'own' or 'blind', got {generator!r}")
@@ -123,26 +122,11 @@ def train_probe(model, cfg, train: Transitions, held_out: Transitions, critic_in
                           u_dim=model.u_dim)
     opt = torch.optim.AdamW(mcl.parameters(), lr=dy.lr, weight_decay=dy.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, dy.warmup)))
-    losses = []
     # the math attention kernel: the fused CPU/flash kernels have no double backward (as in training)
     with sdpa_kernel([SDPBackend.MATH]):
-        for _ in range(steps):
-            loss = mcl(*probe_batch(model, train, b, generator, pairing, u_bar))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-        if not np.isfinite(losses).all():
-            raise ValueError(f"probe {critic_input}/{generator}/{pairing}: the InfoNCE loss became non-finite")
-        reads = [readout(mcl, *probe_batch(model, held_out, b, generator, pairing, u_bar))
-                 for _ in range(eval_batches)]
-    mean = {k: None if all(np.isnan(r[k]) for r in reads) else float(np.nanmean([r[k] for r in reads]))
-            for k in READS}
-    every = max(1, steps // 10)
-    return {**mean, "per_batch": {k: [r[k] for r in reads] for k in ("acc", "acc_generator")},
-            "loss_first": losses[0], "loss_last": float(np.mean(losses[-every:])), "loss_every": every,
-            "losses": losses[::every]}
+        return probe(mcl, opt, sched, lambda: probe_batch(model, train, b, generator, pairing, u_bar),
+                     lambda: probe_batch(model, held_out, b, generator, pairing, u_bar), steps, eval_batches,
+                     name=f"{critic_input}/{generator}/{pairing}")
 
 
 def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES) -> dict:

@@ -37,12 +37,13 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mclcore.losses.mcl import clip_rows, condition_groups, mechanism_terms
 
-__all__ = ["readout", "gradient_norms", "MCLWeight", "WEIGHTINGS", "READ_KEYS"]
+__all__ = ["readout", "probe", "gradient_norms", "MCLWeight", "WEIGHTINGS", "READ_KEYS"]
 
 WEIGHTINGS = ("absolute", "relative")
 READ_KEYS = ("acc", "acc_generator", "acc_direct", "acc_generator_independent", "chance", "shortcut_share")
@@ -88,6 +89,36 @@ def readout(mcl, decoder_G: Callable, z: torch.Tensor, u: torch.Tensor, *, u_key
     share = above_dir / (above_dir + above_gen) if above_dir + above_gen > 0 else math.nan
     return {"acc": acc, "acc_generator": acc_gen, "acc_direct": acc_dir, "acc_generator_independent": acc_ind,
             "chance": chance, "shortcut_share": share}
+
+
+PROBE_KEYS = ("acc", "acc_generator", "acc_direct", "chance", "shortcut_share")
+
+
+def probe(mcl, opt, sched, train_batch: Callable, eval_batch: Callable, steps: int, eval_batches: int, *,
+          name: str = "probe") -> dict:
+    """Train a *fresh* MCL module ``mcl`` (its optimiser ``opt`` and scheduler ``sched`` hold only its parameters)
+    for ``steps`` steps on ``train_batch() -> (G, z, u)``, then :func:`readout` on ``eval_batches`` calls of
+    ``eval_batch()``: the fresh-critic probes of the studies (experiments/*/mcl_probe.py), which read how much of u a
+    frozen generator's mechanism carries. Returns the mean of ``PROBE_KEYS`` over the held-out batches (None where
+    every batch is NaN), ``per_batch`` acc / acc_generator, and the loss curve (first, mean of the last tenth, every
+    tenth step). ValueError naming ``name`` when the InfoNCE loss became non-finite."""
+    losses = []
+    for _ in range(steps):
+        loss = mcl(*train_batch())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    if not np.isfinite(losses).all():
+        raise ValueError(f"probe {name}: the InfoNCE loss became non-finite")
+    reads = [readout(mcl, *eval_batch()) for _ in range(eval_batches)]
+    mean = {k: None if all(np.isnan(r[k]) for r in reads) else float(np.nanmean([r[k] for r in reads]))
+            for k in PROBE_KEYS}
+    every = max(1, steps // 10)
+    return {**mean, "per_batch": {k: [r[k] for r in reads] for k in ("acc", "acc_generator")},
+            "loss_first": losses[0], "loss_last": float(np.mean(losses[-every:])), "loss_every": every,
+            "losses": losses[::every]}
 
 
 def _rank_mean(grads, params) -> list:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 import mclcore
-from mclcore.losses.diagnostics import MCLWeight, gradient_norms, readout
+from mclcore.losses.diagnostics import PROBE_KEYS, MCLWeight, gradient_norms, probe, readout
 
 F64 = torch.float64
 
@@ -89,6 +89,34 @@ def test_readout_with_z_from_another_row_separates_z_giving_u_away_from_the_gene
     assert r["acc_generator_independent"] == rolled["acc_generator"]
     one = readout(mcl, uses_u, z_free[:1], u[:1])
     assert math.isnan(one["acc_generator_independent"])
+
+
+def test_probe_trains_a_fresh_module_then_reads_held_out_batches():
+    """diagnostics.probe (the studies' fresh-critic probe): the loss falls, u is read from a generator that uses it
+    well above chance on held-out batches, and a NaN generator is refused (ValueError)."""
+    torch.manual_seed(0)
+    W, V = torch.randn(3, 8, dtype=F64), torch.randn(4, 8, dtype=F64)
+    G = lambda z, u: torch.tanh(z @ W * (1 + u @ V))                            # noqa: E731 - uses u
+    _, u, _ = _data()
+    g = torch.Generator().manual_seed(1)
+
+    def batch():                                   # fresh z each call, the same 4 conditions: chance 1/4
+        return G, torch.randn(len(u), 3, generator=g, dtype=F64), u
+
+    mcl = mclcore.MCL(3, 8, 4, critic_input="x", critic_hidden=(16, 16), proj_dim=8).double()
+    opt = torch.optim.Adam(mcl.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    r = probe(mcl, opt, sched, batch, batch, 60, 3)
+    assert set(PROBE_KEYS) <= set(r) and r["acc_direct"] is None and len(r["per_batch"]["acc_generator"]) == 3
+    assert r["chance"] == pytest.approx(0.25) and r["acc_generator"] > 0.5
+    assert r["loss_last"] < r["loss_first"] and r["loss_every"] == 6 and len(r["losses"]) == 10
+
+    def bad():
+        _, z, u_ = batch()
+        return (lambda z, u: G(z, u) * float("nan")), z, u_
+
+    with pytest.raises(ValueError, match="not finite|non-finite"):   # MCL's own check, or the probe's on the loss
+        probe(mcl, opt, sched, bad, batch, 2, 2, name="toy")
 
 
 def test_relative_weight_matches_the_host_gradient_norm():
