@@ -5,6 +5,8 @@
 #   2026-12-07, before any probe ran:                       mcl_probe.sh OUT "acg lacg" 0
 #   2026-12-07, after seed 0's ACG probes were seen (MCL raised x/own/independent from 0.50 to 0.95), before any
 #   seed-1/2 run trained: ACG seeds 1 and 2 (LACG's are left for lack of time):  mcl_probe.sh OUT acg 1; ... acg 2
+#   2026-12-07 (session 13), after ACG seeds 0-1 were seen, before any LACG seed-1/2 run trained: LACG seeds 1 and 2,
+#   the same four probes, run after ACG seed 2 as time allows:                 mcl_probe.sh OUT lacg 1; ... lacg 2
 # OUT: readout.sh's folder (its seed-0 ACG+MCL and LACG+MCL runs are reused; missing runs are trained there, ~10 min
 # without MCL and ~30 min with it on one core beside other runs), then ~20 min of probes per run on one core.
 #   bash experiments/worldmodel/mcl_probe.sh OUT VARIANTS SEEDS   # writes experiments/worldmodel/readout/probe/
