@@ -2,7 +2,8 @@
 
 Everything goes through :func:`atomic_path`: the data go to a temporary file in the target's folder (same file
 system), then ``os.replace``-d onto the target; on any error the temporary file is removed and the target is
-untouched. Checkpoints (:func:`save_checkpoint`), text and JSON, figures and data caches all use it.
+untouched. Checkpoints (:func:`save_checkpoint`), text and JSON, figures and data caches all use it. Long
+measurements made of independent cells (the fresh-critic probes) resume after a kill with :func:`resumable_cells`.
 """
 from __future__ import annotations
 
@@ -41,6 +42,67 @@ def write_text_atomic(path: str, text: str) -> None:
 def write_json_atomic(obj, path: str, *, indent: int = 2, sort_keys: bool = True) -> None:
     """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def partial_path(path: str) -> str:
+    """Where :func:`resumable_cells` keeps the finished cells of the result file ``path``: ``a/b.json`` ->
+    ``a/b.partial.json``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.partial{ext}"
+
+
+def file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (hex): names the checkpoint a resumable measurement read, so a retrained run never
+    resumes another run's cells."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resumable_cells(path: str | None, key: dict, names, compute, log=None) -> dict:
+    """``{name: compute(name)}`` for ``names`` in order, resumable: after each cell the finished cells are written
+    (atomically) to :func:`partial_path` of the result file ``path``, with ``key`` (JSON-able: what the cells were
+    computed from, e.g. the checkpoint's :func:`file_digest` and the sample counts). Started again after a kill with
+    the same ``key``, it computes only the cells not yet there; a partial file with another key (or unreadable) is
+    started over, never reused. The cells must not depend on each other (each seeds its own draws), so a resumed run
+    gives the uninterrupted run's cells. ``log`` (default: stderr) gets one line when cells are reused or dropped.
+    The caller writes ``path`` and then calls :func:`remove_partial`. ``path=None``: a plain loop, nothing written."""
+    import sys
+
+    if path is None:
+        return {name: compute(name) for name in names}
+    part = partial_path(path)
+    key = json.loads(json.dumps(key))                   # as it reads back (tuples -> lists)
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    cells = {}
+    if os.path.isfile(part):
+        try:
+            with open(part) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("cells"), dict):
+            cells = saved["cells"]
+            say(f"{part}: resuming, {len(cells)} finished cell(s) reused: {', '.join(cells)}")
+        else:
+            say(f"{part}: computed from something else (or unreadable); starting over")
+    out = {}
+    for name in names:
+        if name not in cells:
+            cells[name] = compute(name)
+            write_json_atomic({"key": key, "cells": cells}, part, indent=1, sort_keys=False)
+        out[name] = cells[name]
+    return out
+
+
+def remove_partial(path: str) -> None:
+    """Delete the partial file of the result file ``path`` (after ``path`` is written); no error if there is none."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(partial_path(path))
 
 
 def _atomic(path: str, write) -> None:

@@ -169,7 +169,7 @@ def per_run_main(argv, description: str, script: str, measure, file: str, summar
     a = p.parse_args(argv)
     import torch
 
-    from mclcore._io import write_json_atomic
+    from mclcore._io import remove_partial, write_json_atomic
 
     torch.set_num_threads(max(1, a.threads))
     for run in a.runs:
@@ -179,6 +179,7 @@ def per_run_main(argv, description: str, script: str, measure, file: str, summar
             print(f"{script.removesuffix('.py')}: {err}", file=sys.stderr)
             return 2
         write_json_atomic(res, os.path.join(run, file), indent=1, sort_keys=False)
+        remove_partial(os.path.join(run, file))          # a resumable measurement's finished cells, now in file
         print(run, summary(res), flush=True)
     return 0
 

@@ -36,7 +36,7 @@ the probe trains; the model is frozen.
     python experiments/disentanglement/mcl_probe.py RUN [RUN ...]
 
 writes ``RUN/mcl_probe.json`` (atomically) for each MDDiff run folder (stage 1 finished) and prints a one-line
-summary; mcl_dose_report.py tabulates it.
+summary; started again after a kill, it resumes after the last finished probe. mcl_dose_report.py tabulates it.
 """
 from __future__ import annotations
 
@@ -99,10 +99,13 @@ def train_probe(model, cfg, ds, critic_input: str, generator: str, pairing: str,
 
 def mcl_probe(run: str, sample_scale: float = 1.0) -> dict:
     """The probes of the module doc for the MDDiff run folder ``run``; ``sample_scale`` scales the step and
-    held-out batch counts (tests)."""
+    held-out batch counts (tests). Each probe seeds its own draws, so a killed measurement resumes after its last
+    finished probe (``RUN/mcl_probe.partial.json``; :func:`mclcore._io.resumable_cells`, keyed by the checkpoint's
+    digest and the sample counts)."""
     import torch
 
     from _runs import load_diffusion_run
+    from mclcore._io import file_digest, resumable_cells
     from mclcore.data import to_float_nchw
 
     cfg, model, ds, done = load_diffusion_run(run, "mcl_probe.py", need="stage1")
@@ -121,8 +124,10 @@ def mcl_probe(run: str, sample_scale: float = 1.0) -> dict:
            "samples": {"steps": steps, "batch_size": cfg.stages.batch_size, "eval_batches": n_eval,
                        "u_bar_images": N_BAR, "seed": SEED},
            "probes": {}}
-    for probe in PROBES:
-        out["probes"]["/".join(probe)] = train_probe(model, cfg, ds, *probe, steps, n_eval, u_bar)
+    known = {"/".join(q): q for q in PROBES}
+    key = {"checkpoint_sha256": file_digest(os.path.join(run, "checkpoint.pt")), "samples": out["samples"]}
+    out["probes"] = resumable_cells(os.path.join(run, FILE), key, list(known),
+                                    lambda name: train_probe(model, cfg, ds, *known[name], steps, n_eval, u_bar))
     return out
 
 

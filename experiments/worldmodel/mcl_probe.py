@@ -38,8 +38,9 @@ the model is frozen.
     python experiments/worldmodel/mcl_probe.py --table OUT.md [--file F.json] NAME=RUN [NAME=RUN ...]
 
 The first form writes ``RUN/mcl_probe.json`` (atomically) for each run folder (a finished ``mcl train worldmodel``
-checkpoint) and prints a one-line summary; the second tabulates runs' ``mcl_probe.json`` (:func:`table`: 95%
-intervals over the held-out batches, differences with and without MCL paired by seed).
+checkpoint) and prints a one-line summary; started again after a kill, it resumes after the last finished probe. The
+second tabulates runs' ``mcl_probe.json`` (:func:`table`: 95% intervals over the held-out batches, differences with
+and without MCL paired by seed).
 """
 from __future__ import annotations
 
@@ -129,14 +130,17 @@ def train_probe(model, cfg, train: Transitions, held_out: Transitions, critic_in
                      name=f"{critic_input}/{generator}/{pairing}")
 
 
-def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES) -> dict:
+def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES, file: str | None = None) -> dict:
     """The ``probes`` of the module doc (default all) for the world-model run folder ``run``; ``sample_scale``
     scales the step and held-out batch counts (tests; longer checks). Each probe draws its own seeded batches, so a
-    subset gives the cells of the full run. ValueError naming the folder when it holds no finished run."""
+    subset gives the cells of the full run. With ``file`` (the result file's name, as :func:`main` passes it) a
+    killed measurement resumes after its last finished probe (``RUN/<file>`` with ``.partial`` before ``.json``;
+    :func:`mclcore._io.resumable_cells`, keyed by the checkpoint's digest and the sample counts); without it
+    nothing is written. ValueError naming the folder when it holds no finished run."""
     import torch
 
     from diagnose_actions import _cache_dir, load_run
-    from mclcore._io import load_checkpoint
+    from mclcore._io import file_digest, load_checkpoint, resumable_cells
     from mclcore.studies.worldmodel.config import PHASES
     from mclcore.studies.worldmodel.data import encode_episodes, load_splits
 
@@ -167,9 +171,14 @@ def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES) -> dict:
            "samples": {"steps": steps, "batch_size": cfg.dynamics.batch_size, "eval_batches": n_eval,
                        "eval_split": "target", "u_bar_transitions": N_BAR, "seed": SEED},
            "probes": {}}
-    for probe in probes:
+    known = {"/".join(q): q for q in PROBES}
+
+    def one(name):
         train, held_out = transitions("train", [SEED, 1]), transitions("target", [SEED, 3])
-        out["probes"]["/".join(probe)] = train_probe(model, cfg, train, held_out, *probe, steps, n_eval, u_bar)
+        return train_probe(model, cfg, train, held_out, *known[name], steps, n_eval, u_bar)
+
+    key = {"checkpoint_sha256": file_digest(ck_path), "samples": out["samples"]}
+    out["probes"] = resumable_cells(file and os.path.join(run, file), key, ["/".join(q) for q in probes], one)
     return out
 
 
@@ -239,7 +248,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from mclcore._io import write_json_atomic, write_text_atomic
+    from mclcore._io import remove_partial, write_json_atomic, write_text_atomic
 
     if os.path.basename(a.file) != a.file or not a.file.endswith(".json"):
         print(f"mcl_probe: --file: expected a file name ending in .json, got {a.file!r}", file=sys.stderr)
@@ -270,11 +279,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, a.threads))
     for run in a.runs:
         try:
-            res = mcl_probe(run, a.sample_scale, tuple(known[w] for w in wanted))
+            res = mcl_probe(run, a.sample_scale, tuple(known[w] for w in wanted), a.file)
         except ValueError as err:
             print(f"mcl_probe: {err}", file=sys.stderr)
             return 2
         write_json_atomic(res, os.path.join(run, a.file), indent=1, sort_keys=False)
+        remove_partial(os.path.join(run, a.file))
         print(run, summary(res), flush=True)
     return 0
 
