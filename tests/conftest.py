@@ -31,3 +31,25 @@ def _single_intra_op_thread():
 one_thread = pytest.fixture(_single_intra_op_thread, name="one_thread")
 # For modules whose module-scoped fixtures must also be built on one thread.
 one_thread_module = pytest.fixture(_single_intra_op_thread, scope="module", name="one_thread_module")
+
+
+@pytest.fixture
+def probe_calls(monkeypatch):
+    """``patch(module, at, kill_at=None)``: wrap a fresh-critic probe script's ``train_probe`` so every probe it
+    starts is recorded as ``args[at:at + 3]`` (critic input, generator, pairing) in the returned list, and the probe
+    ``kill_at`` raises KeyboardInterrupt when it starts (a killed measurement). Patching again wraps the original."""
+    calls, real = [], {}
+
+    def patch(module, at, kill_at=None):
+        fn = real.setdefault(module.__name__, module.train_probe)
+
+        def counted(*args):
+            if args[at:at + 3] == kill_at:
+                raise KeyboardInterrupt
+            calls.append(args[at:at + 3])
+            return fn(*args)
+
+        monkeypatch.setattr(module, "train_probe", counted)
+        return calls
+
+    return patch

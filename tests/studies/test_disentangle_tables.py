@@ -166,7 +166,7 @@ def test_cpu_long_report_pairs_by_seed_lists_missing_runs_and_rebuilds_from_resu
 
 
 def test_first_stage_probe_code_use_and_mcl_probe_read_a_diffusion_run_and_refuse_other_runs(tmp_path, capsys,
-                                                                                               one_thread, monkeypatch):
+                                                                                               one_thread, probe_calls):
     """first_stage_probe.py on a tiny EncDiff run whose first stage finished: reconstruction MSE and one linear-probe
     accuracy per Shapes3D factor, written to the run folder; code_use.py on a tiny MDDiff run: the conditioning gap
     per t-range and per factor, and the u-decoder's; mcl_probe.py on it: the four probes, and killed in the third and
@@ -231,19 +231,12 @@ def test_first_stage_probe_code_use_and_mcl_probe_read_a_diffusion_run_and_refus
         assert p["chance"] == 0.25 and 0 <= p["acc"] <= 1 and len(p["per_batch"]["acc"]) == 2, name
         assert len(p["losses"]) == 3 and all(np.isfinite(p["losses"])), name
         assert (p["acc_direct"] is None) == name.startswith("x/"), name    # c(x) has no direct z-term
-    whole, real, calls = open(mdd / "mcl_probe.json").read(), probe.train_probe, []
+    whole = open(mdd / "mcl_probe.json").read()
     os.remove(mdd / "mcl_probe.json")
-
-    def counted(*args, kill_at=None):                                  # args[3:6]: the probe's name
-        if args[3:6] == kill_at:
-            raise KeyboardInterrupt
-        calls.append(args[3:6])
-        return real(*args)
-
-    monkeypatch.setattr(probe, "train_probe", lambda *args: counted(*args, kill_at=probe.PROBES[2]))
+    calls = probe_calls(probe, 3, kill_at=probe.PROBES[2])             # args[3:6]: the probe's name
     with pytest.raises(KeyboardInterrupt):
         probe.main([str(mdd), "--sample-scale", "0.01"])
-    monkeypatch.setattr(probe, "train_probe", counted)
+    probe_calls(probe, 3)
     assert probe.main([str(mdd), "--sample-scale", "0.01"]) == 0
     assert calls == list(probe.PROBES) and open(mdd / "mcl_probe.json").read() == whole
     assert not os.path.exists(mdd / "mcl_probe.partial.json")

@@ -59,26 +59,18 @@ def test_probe_refuses_folders_without_a_finished_run_in_one_line(tmp_path, caps
         assert "\n" not in err and why in err
 
 
-def test_a_subset_of_probes_and_a_killed_run_resumed_give_the_cells_of_the_full_run(tmp_path, monkeypatch):
+def test_a_subset_of_probes_and_a_killed_run_resumed_give_the_cells_of_the_full_run(tmp_path, probe_calls):
     probe = load_probe()
     run = str(tmp_path / "acg")
     train(tiny("acg", False), run, progress=False, log=False)
     assert probe.main([run, "--sample-scale", "0.004"]) == 0
     # killed during the third probe, then started again: only the last two probes run, the file is the same
-    real, calls = probe.train_probe, []
-
-    def counted(*args, kill_at=None):
-        if args[4:7] == kill_at:
-            raise KeyboardInterrupt
-        calls.append(args[4:7])
-        return real(*args)
-
-    monkeypatch.setattr(probe, "train_probe", lambda *args: counted(*args, kill_at=probe.PROBES[2]))
+    calls = probe_calls(probe, 4, kill_at=probe.PROBES[2])             # args[4:7]: the probe's name
     with pytest.raises(KeyboardInterrupt):
         probe.main([run, "--sample-scale", "0.004", "--file", "resumed.json"])
     assert calls == list(probe.PROBES[:2]) and not os.path.exists(os.path.join(run, "resumed.json"))
     calls.clear()
-    monkeypatch.setattr(probe, "train_probe", counted)
+    probe_calls(probe, 4)
     assert probe.main([run, "--sample-scale", "0.004", "--file", "resumed.json"]) == 0
     assert calls == list(probe.PROBES[2:]) and not os.path.exists(os.path.join(run, "resumed.partial.json"))
     assert open(os.path.join(run, "resumed.json")).read() == open(os.path.join(run, probe.FILE)).read()
