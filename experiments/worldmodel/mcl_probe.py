@@ -25,11 +25,14 @@ Four probes per run, named critic input / generator / pairing:
   transitions), z of the same transition: what z and the context alone give away (the floor of ``x/own/paired``).
 
 What MCL should raise, if it makes the forward model use the action more, is ``x/own/independent``, paired against the
-run without MCL. Defaults and why: the optimiser is training's stage-2 AdamW (``dynamics.lr``, its warm-up and weight
-decay) on the probe's parameters only; ``STEPS`` = 1000 steps of the run's ``dynamics.batch_size`` (32 at the cpu
-preset), a cost choice made before any probe ran (0.25 s per step on one core of the 2-core VM beside two trainings,
-~17 min per run). Training's own readout of ACG+MCL was 0.31 at step 1000 and 0.75 at 2000, but there the generator
-moved too; the loss curve is kept (``losses``) to show whether a probe had converged. Held-out batches come from the
+run without MCL. The probe's critic is training's (same widths) by default; the MCL-trained generators were shaped
+together with a critic of that size, so ``--critic-hidden`` (e.g. ``256,256`` against training's ``64,64`` at the
+cpu preset) asks whether another critic finds the same difference. Defaults and why: the optimiser is training's
+stage-2 AdamW (``dynamics.lr``, its warm-up and weight decay) on the probe's parameters only; ``STEPS`` = 1000 steps
+of the run's ``dynamics.batch_size`` (32 at the cpu preset), a cost choice made before any probe ran (0.25 s per step
+on one core of the 2-core VM beside two trainings, ~17 min per run). Training's own readout of ACG+MCL was 0.31 at
+step 1000 and 0.75 at 2000, but there the generator moved too; the loss curve is kept (``losses``) to show whether a
+probe had converged. Held-out batches come from the
 run's ``target`` evaluation episodes, 8 x 32 transitions, chance 1/32 (continuous actions: every row its own
 condition). Batches, noise, initialisation and u_bar are the same for every run (``SEED``). Only the probe trains;
 the model is frozen.
@@ -130,13 +133,15 @@ def train_probe(model, cfg, train: Transitions, held_out: Transitions, critic_in
                      name=f"{critic_input}/{generator}/{pairing}")
 
 
-def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES, file: str | None = None) -> dict:
+def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES, file: str | None = None,
+              critic_hidden=None) -> dict:
     """The ``probes`` of the module doc (default all) for the world-model run folder ``run``; ``sample_scale``
-    scales the step and held-out batch counts (tests; longer checks). Each probe draws its own seeded batches, so a
-    subset gives the cells of the full run. With ``file`` (the result file's name, as :func:`main` passes it) a
-    killed measurement resumes after its last finished probe (``RUN/<file>`` with ``.partial`` before ``.json``;
-    :func:`mclcore._io.resumable_cells`, keyed by the checkpoint's digest and the sample counts); without it
-    nothing is written. ValueError naming the folder when it holds no finished run."""
+    scales the step and held-out batch counts (tests; longer checks); ``critic_hidden`` (hidden widths) replaces the
+    probe critic's, training's by default (recorded as ``samples.critic_hidden`` when given). Each probe draws its
+    own seeded batches, so a subset gives the cells of the full run. With ``file`` (the result file's name, as
+    :func:`main` passes it) a killed measurement resumes after its last finished probe (``RUN/<file>`` with
+    ``.partial`` before ``.json``; :func:`mclcore._io.resumable_cells`, keyed by the checkpoint's digest and the
+    sample counts); without it nothing is written. ValueError naming the folder when it holds no finished run."""
     import torch
 
     from diagnose_actions import _cache_dir, load_run
@@ -150,6 +155,9 @@ def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES, file: str | No
     if load_checkpoint(ck_path).get("done") != list(PHASES):
         raise ValueError(f"run: {run!r} has not finished training (phases {list(PHASES)} expected done)")
     model, cfg = load_run(run)
+    if critic_hidden is not None:                  # a probe critic of another size than training's (module doc)
+        mcl = dataclasses.replace(cfg.mcl, critic_hidden=tuple(critic_hidden)).validate()
+        cfg = dataclasses.replace(cfg, mcl=mcl)
     for p in model.parameters():
         p.requires_grad_(False)
     steps = max(2, round(STEPS * sample_scale))
@@ -171,6 +179,8 @@ def mcl_probe(run: str, sample_scale: float = 1.0, probes=PROBES, file: str | No
            "samples": {"steps": steps, "batch_size": cfg.dynamics.batch_size, "eval_batches": n_eval,
                        "eval_split": "target", "u_bar_transitions": N_BAR, "seed": SEED},
            "probes": {}}
+    if critic_hidden is not None:
+        out["samples"]["critic_hidden"] = list(critic_hidden)
     known = {"/".join(q): q for q in PROBES}
 
     def one(name):
@@ -204,6 +214,9 @@ def table(named: dict) -> str:
     names = [k for k in ("/".join(p) for p in PROBES) if k in first["probes"]]    # a --probes subset: its own
     if any(set(r["probes"]) != set(names) for r in named.values()):
         raise ValueError("runs: expected the same probes in every file (one --file at a time)")
+    widths = first["samples"].get("critic_hidden")
+    if any(r["samples"].get("critic_hidden") != widths for r in named.values()):
+        raise ValueError("runs: expected the same probe critic in every file (one --file at a time)")
     acc = {}                                                        # (variant, mcl, seed) -> {probe: per batch}
     lines = [f"Fresh-critic probe of the frozen one-step generator (experiments/worldmodel/mcl_probe.py): top-1 "
              f"accuracy of the action read from the generator term on {first['samples']['eval_batches']} held-out "
@@ -211,7 +224,8 @@ def table(named: dict) -> str:
              f"{first['probes'][names[0]]['chance']:.3f}), after {first['samples']['steps']} probe steps; mean with a "
              "95% bootstrap interval over the batches. Probes: critic input / generator / pairing (xzu = c(x, z, u) "
              "as in training, x = c(x); own = the run's g(z, u), blind = g(z, u_bar); paired = z of the same "
-             "transition, independent = z of another: only the forward model's use of the action can carry it).", "",
+             "transition, independent = z of another: only the forward model's use of the action can carry it)."
+             + (f" Probe critic: hidden widths {widths}, not training's." if widths else ""), "",
              "| run | variant | MCL | seed | " + " | ".join(names) + " |", "|---|---|---|---|" + "---|" * len(names)]
     for label, r in named.items():
         a = {k: r["probes"][k]["per_batch"]["acc_generator"] for k in names}
@@ -244,6 +258,8 @@ def main(argv=None) -> int:
                    help="comma-separated probes to run (default all: %(default)s)")
     p.add_argument("--file", default=FILE, help=f"the result file in each run folder (default {FILE}; another name "
                    "keeps a longer check, e.g. --sample-scale 3, beside the standard probe)")
+    p.add_argument("--critic-hidden", metavar="W[,W...]", help="the probe critic's hidden widths (default: "
+                   "training's); a critic of another size than the one MCL trained with")
     p.add_argument("--table", metavar="OUT.md", help="tabulate the runs' --file into OUT.md instead")
     a = p.parse_args(argv)
     import torch
@@ -276,10 +292,20 @@ def main(argv=None) -> int:
         print(f"mcl_probe: --probes: expected a comma-separated subset of {','.join(known)}, got {a.probes!r}",
               file=sys.stderr)
         return 2
+    widths = None
+    if a.critic_hidden is not None:
+        try:
+            widths = [int(w) for w in a.critic_hidden.split(",")]
+        except ValueError:
+            widths = []
+        if not widths or min(widths) < 1:
+            print(f"mcl_probe: --critic-hidden: expected comma-separated positive integers, got {a.critic_hidden!r}",
+                  file=sys.stderr)
+            return 2
     torch.set_num_threads(max(1, a.threads))
     for run in a.runs:
         try:
-            res = mcl_probe(run, a.sample_scale, tuple(known[w] for w in wanted), a.file)
+            res = mcl_probe(run, a.sample_scale, tuple(known[w] for w in wanted), a.file, widths)
         except ValueError as err:
             print(f"mcl_probe: {err}", file=sys.stderr)
             return 2

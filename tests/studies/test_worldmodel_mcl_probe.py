@@ -53,7 +53,9 @@ def test_probe_refuses_folders_without_a_finished_run_in_one_line(tmp_path, caps
     assert "\n" not in err and "has not finished training" in err
     assert probe.main(["--table", str(tmp_path / "t.md"), "acg=" + str(tmp_path / "missing")]) == 2
     assert "NAME=RUN" in capsys.readouterr().err
-    for bad, why in ((["--probes", "x/own/nope"], "--probes"), (["--file", "../x.json"], "--file")):
+    for bad, why in ((["--probes", "x/own/nope"], "--probes"), (["--file", "../x.json"], "--file"),
+                     (["--critic-hidden", "64,0"], "--critic-hidden"),
+                     (["--critic-hidden", "wide"], "--critic-hidden")):
         assert probe.main([run, *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and why in err
@@ -81,6 +83,14 @@ def test_a_subset_of_probes_and_a_killed_run_resumed_give_the_cells_of_the_full_
     out = str(tmp_path / "sub.md")                                  # a subset's table has the subset's columns
     assert probe.main(["--table", out, "--file", "sub.json", f"acg={run}"]) == 0
     assert "| run | variant | MCL | seed | x/own/independent |" in open(out).read()
+    # another probe critic than training's: recorded, used (another cell), named in the table
+    assert probe.main([run, "--sample-scale", "0.004", "--probes", "x/own/independent", "--file", "wide.json",
+                       "--critic-hidden", "24,24"]) == 0
+    wide = json.load(open(os.path.join(run, "wide.json")))
+    assert wide["samples"]["critic_hidden"] == [24, 24] and "critic_hidden" not in full["samples"]
+    assert wide["probes"]["x/own/independent"]["losses"] != full["probes"]["x/own/independent"]["losses"]
+    assert probe.main(["--table", out, "--file", "wide.json", f"acg={run}"]) == 0
+    assert "Probe critic: hidden widths [24, 24], not training's." in open(out).read()
     assert probe.main(["--table", out, "--file", "sub.json", f"acg={run}", f"b={tmp_path}"]) == 2   # no file there
 
 
