@@ -85,9 +85,9 @@ def test_committed_readout_checks_are_regenerated_from_their_diagnostics(capsys)
 
 
 def test_committed_mcl_probe_tables_are_regenerated_from_their_runs(tmp_path):
-    """experiments/worldmodel/readout/probe/table.md and table_x3.md (pasted into the README) are mcl_probe.py --table
-    of the committed probe files (mcl_probe.json; the longer check's mcl_probe_x3.json), the folders sorted by name
-    as mcl_probe.sh lists them."""
+    """experiments/worldmodel/readout/probe/table.md, table_x3.md and table_w256.md (pasted into the README) are
+    mcl_probe.py --table of the committed probe files (mcl_probe.json; the longer check's mcl_probe_x3.json; the wider
+    probe critic's mcl_probe_w256.json), the folders sorted by name as mcl_probe.sh lists them."""
     import importlib.util
 
     here = os.path.join(ROOT, "..", "readout", "probe")
@@ -95,7 +95,8 @@ def test_committed_mcl_probe_tables_are_regenerated_from_their_runs(tmp_path):
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     readme = open(os.path.join(ROOT, "..", "README.md")).read()
-    for table, file in (("table.md", "mcl_probe.json"), ("table_x3.md", "mcl_probe_x3.json")):
+    for table, file in (("table.md", "mcl_probe.json"), ("table_x3.md", "mcl_probe_x3.json"),
+                        ("table_w256.md", "mcl_probe_w256.json")):
         runs = sorted(d for d in os.listdir(here) if os.path.isfile(os.path.join(here, d, file)))
         assert runs and all("-seed" in d for d in runs)
         out = str(tmp_path / table)
