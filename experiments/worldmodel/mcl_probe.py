@@ -265,6 +265,8 @@ def main(argv=None) -> int:
     import torch
 
     from mclcore._io import remove_partial, write_json_atomic, write_text_atomic
+    from mclcore.losses.mcl import MCLConfig
+    from mclcore.train.config import coerce
 
     if os.path.basename(a.file) != a.file or not a.file.endswith(".json"):
         print(f"mcl_probe: --file: expected a file name ending in .json, got {a.file!r}", file=sys.stderr)
@@ -293,12 +295,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     widths = None
-    if a.critic_hidden is not None:
+    if a.critic_hidden is not None:         # parsed and checked as --set mcl.critic_hidden=W,W is
+        widths = coerce(a.critic_hidden, MCLConfig.critic_hidden)
         try:
-            widths = [int(w) for w in a.critic_hidden.split(",")]
+            MCLConfig(critic_hidden=widths).validate()
         except ValueError:
-            widths = []
-        if not widths or min(widths) < 1:
             print(f"mcl_probe: --critic-hidden: expected comma-separated positive integers, got {a.critic_hidden!r}",
                   file=sys.stderr)
             return 2
